@@ -1,0 +1,1 @@
+//! The ptrace supervisor.

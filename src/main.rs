@@ -1,0 +1,30 @@
+//! The `ffirec` binary: argument parsing and dispatch only.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod exit;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  record            the program's own exit status (128+N when signal N killed it);
+                    125 ffirec itself failed, 126 program not executable, 127 program not found
+  other commands    0 success, 1 findings or differences, 2 usage error or unreadable/corrupt trace,
+                    3 (diff) NEW has findings OLD had not, 4 trace truncated (recovered part was processed)";
+
+#[derive(Parser)]
+#[command(name = "ffirec", version, about = "What did that library do to my memory?", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {}
+}
