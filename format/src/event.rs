@@ -222,6 +222,12 @@ pub enum Event {
     Fork { tid: Tid, parent_pid: u32, child_pid: u32 },
     Exec { tid: Tid, pid: u32, path: String },
     Exit { pid: u32, status: ExitStatus },
+    /// Host code (untraced) wrote `[addr, addr+len)`; learned from a host-mode
+    /// write fault on a page that still held never-written bytes.
+    HostWrite { tid: Tid, addr: u64, len: u64 },
+    /// The recorder stopped tracking initialisation of `[addr, addr+len)`
+    /// (fault budget spent): its bytes' state is unknown from here on.
+    InitUnknown { addr: u64, len: u64 },
 }
 
 /// Kind names, stable and lower-case, as used in JSON and the counters.
@@ -244,6 +250,8 @@ pub const EVENT_KINDS: &[&str] = &[
     "fork",
     "exec",
     "exit",
+    "host_write",
+    "init_unknown",
 ];
 
 impl Event {
@@ -268,6 +276,8 @@ impl Event {
             Event::Fork { .. } => "fork",
             Event::Exec { .. } => "exec",
             Event::Exit { .. } => "exit",
+            Event::HostWrite { .. } => "host_write",
+            Event::InitUnknown { .. } => "init_unknown",
         }
     }
 
@@ -290,8 +300,9 @@ impl Event {
             | Event::ThreadStart { tid, .. }
             | Event::ThreadExit { tid, .. }
             | Event::Fork { tid, .. }
-            | Event::Exec { tid, .. } => Some(tid),
-            Event::Exit { .. } => None,
+            | Event::Exec { tid, .. }
+            | Event::HostWrite { tid, .. } => Some(tid),
+            Event::Exit { .. } | Event::InitUnknown { .. } => None,
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct Policy {
     pub foreign: Vec<String>,
     /// Neutral patterns, built-in ones first, then `--neutral`.
     pub neutral: Vec<String>,
+    /// The recorder tracked host writes to never-written bytes (HostWrite
+    /// events), so host allocations' initialisation state is exact.
+    pub track_host_init: bool,
+    /// Allocations made in foreign mode were guarded too (`--guard-foreign`).
+    pub guard_foreign: bool,
 }
 
 /// A loaded object (executable, shared library, vdso) in one process.
