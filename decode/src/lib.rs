@@ -3,11 +3,22 @@
 //!
 //! Principal types: [`Decoded`] (one instruction, decoded once and cached by
 //! address: its memory-operand templates), [`MemAccess`] (one concrete range),
-//! [`DecodeCache`]. Shared by the recorder (which pages must open for the
-//! instruction to run) and the analyzer (what was read and written).
+//! [`DecodeCache`], and [`Emulation`] (simple moves the recorder may perform
+//! itself). Shared by the recorder (which pages must open for the instruction
+//! to run) and the analyzer (what was read and written).
 //! Hidden: iced-x86's operand model, `rep`/direction-flag/VSIB/opmask expansion.
+//!
+//! What each instruction family gives is documented on [`Decoded::accesses_into`].
 
-use ffirec_format::{Regs, VecReg, VecRegKind};
+mod cache;
+mod decoded;
+mod emulate;
+mod operand;
+
+pub use cache::DecodeCache;
+pub use decoded::Decoded;
+pub use emulate::{Emulation, Extend, GprWrite, StoreSrc};
+pub use operand::{MemOperand, Seg};
 
 /// Read, write or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,10 +34,10 @@ pub struct MemAccess {
     pub addr: u64,
     pub size: u64,
     pub rw: Rw,
-    /// False when the access may not happen (condition-dependent: `cmov`
-    /// loads' architectural semantics, `repe cmps` past the first element,
-    /// masked elements whose mask bit is unknown). Recorders must open such
-    /// ranges anyway; analyzers count only certain writes.
+    /// False when the access may not happen (condition-dependent: `repe cmps`
+    /// past the first element, the write half of a conditional write such as
+    /// `vmaskmov`/`maskmovdqu`). Recorders must open such ranges anyway;
+    /// analyzers count only certain writes.
     pub certain: bool,
 }
 
@@ -36,45 +47,8 @@ pub enum DecodeError {
     Invalid { ip: u64 },
     #[error("instruction at {ip:#x} needs register {reg} which was not recorded")]
     MissingRegister { ip: u64, reg: String },
-}
-
-/// An instruction decoded once; `accesses` evaluates it against registers.
-#[derive(Debug, Clone)]
-pub struct Decoded {
-    _private: (),
-}
-
-impl Decoded {
-    /// Decodes the first instruction of `code` as if located at `ip`.
-    pub fn new(_ip: u64, _code: &[u8]) -> Result<Decoded, DecodeError> {
-        todo!("decode")
-    }
-    /// Instruction length in bytes.
-    pub fn len(&self) -> usize {
-        todo!("decode")
-    }
-    /// The iced-x86 instruction (for relocation and display).
-    pub fn instruction(&self) -> &iced_x86::Instruction {
-        todo!("decode")
-    }
-    /// Extended registers the recorder must capture for `accesses` to be exact.
-    pub fn needed_vregs(&self) -> &[(VecRegKind, u8)] {
-        todo!("decode")
-    }
-    /// Appends every range the instruction touches, given the registers at
-    /// the fault (before it ran). No allocation beyond growing `out`.
-    pub fn accesses_into(
-        &self,
-        _regs: &Regs,
-        _vregs: &[VecReg],
-        _out: &mut Vec<MemAccess>,
-    ) -> Result<(), DecodeError> {
-        todo!("decode")
-    }
-}
-
-/// Decoded instructions by address (code bytes checked on every hit).
-#[derive(Debug, Default)]
-pub struct DecodeCache {
-    _private: (),
+    #[error("instruction at {ip:#x}: unsupported memory operand ({what})")]
+    Unsupported { ip: u64, what: &'static str },
+    #[error("emulation: {0}")]
+    Emulation(&'static str),
 }
