@@ -9,6 +9,8 @@ pub enum Error {
     NotATrace,
     #[error("trace format version {found} is not supported (this ffirec reads versions {min}..={max})")]
     Incompatible { found: u16, min: u16, max: u16 },
+    #[error("trace written with an incompatible data layout (layout flags {found:#06x}, this ffirec uses {expected:#06x})")]
+    IncompatibleLayout { found: u16, expected: u16 },
     #[error("trace truncated: {0}")]
     Truncated(String),
     #[error("corrupt trace: chunk {chunk}: {reason}")]

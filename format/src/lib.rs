@@ -8,11 +8,42 @@
 //! Hidden: the on-disk layout (chunk headers, the columnar batch encoding with
 //! deduplicated instruction bytes and XOR-delta registers, footer, trailer).
 //! This crate is a leaf: no libc, no ptrace, no disassembler.
+//!
+//! # File layout (version 1)
+//!
+//! A 12-byte preamble (magic `FFIRECtr`, format version `u16`, layout flags
+//! `u16`), then self-delimiting chunks — the header chunk, event and module
+//! chunks in write order, a footer chunk — and a 32-byte trailer that points
+//! at the footer and ends in `FFIRECnd`. Every chunk has a fixed 40-byte
+//! header (magic, kind, compressed and raw length, first event number, event
+//! count, payload crc32, header crc32) and a zstd-compressed rkyv archive.
+//! A module chunk is written the moment the module is added, so a file cut
+//! short keeps every module it saw. All integers are little-endian.
+//!
+//! Layout flags record what the rkyv archives assume: bit 0 little-endian,
+//! bit 1 32-bit relative pointers and lengths, bit 2 aligned primitives
+//! (rkyv 0.8 defaults: all three set, `0x0007`). A file with other flags is
+//! rejected as [`Error::IncompatibleLayout`].
+//!
+//! # Versioning
+//!
+//! - This crate writes version 1 and reads versions 1..=1
+//!   ([`Error::Incompatible`] otherwise).
+//! - Event kinds, fields and chunk kinds are only ever *added*. Because an
+//!   rkyv archive's shape is its layout, any addition bumps the format
+//!   version: the old version's private `wire`/`batch` types stay frozen and
+//!   keep decoding old files into the (grown) public types, with the new
+//!   fields given neutral defaults. Kind numbers (the order of
+//!   [`EVENT_KINDS`]) never change.
+//! - History: **v1** — initial format.
 
+mod batch;
 mod error;
 mod event;
+mod layout;
 mod meta;
 mod reader;
+mod wire;
 mod writer;
 
 pub use error::Error;

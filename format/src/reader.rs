@@ -1,12 +1,27 @@
 //! Reading a trace: memory-mapped, every byte treated as untrusted.
+//!
+//! `open` checks the preamble, decodes the header, then either follows the
+//! trailer to the footer's chunk index (cross-checking every chunk header
+//! against it) or, without a valid trailer, scans chunk headers from the
+//! start and reports the trace as truncated after its last complete chunk.
+//! Modules are decoded at open; event chunks only on `read_chunk`, each on
+//! its own (checksum, bounded decompression, rkyv validation, batch decode).
 
+use std::fs::File;
 use std::path::Path;
 
+use crate::batch::{self, Batch};
+use crate::layout::{
+    self, ChunkHeader, ChunkKind, Trailer, CHUNK_HEADER_LEN, MAGIC, MAX_RAW_LEN, MIN_VERSION, PREAMBLE_LEN,
+    TRAILER_LEN, VERSION,
+};
+use crate::wire::{self, WFooter, WHeader, WModule};
 use crate::{Error, Event, Header, Module, Summary};
 
 /// Where one chunk of events lies and what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkInfo {
+    /// File offset of the chunk header.
     pub offset: u64,
     pub compressed_len: u32,
     pub raw_len: u32,
@@ -27,69 +42,404 @@ pub enum Completeness {
     },
 }
 
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// An opened trace. Cheap to share between threads (`Sync`).
 pub struct Trace {
-    _private: (),
+    bytes: Bytes,
+    header: Header,
+    modules: Vec<Module>,
+    chunks: Vec<ChunkInfo>,
+    /// Payload checksums of `chunks`, same order.
+    crcs: Vec<u32>,
+    summary: Option<Summary>,
+    completeness: Completeness,
+    event_count: u64,
+}
+
+/// Maps `file` read-only.
+///
+/// # Safety
+/// The caller must ensure no process truncates or rewrites the file while
+/// the mapping lives: a shrinking file turns reads into SIGBUS, a rewrite
+/// changes bytes under `&[u8]`. ffirec's writer never modifies a finished
+/// trace (it writes `NAME.partial` and renames), so this only fails if
+/// someone else edits the file while we read it — the same contract ripgrep
+/// and every mmap-based reader accept.
+unsafe fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: forwarded to the caller (see the function's contract).
+    unsafe { memmap2::Mmap::map(file) }
 }
 
 impl Trace {
     /// Memory-maps and indexes `path` (footer, or a scan when there is none).
-    pub fn open(_path: impl AsRef<Path>) -> Result<Trace, Error> {
-        todo!("format: reader")
+    pub fn open(path: impl AsRef<Path>) -> Result<Trace, Error> {
+        let path = path.as_ref();
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            // mmap of an empty file fails; an empty file is simply no trace.
+            return Err(Error::NotATrace);
+        }
+        // SAFETY: traces are written once and renamed into place, never
+        // modified afterwards; see `map_file`.
+        let map = unsafe { map_file(&file) }.map_err(io)?;
+        Trace::index(Bytes::Map(map))
     }
 
     /// Same as [`Trace::open`] on bytes already in memory.
-    pub fn from_bytes(_bytes: Vec<u8>) -> Result<Trace, Error> {
-        todo!("format: reader")
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Trace, Error> {
+        Trace::index(Bytes::Owned(bytes))
     }
 
     pub fn header(&self) -> &Header {
-        todo!("format: reader")
+        &self.header
     }
 
     /// All modules, in the order the recorder added them.
     pub fn modules(&self) -> &[Module] {
-        todo!("format: reader")
+        &self.modules
     }
 
     pub fn chunks(&self) -> &[ChunkInfo] {
-        todo!("format: reader")
+        &self.chunks
     }
 
     /// Footer summary (None when truncated).
     pub fn summary(&self) -> Option<&Summary> {
-        todo!("format: reader")
+        self.summary.as_ref()
     }
 
     pub fn completeness(&self) -> &Completeness {
-        todo!("format: reader")
+        &self.completeness
     }
 
     /// Total events in the readable chunks.
     pub fn event_count(&self) -> u64 {
-        todo!("format: reader")
+        self.event_count
+    }
+
+    /// The format version of the file.
+    pub fn version(&self) -> u16 {
+        // Checked at open: only readable versions get here.
+        let b = self.bytes.as_slice();
+        b.get(8..10).map_or(VERSION, |v| u16::from_le_bytes([v[0], v[1]]))
     }
 
     /// Decompresses, checks and decodes chunk `index`. Independent of every
     /// other chunk, so callers may run these in parallel.
-    pub fn read_chunk(&self, _index: usize) -> Result<Vec<Event>, Error> {
-        todo!("format: reader")
+    pub fn read_chunk(&self, index: usize) -> Result<Vec<Event>, Error> {
+        let corrupt = |reason: String| Error::Corrupt { chunk: index, reason };
+        let (Some(info), Some(&crc)) = (self.chunks.get(index), self.crcs.get(index)) else {
+            return Err(corrupt(format!("no such chunk (the trace has {})", self.chunks.len())));
+        };
+        let start = usize::try_from(info.offset).unwrap_or(usize::MAX).saturating_add(CHUNK_HEADER_LEN);
+        let payload = self
+            .bytes
+            .as_slice()
+            .get(start..start.saturating_add(info.compressed_len as usize))
+            .ok_or_else(|| corrupt("payload beyond the end of the file".into()))?;
+        let raw = unpack(payload, info.raw_len, crc).map_err(corrupt)?;
+        let batch: Batch = from_rkyv(&raw).map_err(corrupt)?;
+        if batch.kinds.len() != info.events as usize {
+            return Err(corrupt(format!(
+                "chunk header says {} events, payload holds {}",
+                info.events,
+                batch.kinds.len()
+            )));
+        }
+        batch::decode(batch).map_err(corrupt)
     }
 
     /// Every event with its number, in order.
     pub fn events(&self) -> Events<'_> {
-        todo!("format: reader")
+        Events { trace: self, chunk: 0, current: Vec::new().into_iter(), next_number: 0, done: false }
     }
+
+    fn index(bytes: Bytes) -> Result<Trace, Error> {
+        let data = bytes.as_slice();
+        if data.len() < MAGIC.len() || data[..MAGIC.len()] != MAGIC {
+            return Err(Error::NotATrace);
+        }
+        if data.len() < PREAMBLE_LEN {
+            return Err(Error::Truncated("the file ends inside the preamble".into()));
+        }
+        let version = u16::from_le_bytes([data[8], data[9]]);
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            return Err(Error::Incompatible { found: version, min: MIN_VERSION, max: VERSION });
+        }
+        let flags = u16::from_le_bytes([data[10], data[11]]);
+        if flags != layout::layout_flags() {
+            return Err(Error::IncompatibleLayout { found: flags, expected: layout::layout_flags() });
+        }
+
+        let meta = |what: &str, why: String| Error::CorruptMeta(format!("{what}: {why}"));
+        let hdr = match chunk_header_at(data, PREAMBLE_LEN) {
+            Some(Ok(h)) if h.kind == ChunkKind::Header => h,
+            Some(Ok(h)) => return Err(meta("header", format!("first chunk is {:?}, not the header", h.kind))),
+            Some(Err(f)) => return Err(meta("header", f.to_string())),
+            None => return Err(Error::Truncated("the file ends inside the trace header".into())),
+        };
+        let body_start = PREAMBLE_LEN + CHUNK_HEADER_LEN + hdr.compressed_len as usize;
+        let Some(payload) = data.get(PREAMBLE_LEN + CHUNK_HEADER_LEN..body_start) else {
+            return Err(Error::Truncated("the file ends inside the trace header".into()));
+        };
+        let header = unpack(payload, hdr.raw_len, hdr.payload_crc)
+            .and_then(|raw| from_rkyv::<WHeader>(&raw))
+            .map_err(|e| meta("header", e))?;
+        let header = wire::header_from(header);
+
+        let mut t = Trace {
+            header,
+            modules: Vec::new(),
+            chunks: Vec::new(),
+            crcs: Vec::new(),
+            summary: None,
+            completeness: Completeness::Complete,
+            event_count: 0,
+            bytes: Bytes::Owned(Vec::new()),
+        };
+        let has_end_magic = data.len() >= body_start + CHUNK_HEADER_LEN + TRAILER_LEN
+            && data.ends_with(&layout::END_MAGIC);
+        if has_end_magic {
+            t.index_from_footer(data, body_start)?;
+        } else {
+            t.index_by_scan(data, body_start)?;
+        }
+        t.bytes = bytes;
+        Ok(t)
+    }
+
+    fn add_event_chunk(&mut self, offset: usize, h: &ChunkHeader) -> Result<(), Error> {
+        let index = self.chunks.len();
+        if h.first_event != self.event_count {
+            return Err(Error::Corrupt {
+                chunk: index,
+                reason: format!("starts at event {}, expected {}", h.first_event, self.event_count),
+            });
+        }
+        if h.raw_len > MAX_RAW_LEN {
+            return Err(Error::Corrupt { chunk: index, reason: format!("raw length {} exceeds the limit", h.raw_len) });
+        }
+        self.chunks.push(ChunkInfo {
+            offset: offset as u64,
+            compressed_len: h.compressed_len,
+            raw_len: h.raw_len,
+            first_event: h.first_event,
+            events: h.event_count,
+        });
+        self.crcs.push(h.payload_crc);
+        self.event_count += u64::from(h.event_count);
+        Ok(())
+    }
+
+    fn add_module(&mut self, data: &[u8], offset: usize, h: &ChunkHeader) -> Result<(), Error> {
+        let n = self.modules.len();
+        let start = offset + CHUNK_HEADER_LEN;
+        let payload = data
+            .get(start..start + h.compressed_len as usize)
+            .ok_or_else(|| Error::CorruptMeta(format!("module {n}: payload beyond the end of the file")))?;
+        let m = unpack(payload, h.raw_len, h.payload_crc)
+            .and_then(|raw| from_rkyv::<WModule>(&raw))
+            .and_then(wire::module_from)
+            .map_err(|e| Error::CorruptMeta(format!("module {n}: {e}")))?;
+        self.modules.push(m);
+        Ok(())
+    }
+
+    fn index_from_footer(&mut self, data: &[u8], body_start: usize) -> Result<(), Error> {
+        let meta = |why: String| Error::CorruptMeta(why);
+        let trailer_at = data.len() - TRAILER_LEN;
+        let mut tb = [0u8; TRAILER_LEN];
+        tb.copy_from_slice(&data[trailer_at..]);
+        let tr = Trailer::decode(&tb).ok_or_else(|| meta("trailer checksum mismatch".into()))?;
+        let footer_at = usize::try_from(tr.footer_offset).unwrap_or(usize::MAX);
+        if footer_at < body_start
+            || usize::try_from(tr.footer_len).ok().and_then(|l| footer_at.checked_add(l)) != Some(trailer_at)
+        {
+            return Err(meta(format!(
+                "trailer points at a footer at {}+{} that does not end where the trailer starts ({trailer_at})",
+                tr.footer_offset, tr.footer_len
+            )));
+        }
+        let footer_bytes = &data[footer_at..trailer_at];
+        if crc32fast::hash(footer_bytes) != tr.footer_crc {
+            return Err(meta("footer checksum mismatch".into()));
+        }
+        let fh = match chunk_header_at(data, footer_at) {
+            Some(Ok(h)) if h.kind == ChunkKind::Footer && h.total_len() == tr.footer_len => h,
+            Some(Ok(_)) => return Err(meta("the trailer does not point at a footer chunk".into())),
+            Some(Err(f)) => return Err(meta(format!("footer: {f}"))),
+            None => return Err(meta("footer beyond the end of the file".into())),
+        };
+        let footer: WFooter = unpack(&footer_bytes[CHUNK_HEADER_LEN..], fh.raw_len, fh.payload_crc)
+            .and_then(|raw| from_rkyv(&raw))
+            .map_err(|e| meta(format!("footer: {e}")))?;
+
+        let mut expect = body_start;
+        for (i, e) in footer.chunks.iter().enumerate() {
+            let is_events = e.kind == ChunkKind::Events as u16;
+            let fail = |why: String| {
+                if is_events {
+                    Error::Corrupt { chunk: self.chunks.len(), reason: why }
+                } else {
+                    meta(format!("chunk index entry {i}: {why}"))
+                }
+            };
+            if e.offset != expect as u64 {
+                return Err(fail(format!("index says offset {}, chunks are contiguous up to {expect}", e.offset)));
+            }
+            let h = match chunk_header_at(data, expect) {
+                Some(Ok(h)) => h,
+                Some(Err(f)) => return Err(fail(format!("at offset {expect}: {f}"))),
+                None => return Err(fail("beyond the end of the file".into())),
+            };
+            if h.kind as u16 != e.kind
+                || h.compressed_len != e.compressed_len
+                || h.raw_len != e.raw_len
+                || h.first_event != e.first_event
+                || h.event_count != e.event_count
+            {
+                return Err(fail(format!("chunk header at offset {expect} disagrees with the footer's index")));
+            }
+            let end = expect.saturating_add(h.total_len() as usize);
+            if end > footer_at {
+                return Err(fail("chunk runs into the footer".into()));
+            }
+            match h.kind {
+                ChunkKind::Events => self.add_event_chunk(expect, &h)?,
+                ChunkKind::Module => self.add_module(data, expect, &h)?,
+                ChunkKind::Header | ChunkKind::Footer => {
+                    return Err(meta(format!("chunk index entry {i}: unexpected {:?} chunk", h.kind)))
+                }
+            }
+            expect = end;
+        }
+        if expect != footer_at {
+            return Err(meta(format!("{} bytes between the last indexed chunk and the footer", footer_at - expect)));
+        }
+        self.summary = Some(wire::summary_from(footer.exit, footer.counters));
+        self.completeness = Completeness::Complete;
+        Ok(())
+    }
+
+    fn index_by_scan(&mut self, data: &[u8], body_start: usize) -> Result<(), Error> {
+        let mut pos = body_start;
+        while pos < data.len() {
+            let h = match chunk_header_at(data, pos) {
+                None => break, // the file ends inside a chunk header
+                Some(Ok(h)) => h,
+                Some(Err(_)) if data[pos..].iter().all(|&b| b == 0) => break, // zero-filled tail of a crash
+                Some(Err(f)) => {
+                    return Err(Error::Corrupt { chunk: self.chunks.len(), reason: format!("at offset {pos}: {f}") })
+                }
+            };
+            let end = pos.saturating_add(h.total_len() as usize);
+            if end > data.len() {
+                break; // the file ends inside this chunk's payload
+            }
+            match h.kind {
+                ChunkKind::Events => self.add_event_chunk(pos, &h)?,
+                ChunkKind::Module => self.add_module(data, pos, &h)?,
+                ChunkKind::Header => {
+                    return Err(Error::CorruptMeta(format!("a second header chunk at offset {pos}")));
+                }
+                ChunkKind::Footer => {
+                    if data.len() - end >= TRAILER_LEN {
+                        return Err(Error::CorruptMeta("the trailer after the footer is damaged".into()));
+                    }
+                    break; // the file ends inside the trailer
+                }
+            }
+            pos = end;
+        }
+        self.completeness = Completeness::Truncated { chunks: self.chunks.len(), events: self.event_count };
+        Ok(())
+    }
+}
+
+/// The chunk header at `at`: `None` when the file ends before 40 bytes.
+fn chunk_header_at(data: &[u8], at: usize) -> Option<Result<ChunkHeader, layout::HeaderFault>> {
+    let b: &[u8; CHUNK_HEADER_LEN] = data.get(at..at.checked_add(CHUNK_HEADER_LEN)?)?.try_into().ok()?;
+    Some(ChunkHeader::decode(b))
+}
+
+/// Checks the payload checksum and decompresses into an aligned buffer of
+/// exactly `raw_len` bytes (more is rejected by zstd, less by us).
+fn unpack(payload: &[u8], raw_len: u32, crc: u32) -> Result<rkyv::util::AlignedVec, String> {
+    if crc32fast::hash(payload) != crc {
+        return Err("payload checksum mismatch".into());
+    }
+    if raw_len > MAX_RAW_LEN {
+        return Err(format!("raw length {raw_len} exceeds the limit"));
+    }
+    let mut out = rkyv::util::AlignedVec::<16>::with_capacity(raw_len as usize);
+    out.resize(raw_len as usize, 0);
+    let n = zstd::bulk::decompress_to_buffer(payload, &mut out[..]).map_err(|e| format!("zstd: {e}"))?;
+    if n != raw_len as usize {
+        return Err(format!("decompressed to {n} bytes, header says {raw_len}"));
+    }
+    Ok(out)
+}
+
+/// Validated rkyv access, then deserialization.
+fn from_rkyv<T>(bytes: &[u8]) -> Result<T, String>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(bytes).map_err(|e| format!("invalid archive: {e}"))
 }
 
 /// Iterator over `(event number, event)`; stops after the first error.
 pub struct Events<'a> {
-    _trace: &'a Trace,
+    trace: &'a Trace,
+    chunk: usize,
+    current: std::vec::IntoIter<Event>,
+    next_number: u64,
+    done: bool,
 }
 
 impl Iterator for Events<'_> {
     type Item = Result<(u64, Event), Error>;
     fn next(&mut self) -> Option<Self::Item> {
-        todo!("format: reader")
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(e) = self.current.next() {
+                let n = self.next_number;
+                self.next_number += 1;
+                return Some(Ok((n, e)));
+            }
+            if self.chunk >= self.trace.chunks.len() {
+                self.done = true;
+                return None;
+            }
+            match self.trace.read_chunk(self.chunk) {
+                Ok(events) => {
+                    self.current = events.into_iter();
+                    self.chunk += 1;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 }

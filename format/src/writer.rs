@@ -1,8 +1,22 @@
 //! Appending events: batches on the caller's thread, compression and I/O on a background thread.
+//!
+//! The caller's thread only moves events into a `Vec`. Full batches go through
+//! a bounded `sync_channel` to one background thread that encodes, compresses
+//! and appends chunks, so memory stays bounded by `queue_depth + 2` batches
+//! however long the recording runs. If the writer is dropped without
+//! [`TraceWriter::finish`], everything pushed so far is still written and the
+//! `.partial` file reads back as a truncated trace.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
-use crate::{Error, Event, Header, Module, Summary};
+use crate::batch;
+use crate::layout::{self, ChunkHeader, ChunkKind, Trailer, MAX_RAW_LEN};
+use crate::wire::{self, WChunkEntry, WCounter, WFooter};
+use crate::{Error, Event, Header, Module, Summary, EVENT_KINDS};
 
 /// Tuning for [`TraceWriter`].
 #[derive(Debug, Clone)]
@@ -29,9 +43,29 @@ pub struct Written {
     pub events: u64,
 }
 
+/// A batch is also cut when its events hold roughly this many bytes, so a
+/// stream of large events cannot exceed the reader's raw chunk limit.
+const BATCH_BYTES: usize = 64 << 20;
+
+enum Msg {
+    Events { first: u64, events: Vec<Event> },
+    Module { at_event: u64, module: Box<Module> },
+    Finish { summary: Summary },
+}
+
 /// Writes `PATH.partial`, renamed to `PATH` by [`TraceWriter::finish`].
 pub struct TraceWriter {
-    _private: (),
+    path: PathBuf,
+    partial: PathBuf,
+    options: WriterOptions,
+    batch: Vec<Event>,
+    batch_bytes: usize,
+    batch_first: u64,
+    next_event: u64,
+    modules: u32,
+    kind_counts: [u64; EVENT_KINDS.len()],
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<Result<u64, Error>>>,
 }
 
 impl TraceWriter {
@@ -39,34 +73,255 @@ impl TraceWriter {
         Self::with_options(path, header, WriterOptions::default())
     }
 
-    pub fn with_options(
-        _path: impl AsRef<Path>,
-        _header: Header,
-        _options: WriterOptions,
-    ) -> Result<Self, Error> {
-        todo!("format: writer")
+    pub fn with_options(path: impl AsRef<Path>, header: Header, options: WriterOptions) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let io = |source| Error::Io { path: partial.clone(), source };
+        let file = File::create(&partial).map_err(io)?;
+        let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), partial.clone(), options.level)?;
+        sink.write_raw(&layout::preamble())?;
+        let raw = to_rkyv(&wire::header_to(&header))?;
+        sink.write_chunk(ChunkKind::Header, &raw, 0, 0)?;
+        sink.flush()?;
+        let (tx, rx) = sync_channel(options.queue_depth.max(1));
+        let thread = std::thread::Builder::new()
+            .name("ffirec-writer".into())
+            .spawn(move || sink.run(rx))
+            .map_err(|e| Error::Writer(format!("cannot start writer thread: {e}")))?;
+        Ok(TraceWriter {
+            path,
+            partial,
+            batch: Vec::with_capacity(options.events_per_chunk.clamp(1, 1 << 20)),
+            options,
+            batch_bytes: 0,
+            batch_first: 0,
+            next_event: 0,
+            modules: 0,
+            kind_counts: [0; EVENT_KINDS.len()],
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Appends one event and returns its event number. Never compresses on
     /// the caller's thread; blocks only when `queue_depth` batches are pending.
-    pub fn push(&mut self, _event: Event) -> Result<u64, Error> {
-        todo!("format: writer")
+    pub fn push(&mut self, event: Event) -> Result<u64, Error> {
+        let n = self.next_event;
+        self.kind_counts[usize::from(batch::kind_id(&event))] += 1;
+        self.batch_bytes += approx_size(&event);
+        self.batch.push(event);
+        self.next_event += 1;
+        if self.batch.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
+            self.flush_batch()?;
+        }
+        Ok(n)
     }
 
     /// Adds a module to the module table and returns its index (what
     /// `Event::Call::module` refers to). Written to the file at once, so a
     /// truncated trace keeps the modules it saw.
-    pub fn add_module(&mut self, _module: Module) -> Result<u32, Error> {
-        todo!("format: writer")
+    pub fn add_module(&mut self, module: Module) -> Result<u32, Error> {
+        let index = self.modules;
+        self.send(Msg::Module { at_event: self.next_event, module: Box::new(module) })?;
+        self.modules += 1;
+        Ok(index)
     }
 
     /// Number of events pushed so far (the next event's number).
     pub fn events(&self) -> u64 {
-        todo!("format: writer")
+        self.next_event
+    }
+
+    /// Hands the current batch to the background thread now (normally it
+    /// goes when full). Events stay in order; chunk sizes just get smaller.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.flush_batch()
     }
 
     /// Flushes, writes footer and trailer, renames `PATH.partial` to `PATH`.
-    pub fn finish(self, _summary: Summary) -> Result<Written, Error> {
-        todo!("format: writer")
+    pub fn finish(mut self, summary: Summary) -> Result<Written, Error> {
+        self.flush_batch()?;
+        let mut counters: Vec<(String, u64)> =
+            EVENT_KINDS.iter().zip(self.kind_counts).map(|(k, n)| (format!("events.{k}"), n)).collect();
+        counters.extend(summary.counters.into_iter().filter(|(name, _)| !name.starts_with("events.")));
+        self.send(Msg::Finish { summary: Summary { exit: summary.exit, counters } })?;
+        self.tx = None;
+        let bytes = self.join()?;
+        std::fs::rename(&self.partial, &self.path).map_err(|source| Error::Io { path: self.path.clone(), source })?;
+        Ok(Written { path: self.path.clone(), bytes, events: self.next_event })
+    }
+
+    fn flush_batch(&mut self) -> Result<(), Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let cap = self.options.events_per_chunk.clamp(1, 1 << 20);
+        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
+        let first = self.batch_first;
+        self.batch_first = self.next_event;
+        self.batch_bytes = 0;
+        self.send(Msg::Events { first, events })
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<(), Error> {
+        let Some(tx) = &self.tx else {
+            return Err(Error::Writer("writer already failed".into()));
+        };
+        if tx.send(msg).is_ok() {
+            return Ok(());
+        }
+        // The background thread is gone: it stopped on an error. Report it.
+        self.tx = None;
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Writer("writer thread stopped early".into())),
+        }
+    }
+
+    fn join(&mut self) -> Result<u64, Error> {
+        match self.thread.take() {
+            None => Err(Error::Writer("writer already failed".into())),
+            Some(t) => t.join().unwrap_or_else(|_| Err(Error::Writer("writer thread panicked".into()))),
+        }
+    }
+}
+
+impl Drop for TraceWriter {
+    /// Without `finish`: write what was pushed and leave a readable `.partial`.
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            let _ = self.flush_batch();
+            self.tx = None;
+            let _ = self.join();
+        }
+    }
+}
+
+fn approx_size(e: &Event) -> usize {
+    64 + match e {
+        Event::Access { code, data, vregs, .. } => {
+            code.len() + data.len() + vregs.iter().map(|v| 16 + v.bytes.len()).sum::<usize>()
+        }
+        Event::SyscallAccess { ranges, .. } => 24 * ranges.len(),
+        Event::Signal { code_bytes, .. } => 160 + code_bytes.len(),
+        Event::Exec { path, .. } => path.len(),
+        _ => 0,
+    }
+}
+
+fn to_rkyv<T>(value: &T) -> Result<rkyv::util::AlignedVec, Error>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+    >,
+{
+    rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Writer(format!("serialize: {e}")))
+}
+
+/// The background thread's side: owns the file.
+struct Sink {
+    out: BufWriter<File>,
+    path: PathBuf,
+    offset: u64,
+    compressor: zstd::bulk::Compressor<'static>,
+    index: Vec<WChunkEntry>,
+}
+
+impl Sink {
+    fn new(out: BufWriter<File>, path: PathBuf, level: i32) -> Result<Sink, Error> {
+        let compressor = zstd::bulk::Compressor::new(level).map_err(|e| Error::Writer(format!("zstd: {e}")))?;
+        Ok(Sink { out, path, offset: 0, compressor, index: Vec::new() })
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) -> Result<u64, Error> {
+        for msg in rx {
+            match msg {
+                Msg::Events { first, events } => {
+                    let raw = to_rkyv(&batch::encode(&events))?;
+                    let count = u32::try_from(events.len())
+                        .map_err(|_| Error::Writer("more than 2^32 events in one chunk".into()))?;
+                    drop(events);
+                    self.write_chunk(ChunkKind::Events, &raw, first, count)?;
+                }
+                Msg::Module { at_event, module } => {
+                    let raw = to_rkyv(&wire::module_to(&module))?;
+                    self.write_chunk(ChunkKind::Module, &raw, at_event, 0)?;
+                    // Modules matter most when the recorder dies soon after.
+                    self.flush()?;
+                }
+                Msg::Finish { summary } => {
+                    let footer = WFooter {
+                        chunks: std::mem::take(&mut self.index),
+                        exit: summary.exit.map(wire::exit_to),
+                        counters: summary.counters.into_iter().map(|(name, value)| WCounter { name, value }).collect(),
+                    };
+                    let raw = to_rkyv(&footer)?;
+                    let footer_offset = self.offset;
+                    let chunk = self.chunk_bytes(ChunkKind::Footer, &raw, 0, 0)?;
+                    self.write_raw(&chunk)?;
+                    let trailer = Trailer {
+                        footer_offset,
+                        footer_len: chunk.len() as u64,
+                        footer_crc: crc32fast::hash(&chunk),
+                    };
+                    self.write_raw(&trailer.encode())?;
+                    self.flush()?;
+                    self.out.get_ref().sync_all().map_err(|source| Error::Io { path: self.path.clone(), source })?;
+                    return Ok(self.offset);
+                }
+            }
+        }
+        // Channel closed without Finish: the writer was dropped.
+        self.flush()?;
+        Ok(self.offset)
+    }
+
+    fn chunk_bytes(&mut self, kind: ChunkKind, raw: &[u8], first_event: u64, event_count: u32) -> Result<Vec<u8>, Error> {
+        let raw_len = u32::try_from(raw.len())
+            .ok()
+            .filter(|&l| l <= MAX_RAW_LEN)
+            .ok_or_else(|| Error::Writer(format!("chunk of {} bytes exceeds the format's limit", raw.len())))?;
+        let payload = self.compressor.compress(raw).map_err(|e| Error::Writer(format!("zstd: {e}")))?;
+        let compressed_len = u32::try_from(payload.len())
+            .map_err(|_| Error::Writer("compressed chunk exceeds 4 GiB".into()))?;
+        let header = ChunkHeader {
+            kind,
+            compressed_len,
+            raw_len,
+            first_event,
+            event_count,
+            payload_crc: crc32fast::hash(&payload),
+        };
+        let mut out = Vec::with_capacity(layout::CHUNK_HEADER_LEN + payload.len());
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    fn write_chunk(&mut self, kind: ChunkKind, raw: &[u8], first_event: u64, event_count: u32) -> Result<(), Error> {
+        let bytes = self.chunk_bytes(kind, raw, first_event, event_count)?;
+        if kind != ChunkKind::Header {
+            self.index.push(WChunkEntry {
+                offset: self.offset,
+                kind: kind as u16,
+                compressed_len: (bytes.len() - layout::CHUNK_HEADER_LEN) as u32,
+                raw_len: raw.len() as u32,
+                first_event,
+                event_count,
+            });
+        }
+        self.write_raw(&bytes)
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.out.write_all(bytes).map_err(|source| Error::Io { path: self.path.clone(), source })?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        self.out.flush().map_err(|source| Error::Io { path: self.path.clone(), source })
     }
 }

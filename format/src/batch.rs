@@ -1,0 +1,357 @@
+//! The columnar encoding of one chunk of events (format version 1).
+//!
+//! A batch stores one kind byte per event. Access events, the bulk of any
+//! trace, are split into columns that compress well:
+//! - instruction bytes live once per distinct `(rip, code)` in a per-batch
+//!   table; each access stores a small index into it;
+//! - the fault address is the difference from the same thread's previous
+//!   access (zigzag LEB128: a stride of 8 is one byte, repeating);
+//! - registers are compared with a prediction — the same thread's previous
+//!   access, with `rip` taken from the table — and only changed registers
+//!   are stored: a bitmask, then each change as a zigzag LEB128 difference (a
+//!   loop counter or striding pointer becomes the same byte every time);
+//! - data bytes are a length column plus one concatenated byte stream;
+//! - extended registers (rare) are a sparse list keyed by access ordinal.
+//!
+//! Every other kind is stored as a `wire::WEvent` in event order. All
+//! prediction state is per batch, so each chunk decodes on its own.
+
+use std::collections::HashMap;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::event::{Event, Regs, Tid, VecReg};
+use crate::wire::{self, WAccessVReg, WEvent, WRegs};
+
+/// Kind byte of every event (index into [`crate::EVENT_KINDS`]; frozen).
+pub fn kind_id(e: &Event) -> u8 {
+    match e {
+        Event::Access { .. } => 0,
+        Event::Call { .. } => 1,
+        Event::Return { .. } => 2,
+        Event::Callback { .. } => 3,
+        Event::CallbackReturn { .. } => 4,
+        Event::Alloc { .. } => 5,
+        Event::Free { .. } => 6,
+        Event::Map { .. } => 7,
+        Event::Unmap { .. } => 8,
+        Event::Protect { .. } => 9,
+        Event::SyscallAccess { .. } => 10,
+        Event::Signal { .. } => 11,
+        Event::Gap { .. } => 12,
+        Event::ThreadStart { .. } => 13,
+        Event::ThreadExit { .. } => 14,
+        Event::Fork { .. } => 15,
+        Event::Exec { .. } => 16,
+        Event::Exit { .. } => 17,
+        Event::HostWrite { .. } => 18,
+        Event::InitUnknown { .. } => 19,
+    }
+}
+
+fn wire_kind_id(e: &WEvent) -> u8 {
+    match e {
+        WEvent::Call { .. } => 1,
+        WEvent::Return { .. } => 2,
+        WEvent::Callback { .. } => 3,
+        WEvent::CallbackReturn { .. } => 4,
+        WEvent::Alloc { .. } => 5,
+        WEvent::Free { .. } => 6,
+        WEvent::Map { .. } => 7,
+        WEvent::Unmap { .. } => 8,
+        WEvent::Protect { .. } => 9,
+        WEvent::SyscallAccess { .. } => 10,
+        WEvent::Signal { .. } => 11,
+        WEvent::Gap { .. } => 12,
+        WEvent::ThreadStart { .. } => 13,
+        WEvent::ThreadExit { .. } => 14,
+        WEvent::Fork { .. } => 15,
+        WEvent::Exec { .. } => 16,
+        WEvent::Exit { .. } => 17,
+        WEvent::HostWrite { .. } => 18,
+        WEvent::InitUnknown { .. } => 19,
+    }
+}
+
+const KIND_ACCESS: u8 = 0;
+const NREGS: usize = 20;
+const RIP: usize = 16;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub struct Batch {
+    /// One kind byte per event.
+    pub kinds: Vec<u8>,
+    /// Distinct `(rip, code)` pairs of the batch's accesses.
+    pub ip_addr: Vec<u64>,
+    pub ip_code_len: Vec<u32>,
+    pub ip_code: Vec<u8>,
+    /// LEB128 streams, one value per access (`a_regs`: one per changed register).
+    pub a_tid: Vec<u8>,
+    pub a_ip: Vec<u8>,
+    pub a_fault: Vec<u8>,
+    pub a_mask: Vec<u8>,
+    pub a_regs: Vec<u8>,
+    pub a_data_len: Vec<u8>,
+    pub a_data: Vec<u8>,
+    /// Sorted by `access`.
+    pub a_vregs: Vec<WAccessVReg>,
+    pub others: Vec<WEvent>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct ThreadState {
+    regs: WRegs,
+    fault: u64,
+}
+
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(d: u64) -> u64 {
+    let d = d as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> u64 {
+    (z >> 1) ^ (z & 1).wrapping_neg()
+}
+
+/// Encodes `events` (any kinds, any threads) into a batch.
+pub fn encode(events: &[Event]) -> Batch {
+    let mut b = Batch { kinds: Vec::with_capacity(events.len()), ..Batch::default() };
+    let mut threads: HashMap<Tid, ThreadState> = HashMap::new();
+    // rip -> table indices with that rip (almost always one).
+    let mut ip_index: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut ip_code_off: Vec<usize> = Vec::new();
+    let mut accesses: u32 = 0;
+    for e in events {
+        b.kinds.push(kind_id(e));
+        let Event::Access { tid, code, regs, fault_addr, data, vregs } = e else {
+            if let Some(w) = wire::event_to(e) {
+                b.others.push(w);
+            }
+            continue;
+        };
+        let st = threads.entry(*tid).or_default();
+        // Instruction table.
+        let cands = ip_index.entry(regs.rip).or_default();
+        let found = cands.iter().copied().find(|&i| {
+            let i = i as usize;
+            let off = ip_code_off[i];
+            b.ip_code.get(off..off + b.ip_code_len[i] as usize) == Some(code.as_slice())
+        });
+        let ip = match found {
+            Some(i) => i,
+            None => {
+                let i = b.ip_addr.len() as u32;
+                b.ip_addr.push(regs.rip);
+                b.ip_code_len.push(code.len() as u32);
+                ip_code_off.push(b.ip_code.len());
+                b.ip_code.extend_from_slice(code);
+                cands.push(i);
+                i
+            }
+        };
+        put(&mut b.a_tid, u64::from(*tid));
+        put(&mut b.a_ip, u64::from(ip));
+        put(&mut b.a_fault, zigzag(fault_addr.wrapping_sub(st.fault)));
+        st.fault = *fault_addr;
+        let now = wire::regs_to(regs);
+        let mut pred = st.regs;
+        pred[RIP] = regs.rip;
+        let mut mask = 0u64;
+        for r in 0..NREGS {
+            if now[r] != pred[r] {
+                mask |= 1 << r;
+            }
+        }
+        put(&mut b.a_mask, mask);
+        for r in 0..NREGS {
+            if mask & (1 << r) != 0 {
+                put(&mut b.a_regs, zigzag(now[r].wrapping_sub(pred[r])));
+            }
+        }
+        st.regs = now;
+        put(&mut b.a_data_len, data.len() as u64);
+        b.a_data.extend_from_slice(data);
+        for v in vregs {
+            b.a_vregs.push(WAccessVReg {
+                access: accesses,
+                kind: wire::vreg_kind_code(v.kind),
+                index: v.index,
+                bytes: v.bytes.clone(),
+            });
+        }
+        accesses += 1;
+    }
+    b
+}
+
+/// A bounds-checked reader over one LEB128 stream.
+struct Stream<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    name: &'static str,
+}
+
+impl<'a> Stream<'a> {
+    fn new(bytes: &'a [u8], name: &'static str) -> Self {
+        Stream { bytes, pos: 0, name }
+    }
+
+    fn get(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&byte) = self.bytes.get(self.pos) else {
+                return Err(format!("column {} ends early", self.name));
+            };
+            self.pos += 1;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(format!("column {}: varint overflows 64 bits", self.name));
+            }
+            v |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("column {}: varint longer than 10 bytes", self.name))
+    }
+
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("column {} ends early", self.name))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn done(&self) -> Result<(), String> {
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(format!("column {} has {} trailing bytes", self.name, self.bytes.len() - self.pos))
+        }
+    }
+}
+
+/// Decodes a batch back into events. Any inconsistency is an error message
+/// (the caller wraps it into `Error::Corrupt` with the chunk number).
+pub fn decode(b: Batch) -> Result<Vec<Event>, String> {
+    if b.ip_addr.len() != b.ip_code_len.len() {
+        return Err("instruction table columns differ in length".into());
+    }
+    let mut ip_code_off = Vec::with_capacity(b.ip_addr.len());
+    let mut off = 0usize;
+    for &l in &b.ip_code_len {
+        ip_code_off.push(off);
+        off = off.saturating_add(l as usize);
+    }
+    if off != b.ip_code.len() {
+        return Err("instruction table code lengths do not add up".into());
+    }
+    let mut tid_s = Stream::new(&b.a_tid, "tid");
+    let mut ip_s = Stream::new(&b.a_ip, "ip");
+    let mut fault_s = Stream::new(&b.a_fault, "fault_addr");
+    let mut mask_s = Stream::new(&b.a_mask, "register mask");
+    let mut regs_s = Stream::new(&b.a_regs, "registers");
+    let mut dlen_s = Stream::new(&b.a_data_len, "data length");
+    let mut data_s = Stream::new(&b.a_data, "data");
+    let mut vregs = b.a_vregs.into_iter().peekable();
+    let mut others = b.others.into_iter();
+    let mut threads: HashMap<Tid, ThreadState> = HashMap::new();
+    let mut out = Vec::with_capacity(b.kinds.len());
+    let mut accesses: u32 = 0;
+    for (n, &k) in b.kinds.iter().enumerate() {
+        if k != KIND_ACCESS {
+            let w = others.next().ok_or_else(|| format!("event {n}: kind {k} but no stored event left"))?;
+            if wire_kind_id(&w) != k {
+                return Err(format!("event {n}: kind column says {k}, stored event is {}", wire_kind_id(&w)));
+            }
+            out.push(wire::event_from(w).map_err(|e| format!("event {n}: {e}"))?);
+            continue;
+        }
+        let tid = u32::try_from(tid_s.get()?).map_err(|_| format!("event {n}: thread id out of range"))?;
+        let ip = usize::try_from(ip_s.get()?).unwrap_or(usize::MAX);
+        let (Some(&rip), Some(&code_off), Some(&code_len)) =
+            (b.ip_addr.get(ip), ip_code_off.get(ip), b.ip_code_len.get(ip))
+        else {
+            return Err(format!("event {n}: instruction index {ip} out of range"));
+        };
+        let code = b
+            .ip_code
+            .get(code_off..code_off + code_len as usize)
+            .ok_or_else(|| format!("event {n}: instruction bytes out of range"))?
+            .to_vec();
+        let st = threads.entry(tid).or_default();
+        st.fault = st.fault.wrapping_add(unzigzag(fault_s.get()?));
+        let mask = mask_s.get()?;
+        if mask >> NREGS != 0 {
+            return Err(format!("event {n}: register mask {mask:#x} names unknown registers"));
+        }
+        let mut now = st.regs;
+        now[RIP] = rip;
+        for (r, slot) in now.iter_mut().enumerate() {
+            if mask & (1 << r) != 0 {
+                *slot = slot.wrapping_add(unzigzag(regs_s.get()?));
+            }
+        }
+        st.regs = now;
+        let dlen = dlen_s.get()?;
+        let data = data_s.take(dlen)?.to_vec();
+        let mut vr = Vec::new();
+        while let Some(v) = vregs.next_if(|v| v.access == accesses) {
+            vr.push(VecReg { kind: wire::vreg_kind_from(v.kind)?, index: v.index, bytes: v.bytes });
+        }
+        out.push(Event::Access { tid, code, regs: wire_regs(&now), fault_addr: st.fault, data, vregs: vr });
+        accesses += 1;
+    }
+    for s in [&tid_s, &ip_s, &fault_s, &mask_s, &regs_s, &dlen_s, &data_s] {
+        s.done()?;
+    }
+    if vregs.next().is_some() {
+        return Err("vector registers left over (unsorted or beyond the last access)".into());
+    }
+    if others.next().is_some() {
+        return Err("stored events left over after the kind column".into());
+    }
+    Ok(out)
+}
+
+fn wire_regs(w: &WRegs) -> Regs {
+    wire::regs_from(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_ids_match_kind_names() {
+        let e = Event::InitUnknown { addr: 1, len: 2 };
+        assert_eq!(crate::EVENT_KINDS[usize::from(kind_id(&e))], e.kind());
+        let e = Event::Exit { pid: 1, status: crate::ExitStatus::Code(0) };
+        assert_eq!(crate::EVENT_KINDS[usize::from(kind_id(&e))], e.kind());
+        assert_eq!(crate::EVENT_KINDS.len(), 20);
+    }
+
+    #[test]
+    fn varint_and_zigzag_roundtrip() {
+        for v in [0u64, 1, 127, 128, 300, u64::MAX, u64::MAX - 1, 1 << 63] {
+            let mut b = vec![];
+            put(&mut b, v);
+            assert_eq!(Stream::new(&b, "t").get(), Ok(v));
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        assert_eq!(zigzag(8), 16);
+        assert_eq!(zigzag((-8i64) as u64), 15);
+    }
+}

@@ -1,0 +1,106 @@
+//! Deterministic write/read checks of the public API.
+
+use ffirec_format::*;
+
+fn header() -> Header {
+    Header {
+        recorder_version: "0.1.0".into(),
+        uuid: [7; 16],
+        command: vec!["./prog".into(), "arg".into()],
+        start_time_ns: 1_700_000_000_000_000_000,
+        page_size: 4096,
+        policy: Policy { foreign: vec!["libz.so.1".into()], neutral: vec!["libc.so.6".into()], track_host_init: true, guard_foreign: false },
+    }
+}
+
+fn access(i: u64) -> Event {
+    let mut regs = Regs { rip: 0x401000 + (i % 2) * 4, rflags: 0x246, ..Regs::default() };
+    regs.gpr[Regs::RCX] = i;
+    regs.gpr[Regs::RSI] = 0x7f00_0000_0000;
+    Event::Access {
+        tid: 100,
+        code: vec![0x48, 0x8b, 0x04, 0xce],
+        regs,
+        fault_addr: 0x7f00_0000_0000 + 8 * i,
+        data: i.to_le_bytes().to_vec(),
+        vregs: vec![],
+    }
+}
+
+fn module() -> Module {
+    Module {
+        pid: 1,
+        path: "/usr/lib/libz.so.1".into(),
+        build_id: vec![1, 2, 3],
+        base: 0x7f00_1000_0000,
+        segments: vec![Segment { start: 0x7f00_1000_0000, len: 0x1000, prot: 5, file_offset: 0 }],
+        domain: Domain::Foreign,
+        symbols: vec![Symbol { name: "inflate".into(), addr: 0x100, size: 0x40 }],
+    }
+}
+
+#[test]
+fn write_then_read_back_exactly() {
+    let dir = std::env::temp_dir().join(format!("ffirec-format-basic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.ffr");
+    let opts = WriterOptions { events_per_chunk: 100, ..WriterOptions::default() };
+    let mut w = TraceWriter::with_options(&path, header(), opts).unwrap();
+    assert_eq!(w.add_module(module()).unwrap(), 0);
+    let events: Vec<Event> = (0..1000).map(access).collect();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(w.push(e.clone()).unwrap(), i as u64);
+    }
+    let written = w
+        .finish(Summary { exit: Some(ExitStatus::Code(3)), counters: vec![("ptrace_stops".into(), 42)] })
+        .unwrap();
+    assert_eq!(written.events, 1000);
+    assert!(!dir.join("t.ffr.partial").exists());
+    let t = Trace::open(&path).unwrap();
+    assert_eq!(t.header(), &header());
+    assert_eq!(t.modules(), &[module()]);
+    assert_eq!(t.completeness(), &Completeness::Complete);
+    assert_eq!(t.chunks().len(), 10);
+    assert_eq!(t.event_count(), 1000);
+    let s = t.summary().unwrap();
+    assert_eq!(s.exit, Some(ExitStatus::Code(3)));
+    assert_eq!(s.counter("events.access"), Some(1000));
+    assert_eq!(s.counter("events.call"), Some(0));
+    assert_eq!(s.counter("ptrace_stops"), Some(42));
+    let back: Vec<Event> = t.events().map(|r| r.unwrap().1).collect();
+    assert_eq!(back, events);
+    assert_eq!(t.read_chunk(3).unwrap(), events[300..400].to_vec());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dropped_writer_leaves_a_readable_partial() {
+    let dir = std::env::temp_dir().join(format!("ffirec-format-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.ffr");
+    let opts = WriterOptions { events_per_chunk: 64, ..WriterOptions::default() };
+    let mut w = TraceWriter::with_options(&path, header(), opts).unwrap();
+    let events: Vec<Event> = (0..200).map(access).collect();
+    for e in &events[..100] {
+        w.push(e.clone()).unwrap();
+    }
+    w.add_module(module()).unwrap();
+    for e in &events[100..] {
+        w.push(e.clone()).unwrap();
+    }
+    drop(w);
+    assert!(!path.exists());
+    let t = Trace::open(dir.join("t.ffr.partial")).unwrap();
+    assert_eq!(t.completeness(), &Completeness::Truncated { chunks: 4, events: 200 });
+    assert_eq!(t.summary(), None);
+    assert_eq!(t.modules(), &[module()]);
+    let back: Vec<Event> = t.events().map(|r| r.unwrap().1).collect();
+    assert_eq!(back, events);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn trace_is_sync_and_send() {
+    fn check<T: Sync + Send>() {}
+    check::<Trace>();
+}
