@@ -268,7 +268,8 @@ pub fn decode(b: Batch) -> Result<Vec<Event>, String> {
     let mut vregs = b.a_vregs.into_iter().peekable();
     let mut others = b.others.into_iter();
     let mut threads: HashMap<Tid, ThreadState> = HashMap::new();
-    let mut out = Vec::with_capacity(b.kinds.len());
+    // Capacity from an untrusted count: capped, the vector grows as events decode.
+    let mut out = Vec::with_capacity(b.kinds.len().min(1 << 16));
     let mut accesses: u32 = 0;
     for (n, &k) in b.kinds.iter().enumerate() {
         if k != KIND_ACCESS {

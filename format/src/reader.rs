@@ -378,13 +378,21 @@ fn chunk_header_at(data: &[u8], at: usize) -> Option<Result<ChunkHeader, layout:
 }
 
 /// Checks the payload checksum and decompresses into an aligned buffer of
-/// exactly `raw_len` bytes (more is rejected by zstd, less by us).
+/// exactly `raw_len` bytes (more is rejected by zstd — the buffer is the
+/// bound — and less by us).
 fn unpack(payload: &[u8], raw_len: u32, crc: u32) -> Result<rkyv::util::AlignedVec, String> {
     if crc32fast::hash(payload) != crc {
         return Err("payload checksum mismatch".into());
     }
     if raw_len > MAX_RAW_LEN {
         return Err(format!("raw length {raw_len} exceeds the limit"));
+    }
+    // The writer's frames declare their size; checking it first means a
+    // lying header cannot make us allocate for a size the frame disowns.
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n == u64::from(raw_len) => {}
+        Ok(Some(n)) => return Err(format!("zstd frame holds {n} bytes, header says {raw_len}")),
+        Ok(None) | Err(_) => return Err("not a zstd frame with a declared size".into()),
     }
     let mut out = rkyv::util::AlignedVec::<16>::with_capacity(raw_len as usize);
     out.resize(raw_len as usize, 0);
