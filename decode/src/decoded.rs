@@ -67,6 +67,15 @@ pub(crate) enum ElemMask {
     Vector(VecRegKind, u8),
 }
 
+impl ElemMask {
+    fn register(self) -> (VecRegKind, u8) {
+        match self {
+            ElemMask::K(k) => (VecRegKind::K, k),
+            ElemMask::Vector(kind, n) => (kind, n),
+        }
+    }
+}
+
 /// One memory operand, ready to evaluate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Template {
@@ -75,9 +84,10 @@ pub(crate) enum Template {
     /// `bt`/`bts`/`btr`/`btc` `[m], reg`: the register's bit offset (signed)
     /// selects the operand-sized word relative to `[m]`.
     BitString { mem: MemOperand, bit: GprPart, bit_width: u8, size: u64, acc: Acc },
-    /// AVX-512 operand under an opmask: element `i` is touched iff bit `i` is
+    /// An operand under an element mask (AVX-512 opmask; `vmaskmov`/`vpmaskmov`
+    /// /`maskmovdqu` mask vector): element `i` is touched iff mask bit `i` is
     /// set. For a broadcast, one element touched iff any of `count` bits is set.
-    Masked { mem: MemOperand, elem: u64, count: u8, broadcast: bool, rw: Rw, k: u8 },
+    Masked { mem: MemOperand, elem: u64, count: u8, broadcast: bool, rw: Rw, mask: ElemMask },
     /// A VSIB gather/scatter: one element per index-vector element.
     Vsib { um: UsedMemory, index: (VecRegKind, u8), index_len: usize, elem: u64, count: u8, rw: Rw, mask: ElemMask },
     /// A string operand at `seg:[rsi]` or `[rdi]`.
@@ -119,13 +129,10 @@ impl Decoded {
                 }
             };
             match *t {
-                Template::Masked { k, .. } => need((VecRegKind::K, k)),
+                Template::Masked { mask, .. } => need(mask.register()),
                 Template::Vsib { index, mask, .. } => {
                     need(index);
-                    match mask {
-                        ElemMask::K(k) => need((VecRegKind::K, k)),
-                        ElemMask::Vector(kind, n) => need((kind, n)),
-                    }
+                    need(mask.register());
                 }
                 _ => {}
             }
@@ -193,10 +200,9 @@ impl Decoded {
                     let addr = mem.address(regs).wrapping_add((words as u64).wrapping_mul(size));
                     push_acc(out, addr, size, acc);
                 }
-                Template::Masked { mem, elem, count, broadcast, rw, k } => {
-                    let mask = opmask(self.ip(), vregs, k)?;
+                Template::Masked { mem, elem, count, broadcast, rw, mask } => {
+                    let live = mask_bits(self.ip(), vregs, mask, elem, count)?;
                     let addr = mem.address(regs);
-                    let live = if count >= 64 { mask } else { mask & ((1u64 << count) - 1) };
                     if broadcast {
                         if live != 0 {
                             out.push(MemAccess { addr, size: elem, rw, certain: true });
@@ -262,17 +268,7 @@ impl Decoded {
     ) -> Result<(), DecodeError> {
         let ip = self.ip();
         let index_bytes = find_vreg(vregs, index.0, index.1, index_len).ok_or_else(|| missing(ip, index.0, index.1))?;
-        let live: u64 = match mask {
-            ElemMask::K(k) => opmask(ip, vregs, k)?,
-            ElemMask::Vector(kind, n) => {
-                let e = elem as usize;
-                let bytes = find_vreg(vregs, kind, n, e * usize::from(count)).ok_or_else(|| missing(ip, kind, n))?;
-                (0..usize::from(count)).fold(0u64, |m, i| match bytes.get(i * e + e - 1) {
-                    Some(b) if b & 0x80 != 0 => m | (1 << i),
-                    _ => m,
-                })
-            }
-        };
+        let live = mask_bits(ip, vregs, mask, elem, count)?;
         let start = out.len();
         for i in 0..usize::from(count) {
             if live & (1 << i) == 0 {
@@ -344,13 +340,28 @@ fn missing(ip: u64, kind: VecRegKind, n: u8) -> DecodeError {
     DecodeError::MissingRegister { ip, reg: format!("{name}{n}") }
 }
 
-fn opmask(ip: u64, vregs: &[VecReg], k: u8) -> Result<u64, DecodeError> {
-    let bytes = find_vreg(vregs, VecRegKind::K, k, 1).ok_or_else(|| missing(ip, VecRegKind::K, k))?;
-    let mut v = [0u8; 8];
-    for (d, s) in v.iter_mut().zip(bytes) {
-        *d = *s;
+/// Bit `i` set iff element `i` (of `count` elements of `elem` bytes) is live.
+fn mask_bits(ip: u64, vregs: &[VecReg], mask: ElemMask, elem: u64, count: u8) -> Result<u64, DecodeError> {
+    let (kind, n) = mask.register();
+    match mask {
+        ElemMask::K(_) => {
+            let bytes = find_vreg(vregs, kind, n, 1).ok_or_else(|| missing(ip, kind, n))?;
+            let mut v = [0u8; 8];
+            for (d, s) in v.iter_mut().zip(bytes) {
+                *d = *s;
+            }
+            let m = u64::from_le_bytes(v);
+            Ok(if count >= 64 { m } else { m & ((1u64 << count) - 1) })
+        }
+        ElemMask::Vector(..) => {
+            let e = elem as usize;
+            let bytes = find_vreg(vregs, kind, n, e * usize::from(count)).ok_or_else(|| missing(ip, kind, n))?;
+            Ok((0..usize::from(count)).fold(0u64, |m, i| match bytes.get(i * e + e - 1) {
+                Some(b) if b & 0x80 != 0 => m | (1 << i),
+                _ => m,
+            }))
+        }
     }
-    Ok(u64::from_le_bytes(v))
 }
 
 /// The bytes of a recorded register, accepting a wider vector register of the
@@ -510,7 +521,7 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
                 msize.element_count() as u64
             };
             let k = vec_reg(instr.op_mask()).map(|(_, n)| n).ok_or("bad opmask")?;
-            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, broadcast, rw: acc.unconditional(), k });
+            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, broadcast, rw: acc.unconditional(), mask: ElemMask::K(k) });
             continue;
         }
         if is_xsave_family(mnemonic) && size == 0 {
@@ -520,8 +531,22 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
             // Architecturally the destination always receives a write cycle
             // (the old value is written back when the comparison fails).
             Mnemonic::Cmpxchg | Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => acc = Acc::ReadWrite,
-            // Byte-masked stores/loads: which bytes depends on a vector mask.
-            Mnemonic::Maskmovq | Mnemonic::Maskmovdqu | Mnemonic::Vmaskmovdqu => acc = Acc::CondWrite,
+            // Element-masked by the sign bits of a vector register.
+            Mnemonic::Maskmovdqu | Mnemonic::Vmaskmovdqu | Mnemonic::Vmaskmovps | Mnemonic::Vmaskmovpd | Mnemonic::Vpmaskmovd | Mnemonic::Vpmaskmovq => {
+                let elem = match mnemonic {
+                    Mnemonic::Vmaskmovps | Mnemonic::Vpmaskmovd => 4,
+                    Mnemonic::Vmaskmovpd | Mnemonic::Vpmaskmovq => 8,
+                    _ => 1,
+                };
+                // maskmovdqu rdi, data, mask; vmaskmov reg, mask, [m] / [m], mask, reg.
+                let mask_op = if elem == 1 { 2 } else { 1 };
+                let (kind, n) = vec_reg(instr.op_register(mask_op)).ok_or("bad mask register")?;
+                let count = (size / elem).min(64) as u8;
+                out.push(Template::Masked { mem, elem, count, broadcast: false, rw: acc.unconditional(), mask: ElemMask::Vector(kind, n) });
+                continue;
+            }
+            // MMX byte mask (not recorded): the whole range, uncertain.
+            Mnemonic::Maskmovq => acc = Acc::CondWrite,
             _ => {}
         }
         if size == 0 {
