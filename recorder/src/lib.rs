@@ -1,1 +1,2 @@
 //! The ptrace supervisor.
+pub mod alloc;

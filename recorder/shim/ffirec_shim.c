@@ -1,0 +1,479 @@
+/* ffirec_shim.so — the LD_PRELOAD allocation recorder.
+ *
+ * Interposes the C allocator and anonymous mmap/munmap/mremap, forwards every
+ * call to the real implementation unchanged (same pointers, same errno, no
+ * poisoning) and appends one record per call to the shared-memory ring named
+ * by $FFIREC_SHM (layout and protocol: ffirec_shim.h). Without $FFIREC_SHM, or
+ * with a ring it does not recognise, it is a transparent pass-through.
+ *
+ * Ordering: a call that releases memory (free, realloc, munmap, mremap)
+ * reserves its sequence number *before* the real call, so no other thread can
+ * be handed the same address with an earlier sequence number; a call that only
+ * obtains memory reserves after.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ffirec_shim.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define TLS __thread __attribute__((tls_model("initial-exec")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define CALLER ((uint64_t)(uintptr_t)__builtin_return_address(0))
+
+/* glibc's exported allocator entry points: calling them never re-enters us. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void __libc_free(void *);
+extern void *__libc_memalign(size_t, size_t);
+extern void *__libc_valloc(size_t);
+extern void *__libc_pvalloc(size_t);
+
+/* ---- the flush trap ------------------------------------------------------
+ * `ffirec_shim_flush_enter` loads the magic into rax and falls into the
+ * exported `ffirec_shim_flush_trap`, whose first byte is int3. A tracer sees a
+ * SIGTRAP stop with rip == &ffirec_shim_flush_trap + 1 and rax ==
+ * FFIREC_FLUSH_MAGIC, drains the ring and resumes with the signal suppressed;
+ * the `ret` then returns here. */
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".hidden ffirec_shim_flush_enter\n"
+        ".type ffirec_shim_flush_enter,@function\n"
+        "ffirec_shim_flush_enter:\n"
+        "\tmovabsq $0x5041525448535546, %rax\n"
+        ".globl ffirec_shim_flush_trap\n"
+        ".type ffirec_shim_flush_trap,@function\n"
+        "ffirec_shim_flush_trap:\n"
+        "\tint3\n"
+        "\tret\n"
+        ".size ffirec_shim_flush_trap, .-ffirec_shim_flush_trap\n"
+        ".size ffirec_shim_flush_enter, .-ffirec_shim_flush_enter\n");
+void ffirec_shim_flush_enter(void);
+
+/* ---- state ---------------------------------------------------------------- */
+enum { ST_UNINIT = 0, ST_INIT = 1, ST_READY = 2, ST_OFF = 3 };
+static _Atomic int g_state;
+static struct ffirec_hdr *g_hdr;
+static struct ffirec_rec *g_ring;
+static uint64_t g_cap;
+static uint32_t g_pid;
+
+static TLS uint32_t t_tid;
+static TLS uint64_t t_limit; /* a reservation below this has room (cached tail + capacity) */
+static TLS int t_depth;      /* >0 while this thread is inside the record path */
+
+static _Atomic(uint64_t) *hdr_head(void) { return (_Atomic(uint64_t) *)&g_hdr->head; }
+static _Atomic(uint64_t) *hdr_tail(void) { return (_Atomic(uint64_t) *)&g_hdr->tail; }
+static _Atomic(uint64_t) *hdr_dropped(void) { return (_Atomic(uint64_t) *)&g_hdr->dropped; }
+static _Atomic(uint64_t) *hdr_traps(void) { return (_Atomic(uint64_t) *)&g_hdr->flush_traps; }
+static _Atomic(uint32_t) *hdr_u32(uint32_t *p) { return (_Atomic(uint32_t) *)p; }
+
+static void record_proc(uint16_t kind, uint64_t aux);
+
+/* Maps the ring. Runs once per process image, from the constructor or from the
+ * first allocation that precedes it. Uses raw syscalls only: no allocation, no
+ * interposed symbol. */
+static void ring_init(void) {
+    int expected = ST_UNINIT;
+    if (!atomic_compare_exchange_strong(&g_state, &expected, ST_INIT))
+        return;
+    int saved_errno = errno;
+    int next = ST_OFF;
+    const char *path = getenv("FFIREC_SHM");
+    if (path && *path) {
+        long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDWR | O_CLOEXEC);
+        if (fd >= 0) {
+            struct stat st;
+            if (syscall(SYS_fstat, fd, &st) == 0 && st.st_size >= (off_t)FFIREC_HDR_SIZE) {
+                void *m = (void *)syscall(SYS_mmap, NULL, (size_t)st.st_size,
+                                          PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                if (m != MAP_FAILED) {
+                    struct ffirec_hdr *h = m;
+                    uint64_t cap = h->capacity;
+                    uint64_t magic = atomic_load_explicit((_Atomic(uint64_t) *)&h->magic,
+                                                          memory_order_acquire);
+                    if (magic == FFIREC_MAGIC && h->version == FFIREC_VERSION &&
+                        h->hdr_size == FFIREC_HDR_SIZE && h->rec_size == FFIREC_REC_SIZE &&
+                        cap != 0 && (cap & (cap - 1)) == 0 &&
+                        cap <= ((uint64_t)st.st_size - FFIREC_HDR_SIZE) / FFIREC_REC_SIZE) {
+                        g_hdr = h;
+                        g_ring = (struct ffirec_rec *)((char *)m + FFIREC_HDR_SIZE);
+                        g_cap = cap;
+                        g_pid = (uint32_t)syscall(SYS_getpid);
+                        next = ST_READY;
+                    } else {
+                        syscall(SYS_munmap, m, (size_t)st.st_size);
+                    }
+                }
+            }
+            syscall(SYS_close, fd);
+        }
+    }
+    atomic_store_explicit(&g_state, next, memory_order_release);
+    if (next == ST_READY) {
+        /* We may be called from reserve() before it reserved anything, so no
+         * slot of this thread is pending: the start record may wait. */
+        int depth = t_depth;
+        t_depth = 0;
+        record_proc(FFIREC_K_PROC_START, 0);
+        t_depth = depth;
+    }
+    errno = saved_errno;
+}
+
+static inline int ring_ready(void) {
+    int st = atomic_load_explicit(&g_state, memory_order_acquire);
+    if (LIKELY(st == ST_READY))
+        return 1;
+    if (st == ST_UNINIT) {
+        ring_init();
+        return atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY;
+    }
+    return 0;
+}
+
+static inline uint32_t my_tid(void) {
+    uint32_t tid = t_tid;
+    if (UNLIKELY(tid == 0)) {
+        int saved_errno = errno;
+        tid = (uint32_t)syscall(SYS_gettid);
+        errno = saved_errno;
+        t_tid = tid;
+    }
+    return tid;
+}
+
+/* Waits until slot `seq` may be written. Never returns before it may. */
+static void __attribute__((noinline)) wait_for_room(uint64_t seq) {
+    int saved_errno = errno;
+    for (;;) {
+        uint64_t tail = atomic_load_explicit(hdr_tail(), memory_order_acquire);
+        if (seq < tail + g_cap) {
+            t_limit = tail + g_cap;
+            break;
+        }
+        if (atomic_load_explicit(hdr_u32(&g_hdr->tracer_present), memory_order_relaxed)) {
+            atomic_fetch_add_explicit(hdr_traps(), 1, memory_order_relaxed);
+            ffirec_shim_flush_enter();
+            tail = atomic_load_explicit(hdr_tail(), memory_order_acquire);
+            if (seq < tail + g_cap)
+                continue;
+        }
+        sched_yield();
+    }
+    errno = saved_errno;
+}
+
+/* Reserves a slot; returns NULL when the shim is off or the record had to be
+ * dropped (re-entered from a signal handler on a full ring). A non-NULL slot
+ * must be completed with fill()+commit() or with commit_nop(). */
+static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
+    if (UNLIKELY(!ring_ready()))
+        return NULL;
+    uint64_t seq;
+    if (LIKELY(t_depth == 0)) {
+        seq = atomic_fetch_add_explicit(hdr_head(), 1, memory_order_relaxed);
+        if (UNLIKELY(seq >= t_limit))
+            wait_for_room(seq);
+    } else {
+        /* Nested on this thread: an outer frame may hold an uncommitted slot
+         * the consumer is waiting for, so waiting could deadlock. Reserve only
+         * if there is room now. */
+        seq = atomic_load_explicit(hdr_head(), memory_order_relaxed);
+        for (;;) {
+            uint64_t tail = atomic_load_explicit(hdr_tail(), memory_order_acquire);
+            if (seq >= tail + g_cap) {
+                atomic_fetch_add_explicit(hdr_dropped(), 1, memory_order_relaxed);
+                return NULL;
+            }
+            if (atomic_compare_exchange_weak_explicit(hdr_head(), &seq, seq + 1,
+                                                      memory_order_relaxed, memory_order_relaxed))
+                break;
+        }
+    }
+    *seq_out = seq;
+    return &g_ring[seq & (g_cap - 1)];
+}
+
+static inline void fill(struct ffirec_rec *r, uint16_t kind, uint64_t ptr, uint64_t size,
+                        uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    uint32_t tid = my_tid();
+    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
+    r->kind = kind;
+    r->flags = (ftid != 0 && ftid == tid) ? FFIREC_F_FOREIGN : 0;
+    r->tid = tid;
+    r->pid = g_pid;
+    r->reserved = 0;
+    r->ptr = ptr;
+    r->size = size;
+    r->old_ptr = old_ptr;
+    r->caller = caller;
+    r->aux = aux;
+}
+
+static inline void commit(struct ffirec_rec *r, uint64_t seq) {
+    atomic_store_explicit((_Atomic(uint64_t) *)&r->commit, seq + 1, memory_order_release);
+}
+
+static inline void record(uint16_t kind, uint64_t ptr, uint64_t size, uint64_t old_ptr,
+                          uint64_t caller, uint64_t aux) {
+    t_depth++;
+    uint64_t seq;
+    struct ffirec_rec *r = reserve(&seq);
+    if (r) {
+        fill(r, kind, ptr, size, old_ptr, caller, aux);
+        commit(r, seq);
+    }
+    t_depth--;
+}
+
+static void record_proc(uint16_t kind, uint64_t aux) { record(kind, 0, 0, 0, 0, aux); }
+
+/* A slot reserved before a releasing call: `begin` then exactly one `end`. */
+struct pending {
+    struct ffirec_rec *r;
+    uint64_t seq;
+};
+
+static inline struct pending begin(void) {
+    struct pending p;
+    t_depth++;
+    p.r = reserve(&p.seq);
+    return p;
+}
+
+static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t size,
+                       uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    if (p.r) {
+        fill(p.r, kind, ptr, size, old_ptr, caller, aux);
+        commit(p.r, p.seq);
+    }
+    t_depth--;
+}
+
+/* ---- real functions resolved with dlsym ------------------------------------ */
+static TLS int t_resolving;
+
+static void *resolve(const char *name) {
+    t_resolving++;
+    void *f = dlsym(RTLD_NEXT, name);
+    t_resolving--;
+    return f;
+}
+
+#define REAL(type, name)                                                     \
+    static _Atomic(type) real_##name;                                        \
+    static type get_##name(void) {                                           \
+        type f = atomic_load_explicit(&real_##name, memory_order_acquire);   \
+        if (UNLIKELY(f == NULL) && t_resolving == 0) {                       \
+            f = (type)resolve(#name);                                        \
+            atomic_store_explicit(&real_##name, f, memory_order_release);    \
+        }                                                                    \
+        return f;                                                            \
+    }
+
+typedef int (*posix_memalign_fn)(void **, size_t, size_t);
+typedef void *(*aligned_alloc_fn)(size_t, size_t);
+typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
+typedef int (*munmap_fn)(void *, size_t);
+typedef void *(*mremap_fn)(void *, size_t, size_t, int, ...);
+REAL(posix_memalign_fn, posix_memalign)
+REAL(aligned_alloc_fn, aligned_alloc)
+REAL(mmap_fn, mmap)
+REAL(munmap_fn, munmap)
+REAL(mremap_fn, mremap)
+
+/* ---- process lifecycle --------------------------------------------------- */
+static void after_fork_child(void) {
+    uint32_t parent = g_pid;
+    t_tid = 0;
+    if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) {
+        g_pid = (uint32_t)syscall(SYS_getpid);
+        record_proc(FFIREC_K_FORK, parent);
+    }
+}
+
+__attribute__((constructor)) static void shim_init(void) {
+    int saved_errno = errno;
+    ring_init();
+    (void)get_posix_memalign();
+    (void)get_aligned_alloc();
+    (void)get_mmap();
+    (void)get_munmap();
+    (void)get_mremap();
+    pthread_atfork(NULL, NULL, after_fork_child);
+    errno = saved_errno;
+}
+
+/* ---- the C allocator ------------------------------------------------------ */
+EXPORT void *malloc(size_t n) {
+    void *p = __libc_malloc(n);
+    if (p)
+        record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
+    return p;
+}
+
+EXPORT void *calloc(size_t n, size_t m) {
+    void *p = __libc_calloc(n, m);
+    if (p) /* success implies n * m did not overflow */
+        record(FFIREC_K_CALLOC, (uintptr_t)p, (uint64_t)n * m, 0, CALLER, 0);
+    return p;
+}
+
+EXPORT void free(void *p) {
+    if (!p) {
+        __libc_free(p);
+        return;
+    }
+    struct pending s = begin();
+    end(s, FFIREC_K_FREE, (uintptr_t)p, 0, 0, CALLER, 0);
+    __libc_free(p);
+}
+
+static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t caller) {
+    if (!old) {
+        void *p = __libc_realloc(NULL, n);
+        if (p)
+            record(kind, (uintptr_t)p, n, 0, caller, 0);
+        return p;
+    }
+    struct pending s = begin();
+    void *p = __libc_realloc(old, n);
+    if (p)
+        end(s, kind, (uintptr_t)p, n, (uintptr_t)old, caller, 0);
+    else if (n == 0) /* glibc: realloc(p, 0) frees p and returns NULL */
+        end(s, kind, 0, 0, (uintptr_t)old, caller, 0);
+    else
+        end(s, FFIREC_K_NOP, 0, 0, 0, caller, 0);
+    return p;
+}
+
+EXPORT void *realloc(void *old, size_t n) {
+    return realloc_common(old, n, FFIREC_K_REALLOC, CALLER);
+}
+
+EXPORT void *reallocarray(void *old, size_t n, size_t m) {
+    size_t bytes;
+    if (__builtin_mul_overflow(n, m, &bytes)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc_common(old, bytes, FFIREC_K_REALLOCARRAY, CALLER);
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t n) {
+    posix_memalign_fn f = get_posix_memalign();
+    int rc;
+    if (LIKELY(f != NULL)) {
+        rc = f(out, align, n);
+    } else { /* only while dlsym itself is running */
+        if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
+            return EINVAL;
+        void *p = __libc_memalign(align, n);
+        if (!p)
+            return ENOMEM;
+        *out = p;
+        rc = 0;
+    }
+    if (rc == 0)
+        record(FFIREC_K_POSIX_MEMALIGN, (uintptr_t)*out, n, 0, CALLER, align);
+    return rc;
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t n) {
+    aligned_alloc_fn f = get_aligned_alloc();
+    void *p = LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n);
+    if (p)
+        record(FFIREC_K_ALIGNED_ALLOC, (uintptr_t)p, n, 0, CALLER, align);
+    return p;
+}
+
+EXPORT void *memalign(size_t align, size_t n) {
+    void *p = __libc_memalign(align, n);
+    if (p)
+        record(FFIREC_K_MEMALIGN, (uintptr_t)p, n, 0, CALLER, align);
+    return p;
+}
+
+EXPORT void *valloc(size_t n) {
+    void *p = __libc_valloc(n);
+    if (p)
+        record(FFIREC_K_VALLOC, (uintptr_t)p, n, 0, CALLER, 0);
+    return p;
+}
+
+EXPORT void *pvalloc(size_t n) {
+    void *p = __libc_pvalloc(n);
+    if (p) {
+        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+        uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
+        record(FFIREC_K_PVALLOC, (uintptr_t)p, rounded, 0, CALLER, 0);
+    }
+    return p;
+}
+
+/* ---- anonymous mappings --------------------------------------------------- */
+static inline void *mmap_common(void *addr, size_t len, int prot, int flags, int fd, off_t off,
+                                uint64_t caller) {
+    mmap_fn f = get_mmap();
+    void *p = LIKELY(f != NULL) ? f(addr, len, prot, flags, fd, off)
+                                : (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+    if (p != MAP_FAILED && (flags & MAP_ANONYMOUS))
+        record(FFIREC_K_MMAP, (uintptr_t)p, len, 0, caller,
+               (uint64_t)(uint32_t)prot | ((uint64_t)(uint32_t)flags << 32));
+    return p;
+}
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    return mmap_common(addr, len, prot, flags, fd, off, CALLER);
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    return mmap_common(addr, len, prot, flags, fd, off, CALLER);
+}
+
+EXPORT int munmap(void *addr, size_t len) {
+    munmap_fn f = get_munmap();
+    struct pending s = begin();
+    int rc = LIKELY(f != NULL) ? f(addr, len) : (int)syscall(SYS_munmap, addr, len);
+    if (rc == 0)
+        end(s, FFIREC_K_MUNMAP, (uintptr_t)addr, len, 0, CALLER, 0);
+    else
+        end(s, FFIREC_K_NOP, 0, 0, 0, CALLER, 0);
+    return rc;
+}
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...) {
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    mremap_fn f = get_mremap();
+    struct pending s = begin();
+    void *p = LIKELY(f != NULL)
+                  ? f(old, old_len, new_len, flags, want)
+                  : (void *)syscall(SYS_mremap, old, old_len, new_len, flags, want);
+    if (p != MAP_FAILED)
+        end(s, FFIREC_K_MREMAP, (uintptr_t)p, new_len, (uintptr_t)old, CALLER, old_len);
+    else
+        end(s, FFIREC_K_NOP, 0, 0, 0, CALLER, 0);
+    return p;
+}

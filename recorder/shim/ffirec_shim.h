@@ -1,0 +1,98 @@
+/* ffirec allocation ring: the shared-memory layout spoken by the LD_PRELOAD
+ * shim (producers, inside the traced program) and the recorder (the single
+ * consumer, recorder/src/alloc/ring.rs mirrors every offset below).
+ *
+ * File layout: one 4096-byte header page, then `capacity` records of 64 bytes
+ * (`capacity` a power of two). Every field is little-endian, naturally aligned.
+ *
+ * Protocol
+ *  - A producer reserves sequence number `seq` with fetch_add on `head`, waits
+ *    until `seq < tail + capacity` (the consumer has finished with the slot's
+ *    previous use), fills slot `seq & (capacity-1)` and then stores
+ *    `commit = seq + 1` with release ordering. `commit` is written last.
+ *  - The consumer reads slot `tail & mask` while its `commit == tail + 1`
+ *    (acquire), then publishes the new `tail` with release ordering. It stops
+ *    at the first slot not yet committed, so records come out in global
+ *    sequence order with no gap.
+ *  - A full ring never loses a record: the producer waits. When
+ *    `tracer_present` is non-zero it waits by executing the `int3` at the
+ *    exported symbol `ffirec_shim_flush_trap` (rax = FFIREC_FLUSH_MAGIC), so a
+ *    recorder that only drains at ptrace stops gets a stop to drain at;
+ *    otherwise it yields the CPU until the consumer catches up.
+ *  - A producer already inside the shim on the same thread (a signal handler
+ *    that allocates) never waits: when the ring is full it drops the record and
+ *    counts it in `dropped`.
+ */
+#ifndef FFIREC_SHIM_H
+#define FFIREC_SHIM_H
+
+#include <stdint.h>
+
+#define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
+#define FFIREC_VERSION 1u
+#define FFIREC_HDR_SIZE 4096u
+#define FFIREC_REC_SIZE 64u
+#define FFIREC_FLUSH_MAGIC 0x5041525448535546ull /* "FUSHTRAP" little-endian */
+
+/* Record kinds. 0..=10 are the allocation functions, in the order of
+ * ffirec_format::AllocFn. */
+enum ffirec_kind {
+    FFIREC_K_MALLOC = 0,
+    FFIREC_K_CALLOC = 1,
+    FFIREC_K_REALLOC = 2,        /* ptr = new (0 when realloc(p, 0) freed p), old_ptr = p */
+    FFIREC_K_REALLOCARRAY = 3,   /* same, size = n * m */
+    FFIREC_K_POSIX_MEMALIGN = 4, /* aux = alignment */
+    FFIREC_K_ALIGNED_ALLOC = 5,  /* aux = alignment */
+    FFIREC_K_MEMALIGN = 6,       /* aux = alignment */
+    FFIREC_K_VALLOC = 7,
+    FFIREC_K_PVALLOC = 8,        /* size = request rounded up to the page size */
+    FFIREC_K_MMAP = 9,           /* anonymous mappings only; aux = prot | flags << 32 */
+    FFIREC_K_MREMAP = 10,        /* every successful mremap; aux = old size */
+    FFIREC_K_FREE = 16,          /* free(ptr), ptr != 0 */
+    FFIREC_K_MUNMAP = 17,        /* every successful munmap(ptr, size) */
+    FFIREC_K_NOP = 30,           /* a reserved slot whose call failed: skip */
+    FFIREC_K_PROC_START = 32,    /* the shim started in process `pid` (after exec) */
+    FFIREC_K_FORK = 33,          /* process `pid` was forked from process `aux` */
+};
+
+#define FFIREC_F_FOREIGN 1u /* the calling tid was header.foreign_tid */
+
+struct ffirec_rec {
+    uint64_t commit; /* seq + 1, stored last with release ordering */
+    uint16_t kind;
+    uint16_t flags;
+    uint32_t tid;
+    uint32_t pid;
+    uint32_t reserved;
+    uint64_t ptr;
+    uint64_t size;
+    uint64_t old_ptr;
+    uint64_t caller;
+    uint64_t aux;
+};
+
+struct ffirec_hdr {
+    /* line 0: written by the recorder, read by producers */
+    uint64_t magic;          /* 0: written last by the recorder */
+    uint32_t version;        /* 8 */
+    uint32_t hdr_size;       /* 12 */
+    uint32_t rec_size;       /* 16 */
+    uint32_t reserved0;      /* 20 */
+    uint64_t capacity;       /* 24: records, a power of two */
+    uint32_t tracer_present; /* 32: non-zero: wait on a full ring with the flush trap */
+    uint32_t foreign_tid;    /* 36: tid currently in foreign mode, 0 when none */
+    uint64_t arena_start;    /* 40: foreign arena (issue 5 part 2), 0 when none */
+    uint64_t arena_end;      /* 48 */
+    uint64_t reserved1;      /* 56 */
+    /* line 1: producers */
+    uint64_t head; /* 64: next sequence number to reserve */
+    uint64_t pad1[7];
+    /* line 2: the consumer */
+    uint64_t tail; /* 128: every sequence number below it has been consumed */
+    uint64_t pad2[7];
+    /* line 3: counters, written by producers */
+    uint64_t dropped;     /* 192 */
+    uint64_t flush_traps; /* 200 */
+};
+
+#endif

@@ -1,0 +1,316 @@
+//! Allocation tracking through the `LD_PRELOAD` shim, with no ptrace stop per
+//! allocation.
+//!
+//! [`AllocTracker`] owns a private directory holding the shim (built from
+//! `recorder/shim/` and embedded in this crate) and the shared-memory ring the
+//! shim writes to. The recorder starts the tracee with [`AllocTracker::env`],
+//! and calls [`AllocTracker::drain`] whenever it likes — from a ptrace stop or
+//! from its own thread — to turn records into `Alloc`/`Free`/`Unmap` events in
+//! the order the program made the calls.
+//!
+//! # Contract with the ptrace recorder
+//! - Call [`AllocTracker::set_tracer_present`]`(true)` once the tracee is
+//!   traced. From then on a producer that finds the ring full executes the
+//!   `int3` at [`AllocTracker::flush_trap_symbol`] instead of yielding. The
+//!   stop is a SIGTRAP signal-delivery-stop (`si_code == SI_KERNEL`) with
+//!   `rip == load_base + flush_trap_offset() + 1` and `rax ==`
+//!   [`FLUSH_MAGIC`], where `load_base` is the start of the shim's mapping with
+//!   file offset 0 in `/proc/PID/maps` (path [`AllocTracker::shim_path`]). The
+//!   recorder must [`drain`](AllocTracker::drain) and resume the thread with
+//!   the signal suppressed (`PTRACE_CONT`, signal 0); the shim re-checks and
+//!   traps again if there is still no room. If [`AllocTracker::is_blocked`]
+//!   is true after draining, the oldest slot is held by another thread that
+//!   reserved it but has not finished writing it: that thread must run
+//!   (release held threads) before the ring can advance.
+//! - [`AllocTracker::set_foreign_tid`] while a thread runs foreign code (0 when
+//!   none): its records get `Domain::Foreign`.
+//! - Never guard the ring mapping ([`AllocTracker::ring_path`], mapped
+//!   `MAP_SHARED` in every tracee process) nor the shim's own mappings: classify
+//!   the shim as neutral code (its writable data is then unguarded).
+//! - After the last tracee process has exited, call
+//!   [`AllocTracker::drain_final`]: it also skips slots a killed thread
+//!   reserved but never committed.
+
+mod convert;
+mod ring;
+
+use std::ffi::OsString;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ffirec_format::Event;
+
+/// The shim, compiled by `build.rs`.
+static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ffirec_shim.so"));
+
+const TRAP_SYMBOL: &str = "ffirec_shim_flush_trap";
+
+/// The value of `rax` at the shim's flush trap (`"FUSHTRAP"` little-endian).
+pub const FLUSH_MAGIC: u64 = u64::from_le_bytes(*b"FUSHTRAP");
+
+/// Ring capacity used by [`AllocTracker::new`], in records (64 bytes each).
+pub const DEFAULT_CAPACITY: usize = 1 << 16;
+
+/// Errors of the allocation tracker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the private directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the allocation shim to {path}: {source}")]
+    WriteShim { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the allocation ring {path}: {source}")]
+    CreateRing { path: PathBuf, source: std::io::Error },
+    #[error("allocation ring capacity {0} must be a power of two between 16 and 2^24 records")]
+    Capacity(usize),
+    #[error("the embedded allocation shim is not a valid ELF file with symbol {TRAP_SYMBOL}")]
+    BadShim,
+}
+
+/// Counters of the ring, for reports and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingStats {
+    /// Sequence numbers reserved by producers so far.
+    pub reserved: u64,
+    /// Records consumed by [`AllocTracker::drain`] so far.
+    pub consumed: u64,
+    /// Records the shim dropped (only when re-entered from a signal handler on a full ring).
+    pub dropped: u64,
+    /// Times a producer executed the flush trap.
+    pub flush_traps: u64,
+    /// Reserved slots skipped by [`AllocTracker::drain_final`] (their writer died).
+    pub skipped: u64,
+}
+
+/// A handle for the ring's control words, usable from any thread while
+/// another owns the [`AllocTracker`] and drains it.
+#[derive(Clone)]
+pub struct RingControl {
+    map: Arc<ring::Mapping>,
+}
+
+impl RingControl {
+    /// Whether a producer on a full ring traps for a drain (true) or yields.
+    pub fn set_tracer_present(&self, on: bool) {
+        self.map.set_tracer_present(on);
+    }
+    /// The thread now in foreign mode, 0 when none.
+    pub fn set_foreign_tid(&self, tid: u32) {
+        self.map.set_foreign_tid(tid);
+    }
+}
+
+/// The shim, its ring, and the conversion of records into events.
+pub struct AllocTracker {
+    dirs: Vec<PathBuf>,
+    shim_path: PathBuf,
+    ring_path: PathBuf,
+    map: Arc<ring::Mapping>,
+    model: convert::Model,
+    tail: u64,
+    skipped: u64,
+    trap_offset: u64,
+}
+
+impl AllocTracker {
+    /// A tracker with a ring of [`DEFAULT_CAPACITY`] records.
+    pub fn new() -> Result<AllocTracker, Error> {
+        AllocTracker::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A tracker whose ring holds `records` records (a power of two, ≥ 16).
+    pub fn with_capacity(records: usize) -> Result<AllocTracker, Error> {
+        if !records.is_power_of_two() || !(16..=1 << 24).contains(&records) {
+            return Err(Error::Capacity(records));
+        }
+        let trap_offset = trap_offset(SHIM).ok_or(Error::BadShim)?;
+        let name = format!("ffirec-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let shim_dir = private_dir(&std::env::temp_dir(), &name)?;
+        let mut dirs = vec![shim_dir.clone()];
+        // The ring lives on tmpfs when there is one: no writeback of a hot file.
+        let shm = Path::new("/dev/shm");
+        let ring_dir = match shm.is_dir().then(|| private_dir(shm, &name)) {
+            Some(Ok(dir)) => {
+                dirs.push(dir.clone());
+                dir
+            }
+            _ => shim_dir.clone(),
+        };
+        // From here on `dirs` is removed by Drop, even on error.
+        let mut tracker_dirs = DirsGuard(dirs);
+
+        let shim_path = shim_dir.join("ffirec_shim.so");
+        let write_shim = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o500).open(&shim_path)?;
+            f.write_all(SHIM)?;
+            f.sync_all()
+        };
+        write_shim().map_err(|source| Error::WriteShim { path: shim_path.clone(), source })?;
+
+        let ring_path = ring_dir.join("ring");
+        let ring_err = |source| Error::CreateRing { path: ring_path.clone(), source };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&ring_path)
+            .map_err(ring_err)?;
+        let map = ring::Mapping::create(&file, records as u64).map_err(ring_err)?;
+
+        Ok(AllocTracker {
+            dirs: std::mem::take(&mut tracker_dirs.0),
+            shim_path,
+            ring_path,
+            map: Arc::new(map),
+            model: convert::Model::default(),
+            tail: 0,
+            skipped: 0,
+            trap_offset,
+        })
+    }
+
+    /// Environment for the tracee: `LD_PRELOAD` (the shim appended to any
+    /// `LD_PRELOAD` this process has) and `FFIREC_SHM` (the ring).
+    pub fn env(&self) -> Vec<(OsString, OsString)> {
+        let mut preload = OsString::new();
+        if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+            preload.push(existing);
+            preload.push(":");
+        }
+        preload.push(self.shim_path.as_os_str());
+        vec![
+            (OsString::from("LD_PRELOAD"), preload),
+            (OsString::from("FFIREC_SHM"), self.ring_path.as_os_str().to_owned()),
+        ]
+    }
+
+    /// The shim file the tracee preloads.
+    pub fn shim_path(&self) -> &Path {
+        &self.shim_path
+    }
+
+    /// The ring file, mapped shared by every tracee process.
+    pub fn ring_path(&self) -> &Path {
+        &self.ring_path
+    }
+
+    /// The exported symbol whose first byte is the flush trap's `int3`.
+    pub fn flush_trap_symbol() -> &'static str {
+        TRAP_SYMBOL
+    }
+
+    /// Address of [`Self::flush_trap_symbol`] relative to the shim's load base.
+    pub fn flush_trap_offset(&self) -> u64 {
+        self.trap_offset
+    }
+
+    /// See [`RingControl::set_tracer_present`].
+    pub fn set_tracer_present(&self, on: bool) {
+        self.map.set_tracer_present(on);
+    }
+
+    /// See [`RingControl::set_foreign_tid`].
+    pub fn set_foreign_tid(&self, tid: u32) {
+        self.map.set_foreign_tid(tid);
+    }
+
+    /// A handle to the control words for another thread.
+    pub fn control(&self) -> RingControl {
+        RingControl { map: Arc::clone(&self.map) }
+    }
+
+    /// Consumes every committed record, in sequence order, passing the events
+    /// they stand for to `f`; stops at the first slot not yet committed.
+    /// Returns the number of events produced.
+    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+        self.drain_inner(&mut f, false)
+    }
+
+    /// [`Self::drain`] for when no producer can still be running (every tracee
+    /// process has exited): reserved slots that were never committed are
+    /// skipped and counted in [`RingStats::skipped`].
+    pub fn drain_final(&mut self, mut f: impl FnMut(Event)) -> usize {
+        self.drain_inner(&mut f, true)
+    }
+
+    fn drain_inner(&mut self, f: &mut impl FnMut(Event), skip_holes: bool) -> usize {
+        // Publish progress often enough that producers on a small ring keep going.
+        let publish_every = (self.map.capacity() / 4).max(1);
+        let mut events = 0;
+        let mut since_publish = 0;
+        loop {
+            match self.map.read(self.tail) {
+                Some(rec) => events += self.model.convert(&rec, f),
+                None if skip_holes && self.tail < self.map.head() => self.skipped += 1,
+                None => break,
+            }
+            self.tail += 1;
+            since_publish += 1;
+            if since_publish >= publish_every {
+                self.map.publish_tail(self.tail);
+                since_publish = 0;
+            }
+        }
+        self.map.publish_tail(self.tail);
+        events
+    }
+
+    /// True when the oldest unconsumed slot is reserved but not yet committed:
+    /// the ring cannot advance until the thread that reserved it runs.
+    pub fn is_blocked(&self) -> bool {
+        self.map.uncommitted(self.tail)
+    }
+
+    /// The ring's counters.
+    pub fn stats(&self) -> RingStats {
+        RingStats {
+            reserved: self.map.head(),
+            consumed: self.map.tail(),
+            dropped: self.map.dropped(),
+            flush_traps: self.map.flush_traps(),
+            skipped: self.skipped,
+        }
+    }
+
+    /// Ring capacity in records.
+    pub fn capacity(&self) -> usize {
+        self.map.capacity() as usize
+    }
+}
+
+impl Drop for AllocTracker {
+    fn drop(&mut self) {
+        drop(DirsGuard(std::mem::take(&mut self.dirs)));
+    }
+}
+
+/// Removes the private directories it holds when dropped.
+struct DirsGuard(Vec<PathBuf>);
+
+impl Drop for DirsGuard {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Error> {
+    let path = parent.join(name);
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .map_err(|source| Error::CreateDir { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// The value of the flush-trap symbol in the shim's dynamic symbol table.
+fn trap_offset(elf: &[u8]) -> Option<u64> {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(elf).ok()?;
+    let found = file.dynamic_symbols().find(|s| s.name() == Ok(TRAP_SYMBOL)).map(|s| s.address());
+    found
+}

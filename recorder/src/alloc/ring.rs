@@ -1,0 +1,192 @@
+//! The consumer side of the shared-memory ring (layout: `shim/ffirec_shim.h`).
+//!
+//! Owns the ring file's mapping in the recorder. Every offset here mirrors the
+//! C header; the shim refuses a ring whose magic, version or sizes differ.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HDR_SIZE: usize = 4096;
+pub(crate) const REC_SIZE: usize = 64;
+
+// Header field offsets (bytes).
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 8;
+const OFF_HDR_SIZE: usize = 12;
+const OFF_REC_SIZE: usize = 16;
+const OFF_CAPACITY: usize = 24;
+const OFF_TRACER_PRESENT: usize = 32;
+const OFF_FOREIGN_TID: usize = 36;
+const OFF_HEAD: usize = 64;
+const OFF_TAIL: usize = 128;
+const OFF_DROPPED: usize = 192;
+const OFF_FLUSH_TRAPS: usize = 200;
+
+/// Record kinds written by the shim (`enum ffirec_kind`).
+pub(crate) mod kind {
+    pub const MALLOC: u16 = 0;
+    pub const CALLOC: u16 = 1;
+    pub const REALLOC: u16 = 2;
+    pub const REALLOCARRAY: u16 = 3;
+    pub const POSIX_MEMALIGN: u16 = 4;
+    pub const ALIGNED_ALLOC: u16 = 5;
+    pub const MEMALIGN: u16 = 6;
+    pub const VALLOC: u16 = 7;
+    pub const PVALLOC: u16 = 8;
+    pub const MMAP: u16 = 9;
+    pub const MREMAP: u16 = 10;
+    pub const FREE: u16 = 16;
+    pub const MUNMAP: u16 = 17;
+    pub const NOP: u16 = 30;
+    pub const PROC_START: u16 = 32;
+    pub const FORK: u16 = 33;
+}
+
+/// `ffirec_rec.flags` bit: the calling thread was the foreign tid.
+pub(crate) const F_FOREIGN: u16 = 1;
+
+/// One record as the shim wrote it (`struct ffirec_rec` minus `commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rec {
+    pub kind: u16,
+    pub flags: u16,
+    pub tid: u32,
+    pub pid: u32,
+    pub ptr: u64,
+    pub size: u64,
+    pub old_ptr: u64,
+    pub caller: u64,
+    pub aux: u64,
+}
+
+/// The recorder's shared mapping of the ring file.
+pub(crate) struct Mapping {
+    base: *mut u8,
+    len: usize,
+    capacity: u64,
+}
+
+// SAFETY: the mapping is plain shared memory; every access to a field another
+// process may write concurrently goes through an atomic, and record payloads
+// are only read after their commit word was observed with acquire ordering.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&self` methods only perform atomic accesses.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Sizes `file` for `capacity` records, maps it shared and writes the
+    /// header (magic last, so a shim never sees a half-written header).
+    pub(crate) fn create(file: &File, capacity: u64) -> std::io::Result<Mapping> {
+        let len = HDR_SIZE as u64 + capacity * REC_SIZE as u64;
+        file.set_len(len)?;
+        let len = usize::try_from(len).map_err(|_| std::io::Error::other("ring too large"))?;
+        // SAFETY: a fresh shared mapping of a file we own and just sized; the
+        // result is checked against MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let map = Mapping { base: ptr.cast(), len, capacity };
+        map.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
+        map.u32_at(OFF_HDR_SIZE).store(HDR_SIZE as u32, Ordering::Relaxed);
+        map.u32_at(OFF_REC_SIZE).store(REC_SIZE as u32, Ordering::Relaxed);
+        map.u64_at(OFF_CAPACITY).store(capacity, Ordering::Relaxed);
+        map.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Release);
+        Ok(map)
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off & 7 == 0 && off + 8 <= self.len);
+        // SAFETY: `off` is an 8-aligned offset inside the live mapping (page
+        // aligned base), and the memory is only ever accessed atomically here.
+        unsafe { &*self.base.add(off).cast::<AtomicU64>() }
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off & 3 == 0 && off + 4 <= self.len);
+        // SAFETY: as in `u64_at`, 4-aligned.
+        unsafe { &*self.base.add(off).cast::<AtomicU32>() }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    pub(crate) fn set_tracer_present(&self, on: bool) {
+        self.u32_at(OFF_TRACER_PRESENT).store(u32::from(on), Ordering::SeqCst);
+    }
+    pub(crate) fn set_foreign_tid(&self, tid: u32) {
+        self.u32_at(OFF_FOREIGN_TID).store(tid, Ordering::SeqCst);
+    }
+    pub(crate) fn head(&self) -> u64 {
+        self.u64_at(OFF_HEAD).load(Ordering::Acquire)
+    }
+    pub(crate) fn tail(&self) -> u64 {
+        self.u64_at(OFF_TAIL).load(Ordering::Acquire)
+    }
+    pub(crate) fn publish_tail(&self, tail: u64) {
+        self.u64_at(OFF_TAIL).store(tail, Ordering::Release);
+    }
+    pub(crate) fn dropped(&self) -> u64 {
+        self.u64_at(OFF_DROPPED).load(Ordering::Relaxed)
+    }
+    pub(crate) fn flush_traps(&self) -> u64 {
+        self.u64_at(OFF_FLUSH_TRAPS).load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        HDR_SIZE + (seq & (self.capacity - 1)) as usize * REC_SIZE
+    }
+
+    /// The record with sequence number `seq`, if it is committed.
+    pub(crate) fn read(&self, seq: u64) -> Option<Rec> {
+        let off = self.slot(seq);
+        if self.u64_at(off).load(Ordering::Acquire) != seq.wrapping_add(1) {
+            return None;
+        }
+        Some(self.payload(off))
+    }
+
+    /// The slot of `seq` is reserved by a producer but not committed.
+    pub(crate) fn uncommitted(&self, seq: u64) -> bool {
+        seq < self.head() && self.u64_at(self.slot(seq)).load(Ordering::Acquire) != seq + 1
+    }
+
+    fn payload(&self, off: usize) -> Rec {
+        let word = |i: usize| self.u64_at(off + 8 * i).load(Ordering::Relaxed);
+        let w1 = word(1);
+        let w2 = word(2);
+        Rec {
+            kind: w1 as u16,
+            flags: (w1 >> 16) as u16,
+            tid: (w1 >> 32) as u32,
+            pid: w2 as u32,
+            ptr: word(3),
+            size: word(4),
+            old_ptr: word(5),
+            caller: word(6),
+            aux: word(7),
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping created in `create`,
+        // and no reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
