@@ -45,7 +45,7 @@ pub enum StoreSrc {
 pub enum Emulation {
     /// `mov`/`movzx`/`movsx`/`movsxd` reg, [m]: read `size` bytes, then [`Emulation::apply_load`].
     Load { dst: GprWrite, extend: Extend, size: u8, mem: MemOperand },
-    /// `mov [m], reg|imm`: write the low `size` bytes of [`Emulation::store_value`].
+    /// `mov`/`movnti` `[m], reg|imm`: write the low `size` bytes of [`Emulation::store_value`].
     Store { src: StoreSrc, size: u8, mem: MemOperand },
     /// SSE/AVX/AVX-512 (unmasked) load of `size` bytes into the low bytes of
     /// vector register `reg` (`kind` is the register as the instruction names it).
@@ -166,7 +166,7 @@ pub(crate) fn detect(instr: &Instruction, templates: &[Template]) -> Option<Emul
             let extend = if matches!(m, Mnemonic::Movsx | Mnemonic::Movsxd) { Extend::Sign } else { Extend::Zero };
             Some(Emulation::Load { dst, extend, size, mem })
         }
-        Mnemonic::Mov if k0 == OpKind::Memory => {
+        Mnemonic::Mov | Mnemonic::Movnti if k0 == OpKind::Memory => {
             if acc != Acc::Write || size > 8 {
                 return None;
             }

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a bad table line should panic with its location
 
-use ffirec_decode::{Decoded, MemAccess, Rw};
+use ffirec_decode::{Decoded, Emulation, Extend, MemAccess, Rw, StoreSrc};
 use ffirec_format::{Regs, VecReg, VecRegKind};
 
 const DEFAULT_IP: u64 = 0x40_0000;
@@ -166,4 +166,107 @@ fn ranges_table() {
     }
     assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
     assert!(cases >= 140, "only {cases} cases");
+}
+
+const GPR8: [&str; 16] = ["al", "cl", "dl", "bl", "spl", "bpl", "sil", "dil", "r8b", "r9b", "r10b", "r11b", "r12b", "r13b", "r14b", "r15b"];
+const GPR16: [&str; 16] = ["ax", "cx", "dx", "bx", "sp", "bp", "si", "di", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w"];
+const GPR32: [&str; 16] =
+    ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d"];
+const HIGH8: [&str; 4] = ["ah", "ch", "dh", "bh"];
+
+fn gpr_name(reg: u8, width: u8, high: bool) -> String {
+    let r = usize::from(reg);
+    match (width, high) {
+        (1, true) => HIGH8[r].into(),
+        (1, false) => GPR8[r].into(),
+        (2, _) => GPR16[r].into(),
+        (4, _) => GPR32[r].into(),
+        _ => GPR_NAMES[r].into(),
+    }
+}
+
+fn vec_name(kind: VecRegKind, reg: u8) -> String {
+    fmt_vreg(&(kind, reg))
+}
+
+fn fmt_emulation(e: Option<&Emulation>, regs: &Regs) -> String {
+    let Some(e) = e else { return "none".into() };
+    let addr = e.address(regs);
+    match *e {
+        Emulation::Load { dst, extend, size, .. } => {
+            let ext = match extend {
+                Extend::Zero => "zero",
+                Extend::Sign => "sign",
+            };
+            format!("load {} {ext} {size} @{addr:#x}", gpr_name(dst.reg, dst.width, dst.high_byte))
+        }
+        Emulation::Store { src, size, .. } => {
+            let s = match src {
+                StoreSrc::Gpr { reg, width, high_byte } => gpr_name(reg, width, high_byte),
+                StoreSrc::Imm(_) => "imm".into(),
+            };
+            format!("store {s} {size} @{addr:#x} value={:#x}", e.store_value(regs).unwrap())
+        }
+        Emulation::VecLoad { reg, kind, size, zero_upper, .. } => {
+            format!("vload {} {size} {} @{addr:#x}", vec_name(kind, reg), if zero_upper { "zero-upper" } else { "legacy" })
+        }
+        Emulation::VecStore { reg, kind, size, .. } => format!("vstore {} {size} @{addr:#x}", vec_name(kind, reg)),
+    }
+}
+
+#[test]
+fn emulation_table() {
+    let text = include_str!("emulation.txt");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for (line, cols) in table_lines(text) {
+        assert!(cols.len() == 3 || cols.len() == 4, "emulation.txt:{line}: expected 3 or 4 columns");
+        cases += 1;
+        let bytes = parse_hex_bytes(cols[0]);
+        let (ip, regs, _) = parse_regs(cols[1]);
+        let d = Decoded::new(ip, &bytes).unwrap_or_else(|e| panic!("emulation.txt:{line}: {e}"));
+        assert_eq!(d.len(), bytes.len(), "emulation.txt:{line}: not all bytes decoded");
+        let got = fmt_emulation(d.emulation(), &regs);
+        let want = cols[2].split_whitespace().collect::<Vec<_>>().join(" ");
+        if got != want {
+            failures.push(format!("emulation.txt:{line}: {} ({}): got `{got}`, want `{want}`", cols[0], d.instruction()));
+            continue;
+        }
+        // The emulated access must be exactly the range accesses_into reports.
+        if let Some(e) = d.emulation() {
+            let acc = d.accesses(&regs, &[]).unwrap();
+            let rw = if matches!(e, Emulation::Load { .. } | Emulation::VecLoad { .. }) { Rw::Read } else { Rw::Write };
+            let want_acc = vec![MemAccess { addr: e.address(&regs), size: e.size() as u64, rw, certain: true }];
+            if acc != want_acc {
+                failures.push(format!("emulation.txt:{line}: accesses {acc:?} differ from the emulation's {want_acc:?}"));
+            }
+        }
+        if let Some(apply) = cols.get(3) {
+            let (data, result) = apply.split_once("->").unwrap();
+            let data = data.trim().strip_prefix("data=").unwrap();
+            let data: Vec<u8> = (0..data.len()).step_by(2).map(|i| u8::from_str_radix(&data[i..i + 2], 16).unwrap()).collect();
+            let (reg, value) = result.trim().split_once('=').unwrap();
+            let mut after = regs;
+            d.emulation().unwrap().apply_load(&mut after, &data).unwrap();
+            let i = GPR_NAMES.iter().position(|n| *n == reg).unwrap();
+            let mut want_regs = regs;
+            want_regs.gpr[i] = parse_u64(value);
+            if after != want_regs {
+                failures.push(format!("emulation.txt:{line}: after apply_load {reg}={:#x}, want {value} (others unchanged)", after.gpr[i]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(cases >= 70, "only {cases} cases");
+}
+
+#[test]
+fn apply_load_rejects_short_data_and_non_loads() {
+    let d = Decoded::new(DEFAULT_IP, &[0x48, 0x8b, 0x47, 0xf8]).unwrap();
+    let mut regs = Regs::default();
+    assert!(d.emulation().unwrap().apply_load(&mut regs, &[1, 2, 3]).is_err());
+    assert_eq!(regs, Regs::default());
+    let store = Decoded::new(DEFAULT_IP, &[0x88, 0x1f]).unwrap();
+    assert!(store.emulation().unwrap().apply_load(&mut regs, &[1]).is_err());
+    assert_eq!(store.emulation().unwrap().store_value(&Regs { gpr: [0x1234; 16], ..Regs::default() }), Some(0x34));
 }
