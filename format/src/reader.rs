@@ -212,8 +212,8 @@ impl Trace {
             event_count: 0,
             bytes: Bytes::Owned(Vec::new()),
         };
-        let has_end_magic = data.len() >= body_start + CHUNK_HEADER_LEN + TRAILER_LEN
-            && data.ends_with(&layout::END_MAGIC);
+        let has_end_magic =
+            data.len() >= body_start + CHUNK_HEADER_LEN + TRAILER_LEN && data.ends_with(&layout::END_MAGIC);
         if has_end_magic {
             t.index_from_footer(data, body_start)?;
         } else {

@@ -214,7 +214,11 @@ fn approx_size(e: &Event) -> usize {
 fn to_rkyv<T>(value: &T) -> Result<rkyv::util::AlignedVec, Error>
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
     >,
 {
     rkyv::to_bytes::<rkyv::rancor::Error>(value).map_err(|e| Error::Writer(format!("serialize: {e}")))
@@ -261,11 +265,8 @@ impl Sink {
                     let footer_offset = self.offset;
                     let chunk = self.chunk_bytes(ChunkKind::Footer, &raw, 0, 0)?;
                     self.write_raw(&chunk)?;
-                    let trailer = Trailer {
-                        footer_offset,
-                        footer_len: chunk.len() as u64,
-                        footer_crc: crc32fast::hash(&chunk),
-                    };
+                    let trailer =
+                        Trailer { footer_offset, footer_len: chunk.len() as u64, footer_crc: crc32fast::hash(&chunk) };
                     self.write_raw(&trailer.encode())?;
                     self.flush()?;
                     self.out.get_ref().sync_all().map_err(|source| Error::Io { path: self.path.clone(), source })?;
@@ -278,14 +279,20 @@ impl Sink {
         Ok(self.offset)
     }
 
-    fn chunk_bytes(&mut self, kind: ChunkKind, raw: &[u8], first_event: u64, event_count: u32) -> Result<Vec<u8>, Error> {
+    fn chunk_bytes(
+        &mut self,
+        kind: ChunkKind,
+        raw: &[u8],
+        first_event: u64,
+        event_count: u32,
+    ) -> Result<Vec<u8>, Error> {
         let raw_len = u32::try_from(raw.len())
             .ok()
             .filter(|&l| l <= MAX_RAW_LEN)
             .ok_or_else(|| Error::Writer(format!("chunk of {} bytes exceeds the format's limit", raw.len())))?;
         let payload = self.compressor.compress(raw).map_err(|e| Error::Writer(format!("zstd: {e}")))?;
-        let compressed_len = u32::try_from(payload.len())
-            .map_err(|_| Error::Writer("compressed chunk exceeds 4 GiB".into()))?;
+        let compressed_len =
+            u32::try_from(payload.len()).map_err(|_| Error::Writer("compressed chunk exceeds 4 GiB".into()))?;
         let header = ChunkHeader {
             kind,
             compressed_len,

@@ -9,7 +9,12 @@ fn header() -> Header {
         command: vec!["./prog".into(), "arg".into()],
         start_time_ns: 1_700_000_000_000_000_000,
         page_size: 4096,
-        policy: Policy { foreign: vec!["libz.so.1".into()], neutral: vec!["libc.so.6".into()], track_host_init: true, guard_foreign: false },
+        policy: Policy {
+            foreign: vec!["libz.so.1".into()],
+            neutral: vec!["libc.so.6".into()],
+            track_host_init: true,
+            guard_foreign: false,
+        },
     }
 }
 
@@ -51,9 +56,8 @@ fn write_then_read_back_exactly() {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(w.push(e.clone()).unwrap(), i as u64);
     }
-    let written = w
-        .finish(Summary { exit: Some(ExitStatus::Code(3)), counters: vec![("ptrace_stops".into(), 42)] })
-        .unwrap();
+    let written =
+        w.finish(Summary { exit: Some(ExitStatus::Code(3)), counters: vec![("ptrace_stops".into(), 42)] }).unwrap();
     assert_eq!(written.events, 1000);
     assert!(!dir.join("t.ffr.partial").exists());
     let t = Trace::open(&path).unwrap();
