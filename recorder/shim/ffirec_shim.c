@@ -75,7 +75,7 @@ static uint32_t g_pid;
 
 static TLS uint32_t t_tid;
 static TLS uint64_t t_limit; /* a reservation below this has room (cached tail + capacity) */
-static TLS int t_depth;      /* >0 while this thread is inside the record path */
+static TLS int t_depth;      /* frames of this thread inside the record path */
 
 static _Atomic(uint64_t) *hdr_head(void) { return (_Atomic(uint64_t) *)&g_hdr->head; }
 static _Atomic(uint64_t) *hdr_tail(void) { return (_Atomic(uint64_t) *)&g_hdr->tail; }
@@ -186,7 +186,8 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
     if (UNLIKELY(!ring_ready()))
         return NULL;
     uint64_t seq;
-    if (LIKELY(t_depth == 0)) {
+    /* The caller counted itself in t_depth: 1 means not nested. */
+    if (LIKELY(t_depth == 1)) {
         seq = atomic_fetch_add_explicit(hdr_head(), 1, memory_order_relaxed);
         if (UNLIKELY(seq >= t_limit))
             wait_for_room(seq);

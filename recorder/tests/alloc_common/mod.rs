@@ -22,6 +22,8 @@ pub fn fixture(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("alloc-fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("{name}-{}", std::process::id()));
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let tmp = dir.join(format!("{name}-{}.tmp", std::process::id()));
         let st = Command::new("cc")
