@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cmd;
 mod exit;
 
 const AFTER_HELP: &str = "\
@@ -22,9 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a program and record what the foreign library does to its memory.
+    Record(cmd::record::RecordArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Record(a) => cmd::record::run(a),
+    }
 }

@@ -1,0 +1,266 @@
+//! Pages we inject into the tracee, the batch protection stub, and the guard
+//! set (which host memory becomes `PROT_NONE` during a foreign call).
+//!
+//! Ownership: every protection change goes through [`Tracer::run_batch`];
+//! the tracer keeps the original protection of each guarded range
+//! ([`GuardRange::prot`]) and of each text mapping (`Loaded::text`) and
+//! restores them on the way back to host mode.
+
+use crate::maps::{Mapping, PROT_R, PROT_W, PROT_X};
+use crate::process::Stop;
+use crate::sys::{self, Pid, RawRegs, RemoteAddr};
+use crate::tracer::Tracer;
+use crate::Error;
+
+/// Batch stub: `rdi` = table of {addr, len, prot, result} (32 bytes each),
+/// `rsi` = count. Calls `pkey_mprotect(addr, len, prot, -1)` for each entry,
+/// falling back to `mprotect` on ENOSYS, stores rax in `result`, then `int3`.
+/// Followed by `syscall; int3` for one-off remote syscalls.
+const STUB: [u8; 77] = [
+    0x48, 0x89, 0xfb, // mov rbx, rdi
+    0x48, 0x89, 0xf5, // mov rbp, rsi
+    0x48, 0x85, 0xed, // 1: test rbp, rbp
+    0x74, 0x3e, // jz done
+    0xb8, 0x49, 0x01, 0x00, 0x00, // mov eax, 329 (pkey_mprotect)
+    0x48, 0x8b, 0x3b, // mov rdi, [rbx]
+    0x48, 0x8b, 0x73, 0x08, // mov rsi, [rbx+8]
+    0x48, 0x8b, 0x53, 0x10, // mov rdx, [rbx+16]
+    0x49, 0xc7, 0xc2, 0xff, 0xff, 0xff, 0xff, // mov r10, -1
+    0x0f, 0x05, // syscall
+    0x48, 0x83, 0xf8, 0xda, // cmp rax, -ENOSYS
+    0x75, 0x12, // jne 2f
+    0xb8, 0x0a, 0x00, 0x00, 0x00, // mov eax, 10 (mprotect)
+    0x48, 0x8b, 0x3b, // mov rdi, [rbx]
+    0x48, 0x8b, 0x73, 0x08, // mov rsi, [rbx+8]
+    0x48, 0x8b, 0x53, 0x10, // mov rdx, [rbx+16]
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x43, 0x18, // 2: mov [rbx+24], rax
+    0x48, 0x83, 0xc3, 0x20, // add rbx, 32
+    0x48, 0xff, 0xcd, // dec rbp
+    0xeb, 0xbd, // jmp 1b
+    0xcc, // done: int3
+    0x0f, 0x05, // rsys: syscall
+    0xcc, // int3
+];
+const STUB_DONE: u64 = 0x49;
+const RSYS: u64 = 0x4a;
+const RSYS_DONE: u64 = 0x4d;
+
+pub const CODE_LEN: u64 = 256 << 10;
+pub const DATA_LEN: u64 = 256 << 10;
+/// Offset in the code area where trampoline slots begin.
+pub const SLOTS_OFF: u64 = 0x1000;
+/// Batch table: entries of 32 bytes at the start of the data area.
+const TABLE_ENTRIES: usize = 1024;
+/// Offset in the data area of per-thread trampoline save areas.
+pub const SAVE_OFF: u64 = 0x10000;
+
+/// Our pages in the tracee (never guarded, never unmapped by us).
+#[derive(Debug, Clone, Copy)]
+pub struct Injected {
+    pub code: u64,
+    pub data: u64,
+}
+
+impl Injected {
+    pub fn contains(&self, addr: u64) -> bool {
+        (addr >= self.code && addr < self.code + CODE_LEN) || (addr >= self.data && addr < self.data + DATA_LEN)
+    }
+}
+
+/// A host range made `PROT_NONE`, with the protection to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardRange {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+}
+
+impl Tracer {
+    /// The guard covering `addr`, if it is on a guarded page.
+    #[inline]
+    pub fn guard_of(&self, addr: u64) -> Option<&GuardRange> {
+        let i = self.guards.partition_point(|g| g.end <= addr);
+        self.guards.get(i).filter(|g| g.start <= addr)
+    }
+
+    /// Lets thread `tid` run from `regs` until the `int3` at `trap_rip - 1`.
+    /// Signals that arrive meanwhile are re-sent afterwards. Returns the
+    /// registers at the trap; the caller restores its own.
+    pub fn run_until_trap(&mut self, tid: Pid, regs: &RawRegs, trap_rip: u64) -> Result<RawRegs, Error> {
+        let mut regs = *regs;
+        // No syscall-restart fix-ups may apply to the injected code.
+        regs.orig_rax = u64::MAX;
+        sys::setregs(tid, &regs)?;
+        sys::cont(tid, 0)?;
+        let mut deferred = Vec::new();
+        let result = loop {
+            match self.wait_thread(tid)? {
+                Stop::Signal { signal: libc::SIGTRAP, .. } => {
+                    let r = sys::getregs(tid)?;
+                    if r.rip == trap_rip {
+                        break Ok(r);
+                    }
+                    break Err(Error::Protocol(format!("injected code trapped at {:#x}, expected {trap_rip:#x}", r.rip)));
+                }
+                Stop::Signal { signal: libc::SIGSEGV, .. } => {
+                    let r = sys::getregs(tid)?;
+                    break Err(Error::Protocol(format!("injected code faulted at {:#x}", r.rip)));
+                }
+                Stop::Signal { signal, .. } => {
+                    deferred.push(signal);
+                    sys::cont(tid, 0)?;
+                }
+                Stop::Exited { .. } | Stop::Killed { .. } => break Err(Error::TraceeDied { pid: tid }),
+                _ => sys::cont(tid, 0)?,
+            }
+        };
+        for s in deferred {
+            let _ = sys::tgkill(self.pid, tid, s);
+        }
+        result
+    }
+
+    /// Maps our code and data pages with one-off remote `mmap`s run from the
+    /// entry point (its bytes and the registers are restored afterwards).
+    pub fn inject_pages(&mut self, tid: Pid, regs: &RawRegs) -> Result<(), Error> {
+        let at = regs.rip;
+        let mut saved = [0u8; 3];
+        self.mem.read(RemoteAddr(at), &mut saved)?;
+        self.mem.write(RemoteAddr(at), &STUB[RSYS as usize..RSYS_DONE as usize])?;
+        let mmap = |t: &mut Tracer, len: u64, prot: i32| -> Result<u64, Error> {
+            let mut r = *regs;
+            r.rax = libc::SYS_mmap as u64;
+            r.rdi = 0;
+            r.rsi = len;
+            r.rdx = prot as u64;
+            r.r10 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+            r.r8 = u64::MAX;
+            r.r9 = 0;
+            r.rip = at;
+            let out = t.run_until_trap(tid, &r, at + 3)?;
+            if (out.rax as i64) < 0 && (out.rax as i64) > -4096 {
+                return Err(Error::Protocol(format!("remote mmap failed: errno {}", -(out.rax as i64))));
+            }
+            Ok(out.rax)
+        };
+        let code = mmap(self, CODE_LEN, libc::PROT_READ | libc::PROT_EXEC);
+        let data = mmap(self, DATA_LEN, libc::PROT_READ | libc::PROT_WRITE);
+        self.mem.write(RemoteAddr(at), &saved)?;
+        let (code, data) = (code?, data?);
+        self.mem.write(RemoteAddr(code), &STUB)?;
+        self.inject = Some(Injected { code, data });
+        Ok(())
+    }
+
+    /// One remote syscall through the injected `syscall; int3`.
+    #[allow(dead_code)]
+    pub fn remote_syscall(&mut self, tid: Pid, regs: &RawRegs, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
+        let inj = self.inject.ok_or_else(|| Error::Protocol("no injected pages".into()))?;
+        let mut r = *regs;
+        r.rax = nr as u64;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r.rip = inj.code + RSYS;
+        let out = self.run_until_trap(tid, &r, inj.code + RSYS_DONE)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Runs `pkey_mprotect` over every (addr, len, prot) in `thread`, one
+    /// stop per 1024 ranges. Leaves the thread's registers clobbered: the
+    /// caller sets the registers it wants before resuming.
+    pub fn run_batch(&mut self, tid: Pid, regs: &RawRegs, entries: &[(u64, u64, u32)]) -> Result<(), Error> {
+        let Some(inj) = self.inject else { return Ok(()) };
+        for chunk in entries.chunks(TABLE_ENTRIES) {
+            let mut table = Vec::with_capacity(chunk.len() * 32);
+            for &(addr, len, prot) in chunk {
+                table.extend_from_slice(&addr.to_le_bytes());
+                table.extend_from_slice(&len.to_le_bytes());
+                table.extend_from_slice(&u64::from(prot).to_le_bytes());
+                table.extend_from_slice(&u64::MAX.to_le_bytes());
+            }
+            self.mem.write(RemoteAddr(inj.data), &table)?;
+            let mut r = *regs;
+            r.rip = inj.code;
+            r.rdi = inj.data;
+            r.rsi = chunk.len() as u64;
+            self.run_until_trap(tid, &r, inj.code + STUB_DONE + 1)?;
+            self.sink.counters.batches += 1;
+            self.sink.counters.batch_ranges += chunk.len() as u64;
+            self.mem.read(RemoteAddr(inj.data), &mut table)?;
+            for (i, e) in table.chunks_exact(32).enumerate() {
+                let res = i64::from_le_bytes(e[24..32].try_into().unwrap_or([0; 8]));
+                // ENOMEM: the range was unmapped meanwhile; nothing to protect.
+                if res != 0 && res != -(libc::ENOMEM as i64) && !self.warned_batch {
+                    self.warned_batch = true;
+                    let (a, l, p) = chunk[i];
+                    eprintln!("ffirec: warning: mprotect({a:#x}, {l:#x}, {p}) in the tracee failed: errno {}", -res);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The guard set, from a fresh read of the maps: the heap, anonymous
+    /// private writable mappings and writable segments (and bss tails) of
+    /// host modules — minus every thread's stack and TLS, neutral and foreign
+    /// data, our own pages and vvar/vdso.
+    pub fn compute_guards(&mut self, owner: Pid, owner_regs: &RawRegs) -> Result<Vec<GuardRange>, Error> {
+        let maps = crate::maps::read(self.pid)?;
+        let mut keep: Vec<u64> = vec![owner_regs.rsp, owner_regs.fs_base];
+        let others: Vec<Pid> = self.threads.keys().copied().filter(|&t| t != owner).collect();
+        for t in others {
+            if let Ok(r) = sys::getregs(t) {
+                keep.push(r.rsp);
+                keep.push(r.fs_base);
+            }
+        }
+        let mut out: Vec<GuardRange> = Vec::new();
+        for m in &maps {
+            if !self.guardable(m, &keep) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == m.start && last.prot == m.prot => last.end = m.end,
+                _ => out.push(GuardRange { start: m.start, end: m.end, prot: m.prot }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn guardable(&self, m: &Mapping, keep: &[u64]) -> bool {
+        if m.prot & PROT_W == 0 || m.shared {
+            return false;
+        }
+        if self.inject.is_some_and(|i| i.contains(m.start)) {
+            return false;
+        }
+        if keep.iter().any(|&a| m.contains(a)) {
+            return false;
+        }
+        if m.path == "[heap]" {
+            return true;
+        }
+        if m.path.starts_with('[') {
+            // [stack], [vvar], [vdso], [vsyscall], named anonymous memory we do not know.
+            return false;
+        }
+        // A module's own writable pages, or the anonymous bss tail of one.
+        for l in &self.modules {
+            let owns = if m.is_file() {
+                l.module.path == m.path
+            } else {
+                l.loads.iter().any(|s| s.prot & PROT_W != 0 && m.start < s.end && s.start < m.end)
+            };
+            if owns {
+                return l.module.domain == ffirec_format::Domain::Host;
+            }
+        }
+        let _ = (PROT_R, PROT_X);
+        true
+    }
+}

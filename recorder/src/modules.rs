@@ -1,0 +1,126 @@
+//! Loaded ELF objects: symbols (.dynsym + .symtab), build-id, soname, and
+//! where their PT_LOAD segments lie at runtime.
+
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Endianness, Object, ObjectSymbol, SymbolKind};
+
+use ffirec_format::{Domain, Module, Segment, Symbol};
+
+use crate::maps::{Mapping, PROT_R, PROT_W, PROT_X};
+use crate::sys::Pid;
+
+/// A PT_LOAD segment at its runtime address (page-rounded), with file prot.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+}
+
+/// What the recorder keeps about one object besides the module table entry.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Index in the trace's module table.
+    pub index: u32,
+    pub module: Module,
+    pub soname: Option<String>,
+    pub loads: Vec<Load>,
+    /// Executable mappings (runtime ranges) with their original protection.
+    pub text: Vec<Load>,
+}
+
+impl Loaded {
+    pub fn in_text(&self, addr: u64) -> bool {
+        self.text.iter().any(|t| addr >= t.start && addr < t.end)
+    }
+
+    /// Index of the symbol covering `addr` in `module.symbols`.
+    pub fn symbol_index(&self, addr: u64) -> Option<u32> {
+        let rel = addr.checked_sub(self.module.base)?;
+        let syms = &self.module.symbols;
+        let i = syms.partition_point(|s| s.addr <= rel).checked_sub(1)?;
+        let s = &syms[i];
+        (rel - s.addr < s.size.max(1)).then_some(i as u32)
+    }
+}
+
+fn page_down(x: u64, page: u64) -> u64 {
+    x & !(page - 1)
+}
+
+fn page_up(x: u64, page: u64) -> u64 {
+    (x + page - 1) & !(page - 1)
+}
+
+/// Parses an object from `data` given its runtime mappings (all mappings of
+/// the same file). `None` when it is not a 64-bit ELF we understand.
+pub fn load(pid: Pid, path: &str, data: &[u8], maps: &[&Mapping], page: u64) -> Option<(Module, Option<String>, Vec<Load>)> {
+    let elf = ElfFile64::<Endianness>::parse(data).ok()?;
+    let endian = elf.endian();
+    let phdrs = elf.elf_header().program_headers(endian, data).ok()?;
+    let mut pt_loads = Vec::new();
+    for ph in phdrs {
+        if ph.p_type(endian) == object::elf::PT_LOAD {
+            pt_loads.push((ph.p_vaddr(endian), ph.p_memsz(endian), ph.p_offset(endian), ph.p_flags(endian).0));
+        }
+    }
+    let first = pt_loads.first()?;
+    // The mapping of file offset 0 (or the lowest one) fixes the load bias.
+    let base = if let Some(m) = maps.iter().find(|m| m.offset == page_down(first.2, page)) {
+        m.start.wrapping_sub(page_down(first.0, page))
+    } else {
+        let m = maps.iter().min_by_key(|m| m.start)?;
+        m.start.wrapping_sub(page_down(first.0, page)).wrapping_sub(m.offset)
+    };
+    let mut segments = Vec::new();
+    let mut loads = Vec::new();
+    for &(vaddr, memsz, off, flags) in &pt_loads {
+        let mut prot = 0;
+        if flags & object::elf::PF_R.0 != 0 {
+            prot |= PROT_R;
+        }
+        if flags & object::elf::PF_W.0 != 0 {
+            prot |= PROT_W;
+        }
+        if flags & object::elf::PF_X.0 != 0 {
+            prot |= PROT_X;
+        }
+        let start = base.wrapping_add(vaddr);
+        segments.push(Segment { start, len: memsz, prot, file_offset: off });
+        loads.push(Load { start: page_down(start, page), end: page_up(start + memsz, page), prot });
+    }
+    let mut symbols: Vec<Symbol> = elf
+        .symbols()
+        .chain(elf.dynamic_symbols())
+        .filter(|s| s.is_definition() && s.address() != 0)
+        .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown))
+        .filter_map(|s| Some(Symbol { name: s.name().ok()?.to_string(), addr: s.address(), size: s.size() }))
+        .filter(|s| !s.name.is_empty())
+        .collect();
+    symbols.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
+    symbols.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
+    // Keep one symbol per address (prefer the one with a size): symbolize()
+    // does a binary search and must find a covering one.
+    symbols.dedup_by(|later, earlier| {
+        if later.addr == earlier.addr {
+            if earlier.size == 0 {
+                std::mem::swap(later, earlier);
+            }
+            true
+        } else {
+            false
+        }
+    });
+    let build_id = elf.build_id().ok().flatten().map(<[u8]>::to_vec).unwrap_or_default();
+    let soname = elf.elf_dynamic_table().ok().and_then(|t| {
+        t.iter()
+            .find(|d| d.tag == object::elf::DT_SONAME)
+            .and_then(|d| t.string(d).ok())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    });
+    Some((
+        Module { pid: pid as u32, path: path.to_string(), build_id, base, segments, domain: Domain::Host, symbols },
+        soname,
+        loads,
+    ))
+}

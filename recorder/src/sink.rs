@@ -1,0 +1,89 @@
+//! Events → the trace writer, plus the recorder's own counters.
+//!
+//! `push` only appends to the writer's in-memory batch; compression and I/O
+//! run on the writer's background thread, never on the stop path.
+
+use std::path::Path;
+
+use ffirec_format::{Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
+
+use crate::Error;
+
+/// Recorder counters, written to the footer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Every ptrace stop the recorder waited for.
+    pub ptrace_stops: u64,
+    /// Data faults on guarded pages (one per recorded Access).
+    pub faults: u64,
+    /// Stops spent on data faults (the fault stop itself plus any extra).
+    pub fault_stops: u64,
+    pub calls: u64,
+    pub callbacks: u64,
+    pub emulated: u64,
+    pub trampolined: u64,
+    pub singlestepped: u64,
+    /// Protection batches run through the injected stub, and their ranges.
+    pub batches: u64,
+    pub batch_ranges: u64,
+    pub signals: u64,
+    pub gaps: u64,
+    /// Faults inside a trampoline slot (a range the decoder missed).
+    pub widened: u64,
+    /// Time spent inside foreign calls, nanoseconds (for faults/s).
+    pub foreign_ns: u64,
+}
+
+impl Counters {
+    pub fn to_vec(self) -> Vec<(String, u64)> {
+        [
+            ("ptrace_stops", self.ptrace_stops),
+            ("faults", self.faults),
+            ("fault_stops", self.fault_stops),
+            ("calls", self.calls),
+            ("callbacks", self.callbacks),
+            ("emulated", self.emulated),
+            ("trampolined", self.trampolined),
+            ("singlestepped", self.singlestepped),
+            ("batches", self.batches),
+            ("batch_ranges", self.batch_ranges),
+            ("signals", self.signals),
+            ("gaps", self.gaps),
+            ("widened", self.widened),
+            ("foreign_ns", self.foreign_ns),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+    }
+}
+
+pub struct Sink {
+    writer: TraceWriter,
+    pub counters: Counters,
+    pub accesses: u64,
+}
+
+impl Sink {
+    pub fn create(path: &Path, header: Header) -> Result<Sink, Error> {
+        Ok(Sink { writer: TraceWriter::create(path, header)?, counters: Counters::default(), accesses: 0 })
+    }
+
+    #[inline]
+    pub fn push(&mut self, event: Event) -> Result<(), Error> {
+        if matches!(event, Event::Access { .. }) {
+            self.accesses += 1;
+        }
+        self.writer.push(event)?;
+        Ok(())
+    }
+
+    pub fn add_module(&mut self, module: Module) -> Result<u32, Error> {
+        Ok(self.writer.add_module(module)?)
+    }
+
+    pub fn finish(self, exit: Option<ExitStatus>) -> Result<Written, Error> {
+        let summary = Summary { exit, counters: self.counters.to_vec() };
+        Ok(self.writer.finish(summary)?)
+    }
+}

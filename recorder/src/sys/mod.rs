@@ -1,0 +1,361 @@
+//! Raw ptrace and syscall wrappers: the only module that names `libc::ptrace`.
+//!
+//! Every wrapper returns `Result`; `ESRCH` (the tracee is gone or not
+//! stopped) becomes [`Error::TraceeDied`] so a dead tracee never looks like a
+//! recorder bug. Tracee addresses are [`RemoteAddr`], never local pointers.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use ffirec_format::Regs;
+
+use crate::Error;
+
+/// An address in the tracee's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RemoteAddr(pub u64);
+
+impl RemoteAddr {
+    pub fn add(self, off: u64) -> RemoteAddr {
+        RemoteAddr(self.0.wrapping_add(off))
+    }
+}
+
+impl std::fmt::Display for RemoteAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+pub type Pid = i32;
+
+fn sys_err(what: &'static str, pid: Pid) -> Error {
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Error::TraceeDied { pid }
+    } else {
+        Error::Sys { what, source: e }
+    }
+}
+
+/// `PTRACE_SEIZE` with the given options.
+pub fn seize(pid: Pid, options: i64) -> Result<(), Error> {
+    // SAFETY: PTRACE_SEIZE takes no pointers; data is the option bit mask.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, options as usize) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => Error::PtraceDenied { advice: ptrace_advice() },
+            Some(libc::ESRCH) => Error::TraceeDied { pid },
+            _ => Error::Sys { what: "PTRACE_SEIZE", source: e },
+        });
+    }
+    Ok(())
+}
+
+/// What to tell the user when ptrace is refused.
+pub fn ptrace_advice() -> String {
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    match yama.as_deref().map(str::trim) {
+        Some("3") => "Yama ptrace_scope is 3 (ptrace disabled until reboot); no process may trace another on this system".into(),
+        Some("2") => "Yama ptrace_scope is 2 (admin only); run as root or with CAP_SYS_PTRACE, or set `sysctl kernel.yama.ptrace_scope=1`".into(),
+        _ => "the kernel refused PTRACE_SEIZE; in a container, allow ptrace (docker run --cap-add=SYS_PTRACE --security-opt seccomp=unconfined), or run with CAP_SYS_PTRACE".into(),
+    }
+}
+
+fn ptrace_simple(req: libc::c_uint, what: &'static str, tid: Pid, addr: usize, data: usize) -> Result<i64, Error> {
+    // SAFETY: callers pass requests whose addr/data are integers, not pointers
+    // into our memory (CONT, SINGLESTEP, INTERRUPT, LISTEN, KILL).
+    let r = unsafe { libc::ptrace(req, tid, addr, data) };
+    if r < 0 {
+        return Err(sys_err(what, tid));
+    }
+    Ok(r)
+}
+
+pub fn cont(tid: Pid, sig: i32) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_CONT, "PTRACE_CONT", tid, 0, sig as usize).map(drop)
+}
+
+pub fn singlestep(tid: Pid, sig: i32) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_SINGLESTEP, "PTRACE_SINGLESTEP", tid, 0, sig as usize).map(drop)
+}
+
+pub fn interrupt(tid: Pid) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_INTERRUPT, "PTRACE_INTERRUPT", tid, 0, 0).map(drop)
+}
+
+pub fn listen(tid: Pid) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_LISTEN, "PTRACE_LISTEN", tid, 0, 0).map(drop)
+}
+
+pub fn geteventmsg(tid: Pid) -> Result<u64, Error> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one c_ulong to the pointer we pass.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0usize, &mut msg as *mut libc::c_ulong) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_GETEVENTMSG", tid));
+    }
+    Ok(msg)
+}
+
+/// The raw kernel register block.
+pub type RawRegs = libc::user_regs_struct;
+
+pub fn getregs(tid: Pid) -> Result<RawRegs, Error> {
+    // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
+    let mut regs: RawRegs = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills exactly one user_regs_struct.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut RawRegs) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_GETREGS", tid));
+    }
+    Ok(regs)
+}
+
+pub fn setregs(tid: Pid, regs: &RawRegs) -> Result<(), Error> {
+    // SAFETY: the kernel reads exactly one user_regs_struct.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0usize, regs as *const RawRegs) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_SETREGS", tid));
+    }
+    Ok(())
+}
+
+/// The parts of `siginfo_t` we use.
+#[derive(Debug, Clone, Copy)]
+pub struct SigInfo {
+    pub signo: i32,
+    pub code: i32,
+    /// `si_addr` (meaningful for SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGTRAP).
+    pub addr: u64,
+}
+
+pub fn getsiginfo(tid: Pid) -> Result<SigInfo, Error> {
+    // SAFETY: siginfo_t is plain data; all-zero is valid.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills one siginfo_t.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, tid, 0usize, &mut si as *mut libc::siginfo_t) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_GETSIGINFO", tid));
+    }
+    // SAFETY: si_addr reads the union's first pointer field, valid for every
+    // signal (it is just 8 bytes of the union).
+    let addr = unsafe { si.si_addr() } as u64;
+    Ok(SigInfo { signo: si.si_signo, code: si.si_code, addr })
+}
+
+/// The XSAVE area (`NT_X86_XSTATE`), for vector registers.
+pub fn get_xstate(tid: Pid, buf: &mut [u8]) -> Result<usize, Error> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: the iovec describes `buf`, which outlives the call; the kernel
+    // writes at most iov_len bytes and updates iov_len.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_GETREGSET", tid));
+    }
+    Ok(iov.iov_len)
+}
+
+pub fn set_xstate(tid: Pid, buf: &[u8]) -> Result<(), Error> {
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: the kernel only reads iov_len bytes from `buf`.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_SETREGSET", tid));
+    }
+    Ok(())
+}
+
+const NT_X86_XSTATE: usize = 0x202;
+
+/// One result of `waitpid`.
+#[derive(Debug, Clone, Copy)]
+pub enum WaitStatus {
+    Exited(Pid, i32),
+    Signaled(Pid, i32, bool),
+    /// Stopped: (tid, signal, ptrace event number).
+    Stopped(Pid, i32, i32),
+}
+
+/// `waitpid(pid, __WALL)`; `Ok(None)` when interrupted by a signal (EINTR)
+/// or, with `nohang`, when nothing is ready.
+pub fn wait(pid: Pid, nohang: bool) -> Result<Option<WaitStatus>, Error> {
+    let mut status = 0;
+    let flags = libc::__WALL | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: waitpid writes one int through the pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(None);
+        }
+        if e.raw_os_error() == Some(libc::ECHILD) {
+            return Err(Error::NoTracees);
+        }
+        return Err(Error::Sys { what: "waitpid", source: e });
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFEXITED(status) {
+        WaitStatus::Exited(r, libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        WaitStatus::Signaled(r, libc::WTERMSIG(status), libc::WCOREDUMP(status))
+    } else {
+        WaitStatus::Stopped(r, libc::WSTOPSIG(status), (status >> 16) & 0xff)
+    }))
+}
+
+/// The tracee's memory through `/proc/PID/mem`, which reads and writes
+/// `PROT_NONE` private pages and read-only code alike.
+pub struct Mem {
+    file: File,
+    pid: Pid,
+}
+
+impl Mem {
+    pub fn open(pid: Pid) -> Result<Mem, Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|source| Error::Sys { what: "open /proc/PID/mem", source })?;
+        Ok(Mem { file, pid })
+    }
+
+    /// Reads as much of `buf` as is mapped; returns the byte count.
+    pub fn read_partial(&self, addr: RemoteAddr, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], addr.0 + done as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+        done
+    }
+
+    pub fn read(&self, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error> {
+        if self.read_partial(addr, buf) == buf.len() {
+            Ok(())
+        } else {
+            Err(Error::Memory { pid: self.pid, addr: addr.0, len: buf.len() })
+        }
+    }
+
+    pub fn read_u64(&self, addr: RemoteAddr) -> Result<u64, Error> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write(&self, addr: RemoteAddr, buf: &[u8]) -> Result<(), Error> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.write_at(&buf[done..], addr.0 + done as u64) {
+                Ok(0) | Err(_) => return Err(Error::Memory { pid: self.pid, addr: addr.0, len: buf.len() }),
+                Ok(n) => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kernel register block → the trace's register file.
+pub fn to_regs(r: &RawRegs) -> Regs {
+    Regs {
+        gpr: [
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
+            r.r14, r.r15,
+        ],
+        rip: r.rip,
+        rflags: r.eflags,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+    }
+}
+
+/// Register `n` (x86-64 encoding number) of the kernel block.
+pub fn gpr_mut(r: &mut RawRegs, n: usize) -> &mut u64 {
+    match n {
+        0 => &mut r.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut r.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        _ => &mut r.r15,
+    }
+}
+
+pub fn kill(pid: Pid, sig: i32) -> Result<(), Error> {
+    // SAFETY: kill takes integers only.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(sys_err("kill", pid));
+    }
+    Ok(())
+}
+
+pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), Error> {
+    // SAFETY: tgkill takes integers only.
+    if unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) } < 0 {
+        return Err(sys_err("tgkill", tid));
+    }
+    Ok(())
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Pins thread `tid` (0 = the caller) to `cpu`; returns the previous mask.
+pub fn pin(tid: Pid, cpu: usize) -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; zeroed is empty.
+    let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes.
+    if unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut old) } < 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET only sets a bit in the local set (bounds-checked by libc).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the kernel reads one cpu_set_t.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } < 0 {
+        return None;
+    }
+    Some(old)
+}
+
+pub fn set_affinity(tid: Pid, set: &libc::cpu_set_t) {
+    // SAFETY: the kernel reads one cpu_set_t; failure is harmless (affinity is a hint).
+    unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+}
+
+/// The CPU the caller runs on now.
+pub fn current_cpu() -> usize {
+    // SAFETY: no arguments.
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 {
+        0
+    } else {
+        c as usize
+    }
+}

@@ -1,0 +1,989 @@
+//! The recorder's state and its wait loop: every stop is dispatched from here
+//! to the boundary logic (this file), the guard machinery (`guard`) or the
+//! fault path (`fault`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ffirec_decode::{DecodeCache, MemAccess};
+use ffirec_format::{Domain, Event, ExitStatus, GapReason, Header, Policy as FmtPolicy, Regs};
+
+use crate::domain::{Frame, FrameKind, Policy};
+use crate::guard::{GuardRange, Injected};
+use crate::maps::PROT_X;
+use crate::modules::{self, Loaded};
+use crate::process::{self, Stop};
+use crate::sink::Sink;
+use crate::sys::{self, Mem, Pid, RawRegs, RemoteAddr};
+use crate::{Error, Options, Outcome};
+
+pub(crate) const SEGV_ACCERR: i32 = 2;
+
+/// How long a foreign call may sit in the kernel, with other threads held,
+/// before we assume it waits for one of them.
+const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
+
+static SIGINTS: AtomicU32 = AtomicU32::new(0);
+static SIGTERMS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    SIGINTS.fetch_add(1, Ordering::Relaxed);
+}
+extern "C" fn on_sigterm(_: libc::c_int) {
+    SIGTERMS.fetch_add(1, Ordering::Relaxed);
+}
+extern "C" fn on_alarm(_: libc::c_int) {}
+
+fn install_handlers() {
+    for (sig, h) in [
+        (libc::SIGINT, on_sigint as extern "C" fn(libc::c_int)),
+        (libc::SIGTERM, on_sigterm),
+        (libc::SIGALRM, on_alarm),
+    ] {
+        // SAFETY: sigaction with a plain handler that only touches atomics;
+        // no SA_RESTART so a blocking waitpid returns EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = h as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 500_000 };
+    let it = libc::itimerval { it_interval: tv, it_value: tv };
+    // SAFETY: setitimer reads one itimerval.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+}
+
+fn stop_timer() {
+    let zero = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let it = libc::itimerval { it_interval: zero, it_value: zero };
+    // SAFETY: setitimer reads one itimerval.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Thread {
+    pub frames: Vec<Frame>,
+    /// Resumed by us and not yet reported a stop.
+    pub running: bool,
+    /// A stop we have not acted on yet (the thread was held).
+    pub pending: Option<Stop>,
+    /// Past its PTRACE_EVENT_EXIT stop.
+    pub exiting: bool,
+}
+
+impl Thread {
+    /// True when the thread's code runs with foreign-mode protections.
+    pub fn in_foreign(&self) -> bool {
+        self.frames.last().is_some_and(|f| f.kind == FrameKind::Foreign && !f.suspended)
+    }
+}
+
+pub(crate) struct Tracer {
+    pub pid: Pid,
+    pub mem: Mem,
+    pub opts: Options,
+    pub policy: Policy,
+    pub sink: Sink,
+    pub threads: BTreeMap<Pid, Thread>,
+    pub modules: Vec<Loaded>,
+    pub main_exe: String,
+    pub inject: Option<Injected>,
+    /// The thread whose call is in progress; every other thread is held.
+    pub owner: Option<Pid>,
+    /// Process-wide protection mode: foreign text executable, host text not, guards on.
+    pub foreign_mode: bool,
+    /// Ranges currently PROT_NONE (sorted), with their real protection.
+    pub guards: Vec<GuardRange>,
+    pub decode: DecodeCache,
+    pub ranges: Vec<MemAccess>,
+    pub page: u64,
+    pub next_call: u64,
+    pub entry_bp: Option<(u64, u8)>,
+    pub rbrk_bp: Option<u64>,
+    pub exit: Option<ExitStatus>,
+    pub last_owner_stop: Instant,
+    pub foreign_since: Option<Instant>,
+    pub saved_affinity: Option<(libc::cpu_set_t, libc::cpu_set_t)>,
+    pub xsave: Vec<u8>,
+    pub xsave_layout: crate::fault::XsaveLayout,
+    pub first_image: bool,
+    pub warned_batch: bool,
+}
+
+pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
+    let program = opts.program.to_string_lossy().into_owned();
+    let exe = process::resolve(&program)?;
+    let mut argv: Vec<OsString> = vec![opts.program.clone()];
+    argv.extend(opts.args.iter().cloned());
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    if !env.iter().any(|(k, _)| k == "LD_BIND_NOW") {
+        env.push(("LD_BIND_NOW".into(), "1".into()));
+    }
+    let options = libc::PTRACE_O_EXITKILL
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_TRACESYSGOOD;
+    let pid = process::spawn(&exe, &argv, &env, i64::from(options))?;
+
+    let page = sys::page_size();
+    let policy = Policy::new(opts.libs.clone(), opts.neutral.clone());
+    let header = Header {
+        recorder_version: env!("CARGO_PKG_VERSION").to_string(),
+        uuid: uuid::Uuid::new_v4().into_bytes(),
+        command: argv.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        start_time_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        page_size: page,
+        policy: FmtPolicy {
+            foreign: policy.foreign.clone(),
+            neutral: policy.neutral.clone(),
+            track_host_init: false,
+            guard_foreign: false,
+        },
+    };
+    let sink = match Sink::create(&opts.output, header) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return Err(e);
+        }
+    };
+    let mut t = Tracer {
+        pid,
+        mem: Mem::open(pid)?,
+        opts,
+        policy,
+        sink,
+        threads: BTreeMap::new(),
+        modules: Vec::new(),
+        main_exe: String::new(),
+        inject: None,
+        owner: None,
+        foreign_mode: false,
+        guards: Vec::new(),
+        decode: DecodeCache::new(),
+        ranges: Vec::with_capacity(16),
+        page,
+        next_call: 0,
+        entry_bp: None,
+        rbrk_bp: None,
+        exit: None,
+        last_owner_stop: Instant::now(),
+        foreign_since: None,
+        saved_affinity: None,
+        xsave: vec![0u8; 8192],
+        xsave_layout: crate::fault::XsaveLayout::detect(),
+        first_image: true,
+        warned_batch: false,
+    };
+    t.threads.insert(pid, Thread::default());
+    if let Err(e) = t.on_exec_image(pid) {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        return Err(e);
+    }
+    install_handlers();
+    let result = t.run();
+    stop_timer();
+    if result.is_err() {
+        let _ = sys::kill(pid, libc::SIGKILL);
+    }
+    let killed = result?;
+    t.finish(killed)
+}
+
+impl Tracer {
+    /// The wait loop. Returns true when ffirec killed the program on request.
+    fn run(&mut self) -> Result<bool, Error> {
+        loop {
+            if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
+                eprintln!("ffirec: interrupted: finishing the trace and killing the program");
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+                while let Ok(Some(_)) | Err(Error::Sys { .. }) = sys::wait(-1, false) {}
+                return Ok(true);
+            }
+            let w = match sys::wait(-1, false) {
+                Ok(Some(w)) => w,
+                Ok(None) => {
+                    self.check_blocked()?;
+                    continue;
+                }
+                Err(Error::NoTracees) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            self.sink.counters.ptrace_stops += 1;
+            let stop = Stop::from_wait(w);
+            match self.handle(stop) {
+                Ok(()) => {}
+                Err(Error::TraceeDied { pid }) => {
+                    // Killed under us (SIGKILL, exit_group from another thread):
+                    // its death is reported by a later wait.
+                    if let Some(t) = self.threads.get_mut(&pid) {
+                        t.running = true;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if self.threads.is_empty() {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn finish(mut self, killed: bool) -> Result<Outcome, Error> {
+        if let Some(since) = self.foreign_since.take() {
+            self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
+        }
+        let unmatched: Vec<String> = self.policy.unmatched().map(String::from).collect();
+        for p in &unmatched {
+            eprintln!("ffirec: warning: --lib {p} never matched a loaded object");
+        }
+        let status = match (self.exit, killed) {
+            (Some(s), _) => s,
+            (None, true) => ExitStatus::Signal(libc::SIGKILL),
+            (None, false) => ExitStatus::Code(0),
+        };
+        let accesses = self.sink.accesses;
+        let counters = self.sink.counters;
+        let written = self.sink.finish(Some(status))?;
+        let secs = counters.foreign_ns as f64 / 1e9;
+        let rate = if secs > 0.0 { counters.faults as f64 / secs } else { 0.0 };
+        eprintln!(
+            "ffirec: recorded {} accesses in {} calls ({:.0} faults/s), trace {} ({})",
+            accesses,
+            counters.calls,
+            rate,
+            written.path.display(),
+            human(written.bytes)
+        );
+        Ok(Outcome {
+            status,
+            trace: written.path,
+            trace_bytes: written.bytes,
+            accesses,
+            calls: counters.calls,
+            counters: counters.to_vec(),
+        })
+    }
+
+    /// Waits for the next stop of `tid` (EINTR retried).
+    pub fn wait_thread(&mut self, tid: Pid) -> Result<Stop, Error> {
+        loop {
+            if let Some(w) = sys::wait(tid, false)? {
+                self.sink.counters.ptrace_stops += 1;
+                return Ok(Stop::from_wait(w));
+            }
+        }
+    }
+
+    pub fn resume(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
+        sys::cont(tid, sig)?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.running = true;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, stop: Stop) -> Result<(), Error> {
+        let tid = stop.tid();
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.running = false;
+        }
+        match stop {
+            Stop::Exited { tid, code } => return self.on_death(tid, ExitStatus::Code(code)),
+            Stop::Killed { tid, signal } => return self.on_death(tid, ExitStatus::Signal(signal)),
+            _ => {}
+        }
+        if self.owner == Some(tid) {
+            self.last_owner_stop = Instant::now();
+        }
+        if self.owner.is_some_and(|o| o != tid) {
+            // Held while another thread's foreign call runs.
+            let t = self.threads.entry(tid).or_default();
+            if !matches!(stop, Stop::Interrupt { .. }) {
+                t.pending = Some(stop);
+            }
+            return Ok(());
+        }
+        match stop {
+            Stop::Exited { .. } | Stop::Killed { .. } => Ok(()),
+            Stop::Interrupt { tid } | Stop::Syscall { tid } => self.resume(tid, 0),
+            Stop::Group { tid, .. } => {
+                sys::listen(tid).or_else(|_| sys::cont(tid, 0))?;
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.running = true;
+                }
+                Ok(())
+            }
+            Stop::Event { tid, event } => self.on_event(tid, event),
+            Stop::Signal { tid, signal } => self.on_signal(tid, signal),
+        }
+    }
+
+    fn on_death(&mut self, tid: Pid, status: ExitStatus) -> Result<(), Error> {
+        self.threads.remove(&tid);
+        let code = match status {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        };
+        self.sink.push(Event::ThreadExit { tid: tid as u32, code })?;
+        if self.owner == Some(tid) {
+            self.owner = None;
+            self.foreign_mode = false;
+            self.guards.clear();
+        }
+        if tid == self.pid {
+            self.exit = Some(status);
+            self.sink.push(Event::Exit { pid: self.pid as u32, status })?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, tid: Pid, event: i32) -> Result<(), Error> {
+        match event {
+            libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                let child = sys::geteventmsg(tid)? as Pid;
+                if event == libc::PTRACE_EVENT_CLONE {
+                    // The new thread reports a PTRACE_EVENT_STOP first; it is
+                    // held by `handle` if a foreign call is in progress.
+                    self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
+                    self.sink.push(Event::ThreadStart { tid: child as u32, pid: self.pid as u32, parent: tid as u32 })?;
+                }
+                self.resume(tid, 0)
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                // Every other thread is gone; the exec'ing thread is now the leader.
+                let former = sys::geteventmsg(tid).unwrap_or(tid as u64) as Pid;
+                let frames_gone = self.threads.remove(&former);
+                drop(frames_gone);
+                self.threads.retain(|&t, _| t == tid);
+                self.threads.insert(tid, Thread::default());
+                self.owner = None;
+                self.foreign_mode = false;
+                self.guards.clear();
+                self.modules.clear();
+                self.inject = None;
+                self.rbrk_bp = None;
+                self.decode.clear();
+                self.mem = Mem::open(self.pid)?;
+                let path = std::fs::read_link(format!("/proc/{}/exe", self.pid))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                self.sink.push(Event::Exec { tid: tid as u32, pid: self.pid as u32, path })?;
+                self.on_exec_image(tid)?;
+                Ok(())
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.exiting = true;
+                }
+                if self.owner == Some(tid) {
+                    // Leaving through exit/exit_group inside a foreign call.
+                    self.owner = None;
+                    self.release_others()?;
+                }
+                self.resume(tid, 0)
+            }
+            _ => self.resume(tid, 0),
+        }
+    }
+
+    /// A new program image: check it is dynamic, plant the entry breakpoint.
+    fn on_exec_image(&mut self, tid: Pid) -> Result<(), Error> {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        self.main_exe = exe.clone();
+        let auxv = std::fs::read(format!("/proc/{}/auxv", self.pid))
+            .map_err(|source| Error::Sys { what: "read /proc/PID/auxv", source })?;
+        let mut entry = None;
+        let mut has_interp = false;
+        for kv in auxv.chunks_exact(16) {
+            let k = u64::from_le_bytes(kv[..8].try_into().unwrap_or([0; 8]));
+            let v = u64::from_le_bytes(kv[8..].try_into().unwrap_or([0; 8]));
+            match k {
+                9 => entry = Some(v),
+                7 => has_interp = v != 0, // AT_BASE: the interpreter's load address
+                _ => {}
+            }
+        }
+        if !has_interp {
+            if self.first_image {
+                return Err(Error::StaticBinary { path: exe });
+            }
+            eprintln!("ffirec: warning: {exe} is statically linked: nothing to trace in it");
+            return self.resume(tid, 0);
+        }
+        self.first_image = false;
+        let entry = entry.ok_or_else(|| Error::Protocol("no AT_ENTRY in auxv".into()))?;
+        let mut b = [0u8; 1];
+        self.mem.read(RemoteAddr(entry), &mut b)?;
+        self.mem.write(RemoteAddr(entry), &[0xcc])?;
+        self.entry_bp = Some((entry, b[0]));
+        self.resume(tid, 0)
+    }
+
+    fn on_signal(&mut self, tid: Pid, signal: i32) -> Result<(), Error> {
+        match signal {
+            libc::SIGTRAP => {
+                let regs = sys::getregs(tid)?;
+                if let Some((addr, byte)) = self.entry_bp {
+                    if regs.rip == addr + 1 {
+                        self.entry_bp = None;
+                        self.mem.write(RemoteAddr(addr), &[byte])?;
+                        let mut regs = regs;
+                        regs.rip = addr;
+                        return self.setup_image(tid, regs);
+                    }
+                }
+                if self.rbrk_bp.is_some_and(|a| regs.rip == a + 1) {
+                    return self.on_rbrk(tid, regs);
+                }
+                self.program_signal(tid, signal)
+            }
+            libc::SIGSEGV => {
+                let si = sys::getsiginfo(tid)?;
+                let regs = sys::getregs(tid)?;
+                let in_foreign = self.threads.get(&tid).is_some_and(Thread::in_foreign);
+                if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && self.guard_of(si.addr).is_some() {
+                    return self.on_fault(tid, regs, si.addr);
+                }
+                if si.code == SEGV_ACCERR && si.addr == regs.rip {
+                    if let Some(m) = self.module_text(regs.rip) {
+                        match (m.module.domain, self.foreign_mode) {
+                            (Domain::Foreign, false) => return self.on_foreign_text(tid, regs),
+                            (Domain::Host, true) if self.owner == Some(tid) => return self.on_host_text(tid, regs),
+                            _ => {}
+                        }
+                    }
+                }
+                self.program_signal(tid, signal)
+            }
+            _ => self.program_signal(tid, signal),
+        }
+    }
+
+    /// A signal that is the program's own: record it, deliver it unchanged.
+    pub fn program_signal(&mut self, tid: Pid, signal: i32) -> Result<(), Error> {
+        if signal == libc::SIGSTOP {
+            // Delivered as a group-stop next; nothing to record.
+            return self.resume(tid, signal);
+        }
+        let si = sys::getsiginfo(tid)?;
+        let raw = sys::getregs(tid)?;
+        let mut code = [0u8; 16];
+        let n = self.mem.read_partial(RemoteAddr(raw.rip), &mut code);
+        let fault_sig = matches!(signal, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP);
+        let fatal = is_fatal(self.pid, signal);
+        self.sink.counters.signals += 1;
+        self.sink.push(Event::Signal {
+            tid: tid as u32,
+            signo: signal,
+            code: si.code,
+            addr: if fault_sig { si.addr } else { 0 },
+            regs: sys::to_regs(&raw),
+            code_bytes: code[..n].to_vec(),
+            fatal,
+        })?;
+        if fatal && self.foreign_mode {
+            // Let it die with the protections it faulted under; nothing to restore.
+        }
+        self.resume(tid, signal)
+    }
+
+    pub fn module_text(&self, addr: u64) -> Option<&Loaded> {
+        self.modules.iter().find(|m| m.in_text(addr))
+    }
+
+    fn module_containing(&self, addr: u64) -> Option<&Loaded> {
+        self.modules.iter().find(|m| m.module.contains(addr) || m.in_text(addr))
+    }
+
+    /// Entry breakpoint reached: every DT_NEEDED object is loaded and relocated.
+    fn setup_image(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        self.inject_pages(tid, &regs)?;
+        self.scan_modules(true)?;
+        self.plant_rbrk()?;
+        let batch = self.text_batch(false);
+        self.run_batch(tid, &regs, &batch)?;
+        sys::setregs(tid, &regs)?;
+        self.resume(tid, 0)
+    }
+
+    /// Reads the maps and adds every object not seen yet.
+    pub fn scan_modules(&mut self, announce: bool) -> Result<Vec<usize>, Error> {
+        let maps = crate::maps::read(self.pid)?;
+        let mut added = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for m in &maps {
+            let named = m.is_file() || m.path == "[vdso]";
+            if !named || seen.contains(&m.path.as_str()) {
+                continue;
+            }
+            seen.push(&m.path);
+            let group: Vec<&crate::maps::Mapping> = maps.iter().filter(|x| x.path == m.path).collect();
+            let lo = group.iter().map(|g| g.start).min().unwrap_or(m.start);
+            if self.modules.iter().any(|l| l.module.path == m.path && l.text.iter().chain(&l.loads).any(|t| t.start <= lo + self.page * 4096 && lo <= t.end)) {
+                continue;
+            }
+            let data = if m.path == "[vdso]" {
+                let mut buf = vec![0u8; (m.end - m.start) as usize];
+                self.mem.read(RemoteAddr(m.start), &mut buf)?;
+                buf
+            } else {
+                match std::fs::read(&m.path)
+                    .or_else(|_| std::fs::read(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end)))
+                {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                }
+            };
+            let Some((mut module, soname, loads)) = modules::load(self.pid, &m.path, &data, &group, self.page) else {
+                continue;
+            };
+            let is_main = m.path == self.main_exe;
+            module.domain = if m.path == "[vdso]" {
+                Domain::Neutral
+            } else {
+                self.policy.classify(&m.path, soname.as_deref(), is_main)
+            };
+            let text = group
+                .iter()
+                .filter(|g| g.prot & PROT_X != 0)
+                .map(|g| modules::Load { start: g.start, end: g.end, prot: g.prot })
+                .collect();
+            let index = self.sink.add_module(module.clone())?;
+            self.modules.push(Loaded { index, module, soname, loads, text });
+            added.push(self.modules.len() - 1);
+        }
+        let foreign: Vec<String> = added
+            .iter()
+            .filter(|&&i| self.modules[i].module.domain == Domain::Foreign)
+            .map(|&i| {
+                let l = &self.modules[i];
+                l.soname.clone().unwrap_or_else(|| l.module.path.rsplit('/').next().unwrap_or("").to_string())
+            })
+            .collect();
+        if !self.opts.quiet && (!foreign.is_empty() || announce) {
+            if foreign.is_empty() {
+                eprintln!("ffirec: no foreign library loaded yet");
+            } else {
+                eprintln!("ffirec: foreign: {}", foreign.join(", "));
+            }
+        }
+        Ok(added)
+    }
+
+    /// Breakpoint on ld.so's `_dl_debug_state` (r_brk): fires around every
+    /// dlopen/dlclose, so later libraries are classified when they appear.
+    fn plant_rbrk(&mut self) -> Result<(), Error> {
+        let mut addr = None;
+        for l in &self.modules {
+            if let Some(s) = l.module.symbols.iter().find(|s| s.name == "_dl_debug_state") {
+                addr = Some(l.module.base + s.addr);
+            }
+        }
+        let Some(addr) = addr else { return Ok(()) };
+        let mut b = [0u8; 1];
+        self.mem.read(RemoteAddr(addr), &mut b)?;
+        if b[0] == 0xc3 {
+            self.mem.write(RemoteAddr(addr), &[0xcc])?;
+            self.rbrk_bp = Some(addr);
+        }
+        Ok(())
+    }
+
+    fn on_rbrk(&mut self, tid: Pid, mut regs: RawRegs) -> Result<(), Error> {
+        // Emulate the `ret` we replaced.
+        regs.rip = self.mem.read_u64(RemoteAddr(regs.rsp))?;
+        regs.rsp += 8;
+        let added = self.scan_modules(false)?;
+        if !added.is_empty() {
+            let mut batch = Vec::new();
+            for &i in &added {
+                let l = &self.modules[i];
+                let strip = match l.module.domain {
+                    Domain::Foreign => !self.foreign_mode,
+                    Domain::Host => self.foreign_mode,
+                    Domain::Neutral => false,
+                };
+                if strip {
+                    batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot & !PROT_X)));
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(tid, &regs, &batch)?;
+            }
+        }
+        sys::setregs(tid, &regs)?;
+        self.resume(tid, 0)
+    }
+
+    /// Exec fault on foreign text while host-mode protections are in force:
+    /// a call entry, a callback returning, or a blocked call re-arming.
+    fn on_foreign_text(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        self.drain_allocs()?;
+        let rsp = regs.rsp;
+        let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
+        if let Some(f) = top {
+            if f.kind == FrameKind::Foreign && f.suspended {
+                if rsp <= f.entry_rsp {
+                    // Still inside the blocked call: re-arm without a new Call.
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        for fr in &mut t.frames {
+                            fr.suspended = false;
+                        }
+                    }
+                    return self.switch_to_foreign(tid, regs);
+                }
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.frames.clear();
+                }
+            } else if f.kind == FrameKind::Callback && rsp > f.entry_rsp {
+                // The callback returned (or unwound) into foreign code.
+                let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
+                let call = f.call;
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.frames.pop();
+                }
+                if !is_ret {
+                    self.pop_unwound(tid, rsp, regs.rax)?;
+                }
+                self.sink.push(Event::CallbackReturn { tid: tid as u32, call, rax: regs.rax })?;
+                return self.switch_to_foreign(tid, regs);
+            }
+        }
+        let return_addr = self.mem.read_u64(RemoteAddr(rsp)).unwrap_or(0);
+        let (module, symbol) = match self.module_text(regs.rip) {
+            Some(l) => (l.index, l.symbol_index(regs.rip)),
+            None => (u32::MAX, None),
+        };
+        let call = self.next_call;
+        self.next_call += 1;
+        self.sink.counters.calls += 1;
+        let r = sys::to_regs(&regs);
+        self.sink.push(Event::Call {
+            tid: tid as u32,
+            call,
+            target: regs.rip,
+            module,
+            symbol,
+            args: r.args(),
+            rsp,
+            return_addr,
+        })?;
+        self.threads.entry(tid).or_default().frames.push(Frame {
+            kind: FrameKind::Foreign,
+            call,
+            entry_rsp: rsp,
+            return_addr,
+            suspended: false,
+        });
+        self.switch_to_foreign(tid, regs)
+    }
+
+    /// Pops frames that a longjmp (or a callback unwinding) skipped.
+    fn pop_unwound(&mut self, tid: Pid, rsp: u64, rax: u64) -> Result<(), Error> {
+        loop {
+            let Some(f) = self.threads.get(&tid).and_then(|t| t.frames.last().copied()) else { return Ok(()) };
+            if f.entry_rsp >= rsp {
+                return Ok(());
+            }
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.frames.pop();
+            }
+            match f.kind {
+                FrameKind::Foreign => self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax, rdx: 0 })?,
+                FrameKind::Callback => self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax })?,
+            }
+        }
+    }
+
+    /// Exec fault on host text in foreign mode: return, longjmp or callback.
+    fn on_host_text(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        self.drain_allocs()?;
+        let rsp = regs.rsp;
+        let Some(f) = self.threads.get(&tid).and_then(|t| t.frames.last().copied()) else {
+            return self.program_signal(tid, libc::SIGSEGV);
+        };
+        if (regs.rip == f.return_addr && rsp == f.entry_rsp + 8) || rsp > f.entry_rsp {
+            let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.frames.pop();
+            }
+            self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
+            if !is_ret {
+                self.pop_unwound(tid, rsp, regs.rax)?;
+            }
+            let still_foreign = self.threads.get(&tid).is_some_and(Thread::in_foreign);
+            if still_foreign {
+                // Unwound into an outer foreign frame running host code: a callback.
+                return self.enter_callback(tid, regs);
+            }
+            return self.switch_to_host(tid, regs);
+        }
+        self.enter_callback(tid, regs)
+    }
+
+    fn enter_callback(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        let call = self.threads.get(&tid).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
+        let return_addr = self.mem.read_u64(RemoteAddr(regs.rsp)).unwrap_or(0);
+        let r = sys::to_regs(&regs);
+        self.sink.counters.callbacks += 1;
+        self.sink.push(Event::Callback {
+            tid: tid as u32,
+            call,
+            target: regs.rip,
+            args: r.args(),
+            rsp: regs.rsp,
+            return_addr,
+        })?;
+        self.threads.entry(tid).or_default().frames.push(Frame {
+            kind: FrameKind::Callback,
+            call,
+            entry_rsp: regs.rsp,
+            return_addr,
+            suspended: false,
+        });
+        self.switch_to_host(tid, regs)
+    }
+
+    /// Holds every other thread, guards host memory, flips text permissions.
+    fn switch_to_foreign(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        if self.owner != Some(tid) {
+            self.owner = Some(tid);
+            self.hold_others(tid)?;
+            self.pin(tid);
+        }
+        self.last_owner_stop = Instant::now();
+        let guards = self.compute_guards(tid, &regs)?;
+        let mut batch: Vec<(u64, u64, u32)> = guards.iter().map(|g| (g.start, g.end - g.start, 0)).collect();
+        batch.extend(self.text_batch(true));
+        self.guards = guards;
+        self.foreign_mode = true;
+        self.run_batch(tid, &regs, &batch)?;
+        if self.foreign_since.is_none() {
+            self.foreign_since = Some(Instant::now());
+        }
+        sys::setregs(tid, &regs)?;
+        self.resume(tid, 0)
+    }
+
+    /// Restores real protections; releases the other threads when no call
+    /// is in progress any more on `tid`.
+    fn switch_to_host(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+        batch.extend(self.text_batch(false));
+        self.run_batch(tid, &regs, &batch)?;
+        self.guards.clear();
+        self.foreign_mode = false;
+        if let Some(since) = self.foreign_since.take() {
+            self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
+        }
+        sys::setregs(tid, &regs)?;
+        let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
+        if done {
+            self.unpin(tid);
+            self.owner = None;
+            self.resume(tid, 0)?;
+            self.release_others()
+        } else {
+            self.resume(tid, 0)
+        }
+    }
+
+    /// Text permissions for a mode: in foreign mode host text loses EXEC, in
+    /// host mode foreign text does. Neutral text never changes.
+    pub fn text_batch(&self, foreign: bool) -> Vec<(u64, u64, u32)> {
+        let mut v = Vec::new();
+        for l in &self.modules {
+            let strip = match l.module.domain {
+                Domain::Foreign => !foreign,
+                Domain::Host => foreign,
+                Domain::Neutral => continue,
+            };
+            for t in &l.text {
+                v.push((t.start, t.end - t.start, if strip { t.prot & !PROT_X } else { t.prot }));
+            }
+        }
+        v
+    }
+
+    /// PTRACE_INTERRUPTs every running thread but `tid` and waits until each
+    /// has stopped. Stops that are not the interrupt are kept as pending.
+    fn hold_others(&mut self, tid: Pid) -> Result<(), Error> {
+        let others: Vec<Pid> =
+            self.threads.iter().filter(|(&t, th)| t != tid && th.running && !th.exiting).map(|(&t, _)| t).collect();
+        let mut waiting = Vec::new();
+        for t in others {
+            match sys::interrupt(t) {
+                Ok(()) => waiting.push(t),
+                Err(Error::TraceeDied { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for t in waiting {
+            let stop = match self.wait_thread(t) {
+                Ok(s) => s,
+                Err(Error::NoTracees) => continue,
+                Err(e) => return Err(e),
+            };
+            self.handle(stop)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes every held thread, processing the stops they reported while
+    /// held. Stops early if one of them starts a foreign call of its own.
+    pub fn release_others(&mut self) -> Result<(), Error> {
+        let held: Vec<Pid> = self.threads.iter().filter(|(_, th)| !th.running).map(|(&t, _)| t).collect();
+        for t in held {
+            if self.owner.is_some() {
+                break;
+            }
+            let Some(th) = self.threads.get_mut(&t) else { continue };
+            if th.running {
+                continue;
+            }
+            match th.pending.take() {
+                Some(stop) => match self.handle(stop) {
+                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                None => match self.resume(t, 0) {
+                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn pin(&mut self, tid: Pid) {
+        if !self.opts.pin_cpu || self.saved_affinity.is_some() {
+            return;
+        }
+        let cpu = sys::current_cpu();
+        if let Some(mine) = sys::pin(0, cpu) {
+            match sys::pin(tid, cpu) {
+                Some(theirs) => self.saved_affinity = Some((mine, theirs)),
+                None => sys::set_affinity(0, &mine),
+            }
+        }
+    }
+
+    fn unpin(&mut self, tid: Pid) {
+        if let Some((mine, theirs)) = self.saved_affinity.take() {
+            sys::set_affinity(tid, &theirs);
+            sys::set_affinity(0, &mine);
+        }
+    }
+
+    /// Called on every timer tick: a foreign call sitting in the kernel while
+    /// others are held may be waiting for one of them. Never deadlock.
+    fn check_blocked(&mut self) -> Result<(), Error> {
+        let Some(owner) = self.owner else { return Ok(()) };
+        let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
+        if !others_held || self.last_owner_stop.elapsed() < BLOCKED_AFTER {
+            return Ok(());
+        }
+        sys::interrupt(owner)?;
+        let stop = self.wait_thread(owner)?;
+        if !matches!(stop, Stop::Interrupt { .. }) {
+            // It made progress after all.
+            return self.handle(stop);
+        }
+        let call = self.threads.get(&owner).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
+        let sym = self.call_name(owner);
+        eprintln!(
+            "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} blocked for more than {:.1} s while other threads were held; releasing them and dropping the guards until it returns (recorded as a gap)",
+            BLOCKED_AFTER.as_secs_f64()
+        );
+        let regs = sys::getregs(owner)?;
+        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+        batch.extend(self.text_batch(false));
+        self.run_batch(owner, &regs, &batch)?;
+        sys::setregs(owner, &regs)?;
+        self.guards.clear();
+        self.foreign_mode = false;
+        if let Some(t) = self.threads.get_mut(&owner) {
+            for f in &mut t.frames {
+                f.suspended = true;
+            }
+        }
+        self.sink.counters.gaps += 1;
+        self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
+        self.unpin(owner);
+        self.owner = None;
+        self.release_others()?;
+        if self.threads.get(&owner).is_some_and(|t| !t.running) {
+            self.resume(owner, 0)?;
+        }
+        Ok(())
+    }
+
+    fn call_name(&self, tid: Pid) -> String {
+        let _ = tid;
+        String::from("?")
+    }
+
+    /// Alloc-shim events are drained here (before every boundary event).
+    pub fn drain_allocs(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    #[allow(dead_code)]
+    fn module_of(&self, addr: u64) -> Option<u32> {
+        self.module_containing(addr).map(|l| l.index)
+    }
+
+    #[allow(dead_code)]
+    pub fn regs_of(raw: &RawRegs) -> Regs {
+        sys::to_regs(raw)
+    }
+
+    #[allow(dead_code)]
+    pub fn output(&self) -> PathBuf {
+        self.opts.output.clone()
+    }
+}
+
+/// Whether `signal` will kill the process: no handler and not ignored, and
+/// its default action terminates.
+fn is_fatal(pid: Pid, signal: i32) -> bool {
+    let default_kills = !matches!(
+        signal,
+        libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH | libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    );
+    if !default_kills {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let mask = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1u64 << (signal - 1);
+    (mask("SigCgt:") | mask("SigIgn:")) & bit == 0
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 10 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 10 << 10 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}

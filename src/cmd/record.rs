@@ -1,0 +1,60 @@
+//! `ffirec record`: run a program under the recorder.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::exit;
+
+/// Run PROG and record every access the foreign library makes to the program's memory.
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    /// Foreign library: soname, file name or path glob (repeatable). Default:
+    /// every shared object except the C runtime.
+    #[arg(long = "lib", value_name = "PATTERN")]
+    pub libs: Vec<String>,
+    /// Additional neutral code (runs in its caller's mode), like the C runtime.
+    #[arg(long = "neutral", value_name = "PATTERN")]
+    pub neutral: Vec<String>,
+    /// Trace file to write [default: ffirec-PROGNAME.ffr].
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Do not pin the recorder and the traced thread to one CPU during foreign calls.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Only print warnings and the summary line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROG [ARGS]...")]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(args: RecordArgs) -> ExitCode {
+    let mut cmd = args.command.into_iter();
+    let Some(program) = cmd.next() else {
+        eprintln!("ffirec: error: no program given");
+        return ExitCode::from(exit::RECORD_FAILED);
+    };
+    let mut opts = ffirec_recorder::Options::new(program, cmd.collect());
+    opts.libs = args.libs;
+    opts.neutral = args.neutral;
+    if let Some(o) = args.output {
+        opts.output = o;
+    }
+    opts.pin_cpu = !args.no_pin;
+    opts.quiet = args.quiet;
+    match ffirec_recorder::record(opts) {
+        Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
+        Err(e) => {
+            let mut msg = format!("ffirec: error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
