@@ -1,0 +1,339 @@
+//! Stage 2 and 3: state reconstruction in event order.
+//!
+//! [`Timeline`] walks the (few) non-access events sequentially: it numbers
+//! calls and allocations, keeps each thread's foreign-call stack, records
+//! arguments that point into host allocations, crashes and gaps, and turns
+//! every state change into a compact [`Op`]. Each [`Shard`] then replays all
+//! ops plus the accesses to its own pages — allocation map, per-byte
+//! initialisation shadow, region map, provenance — in parallel with the
+//! other shards.
+
+mod intervals;
+mod shadow;
+mod shard;
+
+use std::collections::{BTreeMap, HashMap};
+
+use ffirec_format::{AllocFn, Domain, Event, ExitStatus, GapReason, Tid};
+
+pub use intervals::RangeSet;
+pub(crate) use shard::{Ctx, LoadExposure, Piece, Shard, Stats, Target};
+
+/// "No foreign call open".
+pub(crate) const NO_CALL: u32 = u32::MAX;
+/// "No allocation".
+pub(crate) const NO_ALLOC: u32 = u32::MAX;
+
+/// One allocation, numbered in order of birth (`alloc#N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AllocInfo {
+    pub base: u64,
+    pub size: u64,
+    pub func: AllocFn,
+    pub domain: Domain,
+    /// Return address of the allocation call.
+    pub caller: u64,
+    pub tid: Tid,
+    pub born: u64,
+    pub freed: Option<u64>,
+    pub free_caller: u64,
+    pub zeroed: bool,
+    /// The bytes' whole life is traced (foreign allocations, or host ones
+    /// when the recorder tracked host writes).
+    pub exact: bool,
+    /// Foreign-resume epoch at birth: a host allocation whose epoch is older
+    /// than the current one may have been written by untraced host code.
+    pub birth_epoch: u32,
+    /// Leading bytes whose state came from a realloc'd block: unknown.
+    pub unknown_prefix: u64,
+    /// The foreign call open on the allocating thread (NO_CALL when none).
+    pub call: u32,
+}
+
+impl AllocInfo {
+    pub fn end(&self) -> u64 {
+        self.base.saturating_add(self.size)
+    }
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr < self.end()
+    }
+}
+
+/// One foreign call, numbered as the recorder numbered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallInfo {
+    pub call: u64,
+    pub tid: Tid,
+    pub target: u64,
+    pub module: u32,
+    pub symbol: Option<u32>,
+    pub args: [u64; 6],
+    pub return_addr: u64,
+    pub ret: Option<(u64, u64)>,
+    pub enter_seq: u64,
+    pub exit_seq: Option<u64>,
+    /// The call this one is nested in (through a callback), or NO_CALL.
+    pub parent: u32,
+}
+
+/// A state change every shard replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Thread `tid` now runs inside foreign call `call` (or none). `resume`:
+    /// foreign code resumes after host code ran (a new epoch).
+    SetCall { tid: Tid, call: u32, resume: bool },
+    /// Foreign code resumes after a callback returned (a new epoch).
+    Resume,
+    Alloc { id: u32 },
+    Free { id: u32 },
+    /// Bytes became initialised (untraced host write).
+    Init { addr: u64, len: u64 },
+    /// Bytes' state became unknown.
+    Unknown { addr: u64, len: u64 },
+    Map { addr: u64, len: u64, prot: u32, flags: u32, host: bool },
+    Protect { addr: u64, len: u64, prot: u32 },
+    Unmap { addr: u64, len: u64 },
+}
+
+/// A foreign call received a pointer into a live host allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArgExposure {
+    pub call: u32,
+    pub arg: u8,
+    pub alloc: u32,
+    pub offset: u64,
+}
+
+/// A program signal (a fault the program did not ask for is a crash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Crash {
+    pub seq: u64,
+    pub tid: Tid,
+    pub call: u32,
+    pub signo: i32,
+    pub code: i32,
+    pub addr: u64,
+    pub rip: u64,
+    pub fatal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GapInfo {
+    pub seq: u64,
+    pub tid: Tid,
+    pub call: u32,
+    pub reason: GapReason,
+    pub detail: u64,
+}
+
+/// The sequential pass over non-access events.
+#[derive(Debug, Default)]
+pub(crate) struct Timeline {
+    pub track_host_init: bool,
+    pub calls: Vec<CallInfo>,
+    call_index: HashMap<u64, u32>,
+    pub allocs: Vec<AllocInfo>,
+    live: BTreeMap<u64, u32>,
+    stacks: HashMap<Tid, Vec<u32>>,
+    epoch: u32,
+    pub arg_exposures: Vec<ArgExposure>,
+    pub crashes: Vec<Crash>,
+    pub gaps: Vec<GapInfo>,
+    pub exit: Option<ExitStatus>,
+    pub unmatched_frees: u64,
+    pub callbacks: u64,
+}
+
+const SIGILL: i32 = 4;
+const SIGABRT: i32 = 6;
+const SIGBUS: i32 = 7;
+const SIGFPE: i32 = 8;
+const SIGSEGV: i32 = 11;
+
+impl Timeline {
+    pub fn new(track_host_init: bool) -> Self {
+        Timeline { track_host_init, ..Timeline::default() }
+    }
+
+    fn top(&self, tid: Tid) -> u32 {
+        self.stacks.get(&tid).and_then(|s| s.last().copied()).unwrap_or(NO_CALL)
+    }
+
+    /// Live allocations at the end of the events fed so far.
+    pub fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.live.values().copied()
+    }
+
+    fn live_containing(&self, addr: u64) -> Option<u32> {
+        let (_, &id) = self.live.range(..=addr).next_back()?;
+        self.allocs.get(id as usize).filter(|a| a.contains(addr)).map(|_| id)
+    }
+
+    fn free(&mut self, id: u32, seq: u64, caller: u64, ops: &mut Vec<(u64, Op)>) {
+        if let Some(a) = self.allocs.get_mut(id as usize) {
+            self.live.remove(&a.base);
+            a.freed = Some(seq);
+            a.free_caller = caller;
+            ops.push((seq, Op::Free { id }));
+        }
+    }
+
+    /// Consumes one batch of control events (in order), appending the ops.
+    pub fn feed(&mut self, control: &[(u64, Event)], ops: &mut Vec<(u64, Op)>) {
+        for (seq, ev) in control {
+            let seq = *seq;
+            match *ev {
+                Event::Call { tid, call, target, module, symbol, args, return_addr, .. } => {
+                    let idx = self.calls.len() as u32;
+                    let parent = self.top(tid);
+                    self.calls.push(CallInfo {
+                        call,
+                        tid,
+                        target,
+                        module,
+                        symbol,
+                        args,
+                        return_addr,
+                        ret: None,
+                        enter_seq: seq,
+                        exit_seq: None,
+                        parent,
+                    });
+                    self.call_index.insert(call, idx);
+                    self.stacks.entry(tid).or_default().push(idx);
+                    self.epoch += 1;
+                    for (i, &a) in args.iter().enumerate() {
+                        if let Some(id) = self.live_containing(a) {
+                            let al = &self.allocs[id as usize];
+                            if al.domain == Domain::Host {
+                                self.arg_exposures.push(ArgExposure {
+                                    call: idx,
+                                    arg: i as u8,
+                                    alloc: id,
+                                    offset: a - al.base,
+                                });
+                            }
+                        }
+                    }
+                    ops.push((seq, Op::SetCall { tid, call: idx, resume: true }));
+                }
+                Event::Return { tid, call, rax, rdx } => {
+                    let Some(&idx) = self.call_index.get(&call) else { continue };
+                    if let Some(c) = self.calls.get_mut(idx as usize) {
+                        c.ret = Some((rax, rdx));
+                        c.exit_seq = Some(seq);
+                    }
+                    // Pop down to the returning call (a longjmp may skip frames).
+                    if let Some(st) = self.stacks.get_mut(&tid) {
+                        if let Some(pos) = st.iter().rposition(|&c| c == idx) {
+                            st.truncate(pos);
+                        }
+                    }
+                    let top = self.top(tid);
+                    ops.push((seq, Op::SetCall { tid, call: top, resume: false }));
+                }
+                Event::Callback { .. } => self.callbacks += 1,
+                Event::CallbackReturn { .. } => {
+                    self.epoch += 1;
+                    ops.push((seq, Op::Resume));
+                }
+                Event::Alloc { tid, func, ptr, size, old_ptr, caller, domain, zeroed } => {
+                    if ptr == 0 {
+                        continue;
+                    }
+                    let mut unknown_prefix = 0;
+                    if old_ptr != 0 && matches!(func, AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap) {
+                        if let Some(&old) = self.live.get(&old_ptr) {
+                            // The moved bytes live on other shards' pages: unknown.
+                            unknown_prefix = self.allocs[old as usize].size.min(size);
+                            self.free(old, seq, caller, ops);
+                        }
+                    }
+                    // Anything still live under the new block was freed unseen.
+                    let end = ptr.saturating_add(size);
+                    let mut stale: Vec<u32> =
+                        self.live.range(ptr..end.max(ptr + 1)).map(|(_, &id)| id).collect();
+                    if let Some((_, &id)) = self.live.range(..ptr).next_back() {
+                        if self.allocs[id as usize].end() > ptr {
+                            stale.push(id);
+                        }
+                    }
+                    for id in stale {
+                        self.free(id, seq, 0, ops);
+                    }
+                    let id = self.allocs.len() as u32;
+                    let exact = domain == Domain::Foreign || self.track_host_init;
+                    let call = self.top(tid);
+                    self.allocs.push(AllocInfo {
+                        base: ptr,
+                        size,
+                        func,
+                        domain,
+                        caller,
+                        tid,
+                        born: seq,
+                        freed: None,
+                        free_caller: 0,
+                        zeroed,
+                        exact,
+                        birth_epoch: self.epoch,
+                        unknown_prefix,
+                        call,
+                    });
+                    self.live.insert(ptr, id);
+                    ops.push((seq, Op::Alloc { id }));
+                }
+                Event::Free { ptr, caller, .. } => match self.live.get(&ptr) {
+                    Some(&id) => self.free(id, seq, caller, ops),
+                    None if ptr != 0 => self.unmatched_frees += 1,
+                    None => {}
+                },
+                Event::Map { addr, len, prot, flags, domain, .. } => {
+                    ops.push((seq, Op::Map { addr, len, prot, flags, host: domain == Domain::Host }))
+                }
+                Event::Unmap { addr, len, .. } => {
+                    let end = addr.saturating_add(len);
+                    let gone: Vec<u32> = self
+                        .live
+                        .range(addr..end)
+                        .map(|(_, &id)| id)
+                        .filter(|&id| {
+                            let a = &self.allocs[id as usize];
+                            matches!(a.func, AllocFn::Mmap | AllocFn::Mremap) && a.end() <= end
+                        })
+                        .collect();
+                    for id in gone {
+                        self.free(id, seq, 0, ops);
+                    }
+                    ops.push((seq, Op::Unmap { addr, len }));
+                }
+                Event::Protect { addr, len, prot, .. } => ops.push((seq, Op::Protect { addr, len, prot })),
+                Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr, len })),
+                Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr, len })),
+                Event::Signal { tid, signo, code, addr, ref regs, fatal, .. } => {
+                    if fatal || matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) {
+                        self.crashes.push(Crash {
+                            seq,
+                            tid,
+                            call: self.top(tid),
+                            signo,
+                            code,
+                            addr,
+                            rip: regs.rip,
+                            fatal,
+                        });
+                    }
+                }
+                Event::Gap { tid, reason, detail } => {
+                    self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail })
+                }
+                Event::Exit { status, .. } => {
+                    if self.exit.is_none() {
+                        self.exit = Some(status);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

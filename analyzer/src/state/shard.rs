@@ -1,0 +1,493 @@
+//! One address shard: replays every op and the accesses to its own pages.
+//! This is the hot loop of the analyzer: no allocation per access, one-entry
+//! caches for the current allocation and thread.
+
+use std::collections::BTreeMap;
+
+use ffirec_format::Domain;
+
+use super::intervals::{RangeSet, RegionMap};
+use super::shadow::{all_set, bit, set_bits, FastMap, Shadow};
+use super::{AllocInfo, Op, NO_ALLOC, NO_CALL};
+use crate::decode::{AccessRec, ChunkRecs, PtrLoad, FIRST, PAGE, READ, SYSCALL, WRITE};
+use crate::findings::Kind;
+use crate::symbols::ModuleMap;
+
+const PROT_WRITE: u32 = 2;
+const MAP_GROWSDOWN: u32 = 0x100;
+const MAP_STACK: u32 = 0x2_0000;
+/// Without a mapping to classify an address, it counts as heap when it lies
+/// this close to an allocation.
+const NEAR_HEAP: u64 = 64 * 1024;
+
+/// Read-only context shared by all shards.
+pub(crate) struct Ctx<'a> {
+    pub allocs: &'a [AllocInfo],
+    pub modules: &'a ModuleMap,
+}
+
+/// What a footprint range is relative to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Target {
+    Alloc(u32),
+    /// Offsets relative to the module's load bias.
+    Module(u32),
+    /// Absolute addresses (memory the trace cannot attribute).
+    Other,
+}
+
+/// Bytes one call read and wrote of one target.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Touch {
+    pub read: RangeSet,
+    pub write: RangeSet,
+}
+
+/// One problem at one access piece; merged into findings later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub kind: Kind,
+    pub seq: u64,
+    pub call: u32,
+    pub ip: u64,
+    pub addr: u64,
+    pub size: u32,
+    /// The allocation concerned (or the nearest one for out-of-bounds).
+    pub alloc: u32,
+    pub flags: u8,
+}
+
+/// Foreign code loaded a pointer into a live host allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoadExposure {
+    pub seq: u64,
+    pub call: u32,
+    pub ip: u64,
+    pub from: u64,
+    /// The allocation the pointer was loaded from (NO_ALLOC when none).
+    pub from_alloc: u32,
+    pub alloc: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub accesses: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Vectorised over-reads by neutral string routines, not reported.
+    pub overreads: u64,
+    /// Bytes read whose initialisation state is unknown.
+    pub unknown_bytes: u64,
+    /// Accesses to memory the trace cannot classify (no mapping, not near an allocation).
+    pub unclassified: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.accesses += o.accesses;
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.overreads += o.overreads;
+        self.unknown_bytes += o.unknown_bytes;
+        self.unclassified += o.unclassified;
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct ShardOut {
+    pub pieces: Vec<Piece>,
+    pub footprint: FastMap<(u32, Target), Touch>,
+    pub exposures: Vec<LoadExposure>,
+    pub stats: Stats,
+}
+
+pub(crate) struct Shard {
+    idx: usize,
+    live: BTreeMap<u64, u32>,
+    freed: BTreeMap<u64, u32>,
+    regions: RegionMap,
+    cur_call: FastMap<u32, u32>,
+    last_tid: Option<(u32, u32)>,
+    last_alloc: Option<(u64, u64, u32)>,
+    epoch: u32,
+    seen_alloc: bool,
+    shadow: Shadow,
+    exposed: FastMap<(u32, u32), ()>,
+    pub out: ShardOut,
+}
+
+impl Shard {
+    pub fn new(idx: usize) -> Self {
+        Shard {
+            idx,
+            live: BTreeMap::new(),
+            freed: BTreeMap::new(),
+            regions: RegionMap::default(),
+            cur_call: FastMap::default(),
+            last_tid: None,
+            last_alloc: None,
+            epoch: 0,
+            seen_alloc: false,
+            shadow: Shadow::default(),
+            exposed: FastMap::default(),
+            out: ShardOut::default(),
+        }
+    }
+
+    /// Replays one batch: `ops` and this shard's records of `chunks`, merged in event order.
+    pub fn run(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
+        let mut oi = 0;
+        for ch in chunks {
+            let accs = &ch.accesses[self.idx];
+            let ptrs = &ch.ptr_loads[self.idx];
+            let mut pi = 0;
+            for a in accs {
+                while pi < ptrs.len() && ptrs[pi].seq < a.seq {
+                    oi = self.ops_until(ops, oi, ptrs[pi].seq, ctx);
+                    self.ptr_load(&ptrs[pi], ctx);
+                    pi += 1;
+                }
+                oi = self.ops_until(ops, oi, a.seq, ctx);
+                self.access(a, ctx);
+            }
+            for p in &ptrs[pi..] {
+                oi = self.ops_until(ops, oi, p.seq, ctx);
+                self.ptr_load(p, ctx);
+            }
+        }
+        self.ops_until(ops, oi, u64::MAX, ctx);
+    }
+
+    #[inline]
+    fn ops_until(&mut self, ops: &[(u64, Op)], mut oi: usize, seq: u64, ctx: &Ctx) -> usize {
+        while oi < ops.len() && ops[oi].0 < seq {
+            self.apply(ops[oi].1, ctx);
+            oi += 1;
+        }
+        oi
+    }
+
+    fn owns(&self, addr: u64) -> bool {
+        crate::decode::shard_of(addr) == self.idx
+    }
+
+    fn apply(&mut self, op: Op, ctx: &Ctx) {
+        match op {
+            Op::SetCall { tid, call, resume } => {
+                self.cur_call.insert(tid, call);
+                self.last_tid = None;
+                if resume {
+                    self.epoch += 1;
+                }
+            }
+            Op::Resume => self.epoch += 1,
+            Op::Alloc { id } => {
+                let Some(a) = ctx.allocs.get(id as usize) else { return };
+                self.seen_alloc = true;
+                self.last_alloc = None;
+                // A new block ends the "freed" state of whatever it reuses.
+                let (base, end) = (a.base, a.end().max(a.base + 1));
+                let reused: Vec<u64> = self
+                    .freed
+                    .range(..end)
+                    .rev()
+                    .take_while(|(&b, &fid)| b >= base || ctx.allocs.get(fid as usize).is_some_and(|f| f.end() > base))
+                    .map(|(&b, _)| b)
+                    .collect();
+                for b in reused {
+                    self.freed.remove(&b);
+                }
+                self.live.insert(a.base, id);
+                let idx = self.idx;
+                self.shadow.reset(a.base, a.end(), a.zeroed, |addr| crate::decode::shard_of(addr) == idx);
+            }
+            Op::Free { id } => {
+                let Some(a) = ctx.allocs.get(id as usize) else { return };
+                self.last_alloc = None;
+                if self.live.get(&a.base) == Some(&id) {
+                    self.live.remove(&a.base);
+                }
+                self.freed.insert(a.base, id);
+            }
+            Op::Init { addr, len } => self.mark(addr, len, true, ctx),
+            Op::Unknown { addr, len } => self.mark(addr, len, false, ctx),
+            Op::Map { addr, len, prot, flags, host } => {
+                self.regions.map(addr, addr.saturating_add(len), prot, flags, host)
+            }
+            Op::Protect { addr, len, prot } => self.regions.protect(addr, addr.saturating_add(len), prot),
+            Op::Unmap { addr, len } => self.regions.remove(addr, addr.saturating_add(len)),
+        }
+    }
+
+    /// Marks owned bytes initialised (`init`) or unknown.
+    fn mark(&mut self, addr: u64, len: u64, init: bool, ctx: &Ctx) {
+        let end = addr.saturating_add(len);
+        let mut cur = addr;
+        while cur < end {
+            let page = cur / PAGE;
+            let pe = end.min((page + 1) * PAGE);
+            if self.owns(cur) {
+                let p = self.shadow.page(page, &self.live, ctx.allocs);
+                let (s, e) = ((cur - page * PAGE) as usize, (pe - page * PAGE) as usize);
+                if init {
+                    set_bits(&mut p.init, s, e, true);
+                    set_bits(&mut p.unknown, s, e, false);
+                } else {
+                    set_bits(&mut p.unknown, s, e, true);
+                }
+            }
+            cur = pe;
+        }
+    }
+
+    #[inline]
+    fn call_of(&mut self, tid: u32) -> u32 {
+        if let Some((t, c)) = self.last_tid {
+            if t == tid {
+                return c;
+            }
+        }
+        let c = self.cur_call.get(&tid).copied().unwrap_or(NO_CALL);
+        self.last_tid = Some((tid, c));
+        c
+    }
+
+    #[inline]
+    fn find_live(&mut self, addr: u64, ctx: &Ctx) -> Option<(u64, u64, u32)> {
+        if let Some((b, e, id)) = self.last_alloc {
+            if addr >= b && addr < e {
+                return Some((b, e, id));
+            }
+        }
+        let (_, &id) = self.live.range(..=addr).next_back()?;
+        let a = ctx.allocs.get(id as usize)?;
+        if a.contains(addr) {
+            self.last_alloc = Some((a.base, a.end(), id));
+            Some((a.base, a.end(), id))
+        } else {
+            None
+        }
+    }
+
+    fn touch(&mut self, call: u32, target: Target, s: u64, e: u64, flags: u8) {
+        let t = self.out.footprint.entry((call, target)).or_default();
+        if flags & READ != 0 {
+            t.read.insert(s, e);
+        }
+        if flags & WRITE != 0 {
+            t.write.insert(s, e);
+        }
+    }
+
+    fn piece(&mut self, kind: Kind, a: &AccessRec, call: u32, s: u64, e: u64, alloc: u32) {
+        self.out.pieces.push(Piece {
+            kind,
+            seq: a.seq,
+            call,
+            ip: a.ip,
+            addr: s,
+            size: (e - s) as u32,
+            alloc,
+            flags: a.flags,
+        });
+    }
+
+    /// A vector load by a C-runtime string routine (strlen, memchr, ...):
+    /// reading a whole aligned block past a terminator is how they work.
+    fn vector_overread(&self, a: &AccessRec, ctx: &Ctx) -> bool {
+        a.flags & (WRITE | SYSCALL) == 0
+            && matches!(a.size, 16 | 32 | 64)
+            && ctx.modules.find(a.ip).is_some_and(|s| s.domain == Domain::Neutral)
+            && self.overlaps_live(a.addr, a.addr + u64::from(a.size), ctx)
+    }
+
+    fn overlaps_live(&self, s: u64, e: u64, ctx: &Ctx) -> bool {
+        if self.live.range(s..e).next().is_some() {
+            return true;
+        }
+        self.live
+            .range(..s)
+            .next_back()
+            .and_then(|(_, &id)| ctx.allocs.get(id as usize))
+            .is_some_and(|a| a.end() > s)
+    }
+
+    fn access(&mut self, a: &AccessRec, ctx: &Ctx) {
+        let call = self.call_of(a.tid);
+        if a.flags & FIRST != 0 && a.flags & SYSCALL == 0 {
+            self.out.stats.accesses += 1;
+        }
+        let size = u64::from(a.size);
+        if a.flags & READ != 0 {
+            self.out.stats.bytes_read += size;
+        }
+        if a.flags & WRITE != 0 {
+            self.out.stats.bytes_written += size;
+        }
+        let end = a.addr.saturating_add(size);
+        let mut cur = a.addr;
+        while cur < end {
+            match self.find_live(cur, ctx) {
+                Some((base, aend, id)) => {
+                    let e = end.min(aend);
+                    self.in_alloc(a, call, id, base, cur, e, ctx);
+                    cur = e;
+                }
+                None => {
+                    let next = self.live.range(cur + 1..end).next().map_or(end, |(&b, _)| b);
+                    cur = self.outside(a, call, cur, next, ctx);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn in_alloc(&mut self, a: &AccessRec, call: u32, id: u32, base: u64, s: u64, e: u64, ctx: &Ctx) {
+        self.touch(call, Target::Alloc(id), s - base, e - base, a.flags);
+        let page = s / PAGE;
+        let (ps, pe) = ((s - page * PAGE) as usize, (e - page * PAGE) as usize);
+        let Some(al) = ctx.allocs.get(id as usize) else { return };
+        if a.flags & READ != 0 {
+            let clean = all_set(&self.shadow.page(page, &self.live, ctx.allocs).init, ps, pe);
+            if !clean {
+                if self.vector_overread(a, ctx) {
+                    self.out.stats.overreads += 1;
+                } else {
+                    let exact_now = al.exact || al.birth_epoch == self.epoch;
+                    let p = self.shadow.page(page, &self.live, ctx.allocs);
+                    let mut runs: [(usize, usize); 4] = [(0, 0); 4];
+                    let mut nruns = 0;
+                    let mut overflow: Vec<(usize, usize)> = Vec::new();
+                    let mut unknown = 0u64;
+                    let mut run_start: Option<usize> = None;
+                    for i in ps..=pe {
+                        let is_uninit = i < pe && !bit(&p.init, i) && {
+                            let off = page * PAGE + i as u64 - al.base;
+                            let unk = !exact_now || bit(&p.unknown, i) || off < al.unknown_prefix;
+                            if unk {
+                                unknown += 1;
+                            }
+                            !unk
+                        };
+                        match (is_uninit, run_start) {
+                            (true, None) => run_start = Some(i),
+                            (false, Some(st)) => {
+                                if nruns < runs.len() {
+                                    runs[nruns] = (st, i);
+                                    nruns += 1;
+                                } else {
+                                    overflow.push((st, i));
+                                }
+                                run_start = None;
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.out.stats.unknown_bytes += unknown;
+                    let pb = page * PAGE;
+                    for &(rs, re) in runs[..nruns].iter().chain(overflow.iter()) {
+                        self.piece(Kind::Uninit, a, call, pb + rs as u64, pb + re as u64, id);
+                    }
+                }
+            }
+        }
+        if a.flags & WRITE != 0 {
+            let p = self.shadow.page(page, &self.live, ctx.allocs);
+            set_bits(&mut p.init, ps, pe, true);
+            set_bits(&mut p.unknown, ps, pe, false);
+        }
+    }
+
+    /// Handles the part of `[s, e)` outside every live allocation that can be
+    /// classified as one thing; returns where it stopped.
+    fn outside(&mut self, a: &AccessRec, call: u32, s: u64, e: u64, ctx: &Ctx) -> u64 {
+        // Freed block?
+        if let Some((_, &fid)) = self.freed.range(..=s).next_back() {
+            if let Some(f) = ctx.allocs.get(fid as usize).filter(|f| f.contains(s)) {
+                let fe = e.min(f.end());
+                self.touch(call, Target::Alloc(fid), s - f.base, fe - f.base, a.flags);
+                self.piece(Kind::UseAfterFree, a, call, s, fe, fid);
+                return fe;
+            }
+        }
+        let write = a.flags & WRITE != 0;
+        if let Some(seg) = ctx.modules.find(s) {
+            let se = e.min(seg.end);
+            self.touch(call, Target::Module(seg.module), s - seg.bias, se - seg.bias, a.flags);
+            if write && seg.prot & PROT_WRITE == 0 && seg.domain == Domain::Host {
+                self.piece(Kind::ReadOnlyWrite, a, call, s, se, NO_ALLOC);
+            }
+            return se;
+        }
+        self.touch(call, Target::Other, s, e, a.flags);
+        let region = self.regions.get(s);
+        if let Some((_, r)) = region {
+            if write && r.prot & PROT_WRITE == 0 && r.host {
+                self.piece(Kind::ReadOnlyWrite, a, call, s, e.min(r.end), NO_ALLOC);
+                return e.min(r.end);
+            }
+            if r.flags & (MAP_GROWSDOWN | MAP_STACK) != 0 || !r.host {
+                return e.min(r.end);
+            }
+        }
+        let nearest = self.nearest(s, e, ctx);
+        let heap = self.seen_alloc
+            && (region.is_some() || nearest.is_some_and(|(_, dist)| dist < NEAR_HEAP));
+        if !heap {
+            self.out.stats.unclassified += u64::from(a.flags & FIRST != 0);
+            return e;
+        }
+        if self.vector_overread(a, ctx) {
+            self.out.stats.overreads += 1;
+            return e;
+        }
+        self.piece(Kind::OutOfBounds, a, call, s, e, nearest.map_or(NO_ALLOC, |(id, _)| id));
+        e
+    }
+
+    /// The live allocation closest to `[s, e)` (which overlaps none) and the distance.
+    fn nearest(&self, s: u64, e: u64, ctx: &Ctx) -> Option<(u32, u64)> {
+        let before = self
+            .live
+            .range(..=s)
+            .next_back()
+            .and_then(|(_, &id)| ctx.allocs.get(id as usize).map(|a| (id, s.saturating_sub(a.end()))));
+        let after = self
+            .live
+            .range(s..)
+            .next()
+            .and_then(|(_, &id)| ctx.allocs.get(id as usize).map(|a| (id, a.base.saturating_sub(e))));
+        match (before, after) {
+            (Some(b), Some(a)) => Some(if a.1 < b.1 { a } else { b }),
+            (b, a) => b.or(a),
+        }
+    }
+
+    fn ptr_load(&mut self, p: &PtrLoad, ctx: &Ctx) {
+        let Some((_, &id)) = self.live.range(..=p.value).next_back() else { return };
+        let Some(al) = ctx.allocs.get(id as usize) else { return };
+        if !al.contains(p.value) || al.domain != Domain::Host {
+            return;
+        }
+        let call = self.call_of(p.tid);
+        if call == NO_CALL || self.exposed.insert((call, id), ()).is_some() {
+            return;
+        }
+        let from_alloc = self
+            .live
+            .range(..=p.from)
+            .next_back()
+            .filter(|(_, &fid)| ctx.allocs.get(fid as usize).is_some_and(|f| f.contains(p.from)))
+            .map_or(NO_ALLOC, |(_, &fid)| fid);
+        self.out.exposures.push(LoadExposure {
+            seq: p.seq,
+            call,
+            ip: p.ip,
+            from: p.from,
+            from_alloc,
+            alloc: id,
+            offset: p.value - al.base,
+        });
+    }
+}
