@@ -25,11 +25,14 @@ struct Cli {
 enum Command {
     /// Run a program and record what the foreign library does to its memory.
     Record(cmd::record::RecordArgs),
+    /// Analyse a trace: findings and what each foreign call read and wrote.
+    Analyze(cmd::analyze::AnalyzeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Record(a) => cmd::record::run(a),
+        Command::Analyze(a) => cmd::analyze::run(a),
     }
 }
