@@ -106,6 +106,9 @@ pub(crate) struct Tracer {
     pub next_call: u64,
     pub entry_bp: Option<(u64, u8)>,
     pub rbrk_bp: Option<u64>,
+    /// Breakpoints on return addresses that would not fault (in neutral
+    /// code): address → (original byte, frames using it).
+    pub ret_bps: std::collections::HashMap<u64, (u8, u32)>,
     pub exit: Option<ExitStatus>,
     pub last_owner_stop: Instant,
     pub foreign_since: Option<Instant>,
@@ -176,6 +179,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         next_call: 0,
         entry_bp: None,
         rbrk_bp: None,
+        ret_bps: std::collections::HashMap::new(),
         exit: None,
         last_owner_stop: Instant::now(),
         foreign_since: None,
@@ -447,6 +451,9 @@ impl Tracer {
                 if self.rbrk_bp.is_some_and(|a| regs.rip == a + 1) {
                     return self.on_rbrk(tid, regs);
                 }
+                if self.ret_bps.contains_key(&(regs.rip - 1)) {
+                    return self.on_return_bp(tid, regs);
+                }
                 self.program_signal(tid, signal)
             }
             libc::SIGSEGV => {
@@ -644,16 +651,12 @@ impl Tracer {
                     }
                     return self.switch_to_foreign(tid, regs);
                 }
-                if let Some(t) = self.threads.get_mut(&tid) {
-                    t.frames.clear();
-                }
+                while self.pop_frame(tid)?.is_some() {}
             } else if f.kind == FrameKind::Callback && rsp > f.entry_rsp {
                 // The callback returned (or unwound) into foreign code.
                 let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
                 let call = f.call;
-                if let Some(t) = self.threads.get_mut(&tid) {
-                    t.frames.pop();
-                }
+                self.pop_frame(tid)?;
                 if !is_ret {
                     self.pop_unwound(tid, rsp, regs.rax)?;
                 }
@@ -680,14 +683,92 @@ impl Tracer {
             rsp,
             return_addr,
         })?;
-        self.threads.entry(tid).or_default().frames.push(Frame {
-            kind: FrameKind::Foreign,
-            call,
-            entry_rsp: rsp,
-            return_addr,
-            suspended: false,
-        });
+        self.push_frame(tid, Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, suspended: false })?;
         self.switch_to_foreign(tid, regs)
+    }
+
+    /// Pushes a frame; when its return would not fault (the return address
+    /// is in neutral code), plants a breakpoint there.
+    fn push_frame(&mut self, tid: Pid, f: Frame) -> Result<(), Error> {
+        let faults = self.module_text(f.return_addr).is_some_and(|l| match f.kind {
+            FrameKind::Foreign => l.module.domain == Domain::Host,
+            FrameKind::Callback => l.module.domain == Domain::Foreign,
+        });
+        if !faults && f.return_addr != 0 {
+            if let Some(e) = self.ret_bps.get_mut(&f.return_addr) {
+                e.1 += 1;
+            } else {
+                let mut b = [0u8; 1];
+                self.mem.read(RemoteAddr(f.return_addr), &mut b)?;
+                self.mem.write(RemoteAddr(f.return_addr), &[0xcc])?;
+                self.ret_bps.insert(f.return_addr, (b[0], 1));
+            }
+        }
+        self.threads.entry(tid).or_default().frames.push(f);
+        Ok(())
+    }
+
+    fn pop_frame(&mut self, tid: Pid) -> Result<Option<Frame>, Error> {
+        let Some(f) = self.threads.get_mut(&tid).and_then(|t| t.frames.pop()) else { return Ok(None) };
+        if let Some(e) = self.ret_bps.get_mut(&f.return_addr) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                let orig = e.0;
+                self.ret_bps.remove(&f.return_addr);
+                self.mem.write(RemoteAddr(f.return_addr), &[orig])?;
+            }
+        }
+        Ok(Some(f))
+    }
+
+    /// A return-address breakpoint fired: a return through neutral code (or
+    /// an unrelated pass over the same address, which we step over).
+    fn on_return_bp(&mut self, tid: Pid, mut regs: RawRegs) -> Result<(), Error> {
+        let at = regs.rip - 1;
+        regs.rip = at;
+        let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
+        if let Some(f) = top {
+            if f.return_addr == at && regs.rsp >= f.entry_rsp + 8 {
+                self.drain_allocs()?;
+                self.pop_frame(tid)?;
+                match f.kind {
+                    FrameKind::Foreign => {
+                        self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
+                        if self.threads.get(&tid).is_some_and(Thread::in_foreign) {
+                            sys::setregs(tid, &regs)?;
+                            return self.resume(tid, 0);
+                        }
+                        return self.switch_to_host(tid, regs);
+                    }
+                    FrameKind::Callback => {
+                        self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax: regs.rax })?;
+                        return self.switch_to_foreign(tid, regs);
+                    }
+                }
+            }
+        }
+        // Not the frame's return: step over the breakpoint.
+        let Some(&(orig, _)) = self.ret_bps.get(&at) else { return self.resume(tid, 0) };
+        self.mem.write(RemoteAddr(at), &[orig])?;
+        sys::setregs(tid, &regs)?;
+        sys::singlestep(tid, 0)?;
+        let mut deferred = Vec::new();
+        loop {
+            match self.wait_thread(tid)? {
+                Stop::Signal { signal: libc::SIGTRAP, .. } => break,
+                Stop::Signal { signal, .. } => {
+                    deferred.push(signal);
+                    break;
+                }
+                Stop::Exited { .. } | Stop::Killed { .. } => return Err(Error::TraceeDied { pid: tid }),
+                _ => sys::singlestep(tid, 0)?,
+            }
+        }
+        if self.ret_bps.contains_key(&at) {
+            self.mem.write(RemoteAddr(at), &[0xcc])?;
+        }
+        let sig = deferred.first().copied().unwrap_or(0);
+        self.resume(tid, sig)
     }
 
     /// Pops frames that a longjmp (or a callback unwinding) skipped.
@@ -697,9 +778,7 @@ impl Tracer {
             if f.entry_rsp >= rsp {
                 return Ok(());
             }
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.frames.pop();
-            }
+            self.pop_frame(tid)?;
             match f.kind {
                 FrameKind::Foreign => self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax, rdx: 0 })?,
                 FrameKind::Callback => self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax })?,
@@ -716,9 +795,7 @@ impl Tracer {
         };
         if (regs.rip == f.return_addr && rsp == f.entry_rsp + 8) || rsp > f.entry_rsp {
             let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.frames.pop();
-            }
+            self.pop_frame(tid)?;
             self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
             if !is_ret {
                 self.pop_unwound(tid, rsp, regs.rax)?;
@@ -746,13 +823,7 @@ impl Tracer {
             rsp: regs.rsp,
             return_addr,
         })?;
-        self.threads.entry(tid).or_default().frames.push(Frame {
-            kind: FrameKind::Callback,
-            call,
-            entry_rsp: regs.rsp,
-            return_addr,
-            suspended: false,
-        });
+        self.push_frame(tid, Frame { kind: FrameKind::Callback, call, entry_rsp: regs.rsp, return_addr, suspended: false })?;
         self.switch_to_host(tid, regs)
     }
 

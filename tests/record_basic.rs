@@ -1,0 +1,175 @@
+//! Recorder end to end: exact byte sets of foreign accesses to host buffers,
+//! and stdout/exit status identical to a native run.
+
+mod common;
+mod record_support;
+
+use ffirec_format::Event;
+use record_support::{bytes, host_calls, native, ranges_in, record, Recorded};
+
+fn host() -> std::path::PathBuf {
+    // Built once: concurrent `common::program` calls for the same fixture race.
+    static HOST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| common::program("rec_host")).clone()
+}
+
+/// Records a scenario and checks stdout and exit status match a native run.
+fn scenario(test: &str, name: &str) -> Recorded {
+    let prog = host();
+    let r = record(test, &prog, &[name], &["--lib", "librecfx.so"]);
+    let nat = native(&prog, &[name]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout), "stdout differs under ffirec; stderr:\n{}", r.stderr);
+    assert_eq!(r.out.status.code(), nat.status.code(), "exit status differs; stderr:\n{}", r.stderr);
+    r
+}
+
+#[test]
+fn record_sum_reads_exactly_n_ints() {
+    let r = scenario("sum", "sum");
+    let ev = r.events();
+    let b = bytes(&ev);
+    let buf = r.addr("buf");
+    assert_eq!(ranges_in(&b.read, buf, 64), vec![(0, 40)]);
+    assert_eq!(ranges_in(&b.written, buf, 64), vec![]);
+    assert_eq!(host_calls(&r.trace(), &ev), vec!["sum_ints"]);
+    let returns = ev.iter().filter(|e| matches!(e, Event::Return { .. })).count();
+    let calls = ev.iter().filter(|e| matches!(e, Event::Call { .. })).count();
+    assert_eq!(returns, calls, "every call returns");
+}
+
+#[test]
+fn record_struct_fields_written_one_by_one() {
+    let r = scenario("struct", "struct");
+    let b = bytes(&r.events());
+    let buf = r.addr("buf");
+    assert_eq!(ranges_in(&b.written, buf, 16), vec![(0, 7), (8, 16)]);
+    assert_eq!(ranges_in(&b.read, buf, 16), vec![]);
+}
+
+#[test]
+fn record_libc_memcpy_memset_of_host_buffers() {
+    let r = scenario("memcpy", "memcpy");
+    let b = bytes(&r.events());
+    let (src, dst, d2) = (r.addr("src"), r.addr("dst"), r.addr("dst2"));
+    assert_eq!(ranges_in(&b.read, src, 1000), vec![(5, 782)]);
+    assert_eq!(ranges_in(&b.written, src, 1000), vec![]);
+    assert_eq!(ranges_in(&b.written, dst, 1000), vec![(3, 780)]);
+    assert_eq!(ranges_in(&b.read, dst, 1000), vec![]);
+    assert_eq!(ranges_in(&b.written, d2, 1000), vec![(0, 513)]);
+    assert_eq!(ranges_in(&b.read, d2, 1000), vec![]);
+}
+
+#[test]
+fn record_rep_movsb_stosb_forward_and_backward() {
+    let r = scenario("rep", "rep");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("src"), 256), vec![(2, 102)]);
+    assert_eq!(ranges_in(&b.written, r.addr("dst"), 256), vec![(1, 101)]);
+    assert_eq!(ranges_in(&b.written, r.addr("dst2"), 256), vec![(4, 54)]);
+    assert_eq!(ranges_in(&b.read, r.addr("bsrc"), 256), vec![(20, 84)]);
+    assert_eq!(ranges_in(&b.written, r.addr("bdst"), 256), vec![(10, 74)]);
+    assert_eq!(ranges_in(&b.written, r.addr("bdst2"), 256), vec![(70, 100)]);
+    for n in ["dst", "dst2", "bdst", "bdst2"] {
+        assert_eq!(ranges_in(&b.read, r.addr(n), 256), vec![], "{n} read");
+    }
+}
+
+#[test]
+fn record_movs_with_both_operands_guarded() {
+    let r = scenario("movs", "movs");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("src"), 64), vec![(16, 24)]);
+    assert_eq!(ranges_in(&b.written, r.addr("dst"), 64), vec![(8, 16)]);
+}
+
+#[test]
+fn record_avx2_load_store() {
+    let r = scenario("avx2", "avx2");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("src"), 128), vec![(1, 33)]);
+    assert_eq!(ranges_in(&b.written, r.addr("dst"), 128), vec![(32, 64)]);
+}
+
+#[test]
+fn record_avx512_load_store() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.contains("avx512f") {
+        eprintln!("note: CPU lacks AVX-512F; record_avx512_load_store skipped");
+        return;
+    }
+    let r = scenario("avx512", "avx512");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("src"), 256), vec![(3, 67)]);
+    assert_eq!(ranges_in(&b.written, r.addr("dst"), 256), vec![(64, 128)]);
+}
+
+#[test]
+fn record_call_through_pointer_in_host_memory() {
+    let r = scenario("fnptr", "fnptr");
+    assert_eq!(r.stdout, "42\n");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("slot"), 16), vec![(0, 8)]);
+    assert_eq!(ranges_in(&b.written, r.addr("slot"), 16), vec![]);
+}
+
+#[test]
+fn record_callback_host_accesses_not_recorded() {
+    let r = scenario("callback", "callback");
+    let ev = r.events();
+    let b = bytes(&ev);
+    let buf = r.addr("buf");
+    // The library reads p[0] and p[3]; the host callback writes p[1], reads p[2].
+    assert_eq!(ranges_in(&b.read, buf, 32), vec![(0, 4), (12, 16)]);
+    assert_eq!(ranges_in(&b.written, buf, 32), vec![]);
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Callback { .. })).count(), 1);
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::CallbackReturn { .. })).count(), 1);
+}
+
+#[test]
+fn record_nested_calls() {
+    let r = scenario("nested", "nested");
+    let ev = r.events();
+    let b = bytes(&ev);
+    let buf = r.addr("buf");
+    assert_eq!(ranges_in(&b.read, buf, 32), vec![(0, 4), (12, 16), (20, 24)]);
+    assert_eq!(host_calls(&r.trace(), &ev), vec!["lib_apply", "lib_inner"]);
+    // lib_inner's Call and Return nest inside lib_apply's.
+    let seq: Vec<&str> = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }))
+        .map(|e| e.kind())
+        .take(6)
+        .collect();
+    assert_eq!(seq, vec!["call", "callback", "call", "return", "callback_return", "return"]);
+}
+
+#[test]
+fn record_host_global_and_copy_relocated_variable() {
+    let r = scenario("global", "global");
+    assert_eq!(r.stdout, "1234\n6\n6\n");
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("host_global"), 4), vec![(0, 4)]);
+    assert_eq!(ranges_in(&b.read, r.addr("lib_counter"), 4), vec![(0, 4)]);
+    assert_eq!(ranges_in(&b.written, r.addr("lib_counter"), 4), vec![(0, 4)]);
+}
+
+#[test]
+fn record_null_deref_in_library_is_the_programs_sigsegv() {
+    let prog = host();
+    let r = record("null", &prog, &["null"], &["--lib", "librecfx.so"]);
+    let nat = native(&prog, &["null"]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(nat.status.signal(), Some(11));
+    assert_eq!(r.code(), 139, "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout, "before\n");
+    let ev = r.events();
+    let sig: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Signal { signo, addr, fatal, .. } => Some((*signo, *addr, *fatal)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sig, vec![(11, 0, true)]);
+    assert!(matches!(ev.last(), Some(Event::Exit { status: ffirec_format::ExitStatus::Signal(11), .. })));
+}
