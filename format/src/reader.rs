@@ -248,6 +248,9 @@ impl Trace {
 
     fn add_module(&mut self, data: &[u8], offset: usize, h: &ChunkHeader) -> Result<(), Error> {
         let n = self.modules.len();
+        if h.event_count != 0 {
+            return Err(Error::CorruptMeta(format!("module {n}: chunk header claims {} events", h.event_count)));
+        }
         let start = offset + CHUNK_HEADER_LEN;
         let payload = data
             .get(start..start + h.compressed_len as usize)

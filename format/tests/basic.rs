@@ -1,4 +1,5 @@
 //! Deterministic write/read checks of the public API.
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic where it happened
 
 use ffirec_format::*;
 

@@ -1,5 +1,6 @@
 //! Random event streams of every kind, over several threads and with modules
 //! interleaved, written with random chunk sizes and read back equal.
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic where it happened
 
 #[path = "support/arb.rs"]
 mod arb;

@@ -1,5 +1,6 @@
 //! The trace-size target: a tight loop's access stream compresses to at most
 //! 8 bytes per event (DESIGN.md §6).
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic where it happened
 
 #[path = "support/synthetic.rs"]
 mod synthetic;

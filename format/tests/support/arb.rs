@@ -83,7 +83,7 @@ pub fn access() -> impl Strategy<Value = Event> {
 pub fn other_event() -> BoxedStrategy<Event> {
     let args = proptest::array::uniform6(any::<u64>());
     proptest::strategy::Union::new(vec![
-        (tid(), any::<u64>(), addr(), any::<u32>(), proptest::option::of(any::<u32>()), args.clone(), addr(), addr())
+        (tid(), any::<u64>(), addr(), any::<u32>(), proptest::option::of(any::<u32>()), args, addr(), addr())
             .prop_map(|(tid, call, target, module, symbol, args, rsp, return_addr)| Event::Call {
                 tid,
                 call,
@@ -98,7 +98,7 @@ pub fn other_event() -> BoxedStrategy<Event> {
         (tid(), any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(tid, call, rax, rdx)| Event::Return { tid, call, rax, rdx })
             .boxed(),
-        (tid(), any::<u64>(), addr(), args.clone(), addr(), addr())
+        (tid(), any::<u64>(), addr(), args, addr(), addr())
             .prop_map(|(tid, call, target, args, rsp, return_addr)| Event::Callback {
                 tid,
                 call,
