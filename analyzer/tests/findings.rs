@@ -1,0 +1,288 @@
+//! Exact findings on synthetic traces.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use ffirec_analyzer::{Kind, Relation};
+use ffirec_format::{Domain, Event, Regs, SyscallRange};
+use support::*;
+
+const HEAP: u64 = 0x5555_5555_a000;
+
+#[test]
+fn uninit_read_of_foreign_malloc_is_exactly_bytes_16_to_32() {
+    let p = write(
+        "uninit",
+        false,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 64, Domain::Foreign),
+            access(LIB_FOO + 0x10, STORE16, HEAP, &[]),
+            access(LIB_FOO + 0x20, LOAD32, HEAP, &[0; 32]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    let f: Vec<_> = r.findings.iter().filter(|f| f.kind != Kind::ForeignLeak).collect();
+    assert_eq!(f.len(), 1, "{:#?}", r.findings);
+    let f = f[0];
+    assert_eq!((f.kind, f.addr.as_str(), f.size), (Kind::Uninit, "0x55555555a010", 16));
+    let a = f.allocation.as_ref().unwrap();
+    assert_eq!((a.id, a.relation, a.distance, a.size), (0, Relation::Inside, 16, 64));
+    assert_eq!(f.at.symbol.as_deref(), Some("foo"));
+    assert_eq!(f.at.offset, Some(0x20));
+    assert_eq!(f.call.as_ref().unwrap().call, 0);
+    assert_eq!(f.call.as_ref().unwrap().symbol, "foo");
+    assert_eq!(f.call.as_ref().unwrap().call_site.short(), "main+0x50");
+    assert_eq!(a.label, "alloc#0 (malloc 64 at main+0x2a)");
+    // Never freed: also a foreign leak.
+    assert_eq!(r.summary.by_kind["foreign_leak"], 1);
+    // The footprint.
+    let t = &r.calls[0].touched;
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].alloc, t[0].read.clone(), t[0].written.clone()), (Some(0), vec![[0, 32]], vec![[0, 16]]));
+}
+
+#[test]
+fn off_by_one_after_malloc_10_is_out_of_bounds_0_past_the_end() {
+    let p = write(
+        "oob",
+        true,
+        vec![
+            alloc(HEAP, 10, Domain::Host),
+            Event::HostWrite { tid: TID, addr: HEAP, len: 10 },
+            call(0, [HEAP, 10, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x30, LOAD1, HEAP + 9, &[1]),
+            access(LIB_FOO + 0x30, LOAD1, HEAP + 10, &[0]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 2);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    assert_eq!((f.kind, f.addr.as_str(), f.size, f.count), (Kind::OutOfBounds, "0x55555555a00a", 1, 1));
+    let a = f.allocation.as_ref().unwrap();
+    assert_eq!((a.id, a.relation, a.distance), (0, Relation::After, 0));
+    assert_eq!(r.calls[0].touched[0].read, vec![[9, 10]]);
+    assert_eq!(r.calls[0].touched[0].args, vec![0]);
+}
+
+#[test]
+fn read_after_free_is_use_after_free() {
+    let p = write(
+        "uaf",
+        true,
+        vec![
+            alloc(HEAP, 32, Domain::Host),
+            Event::HostWrite { tid: TID, addr: HEAP, len: 32 },
+            free(HEAP),
+            call(0, [HEAP, 0, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x40, LOAD8, HEAP + 8, &[0; 8]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    assert_eq!((f.kind, f.addr.as_str(), f.size), (Kind::UseAfterFree, "0x55555555a008", 8));
+    let a = f.allocation.as_ref().unwrap();
+    assert_eq!((a.id, a.relation, a.distance), (0, Relation::Freed, 8));
+    assert_eq!(r.allocations[0].freed_event, Some(2));
+}
+
+#[test]
+fn pointer_loaded_from_host_memory_is_exposed() {
+    let node_a = HEAP;
+    let node_b = HEAP + 0x100;
+    let p = write(
+        "exposed",
+        true,
+        vec![
+            alloc(node_a, 16, Domain::Host),
+            alloc(node_b, 16, Domain::Host),
+            Event::HostWrite { tid: TID, addr: node_a, len: 16 },
+            Event::HostWrite { tid: TID, addr: node_b, len: 16 },
+            call(0, [node_a, 0, 0, 0, 0, 0]),
+            // node_a->next (at offset 8) == node_b
+            access(LIB_FOO + 0x50, LOAD8, node_a + 8, &node_b.to_le_bytes()),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    assert_eq!((f.kind, f.addr.as_str()), (Kind::ExposedPointer, "0x55555555a008"));
+    let a = f.allocation.as_ref().unwrap();
+    assert_eq!((a.id, a.distance), (1, 0));
+    let ex = &r.calls[0].exposed;
+    assert_eq!(ex.len(), 2);
+    assert_eq!((ex[0].alloc, ex[0].via.as_str(), ex[0].arg), (0, "argument", Some(0)));
+    assert_eq!((ex[1].alloc, ex[1].via.as_str(), ex[1].from_alloc), (1, "load", Some(0)));
+}
+
+#[test]
+fn clean_call_has_no_findings() {
+    let p = write(
+        "clean",
+        true,
+        vec![
+            alloc(HEAP, 64, Domain::Host),
+            Event::HostWrite { tid: TID, addr: HEAP, len: 64 },
+            call(0, [HEAP, 64, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x10, LOAD32, HEAP, &[0; 32]),
+            access(LIB_FOO + 0x10, LOAD32, HEAP + 32, &[0; 32]),
+            access(LIB_FOO + 0x18, STORE8, HEAP + 8, &[]),
+            ret(0),
+            free(HEAP),
+        ],
+        1000,
+    );
+    let r = run(&p, 2);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert_eq!(r.summary.findings, 0);
+    assert_eq!(r.summary.accesses, 3);
+    assert_eq!((r.summary.bytes_read, r.summary.bytes_written), (64, 8));
+    assert_eq!(r.calls[0].touched[0].read, vec![[0, 64]]);
+    assert_eq!(r.calls[0].touched[0].written, vec![[8, 16]]);
+}
+
+#[test]
+fn host_memory_before_the_call_is_unknown_without_host_tracking() {
+    let p = write(
+        "unknown",
+        false,
+        vec![
+            alloc(HEAP, 64, Domain::Host),
+            call(0, [HEAP, 0, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x10, LOAD32, HEAP, &[0; 32]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert_eq!(r.summary.unknown_bytes, 32);
+}
+
+#[test]
+fn init_unknown_silences_and_host_write_initialises() {
+    let p = write(
+        "initunknown",
+        true,
+        vec![
+            alloc(HEAP, 64, Domain::Host),
+            Event::HostWrite { tid: TID, addr: HEAP, len: 8 },
+            Event::InitUnknown { addr: HEAP + 8, len: 8 },
+            call(0, [HEAP, 0, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x10, LOAD32, HEAP, &[0; 32]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!((r.findings[0].kind, r.findings[0].addr.as_str(), r.findings[0].size), (Kind::Uninit, "0x55555555a010", 16));
+    assert_eq!(r.summary.unknown_bytes, 8);
+}
+
+#[test]
+fn vectorised_strlen_overread_is_not_a_finding() {
+    let p = write(
+        "strlen",
+        true,
+        vec![
+            alloc(HEAP, 6, Domain::Host),
+            Event::HostWrite { tid: TID, addr: HEAP, len: 6 },
+            call(0, [HEAP, 0, 0, 0, 0, 0]),
+            access(LIBC_STRLEN + 0x10, LOAD32, HEAP, &[0; 32]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert_eq!(r.summary.overreads, 1);
+}
+
+#[test]
+fn write_to_host_rodata_and_globals() {
+    let p = write(
+        "rodata",
+        true,
+        vec![
+            alloc(HEAP, 8, Domain::Host),
+            call(0, [0; 6]),
+            access(LIB_FOO + 0x60, STORE8, PROG_RODATA + 0x10, &[]),
+            access(LIB_FOO + 0x60, STORE8, PROG_DATA + 0x10, &[]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!((r.findings[0].kind, r.findings[0].addr.as_str()), (Kind::ReadOnlyWrite, "0x500010"));
+    let t = &r.calls[0].touched;
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].target.as_str(), t[0].module.as_deref()), ("module", Some("prog")));
+    assert_eq!(t[0].written, vec![[PROG_RODATA + 0x10, PROG_RODATA + 0x18], [PROG_DATA + 0x10, PROG_DATA + 0x18]]);
+}
+
+#[test]
+fn syscall_kernel_write_initialises_and_crash_is_reported() {
+    let mut regs = Regs { rip: LIB_FOO + 0x70, ..Regs::default() };
+    regs.gpr[Regs::RDI] = 0;
+    let p = write(
+        "syscall",
+        true,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 32, Domain::Foreign),
+            Event::SyscallAccess {
+                tid: TID,
+                nr: 0,
+                args: [3, HEAP, 32, 0, 0, 0],
+                ret: 16,
+                ranges: vec![SyscallRange { addr: HEAP, len: 16, write: true }],
+            },
+            access(LIB_FOO + 0x10, LOAD16, HEAP, &[0; 16]),
+            Event::Free { tid: TID, ptr: HEAP, caller: LIB_FOO + 0x80, domain: Domain::Foreign },
+            Event::Signal { tid: TID, signo: 11, code: 1, addr: 0, regs, code_bytes: vec![], fatal: true },
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    assert_eq!(f.kind, Kind::Crash);
+    assert_eq!(f.at.short(), "foo+0x70");
+    assert_eq!(f.call.as_ref().map(|c| c.call), Some(0));
+    assert_eq!(r.calls[0].touched[0].written, vec![[0, 16]]);
+}
+
+#[test]
+fn suppressions_silence_matching_findings() {
+    let p = write(
+        "suppress",
+        false,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 64, Domain::Foreign),
+            access(LIB_FOO + 0x20, LOAD32, HEAP, &[0; 32]),
+            Event::Free { tid: TID, ptr: HEAP, caller: LIB_FOO, domain: Domain::Foreign },
+            ret(0),
+        ],
+        1000,
+    );
+    let trace = ffirec_format::Trace::open(&p).unwrap();
+    let mut opts = ffirec_analyzer::Options { threads: Some(1), ..Default::default() };
+    assert_eq!(ffirec_analyzer::analyze(&trace, &opts).unwrap().summary.findings, 1);
+    opts.suppressions = ffirec_analyzer::Suppressions::parse("kind=uninit symbol=fo* module=libfoo*\n").unwrap();
+    let r = ffirec_analyzer::analyze(&trace, &opts).unwrap();
+    assert_eq!((r.summary.findings, r.summary.suppressed), (0, 1));
+    opts.suppressions = ffirec_analyzer::Suppressions::parse("kind=uninit module=libz*\n").unwrap();
+    assert_eq!(ffirec_analyzer::analyze(&trace, &opts).unwrap().summary.findings, 1);
+}
