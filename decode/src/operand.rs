@@ -35,14 +35,15 @@ impl Seg {
 /// A general-purpose register as a part of a 64-bit one: `(gpr[idx] >> shift) & mask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct GprPart {
-    /// Index into [`Regs::gpr`]; [`GprPart::NONE`] for no register.
+    /// Index into [`Regs::gpr`] (0..16).
     pub idx: u8,
     pub shift: u8,
     pub mask: u64,
 }
 
 impl GprPart {
-    pub const NONE: GprPart = GprPart { idx: u8::MAX, shift: 0, mask: 0 };
+    /// No register: a zero mask makes the value 0 without a branch.
+    pub const NONE: GprPart = GprPart { idx: 0, shift: 0, mask: 0 };
 
     /// `None` when `reg` is not a general-purpose register.
     pub fn from_register(reg: Register) -> Option<GprPart> {
@@ -66,14 +67,11 @@ impl GprPart {
 
     #[inline]
     pub fn value(self, regs: &Regs) -> u64 {
-        match regs.gpr.get(usize::from(self.idx)) {
-            Some(v) => (v >> self.shift) & self.mask,
-            None => 0,
-        }
+        (regs.gpr[usize::from(self.idx & 15)] >> self.shift) & self.mask
     }
 
     pub fn is_none(self) -> bool {
-        self.idx == u8::MAX
+        self.mask == 0
     }
 }
 
@@ -114,13 +112,7 @@ impl MemOperand {
     /// The linear address for these register values.
     #[inline]
     pub fn address(&self, regs: &Regs) -> u64 {
-        let mut a = self.disp;
-        if !self.base.is_none() {
-            a = a.wrapping_add(self.base.value(regs));
-        }
-        if !self.index.is_none() {
-            a = a.wrapping_add(self.index.value(regs) << self.scale_shift);
-        }
+        let mut a = self.disp.wrapping_add(self.base.value(regs)).wrapping_add(self.index.value(regs) << self.scale_shift);
         if self.addr32 {
             a &= 0xffff_ffff;
         }

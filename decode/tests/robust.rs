@@ -1,0 +1,101 @@
+//! Random bytes and random registers never panic, and the cache re-decodes
+//! when the code at an address changes.
+
+use ffirec_decode::{DecodeCache, DecodeError, Decoded};
+use ffirec_format::{Regs, VecReg};
+
+/// xorshift64*: a fixed-seed generator, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn random_instructions_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut decoded = 0;
+    let mut out = Vec::new();
+    for _ in 0..200_000 {
+        let mut code = [0u8; 15];
+        for b in code.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        // Bias towards prefixes and 0x0f/VEX/EVEX escapes, where the interesting forms live.
+        match rng.next() % 4 {
+            0 => code[0] = [0x0f, 0xc4, 0xc5, 0x62, 0xf3, 0xf2, 0x66, 0x67][(rng.next() % 8) as usize],
+            1 => code[0] = 0x40 | (rng.next() as u8 & 0xf),
+            _ => {}
+        }
+        let ip = rng.next();
+        let Ok(d) = Decoded::new(ip, &code) else { continue };
+        decoded += 1;
+        let mut regs = Regs::default();
+        for g in regs.gpr.iter_mut() {
+            *g = match rng.next() % 3 {
+                0 => rng.next(),
+                1 => rng.next() % 64,
+                _ => u64::MAX - rng.next() % 64,
+            };
+        }
+        regs.rflags = rng.next();
+        regs.fs_base = rng.next();
+        regs.gs_base = rng.next();
+        let vregs: Vec<VecReg> = d
+            .needed_vregs()
+            .iter()
+            .map(|&(kind, index)| VecReg { kind, index, bytes: (0..64).map(|_| rng.next() as u8).collect() })
+            .collect();
+        out.clear();
+        d.accesses_into(&regs, &vregs, &mut out).unwrap();
+        for a in &out {
+            assert!(a.size > 0, "{}: empty access", d.instruction());
+        }
+        if !d.needed_vregs().is_empty() {
+            out.clear();
+            assert!(matches!(d.accesses_into(&regs, &[], &mut out), Err(DecodeError::MissingRegister { .. })));
+        }
+        if let Some(e) = d.emulation() {
+            let _ = e.address(&regs);
+        }
+    }
+    assert!(decoded > 100_000, "only {decoded} decoded");
+}
+
+#[test]
+fn invalid_and_truncated_bytes_are_errors() {
+    assert_eq!(Decoded::new(0x1000, &[]).unwrap_err(), DecodeError::Invalid { ip: 0x1000 });
+    // mov eax, [rdi+rcx*4+8] cut short
+    assert_eq!(Decoded::new(0x1000, &[0x8b, 0x44, 0x8f]).unwrap_err(), DecodeError::Invalid { ip: 0x1000 });
+    // 0x06 (push es) is invalid in 64-bit mode
+    assert_eq!(Decoded::new(0x1000, &[0x06]).unwrap_err(), DecodeError::Invalid { ip: 0x1000 });
+}
+
+#[test]
+fn cache_hits_and_redecodes_changed_code() {
+    let mut cache = DecodeCache::default();
+    let load = [0x8b, 0x07, 0x90, 0x90]; // mov eax, [rdi]; trailing bytes ignored
+    let store = [0x89, 0x07]; // mov [rdi], eax
+    let regs = Regs { gpr: [0x1000; 16], ..Regs::default() };
+    let d = cache.get_or_decode(0x40_0000, &load).unwrap();
+    assert_eq!((d.len(), d.code()), (2, &load[..2]));
+    assert_eq!(d.accesses(&regs, &[]).unwrap()[0].rw, ffirec_decode::Rw::Read);
+    // A hit: same bytes (different trailing bytes).
+    let d = cache.get_or_decode(0x40_0000, &[0x8b, 0x07, 0xcc]).unwrap();
+    assert_eq!(d.accesses(&regs, &[]).unwrap()[0].rw, ffirec_decode::Rw::Read);
+    assert_eq!(cache.len(), 1);
+    // JIT rewrote the address: re-decoded, not served stale.
+    let d = cache.get_or_decode(0x40_0000, &store).unwrap();
+    assert_eq!(d.accesses(&regs, &[]).unwrap()[0].rw, ffirec_decode::Rw::Write);
+    assert_eq!(cache.len(), 1);
+    // Shorter bytes than the cached instruction: a mismatch, decoded afresh (and invalid here).
+    assert!(cache.get_or_decode(0x40_0000, &[0x8b]).is_err());
+    // Another address is another entry.
+    cache.get_or_decode(0x40_0010, &load).unwrap();
+    assert_eq!(cache.len(), 2);
+}
