@@ -154,3 +154,64 @@ pub fn run(p: &PathBuf, threads: usize) -> Report {
     let opts = Options { threads: Some(threads), trace_name: "t.ffr".into(), ..Options::default() };
     analyze(&trace, &opts).unwrap()
 }
+
+/// xorshift64*: a fixed-seed generator (no dependency, same stream everywhere).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A busy random trace: `calls` foreign calls, each making `per_call`
+/// accesses to a pool of live host and foreign allocations spread over many
+/// pages, with frees, reallocation, host writes and stray accesses.
+pub fn random_events(seed: u64, calls: u64, per_call: u64) -> Vec<Event> {
+    let mut rng = Rng(seed);
+    let mut ev = Vec::new();
+    let mut live: Vec<(u64, u64)> = Vec::new();
+    let mut next = 0x5555_0000_0000u64;
+    let codes: [(&[u8], u64); 6] =
+        [(LOAD8, 8), (STORE8, 8), (LOAD16, 16), (STORE16, 16), (LOAD1, 1), (LOAD32, 32)];
+    for c in 0..calls {
+        // Host side between calls: a few allocations, frees and writes.
+        for _ in 0..4 {
+            let size = 16 + rng.below(6000);
+            let domain = if rng.below(4) == 0 { Domain::Foreign } else { Domain::Host };
+            ev.push(alloc(next, size, domain));
+            if rng.below(2) == 0 {
+                ev.push(Event::HostWrite { tid: TID, addr: next, len: size / 2 });
+            }
+            live.push((next, size));
+            next += (size + 4095) / 4096 * 4096 + 4096 * rng.below(3);
+        }
+        if live.len() > 24 {
+            let (p, _) = live.remove(rng.below(live.len() as u64) as usize);
+            ev.push(free(p));
+        }
+        ev.push(call(c, [live[0].0, 0, 0, 0, 0, 0]));
+        for _ in 0..per_call {
+            let (base, size) = live[rng.below(live.len() as u64) as usize];
+            let (code, n) = codes[rng.below(codes.len() as u64) as usize];
+            // Mostly inside, sometimes just past the end.
+            let off = if rng.below(50) == 0 { size } else { rng.below(size.saturating_sub(n).max(1)) };
+            let data = if code == STORE8 || code == STORE16 {
+                vec![]
+            } else if rng.below(8) == 0 && n == 8 {
+                live[rng.below(live.len() as u64) as usize].0.to_le_bytes().to_vec()
+            } else {
+                vec![0; n as usize]
+            };
+            ev.push(access(LIB_FOO + rng.below(0x100), code, base + off, &data));
+        }
+        ev.push(ret(c));
+    }
+    ev
+}
