@@ -117,6 +117,9 @@ pub(crate) struct Tracer {
     pub xsave_layout: crate::fault::XsaveLayout,
     pub first_image: bool,
     pub warned_batch: bool,
+    pub alloc: Option<crate::alloc::AllocTracker>,
+    /// `rip` at the alloc shim's flush trap (after its int3).
+    pub shim_trap: Option<u64>,
 }
 
 pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
@@ -128,6 +131,20 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
     if !env.iter().any(|(k, _)| k == "LD_BIND_NOW") {
         env.push(("LD_BIND_NOW".into(), "1".into()));
     }
+    let alloc = match crate::alloc::AllocTracker::new() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("ffirec: warning: allocation tracking disabled: {e}");
+            None
+        }
+    };
+    let mut neutral_extra = opts.neutral.clone();
+    if let Some(a) = &alloc {
+        let extra = a.env();
+        env.retain(|(k, _)| !extra.iter().any(|(x, _)| x == k));
+        env.extend(extra);
+        neutral_extra.push(a.shim_path().display().to_string());
+    }
     let options = libc::PTRACE_O_EXITKILL
         | libc::PTRACE_O_TRACECLONE
         | libc::PTRACE_O_TRACEEXEC
@@ -136,7 +153,10 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
     let pid = process::spawn(&exe, &argv, &env, i64::from(options))?;
 
     let page = sys::page_size();
-    let policy = Policy::new(opts.libs.clone(), opts.neutral.clone());
+    let policy = Policy::new(opts.libs.clone(), neutral_extra);
+    if let Some(a) = &alloc {
+        a.set_tracer_present(true);
+    }
     let header = Header {
         recorder_version: env!("CARGO_PKG_VERSION").to_string(),
         uuid: uuid::Uuid::new_v4().into_bytes(),
@@ -188,6 +208,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         xsave_layout: crate::fault::XsaveLayout::detect(),
         first_image: true,
         warned_batch: false,
+        alloc,
+        shim_trap: None,
     };
     t.threads.insert(pid, Thread::default());
     if let Err(e) = t.on_exec_image(pid) {
@@ -243,6 +265,7 @@ impl Tracer {
     }
 
     fn finish(mut self, killed: bool) -> Result<Outcome, Error> {
+        self.drain_final()?;
         if let Some(since) = self.foreign_since.take() {
             self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
         }
@@ -297,6 +320,7 @@ impl Tracer {
     }
 
     fn handle(&mut self, stop: Stop) -> Result<(), Error> {
+        self.drain_allocs()?;
         let tid = stop.tid();
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = false;
@@ -451,6 +475,10 @@ impl Tracer {
                 if self.rbrk_bp.is_some_and(|a| regs.rip == a + 1) {
                     return self.on_rbrk(tid, regs);
                 }
+                if self.shim_trap == Some(regs.rip) && regs.rax == crate::alloc::FLUSH_MAGIC {
+                    // The shim's ring is full: drained at the top of `handle`.
+                    return self.resume(tid, 0);
+                }
                 if self.ret_bps.contains_key(&(regs.rip - 1)) {
                     return self.on_return_bp(tid, regs);
                 }
@@ -567,6 +595,13 @@ impl Tracer {
                 .filter(|g| g.prot & PROT_X != 0)
                 .map(|g| modules::Load { start: g.start, end: g.end, prot: g.prot })
                 .collect();
+            if let Some(a) = &self.alloc {
+                if std::path::Path::new(&m.path) == a.shim_path() {
+                    if let Some(z) = group.iter().find(|g| g.offset == 0) {
+                        self.shim_trap = Some(z.start + a.flush_trap_offset() + 1);
+                    }
+                }
+            }
             let index = self.sink.add_module(module.clone())?;
             self.modules.push(Loaded { index, module, soname, loads, text });
             added.push(self.modules.len() - 1);
@@ -840,6 +875,7 @@ impl Tracer {
         batch.extend(self.text_batch(true));
         self.guards = guards;
         self.foreign_mode = true;
+        self.set_foreign_tid(tid);
         self.run_batch(tid, &regs, &batch)?;
         if self.foreign_since.is_none() {
             self.foreign_since = Some(Instant::now());
@@ -856,6 +892,7 @@ impl Tracer {
         self.run_batch(tid, &regs, &batch)?;
         self.guards.clear();
         self.foreign_mode = false;
+        self.set_foreign_tid(0);
         if let Some(since) = self.foreign_since.take() {
             self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
         }
@@ -1006,9 +1043,36 @@ impl Tracer {
         String::from("?")
     }
 
-    /// Alloc-shim events are drained here (before every boundary event).
+    /// Alloc-shim events are drained here (before every stop is processed
+    /// and before every boundary event), so they land in program order.
     pub fn drain_allocs(&mut self) -> Result<(), Error> {
-        Ok(())
+        let Some(a) = self.alloc.as_mut() else { return Ok(()) };
+        let sink = &mut self.sink;
+        let mut err = None;
+        a.drain(|e| {
+            if let Err(x) = sink.push(e) {
+                err.get_or_insert(x);
+            }
+        });
+        err.map_or(Ok(()), Err)
+    }
+
+    fn drain_final(&mut self) -> Result<(), Error> {
+        let Some(a) = self.alloc.as_mut() else { return Ok(()) };
+        let sink = &mut self.sink;
+        let mut err = None;
+        a.drain_final(|e| {
+            if let Err(x) = sink.push(e) {
+                err.get_or_insert(x);
+            }
+        });
+        err.map_or(Ok(()), Err)
+    }
+
+    fn set_foreign_tid(&self, tid: Pid) {
+        if let Some(a) = &self.alloc {
+            a.set_foreign_tid(tid as u32);
+        }
     }
 
     #[allow(dead_code)]
