@@ -76,6 +76,19 @@ impl ElemMask {
     }
 }
 
+/// How mask bits select the bytes of a masked operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MaskMode {
+    /// Memory element `i` is touched iff mask bit `i` is set (moves,
+    /// element-wise arithmetic, up/down conversions): fault suppression.
+    PerElement,
+    /// The whole operand (`size` bytes) is touched iff any mask bit is set
+    /// (broadcasts, tuple broadcasts, inserts).
+    AnyLive,
+    /// `popcount(mask)` elements, packed from the start (compress/expand).
+    Contiguous,
+}
+
 /// One memory operand, ready to evaluate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Template {
@@ -85,9 +98,8 @@ pub(crate) enum Template {
     /// selects the operand-sized word relative to `[m]`.
     BitString { mem: MemOperand, bit: GprPart, bit_width: u8, size: u64, acc: Acc },
     /// An operand under an element mask (AVX-512 opmask; `vmaskmov`/`vpmaskmov`
-    /// /`maskmovdqu` mask vector): element `i` is touched iff mask bit `i` is
-    /// set. For a broadcast, one element touched iff any of `count` bits is set.
-    Masked { mem: MemOperand, elem: u64, count: u8, broadcast: bool, rw: Rw, mask: ElemMask },
+    /// /`maskmovdqu` mask vector) over `count` elements of `elem` bytes.
+    Masked { mem: MemOperand, elem: u64, count: u8, mode: MaskMode, size: u64, rw: Rw, mask: ElemMask },
     /// A VSIB gather/scatter: one element per index-vector element.
     Vsib { um: UsedMemory, index: (VecRegKind, u8), index_len: usize, elem: u64, count: u8, rw: Rw, mask: ElemMask },
     /// A string operand at `seg:[rsi]` or `[rdi]`.
@@ -200,15 +212,17 @@ impl Decoded {
                     let addr = mem.address(regs).wrapping_add((words as u64).wrapping_mul(size));
                     push_acc(out, addr, size, acc);
                 }
-                Template::Masked { mem, elem, count, broadcast, rw, mask } => {
+                Template::Masked { mem, elem, count, mode, size, rw, mask } => {
                     let live = mask_bits(self.ip(), vregs, mask, elem, count)?;
                     let addr = mem.address(regs);
-                    if broadcast {
-                        if live != 0 {
-                            out.push(MemAccess { addr, size: elem, rw, certain: true });
+                    match mode {
+                        MaskMode::PerElement => push_runs(out, addr, elem, live, rw),
+                        MaskMode::AnyLive if live != 0 => out.push(MemAccess { addr, size, rw, certain: true }),
+                        MaskMode::AnyLive => {}
+                        MaskMode::Contiguous if live != 0 => {
+                            out.push(MemAccess { addr, size: u64::from(live.count_ones()) * elem, rw, certain: true });
                         }
-                    } else {
-                        push_runs(out, addr, elem, live, rw);
+                        MaskMode::Contiguous => {}
                     }
                 }
                 Template::Vsib { um, index, index_len, elem, count, rw, mask } => {
@@ -465,6 +479,32 @@ fn xsave_area_size() -> u64 {
     })
 }
 
+/// AVX-512 instructions (by mnemonic prefix) whose masked memory operand is
+/// read in full: permutes and shuffles, where memory element `i` does not
+/// feed destination element `i` (no fault suppression).
+const NO_SUPPRESSION: &[&str] = &[
+    "Vperm", "Vpshufb", "Vpshufd", "Vpshufhw", "Vpshuflw", "Vshuf", "Valign", "Vpalignr", "Vpunpck", "Vunpck", "Vpmultishiftqb", "Vdbpsadbw",
+    "Vmovddup", "Vmovshdup", "Vmovsldup",
+];
+
+/// Masked instructions whose whole (narrower-than-vector) memory operand
+/// feeds several destination elements: read iff any mask bit is set.
+const ANY_LIVE: &[&str] = &["Vbroadcast", "Vpbroadcast", "Vinsert"];
+
+/// Compress stores / expand loads: `popcount(mask)` consecutive elements.
+const COMPRESS: &[&str] = &["Vcompress", "Vpcompress", "Vexpand", "Vpexpand"];
+
+/// Widest vector register among the operands (bytes), or `fallback`.
+fn vector_length(instr: &Instruction, fallback: u64) -> u64 {
+    (0..instr.op_count())
+        .filter(|&i| instr.op_kind(i) == OpKind::Register)
+        .map(|i| instr.op_register(i))
+        .filter(|r| r.is_vector_register())
+        .map(|r| r.size() as u64)
+        .max()
+        .unwrap_or(fallback)
+}
+
 fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) -> Result<Vec<Template>, &'static str> {
     let mnemonic = instr.mnemonic();
     let mut out = Vec::new();
@@ -511,17 +551,29 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
         let msize = um.memory_size();
         let mut size = msize.size() as u64;
         if masked && instr.encoding() == EncodingKind::EVEX {
-            let elem = msize.element_size() as u64;
-            let broadcast = msize.is_broadcast();
-            let count = if broadcast {
-                // Mask bits in use: vector length / element size.
-                let vl = if instr.op_kind(0) == OpKind::Register { instr.op0_register().size() as u64 } else { 64 };
-                vl / elem.max(1)
-            } else {
-                msize.element_count() as u64
-            };
+            let elem = (msize.element_size() as u64).max(1);
             let k = vec_reg(instr.op_mask()).map(|(_, n)| n).ok_or("bad opmask")?;
-            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, broadcast, rw: acc.unconditional(), mask: ElemMask::K(k) });
+            let name = format!("{mnemonic:?}");
+            let (mode, count, size) = if msize.is_broadcast() {
+                (MaskMode::AnyLive, vector_length(instr, size) / elem, elem)
+            } else if NO_SUPPRESSION.iter().any(|p| name.starts_with(p)) {
+                // Memory elements do not map to destination elements: the
+                // whole operand is read whatever the mask.
+                let acc = match acc.unconditional() {
+                    Rw::Read => Acc::Read,
+                    Rw::Write => Acc::Write,
+                    Rw::ReadWrite => Acc::ReadWrite,
+                };
+                out.push(Template::Plain { mem, size, acc });
+                continue;
+            } else if ANY_LIVE.iter().any(|p| name.starts_with(p)) {
+                (MaskMode::AnyLive, 64, size)
+            } else if COMPRESS.iter().any(|p| name.starts_with(p)) {
+                (MaskMode::Contiguous, vector_length(instr, size) / elem, size)
+            } else {
+                (MaskMode::PerElement, msize.element_count() as u64, size)
+            };
+            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, mode, size, rw: acc.unconditional(), mask: ElemMask::K(k) });
             continue;
         }
         if is_xsave_family(mnemonic) && size == 0 {
@@ -542,7 +594,15 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
                 let mask_op = if elem == 1 { 2 } else { 1 };
                 let (kind, n) = vec_reg(instr.op_register(mask_op)).ok_or("bad mask register")?;
                 let count = (size / elem).min(64) as u8;
-                out.push(Template::Masked { mem, elem, count, broadcast: false, rw: acc.unconditional(), mask: ElemMask::Vector(kind, n) });
+                out.push(Template::Masked {
+                    mem,
+                    elem,
+                    count,
+                    mode: MaskMode::PerElement,
+                    size,
+                    rw: acc.unconditional(),
+                    mask: ElemMask::Vector(kind, n),
+                });
                 continue;
             }
             // MMX byte mask (not recorded): the whole range, uncertain.

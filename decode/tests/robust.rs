@@ -99,3 +99,14 @@ fn cache_hits_and_redecodes_changed_code() {
     cache.get_or_decode(0x40_0010, &load).unwrap();
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn xsave_uses_this_machines_area_size() {
+    // xsave [rax]: the area size depends on the enabled features (CPUID 0xD).
+    let d = Decoded::new(0x1000, &[0x0f, 0xae, 0x20]).unwrap();
+    let regs = Regs { gpr: [0x10000; 16], ..Regs::default() };
+    let acc = d.accesses(&regs, &[]).unwrap();
+    assert_eq!(acc.len(), 1);
+    assert_eq!(acc[0].addr, 0x10000);
+    assert!(acc[0].size >= 576, "legacy area + header is 576 bytes, got {}", acc[0].size);
+}
