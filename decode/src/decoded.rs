@@ -200,7 +200,46 @@ impl Decoded {
     }
 
     /// Appends every range the instruction touches, given the registers at
-    /// the fault (before it ran). No allocation beyond growing `out`.
+    /// the fault (before it ran). No allocation beyond growing `out`; `out` is
+    /// not cleared. Ranges come in operand order (iced-x86's `used_memory`
+    /// order: explicit operands first, then implicit stack slots).
+    ///
+    /// By family:
+    /// - ordinary operands: `seg:[base + index*scale + disp]` (RIP-relative
+    ///   resolved against the next instruction; fs/gs add `fs_base`/`gs_base`;
+    ///   `0x67` wraps at 4 GiB), the operand's memory size, read/write/rw as
+    ///   iced-x86 says. A read-with-conditional-write gives a certain read
+    ///   plus an uncertain write of the same bytes.
+    /// - stack: `push`/`pop`/`call`/`ret`/`enter`/`leave`/`pushf` slots are
+    ///   reported like any other operand (rsp-relative); `push [m]` = read
+    ///   `[m]` + write `[rsp-8]`; `pop [m]` = write `[m]` (evaluated with rsp
+    ///   after the pop) + read `[rsp]`; `call [m]`/`jmp [m]` read the target.
+    /// - strings (`movs`/`stos`/`lods`/`cmps`/`scas`/`ins`/`outs`): one element
+    ///   without a prefix; with `rep`/`repe`/`repne` `rcx` elements (none when
+    ///   0), one merged range per operand, ascending from rsi/rdi (DF=0) or
+    ///   ending with the element at rsi/rdi (DF=1). For `repe`/`repne`
+    ///   `cmps`/`scas` only the first element is certain; the rest is a
+    ///   separate `certain=false` range.
+    /// - `cmpxchg`/`cmpxchg8b`/`cmpxchg16b`: ReadWrite, certain (the CPU
+    ///   always writes the destination, the old value when the compare fails);
+    ///   `xchg`, `xadd`, `lock` arithmetic: ReadWrite.
+    /// - `bt`/`bts`/`btr`/`btc [m], reg`: the word selected by the signed bit offset.
+    /// - AVX-512 with an opmask (needs the k register, else `MissingRegister`):
+    ///   only elements whose mask bit is set, adjacent ones merged, certain;
+    ///   broadcasts, tuple broadcasts and inserts: the operand iff any bit is
+    ///   set; compress/expand: `popcount(k)` consecutive elements; permutes and
+    ///   shuffles (no fault suppression): the whole operand. `k0` = no mask.
+    /// - `vmaskmov*`/`vpmaskmov*`/`maskmovdqu`: elements whose mask-vector
+    ///   sign bit is set (needs that vector register).
+    /// - VSIB gathers/scatters: one element per index element whose mask is set
+    ///   (AVX2: sign bit of the mask vector's element; AVX-512: k bit), at
+    ///   `base + sext(index[i])*scale + disp`; contiguous elements merged.
+    /// - no access: prefetches (incl. gather/scatter prefetches), `lea`,
+    ///   multi-byte `nop`, and `clflush`/`clflushopt`/`clwb`/`cldemote` (they
+    ///   neither read nor change the bytes, though `clflush` can fault on a
+    ///   PROT_NONE page: a recorder sees a fault with no ranges).
+    /// - `xsave*`/`xrstor*`: the XSAVE area size of the machine running this
+    ///   code (CPUID 0xD), since the trace does not carry the recording CPU's.
     pub fn accesses_into(&self, regs: &Regs, vregs: &[VecReg], out: &mut Vec<MemAccess>) -> Result<(), DecodeError> {
         for t in self.templates.iter() {
             match *t {

@@ -43,9 +43,9 @@ pub enum StoreSrc {
 /// [`crate::Decoded::next_ip`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Emulation {
-    /// `mov`/`movzx`/`movsx`/`movsxd` reg, [m]: read `size` bytes, then [`Emulation::apply_load`].
+    /// `mov`/`movzx`/`movsx`/`movsxd reg, [m]`: read `size` bytes, then [`Emulation::apply_load`].
     Load { dst: GprWrite, extend: Extend, size: u8, mem: MemOperand },
-    /// `mov`/`movnti` `[m], reg|imm`: write the low `size` bytes of [`Emulation::store_value`].
+    /// `mov`/`movnti [m], reg|imm`: write the low `size` bytes of [`Emulation::store_value`].
     Store { src: StoreSrc, size: u8, mem: MemOperand },
     /// SSE/AVX/AVX-512 (unmasked) load of `size` bytes into the low bytes of
     /// vector register `reg` (`kind` is the register as the instruction names it).
