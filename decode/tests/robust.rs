@@ -110,3 +110,76 @@ fn xsave_uses_this_machines_area_size() {
     assert_eq!(acc[0].addr, 0x10000);
     assert!(acc[0].size >= 576, "legacy area + header is 576 bytes, got {}", acc[0].size);
 }
+
+/// For ordinary operands the precomputed address arithmetic must agree with
+/// iced-x86's own `UsedMemory::virtual_address` (segments, 0x67, xlat's AL
+/// index, RIP-relative, negative displacements).
+#[test]
+fn plain_operands_agree_with_iced_virtual_address() {
+    use iced_x86::{InstructionInfoFactory, OpAccess, Register};
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut factory = InstructionInfoFactory::new();
+    let mut compared = 0;
+    for _ in 0..200_000 {
+        let mut code = [0u8; 15];
+        for b in code.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        if rng.next() % 2 == 0 {
+            code[0] = [0x64, 0x65, 0x67, 0x48, 0x4c, 0x8b, 0x89, 0x0f][(rng.next() % 8) as usize];
+        }
+        let ip = rng.next();
+        let Ok(d) = Decoded::new(ip, &code) else { continue };
+        let ins = *d.instruction();
+        if ins.is_string_instruction() || ins.op_mask() != Register::None || ins.is_vsib() || !d.needed_vregs().is_empty() {
+            continue;
+        }
+        let name = format!("{:?}", ins.mnemonic()).to_lowercase();
+        if ["bt", "cmpxchg", "maskmov", "xsave", "xrstor", "clflush", "clwb", "cldemote"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let mut regs = Regs::default();
+        for g in regs.gpr.iter_mut() {
+            *g = rng.next();
+        }
+        regs.fs_base = rng.next();
+        regs.gs_base = rng.next();
+        let mine = d.accesses(&regs, &[]).unwrap();
+        let mut theirs = Vec::new();
+        for um in factory.info(&ins).used_memory() {
+            let addr = um
+                .virtual_address(0, |reg, _, _| {
+                    Some(match reg {
+                        Register::FS => regs.fs_base,
+                        Register::GS => regs.gs_base,
+                        r if r.is_segment_register() => 0,
+                        r => {
+                            let full = r.full_register() as usize - Register::RAX as usize;
+                            let v = regs.gpr[full];
+                            match r {
+                                Register::AH | Register::CH | Register::DH | Register::BH => (v >> 8) & 0xff,
+                                _ if r.size() == 1 => v & 0xff,
+                                _ if r.size() == 2 => v & 0xffff,
+                                _ if r.size() == 4 => v & 0xffff_ffff,
+                                _ => v,
+                            }
+                        }
+                    })
+                })
+                .unwrap();
+            let size = um.memory_size().size() as u64;
+            match um.access() {
+                OpAccess::ReadCondWrite => {
+                    theirs.push((addr, size));
+                    theirs.push((addr, size));
+                }
+                OpAccess::None | OpAccess::NoMemAccess => {}
+                _ => theirs.push((addr, size)),
+            }
+        }
+        let mine: Vec<(u64, u64)> = mine.iter().map(|a| (a.addr, a.size)).collect();
+        assert_eq!(mine, theirs, "{} ({:02x?})", ins, &code[..d.len()]);
+        compared += mine.len();
+    }
+    assert!(compared > 30_000, "only {compared} operands compared");
+}
