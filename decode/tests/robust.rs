@@ -125,7 +125,7 @@ fn plain_operands_agree_with_iced_virtual_address() {
         for b in code.iter_mut() {
             *b = rng.next() as u8;
         }
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             code[0] = [0x64, 0x65, 0x67, 0x48, 0x4c, 0x8b, 0x89, 0x0f][(rng.next() % 8) as usize];
         }
         let ip = rng.next();
