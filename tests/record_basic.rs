@@ -173,3 +173,22 @@ fn record_null_deref_in_library_is_the_programs_sigsegv() {
     assert_eq!(sig, vec![(11, 0, true)]);
     assert!(matches!(ev.last(), Some(Event::Exit { status: ffirec_format::ExitStatus::Signal(11), .. })));
 }
+
+#[test]
+fn record_one_ptrace_stop_per_fault() {
+    let prog = host();
+    let r = record("stops", &prog, &["loop", "256", "40"], &["--lib", "librecfx.so"]);
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr);
+    let t = r.trace();
+    let faults = record_support::counter(&t, "faults");
+    assert_eq!(faults, 256 * 40);
+    assert_eq!(record_support::counter(&t, "fault_stops"), faults, "more than one stop per fault");
+    assert_eq!(record_support::counter(&t, "emulated") + record_support::counter(&t, "trampolined"), faults);
+    assert_eq!(record_support::counter(&t, "singlestepped"), 0);
+    let accesses = r.events().iter().filter(|e| matches!(e, Event::Access { .. })).count() as u64;
+    assert_eq!(accesses, faults);
+    // Everything else is boundary work: a handful of stops per call.
+    let stops = record_support::counter(&t, "ptrace_stops");
+    let calls = record_support::counter(&t, "calls");
+    assert!(stops - faults <= 20 + 8 * calls, "{stops} stops for {faults} faults and {calls} calls");
+}

@@ -129,6 +129,8 @@ pub struct Frame {
     /// `rsp` at the crossing (pointing at the return address).
     pub entry_rsp: u64,
     pub return_addr: u64,
+    /// Where the crossing went (the called function).
+    pub target: u64,
     /// Guards were dropped because the call blocked (see `Gap`); re-armed
     /// when the thread next enters foreign text.
     pub suspended: bool,

@@ -718,7 +718,7 @@ impl Tracer {
             rsp,
             return_addr,
         })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, suspended: false })?;
+        self.push_frame(tid, Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, target: regs.rip, suspended: false })?;
         self.switch_to_foreign(tid, regs)
     }
 
@@ -858,7 +858,7 @@ impl Tracer {
             rsp: regs.rsp,
             return_addr,
         })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Callback, call, entry_rsp: regs.rsp, return_addr, suspended: false })?;
+        self.push_frame(tid, Frame { kind: FrameKind::Callback, call, entry_rsp: regs.rsp, return_addr, target: regs.rip, suspended: false })?;
         self.switch_to_host(tid, regs)
     }
 
@@ -1031,16 +1031,18 @@ impl Tracer {
         self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
         self.unpin(owner);
         self.owner = None;
-        self.release_others()?;
-        if self.threads.get(&owner).is_some_and(|t| !t.running) {
-            self.resume(owner, 0)?;
-        }
-        Ok(())
+        // The owner is stopped by our interrupt: resume it first, then the others.
+        self.resume(owner, 0)?;
+        self.release_others()
     }
 
     fn call_name(&self, tid: Pid) -> String {
-        let _ = tid;
-        String::from("?")
+        let frames = self.threads.get(&tid).map(|t| t.frames.as_slice()).unwrap_or(&[]);
+        let Some(f) = frames.iter().rev().find(|f| f.kind == FrameKind::Foreign) else { return "?".into() };
+        self.module_text(f.target)
+            .and_then(|l| l.module.symbolize(f.target))
+            .map(|(s, _)| s.name.clone())
+            .unwrap_or_else(|| format!("{:#x}", f.target))
     }
 
     /// Alloc-shim events are drained here (before every stop is processed
