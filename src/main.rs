@@ -27,6 +27,8 @@ enum Command {
     Record(cmd::record::RecordArgs),
     /// Analyse a trace: findings and what each foreign call read and wrote.
     Analyze(cmd::analyze::AnalyzeArgs),
+    /// Print every event of a trace, one per line (text or JSONL).
+    Dump(cmd::dump::DumpArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +36,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Record(a) => cmd::record::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
+        Command::Dump(a) => cmd::dump::run(a),
     }
 }

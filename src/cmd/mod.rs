@@ -1,2 +1,3 @@
 pub mod record;
 pub mod analyze;
+pub mod dump;
