@@ -3,7 +3,7 @@
 //! registers recorded at a fault.
 
 use ffirec_format::{Regs, VecReg, VecRegKind};
-use iced_x86::{Decoder, DecoderOptions, EncodingKind, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register, UsedMemory};
+use iced_x86::{Code, Decoder, DecoderOptions, EncodingKind, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register, UsedMemory};
 
 use crate::emulate::{self, Emulation};
 use crate::operand::{GprPart, MemOperand, Seg};
@@ -114,6 +114,28 @@ pub struct Decoded {
     templates: Box<[Template]>,
     vregs: Box<[(VecRegKind, u8)]>,
     emulation: Option<Emulation>,
+    branch: Option<IndirectBranch>,
+}
+
+/// `call [m]` / `jmp [m]` (64-bit near, through memory): what a recorder
+/// needs to emulate the branch when `[m]` is guarded. Read the 8-byte target
+/// at [`IndirectBranch::target_addr`]; for a call, write
+/// [`IndirectBranch::return_addr`] at `rsp - 8` and set `rsp -= 8`; set `rip`
+/// to the target. The operand is evaluated with the registers before the
+/// instruction (`call [rsp+8]` uses the old rsp, as the CPU does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndirectBranch {
+    pub mem: MemOperand,
+    pub call: bool,
+    /// Address of the next instruction (the pushed return address for a call).
+    pub return_addr: u64,
+}
+
+impl IndirectBranch {
+    /// Where the 8-byte branch target is stored.
+    pub fn target_addr(&self, regs: &Regs) -> u64 {
+        self.mem.address(regs)
+    }
 }
 
 impl Decoded {
@@ -150,7 +172,13 @@ impl Decoded {
             }
         }
         let emulation = emulate::detect(&instr, &templates);
-        Ok(Decoded { instr, code: bytes, templates: templates.into_boxed_slice(), vregs: vregs.into_boxed_slice(), emulation })
+        let branch = match (instr.code(), templates.first()) {
+            (Code::Call_rm64 | Code::Jmp_rm64, Some(&Template::Plain { mem, size: 8, acc: Acc::Read })) if instr.op0_kind() == OpKind::Memory => {
+                Some(IndirectBranch { mem, call: instr.code() == Code::Call_rm64, return_addr: instr.next_ip() })
+            }
+            _ => None,
+        };
+        Ok(Decoded { instr, code: bytes, templates: templates.into_boxed_slice(), vregs: vregs.into_boxed_slice(), emulation, branch })
     }
 
     /// Instruction length in bytes.
@@ -197,6 +225,12 @@ impl Decoded {
     /// A simple single-operand move the recorder may perform itself.
     pub fn emulation(&self) -> Option<&Emulation> {
         self.emulation.as_ref()
+    }
+
+    /// `call [m]` / `jmp [m]`: the branch the recorder emulates when the
+    /// target's slot is in guarded memory.
+    pub fn indirect_branch(&self) -> Option<&IndirectBranch> {
+        self.branch.as_ref()
     }
 
     /// Appends every range the instruction touches, given the registers at

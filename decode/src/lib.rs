@@ -16,7 +16,7 @@ mod emulate;
 mod operand;
 
 pub use cache::DecodeCache;
-pub use decoded::Decoded;
+pub use decoded::{Decoded, IndirectBranch};
 pub use emulate::{Emulation, Extend, GprWrite, StoreSrc};
 pub use operand::{MemOperand, Seg};
 

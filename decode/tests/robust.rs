@@ -183,3 +183,28 @@ fn plain_operands_agree_with_iced_virtual_address() {
     }
     assert!(compared > 30_000, "only {compared} operands compared");
 }
+
+#[test]
+fn indirect_branches_through_memory() {
+    let regs = Regs { gpr: [0x7000, 0x1000, 0, 0, 0x7000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..Regs::default() };
+    // call qword ptr [rax]
+    let d = Decoded::new(0x40_0000, &[0xff, 0x10]).unwrap();
+    let b = d.indirect_branch().unwrap();
+    assert!(b.call);
+    assert_eq!((b.target_addr(&regs), b.return_addr), (0x7000, 0x40_0002));
+    // call qword ptr [rsp+8]: the slot is addressed with rsp before the push
+    let d = Decoded::new(0x40_0000, &[0xff, 0x54, 0x24, 0x08]).unwrap();
+    assert_eq!(d.indirect_branch().unwrap().target_addr(&regs), 0x7008);
+    // jmp qword ptr [rip+0x10]
+    let d = Decoded::new(0x40_0000, &[0xff, 0x25, 0x10, 0x00, 0x00, 0x00]).unwrap();
+    let b = d.indirect_branch().unwrap();
+    assert!(!b.call);
+    assert_eq!(b.target_addr(&regs), 0x40_0016);
+    // jmp qword ptr [rcx+8]
+    let d = Decoded::new(0x40_0000, &[0xff, 0x61, 0x08]).unwrap();
+    assert_eq!(d.indirect_branch().unwrap().target_addr(&regs), 0x1008);
+    // Not indirect-through-memory: call rax, call rel32, ret, mov.
+    for code in [&[0xff, 0xd0][..], &[0xe8, 0, 0, 0, 0], &[0xc3], &[0x8b, 0x07]] {
+        assert!(Decoded::new(0x40_0000, code).unwrap().indirect_branch().is_none(), "{code:02x?}");
+    }
+}
