@@ -1,0 +1,151 @@
+//! Analyzer throughput: events analysed per second on a synthetic trace of
+//! ≥ 10 M access events (fixed seed), with 1 thread and with all threads.
+//! Stages measured separately: reading chunks (decompress + validate) alone,
+//! then the whole analysis. Run: `cargo bench --bench analyzer`
+//! (`FFIREC_BENCH_EVENTS=N` to change the size).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use ffirec_analyzer::{analyze, Options};
+use ffirec_format::*;
+
+/// `mov rax, [rdi]`, `mov [rdi], rax`, `movdqu xmm0, [rdi]`, `movzx eax, byte [rdi]`
+/// (bytes from GNU as + objdump).
+const CODES: [(&[u8], u64, bool); 4] = [
+    (&[0x48, 0x8b, 0x07], 8, false),
+    (&[0x48, 0x89, 0x07], 8, true),
+    (&[0xf3, 0x0f, 0x6f, 0x07], 16, false),
+    (&[0x0f, 0xb6, 0x07], 1, false),
+];
+const LIB: u64 = 0x7f00_0000_0000;
+const TID: u32 = 7;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn generate(path: &std::path::Path, accesses: u64) -> u64 {
+    let header = Header {
+        recorder_version: "bench".into(),
+        uuid: [9; 16],
+        command: vec!["bench".into()],
+        start_time_ns: 0,
+        page_size: 4096,
+        policy: Policy { foreign: vec!["libbench.so".into()], neutral: vec![], track_host_init: true, guard_foreign: false },
+    };
+    let mut w = TraceWriter::create(path, header).unwrap();
+    w.add_module(Module {
+        pid: 1,
+        path: "/nonexistent/libbench.so".into(),
+        build_id: vec![],
+        base: LIB,
+        segments: vec![Segment { start: LIB, len: 0x10000, prot: 5, file_offset: 0 }],
+        domain: Domain::Foreign,
+        symbols: vec![Symbol { name: "work".into(), addr: 0x1000, size: 0x1000 }],
+    })
+    .unwrap();
+    let mut rng = Rng(0x5eed);
+    // 256 live host buffers of 64 KiB, host-initialised.
+    let bufs: Vec<u64> = (0..256u64).map(|i| 0x5555_0000_0000 + i * 0x2_0000).collect();
+    for &b in &bufs {
+        w.push(Event::Alloc {
+            tid: TID,
+            func: AllocFn::Malloc,
+            ptr: b,
+            size: 0x1_0000,
+            old_ptr: 0,
+            caller: 0x40_1000,
+            domain: Domain::Host,
+            zeroed: false,
+        })
+        .unwrap();
+        w.push(Event::HostWrite { tid: TID, addr: b, len: 0x8000 }).unwrap();
+    }
+    let per_call = 10_000;
+    let mut n = 0u64;
+    let mut call = 0u64;
+    while n < accesses {
+        let buf = bufs[(rng.next() % 256) as usize];
+        w.push(Event::Call {
+            tid: TID,
+            call,
+            target: LIB + 0x1000,
+            module: 0,
+            symbol: Some(0),
+            args: [buf, 0x1_0000, 0, 0, 0, 0],
+            rsp: 0x7ffd_0000_0000,
+            return_addr: 0x40_1234,
+        })
+        .unwrap();
+        // A streaming pass over a few buffers, as a codec would do.
+        let mut cur = buf;
+        for i in 0..per_call {
+            if i % 2000 == 0 {
+                cur = bufs[(rng.next() % 256) as usize];
+            }
+            let r = rng.next();
+            let (code, size, _) = CODES[(r % 4) as usize];
+            let addr = cur + ((i % 2000) * 16) % (0x1_0000 - 16);
+            let mut regs = Regs { rip: LIB + 0x1000 + (r >> 8) % 0x40 * 4, rflags: 0x246, ..Regs::default() };
+            regs.gpr[Regs::RDI] = addr;
+            let data = if code[1] == 0x89 { vec![] } else { vec![0u8; size as usize] };
+            w.push(Event::Access { tid: TID, code: code.to_vec(), regs, fault_addr: addr, data, vregs: vec![] })
+                .unwrap();
+        }
+        n += per_call;
+        w.push(Event::Return { tid: TID, call, rax: 0, rdx: 0 }).unwrap();
+        call += 1;
+    }
+    w.finish(Summary::default()).unwrap();
+    n
+}
+
+fn main() {
+    let accesses: u64 = std::env::var("FFIREC_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let dir = std::env::temp_dir().join(format!("ffirec-bench-analyzer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bench.ffr");
+    let t = Instant::now();
+    let n = generate(&path, accesses);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!("generated {n} access events in {:.1}s ({size} bytes, {:.2} B/event)", t.elapsed().as_secs_f64(), size as f64 / n as f64);
+    let trace = Trace::open(&path).unwrap();
+    let events = trace.event_count();
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    // Stage: read chunks only (decompress, validate, decode events), 1 thread.
+    let t = Instant::now();
+    let mut count = 0usize;
+    for i in 0..trace.chunks().len() {
+        count += trace.read_chunk(i).unwrap().len();
+    }
+    let read_rate = count as f64 / t.elapsed().as_secs_f64();
+    println!("read_chunk only, 1 thread: {:.2} M events/s", read_rate / 1e6);
+
+    let mut rates = Vec::new();
+    let mut json = Vec::new();
+    for threads in [1, all] {
+        let opts = Options { threads: Some(threads), dwarf: false, ..Options::default() };
+        let t = Instant::now();
+        let report = analyze(&trace, &opts).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let rate = events as f64 / secs;
+        println!(
+            "analyze, {threads} thread(s): {events} events in {secs:.2}s = {:.2} M events/s ({} findings)",
+            rate / 1e6,
+            report.summary.findings
+        );
+        rates.push(rate);
+        json.push(report.to_json());
+    }
+    println!("speed-up 1 -> {all} threads: {:.2}x", rates[1] / rates[0]);
+    println!("identical JSON: {}", json[0] == json[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
