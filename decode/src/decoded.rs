@@ -82,11 +82,15 @@ pub(crate) enum MaskMode {
     /// Memory element `i` is touched iff mask bit `i` is set (moves,
     /// element-wise arithmetic, up/down conversions): fault suppression.
     PerElement,
-    /// The whole operand (`size` bytes) is touched iff any mask bit is set
-    /// (broadcasts, tuple broadcasts, inserts).
-    AnyLive,
+    /// A broadcast of `m` memory elements over `count` destination elements:
+    /// memory element `j` is touched iff any mask bit `i` with `i % m == j`
+    /// is set (`{1toN}` operands: m = 1; `vbroadcasti32x4`: m = 4).
+    Tuple(u8),
     /// `popcount(mask)` elements, packed from the start (compress/expand).
     Contiguous,
+    /// Per element as for `PerElement`, but the CPU may fault on masked-off
+    /// elements too (`maskmovdqu`): those are reported as uncertain.
+    PerElementMayFault,
 }
 
 /// One memory operand, ready to evaluate.
@@ -99,7 +103,7 @@ pub(crate) enum Template {
     BitString { mem: MemOperand, bit: GprPart, bit_width: u8, size: u64, acc: Acc },
     /// An operand under an element mask (AVX-512 opmask; `vmaskmov`/`vpmaskmov`
     /// /`maskmovdqu` mask vector) over `count` elements of `elem` bytes.
-    Masked { mem: MemOperand, elem: u64, count: u8, mode: MaskMode, size: u64, rw: Rw, mask: ElemMask },
+    Masked { mem: MemOperand, elem: u64, count: u8, mode: MaskMode, rw: Rw, mask: ElemMask },
     /// A VSIB gather/scatter: one element per index-vector element.
     Vsib { um: UsedMemory, index: (VecRegKind, u8), index_len: usize, elem: u64, count: u8, rw: Rw, mask: ElemMask },
     /// A string operand at `seg:[rsi]` or `[rdi]`.
@@ -285,13 +289,26 @@ impl Decoded {
                     let addr = mem.address(regs).wrapping_add((words as u64).wrapping_mul(size));
                     push_acc(out, addr, size, acc);
                 }
-                Template::Masked { mem, elem, count, mode, size, rw, mask } => {
+                Template::Masked { mem, elem, count, mode, rw, mask } => {
                     let live = mask_bits(self.ip(), vregs, mask, elem, count)?;
                     let addr = mem.address(regs);
                     match mode {
-                        MaskMode::PerElement => push_runs(out, addr, elem, live, rw),
-                        MaskMode::AnyLive if live != 0 => out.push(MemAccess { addr, size, rw, certain: true }),
-                        MaskMode::AnyLive => {}
+                        MaskMode::PerElement => push_runs(out, addr, elem, live, rw, true),
+                        MaskMode::PerElementMayFault => {
+                            push_runs(out, addr, elem, live, rw, true);
+                            let all = if count >= 64 { u64::MAX } else { (1u64 << count) - 1 };
+                            push_runs(out, addr, elem, all & !live, rw, false);
+                        }
+                        MaskMode::Tuple(m) => {
+                            let m = u32::from(m.max(1));
+                            let mut mem_live = 0u64;
+                            let mut bits = live;
+                            while bits != 0 {
+                                mem_live |= 1 << (bits.trailing_zeros() % m);
+                                bits &= bits - 1;
+                            }
+                            push_runs(out, addr, elem, mem_live, rw, true);
+                        }
                         MaskMode::Contiguous if live != 0 => {
                             out.push(MemAccess { addr, size: u64::from(live.count_ones()) * elem, rw, certain: true });
                         }
@@ -408,11 +425,11 @@ fn push_acc(out: &mut Vec<MemAccess>, addr: u64, size: u64, acc: Acc) {
 }
 
 /// One access per run of consecutive set bits of `live`.
-fn push_runs(out: &mut Vec<MemAccess>, base: u64, elem: u64, mut live: u64, rw: Rw) {
+fn push_runs(out: &mut Vec<MemAccess>, base: u64, elem: u64, mut live: u64, rw: Rw, certain: bool) {
     while live != 0 {
         let first = u64::from(live.trailing_zeros());
         let run = u64::from((live >> first).trailing_ones());
-        out.push(MemAccess { addr: base.wrapping_add(first * elem), size: run * elem, rw, certain: true });
+        out.push(MemAccess { addr: base.wrapping_add(first * elem), size: run * elem, rw, certain });
         live = if first + run >= 64 { 0 } else { live & !(((1u64 << run) - 1) << first) };
     }
 }
@@ -552,17 +569,32 @@ fn xsave_area_size() -> u64 {
     })
 }
 
-/// AVX-512 instructions (by mnemonic prefix) whose masked memory operand is
-/// read in full: permutes and shuffles, where memory element `i` does not
-/// feed destination element `i` (no fault suppression).
-const NO_SUPPRESSION: &[&str] = &[
-    "Vperm", "Vpshufb", "Vpshufd", "Vpshufhw", "Vpshuflw", "Vshuf", "Valign", "Vpalignr", "Vpunpck", "Vunpck", "Vpmultishiftqb", "Vdbpsadbw",
-    "Vmovddup", "Vmovshdup", "Vmovsldup",
+/// AVX-512 instruction families (mnemonic prefixes) whose masked memory
+/// operand is touched in full whatever the mask (exception classes without
+/// fault suppression: permutes, shuffles, inserts/extracts, packs, conflict
+/// detection). See tests/hardware.txt for the ones checked on a CPU.
+const NO_SUPPRESSION_PREFIX: &[&str] = &["Vperm", "Vshuf", "Valign", "Vpunpck", "Vunpck", "Vinsert", "Vextract", "Vpconflict", "Vpack"];
+
+/// The same, by exact mnemonic (`vpshufb` but not `vpshufbitqmb`).
+const NO_SUPPRESSION_EXACT: &[&str] = &[
+    "Vpshufb", "Vpshufd", "Vpshufhw", "Vpshuflw", "Vpalignr", "Vpmaddwd", "Vpmaddubsw", "Vpmultishiftqb", "Vdbpsadbw", "Vmovddup", "Vmovshdup",
+    "Vmovsldup",
 ];
 
-/// Masked instructions whose whole (narrower-than-vector) memory operand
-/// feeds several destination elements: read iff any mask bit is set.
-const ANY_LIVE: &[&str] = &["Vbroadcast", "Vpbroadcast", "Vinsert"];
+/// Shifts whose third operand is an xmm/m128 count: the count is read whole.
+const SHIFT_BY_COUNT: &[&str] = &["Vpsllw", "Vpslld", "Vpsllq", "Vpsrlw", "Vpsrld", "Vpsrlq", "Vpsraw", "Vpsrad", "Vpsraq"];
+
+fn no_fault_suppression(name: &str, instr: &Instruction) -> bool {
+    NO_SUPPRESSION_PREFIX.iter().any(|p| name.starts_with(p))
+        || NO_SUPPRESSION_EXACT.contains(&name)
+        || (SHIFT_BY_COUNT.contains(&name) && instr.op_count() == 3 && instr.op_kind(2) == OpKind::Memory)
+}
+
+/// Broadcasts of a memory scalar or tuple: memory element `j` feeds every
+/// destination element `i` with `i % m == j` (checked on hardware).
+const TUPLE_BROADCAST: &[&str] = &["Vbroadcast", "Vpbroadcast"];
+
+
 
 /// Compress stores / expand loads: `popcount(mask)` consecutive elements.
 const COMPRESS: &[&str] = &["Vcompress", "Vpcompress", "Vexpand", "Vpexpand"];
@@ -627,9 +659,9 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
             let elem = (msize.element_size() as u64).max(1);
             let k = vec_reg(instr.op_mask()).map(|(_, n)| n).ok_or("bad opmask")?;
             let name = format!("{mnemonic:?}");
-            let (mode, count, size) = if msize.is_broadcast() {
-                (MaskMode::AnyLive, vector_length(instr, size) / elem, elem)
-            } else if NO_SUPPRESSION.iter().any(|p| name.starts_with(p)) {
+            let (mode, count) = if msize.is_broadcast() {
+                (MaskMode::Tuple(1), vector_length(instr, size) / elem)
+            } else if no_fault_suppression(&name, instr) {
                 // Memory elements do not map to destination elements: the
                 // whole operand is read whatever the mask.
                 let acc = match acc.unconditional() {
@@ -639,14 +671,15 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
                 };
                 out.push(Template::Plain { mem, size, acc });
                 continue;
-            } else if ANY_LIVE.iter().any(|p| name.starts_with(p)) {
-                (MaskMode::AnyLive, 64, size)
+            } else if TUPLE_BROADCAST.iter().any(|p| name.starts_with(p)) {
+                let m = (msize.element_count() as u64).clamp(1, 64);
+                (MaskMode::Tuple(m as u8), vector_length(instr, size) / elem)
             } else if COMPRESS.iter().any(|p| name.starts_with(p)) {
-                (MaskMode::Contiguous, vector_length(instr, size) / elem, size)
+                (MaskMode::Contiguous, vector_length(instr, size) / elem)
             } else {
-                (MaskMode::PerElement, msize.element_count() as u64, size)
+                (MaskMode::PerElement, msize.element_count() as u64)
             };
-            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, mode, size, rw: acc.unconditional(), mask: ElemMask::K(k) });
+            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, mode, rw: acc.unconditional(), mask: ElemMask::K(k) });
             continue;
         }
         if is_xsave_family(mnemonic) && size == 0 {
@@ -667,12 +700,14 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
                 let mask_op = if elem == 1 { 2 } else { 1 };
                 let (kind, n) = vec_reg(instr.op_register(mask_op)).ok_or("bad mask register")?;
                 let count = (size / elem).min(64) as u8;
+                // maskmovdqu may fault on masked-off bytes (seen on hardware);
+                // vmaskmov* suppresses faults on masked-off elements.
+                let mode = if elem == 1 { MaskMode::PerElementMayFault } else { MaskMode::PerElement };
                 out.push(Template::Masked {
                     mem,
                     elem,
                     count,
-                    mode: MaskMode::PerElement,
-                    size,
+                    mode,
                     rw: acc.unconditional(),
                     mask: ElemMask::Vector(kind, n),
                 });

@@ -1,0 +1,218 @@
+//! Hardware oracle: runs each case of `hardware.txt` natively in a forked
+//! child, with the operand placed against PROT_NONE pages, and checks that
+//! the CPU faults exactly when the decoder says the instruction touches a
+//! guarded byte. This pins down the judgement calls (AVX-512 fault
+//! suppression per instruction family, rep direction, VSIB, bit strings)
+//! against this machine's CPU. Cases needing features the CPU lacks (SIGILL)
+//! are skipped and counted; without AVX-512F/BW or AVX2 the test does nothing.
+//! An uncertain range outside the page allows either outcome.
+//!
+//! Layout: [guard page][P: readable, zero-filled][guard page]; the program
+//! is `movabs rdi, P+OFF; setup; INSTRUCTION; exit_group(0)`.
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![allow(clippy::unwrap_used)] // test code: a bad table line should panic with its location
+
+use std::arch::asm;
+
+use ffirec_decode::Decoded;
+use ffirec_format::{Regs, VecReg, VecRegKind};
+
+const PAGE: u64 = 4096;
+
+/// Raw syscall: no libc dependency, and usable in the forked child.
+///
+/// # Safety
+/// The caller must pass a valid syscall and arguments.
+unsafe fn syscall6(n: u64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller vouches for the syscall; rcx/r11 are clobbered by `syscall`.
+    unsafe {
+        asm!("syscall", inlateout("rax") n as i64 => ret, in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+             in("r10") a[3], in("r8") a[4], in("r9") a[5], lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_FORK: u64 = 57;
+const SYS_WAIT4: u64 = 61;
+const SYS_SETRLIMIT: u64 = 160;
+const SYS_EXIT_GROUP: u64 = 231;
+const PROT_NONE: u64 = 0;
+const PROT_RW: u64 = 3;
+const PROT_RWX: u64 = 7;
+const MAP_PRIVATE_ANON: u64 = 0x02 | 0x20;
+const RLIMIT_CORE: u64 = 4;
+const SIGSEGV: i32 = 11;
+const SIGILL: i32 = 4;
+
+fn mmap(len: u64, prot: u64) -> u64 {
+    // SAFETY: anonymous private mapping at a kernel-chosen address.
+    let r = unsafe { syscall6(SYS_MMAP, [0, len, prot, MAP_PRIVATE_ANON, u64::MAX, 0]) };
+    assert!(r > 0, "mmap failed: {r}");
+    r as u64
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Exited,
+    Segv,
+    Other(i32),
+}
+
+/// Runs `code` (which must end in exit_group) in a forked child.
+fn run(code_page: u64, code: &[u8]) -> Outcome {
+    assert!(code.len() < PAGE as usize);
+    // SAFETY: code_page is our own RWX mapping of one page; code fits.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), code_page as *mut u8, code.len()) };
+    // SAFETY: fork; the child only makes raw syscalls and jumps to `code`,
+    // which ends with exit_group, so it never returns into Rust state that
+    // other threads of the parent might have held locks in.
+    let pid = unsafe { syscall6(SYS_FORK, [0; 6]) };
+    assert!(pid >= 0, "fork failed: {pid}");
+    if pid == 0 {
+        let no_core = [0u64, 0u64];
+        // SAFETY: in the child: no core dumps for the expected SIGSEGVs, then
+        // run the program (it ends with exit_group).
+        unsafe {
+            syscall6(SYS_SETRLIMIT, [RLIMIT_CORE, no_core.as_ptr() as u64, 0, 0, 0, 0]);
+            let f: extern "C" fn() = std::mem::transmute(code_page as usize);
+            f();
+            syscall6(SYS_EXIT_GROUP, [99, 0, 0, 0, 0, 0]);
+        }
+        unreachable!();
+    }
+    let mut status: i32 = 0;
+    // SAFETY: waiting for our own child; status is a valid out-pointer.
+    let r = unsafe { syscall6(SYS_WAIT4, [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0]) };
+    assert_eq!(r, pid, "wait4 failed");
+    let sig = status & 0x7f;
+    match (sig, (status >> 8) & 0xff) {
+        (0, 0) => Outcome::Exited,
+        (0, c) => Outcome::Other(1000 + c),
+        (SIGSEGV, _) => Outcome::Segv,
+        (s, _) => Outcome::Other(s),
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
+}
+
+fn num(s: &str, p: u64) -> u64 {
+    if let Some(off) = s.strip_prefix('@') {
+        return p.wrapping_add(off.parse::<i64>().unwrap() as u64);
+    }
+    if let Some(h) = s.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).unwrap()
+    } else if let Some(b) = s.strip_prefix("0b") {
+        u64::from_str_radix(b, 2).unwrap()
+    } else {
+        s.parse::<i64>().unwrap() as u64
+    }
+}
+
+/// The decoder's view: `rcx=16 rsi=@16 k1=1 ymm1=d:… xmm1=x:…`.
+fn regs_for(spec: &str, p: u64, rdi: u64) -> (Regs, Vec<VecReg>) {
+    const NAMES: [&str; 16] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+    let mut regs = Regs::default();
+    regs.gpr[Regs::RDI] = rdi;
+    // The child's real stack is valid memory: keep stack slots inside P for the check.
+    regs.gpr[Regs::RSP] = p + 2048;
+    let mut vregs = Vec::new();
+    for tok in spec.split_whitespace() {
+        let (name, val) = tok.split_once('=').unwrap();
+        if let Some(i) = NAMES.iter().position(|n| *n == name) {
+            regs.gpr[i] = num(val, p);
+        } else if name == "rflags" {
+            regs.rflags = num(val, p);
+        } else {
+            let (kind, len, n) = match &name[..1] {
+                "k" => (VecRegKind::K, 8, &name[1..]),
+                "x" => (VecRegKind::Xmm, 16, &name[3..]),
+                "y" => (VecRegKind::Ymm, 32, &name[3..]),
+                _ => (VecRegKind::Zmm, 64, &name[3..]),
+            };
+            let mut bytes = Vec::new();
+            if kind == VecRegKind::K {
+                bytes.extend_from_slice(&num(val, p).to_le_bytes());
+            } else if let Some(d) = val.strip_prefix("d:") {
+                for e in d.split(',') {
+                    bytes.extend_from_slice(&(num(e, p) as u32).to_le_bytes());
+                }
+            } else if let Some(x) = val.strip_prefix("x:") {
+                bytes = (0..x.len()).step_by(2).map(|i| u8::from_str_radix(&x[i..i + 2], 16).unwrap()).collect();
+            }
+            bytes.resize(len, 0);
+            vregs.push(VecReg { kind, index: n.parse().unwrap(), bytes });
+        }
+    }
+    (regs, vregs)
+}
+
+#[test]
+fn decoder_agrees_with_cpu_faults() {
+    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx2")) {
+        eprintln!("skipped: this CPU lacks AVX-512F/BW or AVX2");
+        return;
+    }
+    let text = include_str!("hardware.txt");
+    let mut lines = text.lines();
+    let suffix = hex(lines.clone().find_map(|l| l.strip_prefix("# exit suffix:")).unwrap());
+    let data = mmap(3 * PAGE, PROT_RW);
+    // SAFETY: our own mapping; make the outer pages PROT_NONE.
+    unsafe {
+        assert_eq!(syscall6(SYS_MPROTECT, [data, PAGE, PROT_NONE, 0, 0, 0]), 0);
+        assert_eq!(syscall6(SYS_MPROTECT, [data + 2 * PAGE, PAGE, PROT_NONE, 0, 0, 0]), 0);
+    }
+    let p = data + PAGE;
+    let code_page = mmap(PAGE, PROT_RWX);
+    let mut failures = Vec::new();
+    let (mut checked, mut undetermined, mut skipped) = (0, 0, 0);
+    for (n, line) in lines.by_ref().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (fields, comment) = line.split_once('#').unwrap_or((line, ""));
+        let cols: Vec<&str> = fields.split('|').map(str::trim).collect();
+        let off: i64 = cols[0].parse().unwrap();
+        let rdi = p.wrapping_add(off as u64);
+        let mut prefix = hex(cols[1]);
+        prefix[2..10].copy_from_slice(&rdi.to_le_bytes());
+        let insn = hex(cols[2]);
+        let ip = code_page + prefix.len() as u64;
+        let d = Decoded::new(ip, &insn).unwrap();
+        let (regs, vregs) = regs_for(cols.get(3).copied().unwrap_or(""), p, rdi);
+        let acc = d.accesses(&regs, &vregs).unwrap_or_else(|e| panic!("hardware.txt:{}: {e}", n + 2));
+        let outside = |a: &ffirec_decode::MemAccess| a.addr < p || a.addr.wrapping_add(a.size) > p + PAGE;
+        let certain_out = acc.iter().any(|a| a.certain && outside(a));
+        let any_out = acc.iter().any(outside);
+        let mut program = prefix;
+        program.extend_from_slice(&insn);
+        program.extend_from_slice(&suffix);
+        let got = run(code_page, &program);
+        if got == Outcome::Other(SIGILL) {
+            skipped += 1;
+            continue;
+        }
+        let ranges: Vec<String> = acc.iter().map(|a| format!("{:+}..{:+}{}", a.addr.wrapping_sub(p) as i64, a.addr.wrapping_add(a.size).wrapping_sub(p) as i64, if a.certain { "" } else { "?" })).collect();
+        let ok = match got {
+            Outcome::Segv if certain_out || any_out => true,
+            Outcome::Exited if !certain_out => true,
+            _ => false,
+        };
+        if any_out && !certain_out {
+            undetermined += 1;
+        }
+        checked += 1;
+        if !ok {
+            failures.push(format!("{}: cpu {got:?}, decoder (relative to P) [{}]", comment.trim(), ranges.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} disagree with the CPU:\n{}", failures.len(), failures.join("\n"));
+    assert!(checked >= 50, "only {checked} cases ({skipped} skipped: SIGILL)");
+    eprintln!("{checked} cases agree with the CPU ({undetermined} with only uncertain ranges outside; {skipped} skipped: SIGILL)");
+}
