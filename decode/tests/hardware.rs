@@ -8,7 +8,9 @@
 //! An uncertain range outside the page allows either outcome.
 //!
 //! Layout: [guard page][P: readable, zero-filled][guard page]; the program
-//! is `movabs rdi, P+OFF; setup; INSTRUCTION; exit_group(0)`.
+//! is `movabs rdi, P+OFF; setup; INSTRUCTION; exit_group(0)`. `OFF = end`
+//! puts the decoder's last byte at the page's last byte (must not fault),
+//! `end+N` N bytes further (must fault): this checks operand sizes.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #![allow(clippy::unwrap_used)] // test code: a bad table line should panic with its location
@@ -178,13 +180,23 @@ fn decoder_agrees_with_cpu_faults() {
         }
         let (fields, comment) = line.split_once('#').unwrap_or((line, ""));
         let cols: Vec<&str> = fields.split('|').map(str::trim).collect();
-        let off: i64 = cols[0].parse().unwrap();
-        let rdi = p.wrapping_add(off as u64);
         let mut prefix = hex(cols[1]);
-        prefix[2..10].copy_from_slice(&rdi.to_le_bytes());
         let insn = hex(cols[2]);
         let ip = code_page + prefix.len() as u64;
         let d = Decoded::new(ip, &insn).unwrap();
+        // OFF is a number, or `end[+N]`: place the operand so that the
+        // decoder's last byte is the page's last byte (then N bytes further).
+        let off: i64 = match cols[0].strip_prefix("end") {
+            Some(extra) => {
+                let (regs, vregs) = regs_for(cols.get(3).copied().unwrap_or(""), p, p);
+                let acc = d.accesses(&regs, &vregs).unwrap();
+                let end = acc.iter().map(|a| a.addr + a.size - p).max().unwrap();
+                PAGE as i64 - end as i64 + extra.strip_prefix('+').map_or(0, |n| n.parse().unwrap())
+            }
+            None => cols[0].parse().unwrap(),
+        };
+        let rdi = p.wrapping_add(off as u64);
+        prefix[2..10].copy_from_slice(&rdi.to_le_bytes());
         let (regs, vregs) = regs_for(cols.get(3).copied().unwrap_or(""), p, rdi);
         let acc = d.accesses(&regs, &vregs).unwrap_or_else(|e| panic!("hardware.txt:{}: {e}", n + 2));
         let outside = |a: &ffirec_decode::MemAccess| a.addr < p || a.addr.wrapping_add(a.size) > p + PAGE;
