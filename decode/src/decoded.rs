@@ -263,12 +263,17 @@ impl Decoded {
     ///   `xchg`, `xadd`, `lock` arithmetic: ReadWrite.
     /// - `bt`/`bts`/`btr`/`btc [m], reg`: the word selected by the signed bit offset.
     /// - AVX-512 with an opmask (needs the k register, else `MissingRegister`):
-    ///   only elements whose mask bit is set, adjacent ones merged, certain;
-    ///   broadcasts, tuple broadcasts and inserts: the operand iff any bit is
-    ///   set; compress/expand: `popcount(k)` consecutive elements; permutes and
-    ///   shuffles (no fault suppression): the whole operand. `k0` = no mask.
-    /// - `vmaskmov*`/`vpmaskmov*`/`maskmovdqu`: elements whose mask-vector
-    ///   sign bit is set (needs that vector register).
+    ///   only elements whose mask bit is set, adjacent ones merged, certain
+    ///   (the CPU suppresses faults on masked-off elements); `{1toN}` and tuple
+    ///   broadcasts (`vbroadcasti32x4`): memory element `j` iff a mask bit
+    ///   `i ≡ j (mod elements)` is set; compress/expand: `popcount(k)`
+    ///   consecutive elements; families without fault suppression (permutes,
+    ///   shuffles, inserts/extracts, packs, `vpconflict`, `vpmaddwd`,
+    ///   shift-by-xmm-count): the whole operand, no k register needed.
+    ///   `k0` = no mask. tests/hardware.txt checks these on the CPU.
+    /// - `vmaskmov*`/`vpmaskmov*`: elements whose mask-vector sign bit is set
+    ///   (needs that vector register); `maskmovdqu`: the same, plus the
+    ///   masked-off bytes as uncertain writes (the CPU may fault on them).
     /// - VSIB gathers/scatters: one element per index element whose mask is set
     ///   (AVX2: sign bit of the mask vector's element; AVX-512: k bit), at
     ///   `base + sext(index[i])*scale + disp`; contiguous elements merged.
