@@ -93,7 +93,9 @@ fn generate(path: &std::path::Path, accesses: u64) -> u64 {
             let r = rng.next();
             let (code, size, _) = CODES[(r % 4) as usize];
             let addr = cur + ((i % 2000) * 16) % (0x1_0000 - 16);
-            let mut regs = Regs { rip: LIB + 0x1000 + (r >> 8) % 0x40 * 4, rflags: 0x246, ..Regs::default() };
+            // The same instruction always sits at the same address (16 sites per form).
+            let rip = LIB + 0x1000 + (r % 4) * 0x100 + (r >> 8) % 16 * 8;
+            let mut regs = Regs { rip, rflags: 0x246, ..Regs::default() };
             regs.gpr[Regs::RDI] = addr;
             let data = if code[1] == 0x89 { vec![] } else { vec![0u8; size as usize] };
             w.push(Event::Access { tid: TID, code: code.to_vec(), regs, fault_addr: addr, data, vregs: vec![] })

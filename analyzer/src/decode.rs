@@ -4,11 +4,10 @@
 //! that will replay them. Everything that is not an access is passed on as
 //! a control event for the sequential timeline pass.
 
-use std::collections::HashMap;
-
 use ffirec_decode::{Decoded, MemAccess, Rw};
 use ffirec_format::{Event, Trace};
 
+use crate::state::FastMap;
 use crate::Error;
 
 /// Number of address shards. Fixed (never derived from the thread count) so
@@ -74,7 +73,7 @@ pub(crate) struct DecodeFailure {
 /// Per-worker decode cache: the same few instructions fault again and again.
 #[derive(Default)]
 pub(crate) struct Decoder {
-    cache: HashMap<u64, Cached>,
+    cache: FastMap<u64, Cached>,
     scratch: Vec<MemAccess>,
 }
 
@@ -85,7 +84,7 @@ struct Cached {
 }
 
 impl Decoder {
-    fn decoded(&mut self, ip: u64, code: &[u8]) -> Result<&Decoded, ffirec_decode::DecodeError> {
+    pub(crate) fn decoded(&mut self, ip: u64, code: &[u8]) -> Result<&Decoded, ffirec_decode::DecodeError> {
         let hit = match self.cache.get(&ip) {
             Some(c) => {
                 let n = usize::from(c.len);
@@ -110,11 +109,11 @@ impl Decoder {
     pub(crate) fn chunk(&mut self, trace: &Trace, index: usize) -> Result<ChunkRecs, Error> {
         let first = trace.chunks().get(index).map_or(0, |c| c.first_event);
         let events = trace.read_chunk(index)?;
-        Ok(self.records(first, events))
+        Ok(self.records(first, &events))
     }
 
     /// Turns events numbered from `first` into records.
-    pub(crate) fn records(&mut self, first: u64, events: Vec<Event>) -> ChunkRecs {
+    pub(crate) fn records(&mut self, first: u64, events: &[Event]) -> ChunkRecs {
         let mut out = ChunkRecs {
             accesses: vec![Vec::new(); SHARDS],
             ptr_loads: vec![Vec::new(); SHARDS],
@@ -122,9 +121,9 @@ impl Decoder {
             access_events: 0,
             decode_errors: Vec::new(),
         };
-        for (seq, ev) in (first..).zip(events) {
+        for (seq, ev) in (first..).zip(events.iter()) {
             match ev {
-                Event::Access { tid, ref code, ref regs, ref data, ref vregs, .. } => {
+                &Event::Access { tid, ref code, ref regs, ref data, ref vregs, .. } => {
                     out.access_events += 1;
                     let mut scratch = std::mem::take(&mut self.scratch);
                     scratch.clear();
@@ -141,14 +140,14 @@ impl Decoder {
                     }
                     self.scratch = scratch;
                 }
-                Event::SyscallAccess { tid, nr, ref ranges, .. } => {
+                &Event::SyscallAccess { tid, nr, ref ranges, .. } => {
                     for r in ranges {
                         let flags = SYSCALL | if r.write { WRITE } else { READ };
                         split(&mut out.accesses, seq, tid, nr, r.addr, r.len, flags);
                     }
-                    out.control.push((seq, ev));
+                    out.control.push((seq, ev.clone()));
                 }
-                other => out.control.push((seq, other)),
+                other => out.control.push((seq, other.clone())),
             }
         }
         out

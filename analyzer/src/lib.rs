@@ -14,6 +14,7 @@
 //! shard layout is fixed, so the output does not depend on `--threads`.
 
 mod decode;
+mod dump;
 mod findings;
 mod report;
 mod state;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use ffirec_format::{Completeness, Trace};
 use rayon::prelude::*;
 
+pub use dump::dump_accesses;
 pub use findings::{AllocRef, CallRef, Finding, Kind, Relation, Verdict};
 pub use report::{
     Allocation, CallFootprint, Exposure, ModuleInfo, Report, Summary, TraceInfo, Touched, SCHEMA,
@@ -105,20 +107,29 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let pb = progress_bar(opts, n);
     let (mut access_events, mut decode_errors) = (0u64, 0u64);
     let mut ops = Vec::new();
+    let timing = std::env::var_os("FFIREC_ANALYZE_TIMING").is_some();
+    let (mut t_decode, mut t_feed, mut t_shards) = (0f64, 0f64, 0f64);
     for start in (0..n).step_by(BATCH) {
+        let t0 = std::time::Instant::now();
         let idx: Vec<usize> = (start..n.min(start + BATCH)).collect();
         let recs: Vec<decode::ChunkRecs> = idx
             .par_iter()
             .map_init(decode::Decoder::default, |d, &i| d.chunk(trace, i))
             .collect::<Result<_, Error>>()?;
+        let t1 = std::time::Instant::now();
         ops.clear();
         for r in &recs {
             tl.feed(&r.control, &mut ops);
             access_events += r.access_events;
             decode_errors += r.decode_errors.len() as u64;
         }
+        let t2 = std::time::Instant::now();
         let ctx = state::Ctx { allocs: &tl.allocs, modules: &mm };
         shards.par_iter_mut().for_each(|s| s.run(&ops, &recs, &ctx));
+        let t3 = std::time::Instant::now();
+        t_decode += (t1 - t0).as_secs_f64();
+        t_feed += (t2 - t1).as_secs_f64();
+        t_shards += (t3 - t2).as_secs_f64();
         if let Some(pb) = &pb {
             pb.inc(idx.len() as u64);
         }
@@ -127,6 +138,7 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
         pb.finish_and_clear();
     }
 
+    let t_gather = std::time::Instant::now();
     // Gather the shards.
     let mut pieces = Vec::new();
     let mut exposures = Vec::new();
@@ -182,5 +194,12 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
         access_events,
         decode_errors,
     };
-    Ok(report::build(gathered, &syms, &opts.suppressions))
+    let report = report::build(gathered, &syms, &opts.suppressions);
+    if timing {
+        eprintln!(
+            "ffirec analyze timing: decode {t_decode:.3}s, timeline {t_feed:.3}s, shards {t_shards:.3}s, gather+report {:.3}s",
+            t_gather.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
 }

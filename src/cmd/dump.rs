@@ -26,6 +26,10 @@ pub struct DumpArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Print the decoded memory accesses instead, one JSON object per access:
+    /// {"kind":"access","seq","tid","call","ip","addr","size","rw":"r"|"w"|"rw","module","symbol"}.
+    #[arg(long)]
+    pub accesses: bool,
 }
 
 pub fn run(args: DumpArgs) -> ExitCode {
@@ -50,6 +54,9 @@ fn dump(args: &DumpArgs) -> io::Result<u8> {
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    if args.accesses {
+        return accesses(args, &trace, &mut out);
+    }
     if args.format == Format::Text {
         text_preamble(&mut out, &trace)?;
     }
@@ -70,6 +77,28 @@ fn dump(args: &DumpArgs) -> io::Result<u8> {
     if let Completeness::Truncated { chunks, events } = trace.completeness() {
         eprintln!(
             "ffirec: error: {}: trace truncated (no valid footer): printed the {events} events of its {chunks} complete chunks",
+            args.trace.display()
+        );
+        return Ok(exit::TRUNCATED);
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `--accesses`: decoded memory accesses (the analyzer's first stage) as JSON lines.
+fn accesses(args: &DumpArgs, trace: &Trace, out: &mut impl Write) -> io::Result<u8> {
+    if let Err(e) = ffirec_analyzer::dump_accesses(trace, out) {
+        out.flush()?;
+        match e {
+            ffirec_analyzer::Error::Io { source, .. } => return Err(source),
+            ffirec_analyzer::Error::Trace(e) => eprintln!("ffirec: error: {}", describe(&args.trace, &e)),
+            e => eprintln!("ffirec: error: {}: {e}", args.trace.display()),
+        }
+        return Ok(exit::ERROR);
+    }
+    out.flush()?;
+    if let Completeness::Truncated { chunks, events } = trace.completeness() {
+        eprintln!(
+            "ffirec: error: {}: trace truncated (no valid footer): printed the accesses of the {events} events of its {chunks} complete chunks",
             args.trace.display()
         );
         return Ok(exit::TRUNCATED);

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use ffirec_format::{AllocFn, Domain, Event, ExitStatus, GapReason, Tid};
 
 pub use intervals::RangeSet;
+pub(crate) use shadow::FastMap;
 pub(crate) use shard::{Ctx, LoadExposure, Piece, Shard, Stats, Target};
 
 /// "No foreign call open".
