@@ -89,7 +89,11 @@ impl Trace {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(io(std::io::Error::other("is a directory, not a trace file")));
+        }
+        let len = meta.len();
         if len == 0 {
             // mmap of an empty file fails; an empty file is simply no trace.
             return Err(Error::NotATrace);

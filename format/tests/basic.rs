@@ -109,3 +109,23 @@ fn trace_is_sync_and_send() {
     fn check<T: Sync + Send>() {}
     check::<Trace>();
 }
+
+#[test]
+fn directories_and_missing_files_are_io_errors_naming_the_path() {
+    let dir = std::env::temp_dir();
+    match Trace::open(&dir) {
+        Err(Error::Io { path, source }) => {
+            assert_eq!(path, dir);
+            assert_eq!(source.to_string(), "is a directory, not a trace file");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let missing = dir.join("ffirec-no-such-trace.ffr");
+    match Trace::open(&missing) {
+        Err(Error::Io { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
