@@ -1,0 +1,48 @@
+//! Processes share the ring: a forked child's records carry its own tid and
+//! see the parent's anonymous mappings; an exec'd image starts a fresh model.
+
+mod alloc_common;
+
+use alloc_common::{caller, fixture, hex, spawn, text_range, wait};
+use ffirec_format::{AllocFn, Domain, Event};
+use ffirec_recorder::alloc::AllocTracker;
+
+#[test]
+fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
+    let exe = fixture("alloc_fork");
+    let mut tracker = AllocTracker::new().unwrap();
+    let out = wait(spawn(&exe, &[], &tracker.env()));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        stdout.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")[..])).unwrap().to_owned()
+    };
+    let (a, q) = (hex(&field("a")), hex(&field("q")));
+    let child: u32 = field("child").parse().unwrap();
+    let parent: u32 = field("parent").parse().unwrap();
+    let (lo, hi) = text_range(&stdout);
+
+    let mut events = vec![];
+    tracker.drain_final(|e| events.push(e));
+    let mut mine: Vec<Event> = events
+        .into_iter()
+        .filter(|e| e.tid().is_some_and(|t| t == child || t == parent))
+        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
+        .collect();
+    for e in &mut mine {
+        if let Event::Alloc { caller, .. } | Event::Free { caller, .. } = e {
+            *caller = 0;
+        }
+    }
+    let free = |tid, ptr| Event::Free { tid, ptr, caller: 0, domain: Domain::Host };
+    assert_eq!(
+        mine,
+        vec![
+            Event::Alloc { tid: parent, func: AllocFn::Mmap, ptr: a, size: 8192, old_ptr: 0, caller: 0, domain: Domain::Host, zeroed: true },
+            free(child, a),
+            Event::Alloc { tid: child, func: AllocFn::Malloc, ptr: q, size: 77, old_ptr: 0, caller: 0, domain: Domain::Host, zeroed: false },
+            free(child, q),
+            free(parent, a),
+        ]
+    );
+}
