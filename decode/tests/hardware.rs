@@ -15,89 +15,11 @@
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #![allow(clippy::unwrap_used)] // test code: a bad table line should panic with its location
 
-use std::arch::asm;
+mod native;
 
 use ffirec_decode::Decoded;
 use ffirec_format::{Regs, VecReg, VecRegKind};
-
-const PAGE: u64 = 4096;
-
-/// Raw syscall: no libc dependency, and usable in the forked child.
-///
-/// # Safety
-/// The caller must pass a valid syscall and arguments.
-unsafe fn syscall6(n: u64, a: [u64; 6]) -> i64 {
-    let ret: i64;
-    // SAFETY: the caller vouches for the syscall; rcx/r11 are clobbered by `syscall`.
-    unsafe {
-        asm!("syscall", inlateout("rax") n as i64 => ret, in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
-             in("r10") a[3], in("r8") a[4], in("r9") a[5], lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    ret
-}
-
-const SYS_MMAP: u64 = 9;
-const SYS_MPROTECT: u64 = 10;
-const SYS_FORK: u64 = 57;
-const SYS_WAIT4: u64 = 61;
-const SYS_SETRLIMIT: u64 = 160;
-const SYS_EXIT_GROUP: u64 = 231;
-const PROT_NONE: u64 = 0;
-const PROT_RW: u64 = 3;
-const PROT_RWX: u64 = 7;
-const MAP_PRIVATE_ANON: u64 = 0x02 | 0x20;
-const RLIMIT_CORE: u64 = 4;
-const SIGSEGV: i32 = 11;
-const SIGILL: i32 = 4;
-
-fn mmap(len: u64, prot: u64) -> u64 {
-    // SAFETY: anonymous private mapping at a kernel-chosen address.
-    let r = unsafe { syscall6(SYS_MMAP, [0, len, prot, MAP_PRIVATE_ANON, u64::MAX, 0]) };
-    assert!(r > 0, "mmap failed: {r}");
-    r as u64
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Exited,
-    Segv,
-    Other(i32),
-}
-
-/// Runs `code` (which must end in exit_group) in a forked child.
-fn run(code_page: u64, code: &[u8]) -> Outcome {
-    assert!(code.len() < PAGE as usize);
-    // SAFETY: code_page is our own RWX mapping of one page; code fits.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), code_page as *mut u8, code.len()) };
-    // SAFETY: fork; the child only makes raw syscalls and jumps to `code`,
-    // which ends with exit_group, so it never returns into Rust state that
-    // other threads of the parent might have held locks in.
-    let pid = unsafe { syscall6(SYS_FORK, [0; 6]) };
-    assert!(pid >= 0, "fork failed: {pid}");
-    if pid == 0 {
-        let no_core = [0u64, 0u64];
-        // SAFETY: in the child: no core dumps for the expected SIGSEGVs, then
-        // run the program (it ends with exit_group).
-        unsafe {
-            syscall6(SYS_SETRLIMIT, [RLIMIT_CORE, no_core.as_ptr() as u64, 0, 0, 0, 0]);
-            let f: extern "C" fn() = std::mem::transmute(code_page as usize);
-            f();
-            syscall6(SYS_EXIT_GROUP, [99, 0, 0, 0, 0, 0]);
-        }
-        unreachable!();
-    }
-    let mut status: i32 = 0;
-    // SAFETY: waiting for our own child; status is a valid out-pointer.
-    let r = unsafe { syscall6(SYS_WAIT4, [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0]) };
-    assert_eq!(r, pid, "wait4 failed");
-    let sig = status & 0x7f;
-    match (sig, (status >> 8) & 0xff) {
-        (0, 0) => Outcome::Exited,
-        (0, c) => Outcome::Other(1000 + c),
-        (SIGSEGV, _) => Outcome::Segv,
-        (s, _) => Outcome::Other(s),
-    }
-}
+use native::{mmap, run, syscall6, Outcome, PAGE, PROT_NONE, PROT_RW, PROT_RWX, SIGILL, SYS_MPROTECT};
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
@@ -163,14 +85,14 @@ fn decoder_agrees_with_cpu_faults() {
     let text = include_str!("hardware.txt");
     let mut lines = text.lines();
     let suffix = hex(lines.clone().find_map(|l| l.strip_prefix("# exit suffix:")).unwrap());
-    let data = mmap(3 * PAGE, PROT_RW);
+    let data = mmap(3 * PAGE, PROT_RW, false);
     // SAFETY: our own mapping; make the outer pages PROT_NONE.
     unsafe {
         assert_eq!(syscall6(SYS_MPROTECT, [data, PAGE, PROT_NONE, 0, 0, 0]), 0);
         assert_eq!(syscall6(SYS_MPROTECT, [data + 2 * PAGE, PAGE, PROT_NONE, 0, 0, 0]), 0);
     }
     let p = data + PAGE;
-    let code_page = mmap(PAGE, PROT_RWX);
+    let code_page = mmap(PAGE, PROT_RWX, false);
     let mut failures = Vec::new();
     let (mut checked, mut undetermined, mut skipped) = (0, 0, 0);
     for (n, line) in lines.by_ref().enumerate() {
