@@ -220,3 +220,41 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rkyv_defaults_give_the_documented_flags() {
+        assert_eq!(layout_flags(), FLAG_LITTLE_ENDIAN | FLAG_PTR32 | FLAG_ALIGNED);
+        assert_eq!(layout_flags(), 0x0007);
+    }
+
+    #[test]
+    fn chunk_header_and_trailer_roundtrip_and_reject_every_bit_flip() {
+        let h = ChunkHeader {
+            kind: ChunkKind::Events,
+            compressed_len: 1234,
+            raw_len: 99_999,
+            first_event: 1 << 40,
+            event_count: 65_536,
+            payload_crc: 0xdead_beef,
+        };
+        let b = h.encode();
+        assert_eq!(ChunkHeader::decode(&b), Ok(h));
+        for bit in 0..CHUNK_HEADER_LEN * 8 {
+            let mut m = b;
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert!(ChunkHeader::decode(&m).is_err(), "bit {bit}");
+        }
+        let t = Trailer { footer_offset: 4096, footer_len: 300, footer_crc: 7 };
+        let b = t.encode();
+        assert_eq!(Trailer::decode(&b), Some(t));
+        for bit in 0..TRAILER_LEN * 8 {
+            let mut m = b;
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Trailer::decode(&m), None, "bit {bit}");
+        }
+    }
+}
