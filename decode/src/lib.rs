@@ -9,6 +9,27 @@
 //! Hidden: iced-x86's operand model, `rep`/direction-flag/VSIB/opmask expansion.
 //!
 //! What each instruction family gives is documented on [`Decoded::accesses_into`].
+//!
+//! Typical use (analyzer and recorder alike):
+//!
+//! ```
+//! use ffirec_decode::{DecodeCache, Rw};
+//! use ffirec_format::Regs;
+//!
+//! let mut cache = DecodeCache::new();
+//! let mut ranges = Vec::new();
+//! let regs = Regs { gpr: [0x1000; 16], ..Regs::default() };
+//! // mov eax, [rdi+rcx*4+8]
+//! let d = cache.get_or_decode(0x40_1000, &[0x8b, 0x44, 0x8f, 0x08])?;
+//! // Capture d.needed_vregs() at the fault; none here.
+//! d.accesses_into(&regs, &[], &mut ranges)?;
+//! assert_eq!((ranges[0].addr, ranges[0].size, ranges[0].rw), (0x1000 + 0x4000 + 8, 4, Rw::Read));
+//! # Ok::<(), ffirec_decode::DecodeError>(())
+//! ```
+//!
+//! The AVX-512 fault-suppression rules, operand sizes and the emulation
+//! semantics are checked against the CPU by `tests/hardware.rs` and
+//! `tests/emulation_hw.rs` (cases assembled by GNU as, see the generators).
 
 mod cache;
 mod decoded;

@@ -208,3 +208,11 @@ fn indirect_branches_through_memory() {
         assert!(Decoded::new(0x40_0000, code).unwrap().indirect_branch().is_none(), "{code:02x?}");
     }
 }
+
+#[test]
+fn decoded_and_cache_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Decoded>();
+    send_sync::<DecodeCache>();
+    send_sync::<ffirec_decode::Emulation>();
+}
