@@ -261,11 +261,12 @@ impl Report {
             }
             for t in &c.touched {
                 let mut parts = Vec::new();
+                let abs = t.target != "alloc";
                 if !t.read.is_empty() {
-                    parts.push(format!("read {}", ranges(&t.read)));
+                    parts.push(format!("read {}", ranges(&t.read, abs)));
                 }
                 if !t.written.is_empty() {
-                    parts.push(format!("wrote {}", ranges(&t.written)));
+                    parts.push(format!("wrote {}", ranges(&t.written, abs)));
                 }
                 let args = if t.args.is_empty() {
                     String::new()
@@ -304,8 +305,12 @@ impl Report {
     }
 }
 
-fn ranges(r: &[[u64; 2]]) -> String {
-    r.iter().map(|[s, e]| format!("[{s},{e})")).collect::<Vec<_>>().join(" ")
+/// `[0,16) [32,40)`; absolute addresses in hex.
+fn ranges(r: &[[u64; 2]], hex: bool) -> String {
+    r.iter()
+        .map(|[s, e]| if hex { format!("[{s:#x},{e:#x})") } else { format!("[{s},{e})") })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub(crate) fn func_name(f: AllocFn) -> &'static str {

@@ -65,7 +65,7 @@ fn off_by_one_after_malloc_10_is_out_of_bounds_0_past_the_end() {
     assert_eq!((f.kind, f.addr.as_str(), f.size, f.count), (Kind::OutOfBounds, "0x55555555a00a", 1, 1));
     let a = f.allocation.as_ref().unwrap();
     assert_eq!((a.id, a.relation, a.distance), (0, Relation::After, 0));
-    assert_eq!(r.calls[0].touched[0].read, vec![[9, 10]]);
+    assert_eq!(r.calls[0].touched[0].read, vec![[9, 11]]);
     assert_eq!(r.calls[0].touched[0].args, vec![0]);
 }
 

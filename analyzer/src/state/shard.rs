@@ -420,20 +420,30 @@ impl Shard {
             }
             return se;
         }
-        self.touch(call, Target::Other, s, e, a.flags);
         let region = self.regions.get(s);
         if let Some((_, r)) = region {
+            let re = e.min(r.end);
             if write && r.prot & PROT_WRITE == 0 && r.host {
-                self.piece(Kind::ReadOnlyWrite, a, call, s, e.min(r.end), NO_ALLOC);
-                return e.min(r.end);
+                self.touch(call, Target::Other, s, re, a.flags);
+                self.piece(Kind::ReadOnlyWrite, a, call, s, re, NO_ALLOC);
+                return re;
             }
             if r.flags & (MAP_GROWSDOWN | MAP_STACK) != 0 || !r.host {
-                return e.min(r.end);
+                self.touch(call, Target::Other, s, re, a.flags);
+                return re;
             }
         }
         let nearest = self.nearest(s, e, ctx);
         let heap = self.seen_alloc
             && (region.is_some() || nearest.is_some_and(|(_, dist)| dist < NEAR_HEAP));
+        // Heap bytes past an allocation's end count against that allocation
+        // (offsets beyond its size), so footprints stay relative.
+        match nearest.and_then(|(id, _)| ctx.allocs.get(id as usize).map(|n| (id, n.base))) {
+            Some((id, base)) if heap && s >= base => {
+                self.touch(call, Target::Alloc(id), s - base, e - base, a.flags)
+            }
+            _ => self.touch(call, Target::Other, s, e, a.flags),
+        }
         if !heap {
             self.out.stats.unclassified += u64::from(a.flags & FIRST != 0);
             return e;
