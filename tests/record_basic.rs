@@ -72,6 +72,10 @@ fn record_rep_movsb_stosb_forward_and_backward() {
     for n in ["dst", "dst2", "bdst", "bdst2"] {
         assert_eq!(ranges_in(&b.read, r.addr(n), 256), vec![], "{n} read");
     }
+    // `rep` strings are not simple moves: they run through trampoline slots.
+    let t = r.trace();
+    assert_eq!(record_support::counter(&t, "singlestepped"), 0);
+    assert!(record_support::counter(&t, "trampolined") >= 4);
 }
 
 #[test]
@@ -191,4 +195,21 @@ fn record_one_ptrace_stop_per_fault() {
     let stops = record_support::counter(&t, "ptrace_stops");
     let calls = record_support::counter(&t, "calls");
     assert!(stops - faults <= 20 + 8 * calls, "{stops} stops for {faults} faults and {calls} calls");
+}
+
+#[test]
+fn record_one_ptrace_stop_per_fault_through_trampolines() {
+    let prog = host();
+    let r = record("stops_tramp", &prog, &["addloop", "256", "40"], &["--lib", "librecfx.so"]);
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr);
+    let nat = native(&prog, &["addloop", "256", "40"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    let t = r.trace();
+    let faults = record_support::counter(&t, "faults");
+    assert_eq!(faults, 256 * 40);
+    assert_eq!(record_support::counter(&t, "fault_stops"), faults, "more than one stop per fault");
+    assert_eq!(record_support::counter(&t, "trampolined"), faults);
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("buf"), 2048), vec![(0, 2048)]);
+    assert_eq!(ranges_in(&b.written, r.addr("buf"), 2048), vec![(0, 2048)]);
 }

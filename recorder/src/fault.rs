@@ -116,6 +116,7 @@ impl Tracer {
         self.ranges.clear();
         let mut vregs: Vec<VecReg> = Vec::new();
         let mut emulation: Option<Emulation> = None;
+        let mut instr: Option<iced_x86::Instruction> = None;
         let mut next_ip = 0;
         let mut len = n.min(15);
         match self.decode.get_or_decode(raw.rip, &code[..n]) {
@@ -123,6 +124,7 @@ impl Tracer {
                 len = d.len();
                 next_ip = d.next_ip();
                 emulation = d.emulation().copied();
+                instr = Some(*d.instruction());
                 if !d.needed_vregs().is_empty() {
                     let need: Vec<(VecRegKind, u8)> = d.needed_vregs().to_vec();
                     let got = sys::get_xstate(tid, &mut self.xsave)?;
@@ -150,6 +152,12 @@ impl Tracer {
         if let Some(emu) = emulation {
             if self.emulate(tid, raw, regs, &emu, next_ip)? {
                 self.sink.counters.emulated += 1;
+                return Ok(());
+            }
+        }
+        if let Some(i) = instr {
+            if self.trampoline(tid, raw, fault_addr, &i)? {
+                self.sink.counters.trampolined += 1;
                 return Ok(());
             }
         }
@@ -302,5 +310,195 @@ impl Tracer {
             let _ = sys::tgkill(self.pid, tid, s);
         }
         self.resume(tid, 0)
+    }
+}
+
+/// Trampoline slots already written into the injected code area.
+#[derive(Debug, Default)]
+pub struct Trampolines {
+    /// (ip, ranges to open) → slot address.
+    slots: std::collections::HashMap<(u64, usize), u64>,
+    /// Slot extents, for mapping a fault inside one back to its instruction:
+    /// (start, end, original ip).
+    extents: Vec<(u64, u64, u64)>,
+    /// Next free byte in the code area.
+    next: u64,
+    /// The ranges the last trampoline run opened.
+    open: Vec<(u64, u64, u32)>,
+    /// Code area exhausted or out of reach: stop trying.
+    full: bool,
+}
+
+/// Most ranges a slot opens; more go through the single-step fallback.
+const TRAMP_MAX_RANGES: usize = 32;
+/// Data-area offsets: the per-fault range table and two register save areas.
+const TRAMP_TAB: u64 = 0x8000;
+const TRAMP_SAVE: u64 = 0x9000;
+const TRAMP_SAVE2: u64 = 0x9080;
+/// Registers the slot's syscalls clobber: rax, rcx, rdx, rsi, rdi, r10, r11.
+const CLOBBERED: [u8; 7] = [0, 1, 2, 6, 7, 10, 11];
+
+/// A tiny x86-64 emitter for the slot's fixed instruction forms.
+struct Asm {
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl Asm {
+    fn pc(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+    /// `mov [rip+disp32], r64` (store) or `mov r64, [rip+disp32]` (load).
+    fn mov_rip(&mut self, store: bool, reg: u8, target: u64) -> Option<()> {
+        let next = self.pc() + 7;
+        let disp = i32::try_from(target as i64 - next as i64).ok()?;
+        self.buf.push(0x48 | if reg >= 8 { 0x04 } else { 0 });
+        self.buf.push(if store { 0x89 } else { 0x8b });
+        self.buf.push(0x05 | ((reg & 7) << 3));
+        self.buf.extend_from_slice(&disp.to_le_bytes());
+        Some(())
+    }
+    fn mov_eax(&mut self, v: u32) {
+        self.buf.push(0xb8);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn mov_edx(&mut self, v: u32) {
+        self.buf.push(0xba);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn mov_r10_minus1(&mut self) {
+        self.buf.extend_from_slice(&[0x49, 0xc7, 0xc2, 0xff, 0xff, 0xff, 0xff]);
+    }
+    fn syscall(&mut self) {
+        self.buf.extend_from_slice(&[0x0f, 0x05]);
+    }
+    /// `jmp [rip+0]; dq target`.
+    fn jmp_abs(&mut self, target: u64) {
+        self.buf.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+        self.buf.extend_from_slice(&target.to_le_bytes());
+    }
+    /// Protection calls over table entries 0..k; `open` uses each entry's
+    /// prot, otherwise PROT_NONE. No flag-modifying instruction: `syscall`
+    /// itself preserves rflags (via r11, which we saved).
+    fn protect(&mut self, nr: u32, tab: u64, k: usize, open: bool) -> Option<()> {
+        for i in 0..k as u64 {
+            let e = tab + i * 24;
+            self.mov_eax(nr);
+            self.mov_rip(false, 7, e)?;
+            self.mov_rip(false, 6, e + 8)?;
+            if open {
+                self.mov_rip(false, 2, e + 16)?;
+            } else {
+                self.mov_edx(0);
+            }
+            self.mov_r10_minus1();
+            self.syscall();
+        }
+        Some(())
+    }
+    fn save(&mut self, area: u64) -> Option<()> {
+        for (i, &r) in CLOBBERED.iter().enumerate() {
+            self.mov_rip(true, r, area + 8 * i as u64)?;
+        }
+        Some(())
+    }
+    fn restore(&mut self, area: u64) -> Option<()> {
+        for (i, &r) in CLOBBERED.iter().enumerate() {
+            self.mov_rip(false, r, area + 8 * i as u64)?;
+        }
+        Some(())
+    }
+}
+
+/// Slot code: save, open k ranges, restore, the relocated instruction,
+/// save, close, restore, jump back. Returns the bytes and the offset of the
+/// relocated instruction.
+fn build_slot(slot: u64, data: u64, nr: u32, k: usize, instr: &iced_x86::Instruction) -> Option<Vec<u8>> {
+    let mut a = Asm { base: slot, buf: Vec::with_capacity(256) };
+    a.save(data + TRAMP_SAVE)?;
+    a.protect(nr, data + TRAMP_TAB, k, true)?;
+    a.restore(data + TRAMP_SAVE)?;
+    let block = iced_x86::InstructionBlock::new(std::slice::from_ref(instr), a.pc());
+    let enc = iced_x86::BlockEncoder::encode(64, block, iced_x86::BlockEncoderOptions::NONE).ok()?;
+    a.buf.extend_from_slice(&enc.code_buffer);
+    a.save(data + TRAMP_SAVE2)?;
+    a.protect(nr, data + TRAMP_TAB, k, false)?;
+    a.restore(data + TRAMP_SAVE2)?;
+    a.jmp_abs(instr.next_ip());
+    Some(a.buf)
+}
+
+impl Tracer {
+    /// Sends the thread through a trampoline slot: one pwrite of the range
+    /// table, one SETREGS, no further stop. False when the instruction
+    /// cannot be hosted (branches, too many ranges, out of reach).
+    fn trampoline(&mut self, tid: Pid, mut raw: RawRegs, fault_addr: u64, instr: &iced_x86::Instruction) -> Result<bool, Error> {
+        let Some(inj) = self.inject else { return Ok(false) };
+        if self.tramp.full || instr.flow_control() != iced_x86::FlowControl::Next {
+            return Ok(false);
+        }
+        let open = self.pages_for(fault_addr);
+        let k = open.len();
+        if k == 0 || k > TRAMP_MAX_RANGES {
+            return Ok(false);
+        }
+        let slot = match self.tramp.slots.get(&(raw.rip, k)) {
+            Some(&s) => s,
+            None => {
+                if self.tramp.next == 0 {
+                    self.tramp.next = inj.code + crate::guard::SLOTS_OFF;
+                }
+                let at = self.tramp.next;
+                let Some(code) = build_slot(at, inj.data, self.protect_nr, k, instr) else {
+                    return Ok(false);
+                };
+                if at + code.len() as u64 > inj.code + crate::guard::CODE_LEN {
+                    self.tramp.full = true;
+                    return Ok(false);
+                }
+                self.mem.write(RemoteAddr(at), &code)?;
+                self.tramp.next = (at + code.len() as u64 + 15) & !15;
+                self.tramp.slots.insert((raw.rip, k), at);
+                self.tramp.extents.push((at, at + code.len() as u64, raw.rip));
+                at
+            }
+        };
+        let mut table = [0u8; TRAMP_MAX_RANGES * 24];
+        for (i, &(addr, len, prot)) in open.iter().enumerate() {
+            table[i * 24..i * 24 + 8].copy_from_slice(&addr.to_le_bytes());
+            table[i * 24 + 8..i * 24 + 16].copy_from_slice(&len.to_le_bytes());
+            table[i * 24 + 16..i * 24 + 24].copy_from_slice(&u64::from(prot).to_le_bytes());
+        }
+        self.mem.write(RemoteAddr(inj.data + TRAMP_TAB), &table[..k * 24])?;
+        self.tramp.open = open;
+        raw.rip = slot;
+        sys::setregs(tid, &raw)?;
+        self.resume(tid, 0)?;
+        Ok(true)
+    }
+
+    /// The original instruction address when `rip` lies in a slot.
+    pub fn slot_origin(&self, rip: u64) -> Option<u64> {
+        self.tramp.extents.iter().find(|&&(s, e, _)| rip >= s && rip < e).map(|&(_, _, ip)| ip)
+    }
+
+    /// A fault inside a trampoline slot: the decoder missed a range (or the
+    /// fault is the program's own). Close what the slot opened, put the
+    /// thread back on the original instruction and take the fallback.
+    pub fn on_slot_fault(&mut self, tid: Pid, mut raw: RawRegs, orig_ip: u64, signal: i32) -> Result<(), Error> {
+        let si = sys::getsiginfo(tid)?;
+        let close: Vec<(u64, u64, u32)> = self.tramp.open.iter().map(|&(a, l, _)| (a, l, 0)).collect();
+        self.run_batch(tid, &raw, &close)?;
+        // Registers were restored before the relocated instruction ran, so
+        // only rip differs from the state at the original instruction.
+        raw.rip = orig_ip;
+        sys::setregs(tid, &raw)?;
+        if signal == libc::SIGSEGV && self.guard_of(si.addr).is_some() {
+            self.sink.counters.widened += 1;
+            self.sink.counters.fault_stops += 1;
+            self.ranges.clear();
+            return self.step_fallback(tid, raw, si.addr);
+        }
+        self.program_signal(tid, signal)
     }
 }

@@ -128,33 +128,46 @@ impl Tracer {
         let mut saved = [0u8; 3];
         self.mem.read(RemoteAddr(at), &mut saved)?;
         self.mem.write(RemoteAddr(at), &STUB[RSYS as usize..RSYS_DONE as usize])?;
-        let mmap = |t: &mut Tracer, len: u64, prot: i32| -> Result<u64, Error> {
+        let syscall = |t: &mut Tracer, nr: i64, args: [u64; 6]| -> Result<u64, Error> {
             let mut r = *regs;
-            r.rax = libc::SYS_mmap as u64;
-            r.rdi = 0;
-            r.rsi = len;
-            r.rdx = prot as u64;
-            r.r10 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-            r.r8 = u64::MAX;
-            r.r9 = 0;
+            r.rax = nr as u64;
+            r.rdi = args[0];
+            r.rsi = args[1];
+            r.rdx = args[2];
+            r.r10 = args[3];
+            r.r8 = args[4];
+            r.r9 = args[5];
             r.rip = at;
             let out = t.run_until_trap(tid, &r, at + 3)?;
             if (out.rax as i64) < 0 && (out.rax as i64) > -4096 {
-                return Err(Error::Protocol(format!("remote mmap failed: errno {}", -(out.rax as i64))));
+                return Err(Error::Protocol(format!("remote syscall {nr} failed: errno {}", -(out.rax as i64))));
             }
             Ok(out.rax)
         };
-        let code = mmap(self, CODE_LEN, libc::PROT_READ | libc::PROT_EXEC);
-        let data = mmap(self, DATA_LEN, libc::PROT_READ | libc::PROT_WRITE);
+        // One mapping, code first, so the data area is in rip-relative reach
+        // of every trampoline slot.
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let base = syscall(self, libc::SYS_mmap, [0, CODE_LEN + DATA_LEN, rw, flags, u64::MAX, 0]);
+        let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        let prot = match base {
+            Ok(b) => syscall(self, libc::SYS_mprotect, [b, CODE_LEN, rx, 0, 0, 0]),
+            Err(_) => Ok(0),
+        };
         self.mem.write(RemoteAddr(at), &saved)?;
-        let (code, data) = (code?, data?);
+        let base = base?;
+        prot?;
+        let (code, data) = (base, base + CODE_LEN);
         self.mem.write(RemoteAddr(code), &STUB)?;
         self.inject = Some(Injected { code, data });
+        // pkey_mprotect(…, -1) keeps a seccomp filter on mprotect out of our
+        // way; older kernels lack it, and trampolines cannot branch on ENOSYS.
+        let probe = self.remote_syscall(tid, regs, libc::SYS_pkey_mprotect, [data, self.page, rw, u64::MAX, 0, 0])?;
+        self.protect_nr = if probe == 0 { libc::SYS_pkey_mprotect as u32 } else { libc::SYS_mprotect as u32 };
         Ok(())
     }
 
     /// One remote syscall through the injected `syscall; int3`.
-    #[allow(dead_code)]
     pub fn remote_syscall(&mut self, tid: Pid, regs: &RawRegs, nr: i64, args: [u64; 6]) -> Result<i64, Error> {
         let inj = self.inject.ok_or_else(|| Error::Protocol("no injected pages".into()))?;
         let mut r = *regs;

@@ -120,6 +120,9 @@ pub(crate) struct Tracer {
     pub alloc: Option<crate::alloc::AllocTracker>,
     /// `rip` at the alloc shim's flush trap (after its int3).
     pub shim_trap: Option<u64>,
+    /// Syscall the trampolines use to change protections.
+    pub protect_nr: u32,
+    pub tramp: crate::fault::Trampolines,
 }
 
 pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
@@ -210,6 +213,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         warned_batch: false,
         alloc,
         shim_trap: None,
+        protect_nr: libc::SYS_mprotect as u32,
+        tramp: crate::fault::Trampolines::default(),
     };
     t.threads.insert(pid, Thread::default());
     if let Err(e) = t.on_exec_image(pid) {
@@ -399,6 +404,8 @@ impl Tracer {
                 self.guards.clear();
                 self.modules.clear();
                 self.inject = None;
+                self.tramp = crate::fault::Trampolines::default();
+                self.ret_bps.clear();
                 self.rbrk_bp = None;
                 self.decode.clear();
                 self.mem = Mem::open(self.pid)?;
@@ -484,9 +491,17 @@ impl Tracer {
                 }
                 self.program_signal(tid, signal)
             }
-            libc::SIGSEGV => {
-                let si = sys::getsiginfo(tid)?;
+            libc::SIGSEGV | libc::SIGBUS => {
                 let regs = sys::getregs(tid)?;
+                if self.foreign_mode && self.owner == Some(tid) {
+                    if let Some(orig) = self.slot_origin(regs.rip) {
+                        return self.on_slot_fault(tid, regs, orig, signal);
+                    }
+                }
+                if signal == libc::SIGBUS {
+                    return self.program_signal(tid, signal);
+                }
+                let si = sys::getsiginfo(tid)?;
                 let in_foreign = self.threads.get(&tid).is_some_and(Thread::in_foreign);
                 if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && self.guard_of(si.addr).is_some() {
                     return self.on_fault(tid, regs, si.addr);
