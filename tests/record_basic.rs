@@ -114,6 +114,10 @@ fn record_call_through_pointer_in_host_memory() {
     let b = bytes(&r.events());
     assert_eq!(ranges_in(&b.read, r.addr("slot"), 16), vec![(0, 8)]);
     assert_eq!(ranges_in(&b.written, r.addr("slot"), 16), vec![]);
+    // `call [m]` is emulated by the recorder: no single-step.
+    let t = r.trace();
+    assert_eq!(record_support::counter(&t, "singlestepped"), 0);
+    assert_eq!(record_support::counter(&t, "fault_stops"), record_support::counter(&t, "faults"));
 }
 
 #[test]

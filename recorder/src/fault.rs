@@ -156,6 +156,10 @@ impl Tracer {
             }
         }
         if let Some(i) = instr {
+            if self.emulate_branch(tid, raw, &i)? {
+                self.sink.counters.emulated += 1;
+                return Ok(());
+            }
             if self.trampoline(tid, raw, fault_addr, &i)? {
                 self.sink.counters.trampolined += 1;
                 return Ok(());
@@ -231,6 +235,33 @@ impl Tracer {
             }
         }
         raw.rip = next_ip;
+        sys::setregs(tid, &raw)?;
+        self.resume(tid, 0)?;
+        Ok(true)
+    }
+
+    /// `call [m]` / `jmp [m]` through guarded memory: read the target,
+    /// push the return address for `call`, set rip. One stop.
+    fn emulate_branch(&mut self, tid: Pid, mut raw: RawRegs, instr: &iced_x86::Instruction) -> Result<bool, Error> {
+        use iced_x86::{Mnemonic, OpKind};
+        let m = instr.mnemonic();
+        if !matches!(m, Mnemonic::Call | Mnemonic::Jmp) || instr.op0_kind() != OpKind::Memory || instr.memory_size().size() != 8 {
+            return Ok(false);
+        }
+        let Some(src) = self.ranges.iter().find(|r| r.rw == Rw::Read && r.size == 8).copied() else { return Ok(false) };
+        let mut b = [0u8; 8];
+        if self.mem.read_partial(RemoteAddr(src.addr), &mut b) != 8 {
+            return Ok(false);
+        }
+        let target = u64::from_le_bytes(b);
+        if m == Mnemonic::Call {
+            let sp = raw.rsp.wrapping_sub(8);
+            if self.mem.write(RemoteAddr(sp), &instr.next_ip().to_le_bytes()).is_err() {
+                return Ok(false);
+            }
+            raw.rsp = sp;
+        }
+        raw.rip = target;
         sys::setregs(tid, &raw)?;
         self.resume(tid, 0)?;
         Ok(true)
