@@ -471,3 +471,64 @@ fn newer_versions_are_incompatible_with_the_range_named() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// Rebuilds event chunk `r` of a scan-mode (unfinished) trace around a new
+/// decompressed payload, with every checksum and length made consistent, so
+/// only rkyv validation and the batch decoder stand between it and the reader.
+fn with_raw_payload(s: &Sample, r: &Region, raw: &[u8]) -> Vec<u8> {
+    let payload = zstd::bulk::compress(raw, 3).unwrap();
+    let mut header: [u8; CHUNK_HEADER] = s.bytes[r.start..r.start + CHUNK_HEADER].try_into().unwrap();
+    header[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[12..16].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    header[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    let crc = crc32fast::hash(&header[..36]);
+    header[36..40].copy_from_slice(&crc.to_le_bytes());
+    let mut m = s.bytes[..r.start].to_vec();
+    m.extend_from_slice(&header);
+    m.extend_from_slice(&payload);
+    m.extend_from_slice(&s.bytes[r.end..]);
+    m
+}
+
+#[test]
+fn hostile_payloads_with_valid_checksums_never_panic_the_decoder() {
+    let s = sample("payload", false, 150);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut n = 0;
+    let mut rejected = 0;
+    for (i, r) in s.event_chunks().enumerate() {
+        let raw = zstd::bulk::decompress(&s.bytes[r.payload()], 1 << 20).unwrap();
+        let mut variants: Vec<(String, Vec<u8>)> = vec![];
+        for _ in 0..120 {
+            let mut m = raw.clone();
+            let p = rng.below(m.len());
+            match rng.below(4) {
+                0 => m[p] ^= 1 << rng.below(8),
+                1 => m[p] = 0xff,
+                2 => m[p] = 0,
+                _ => m[p] = rng.next() as u8,
+            }
+            variants.push((format!("raw byte {p} changed"), m));
+        }
+        for cut in [0, 1, raw.len() / 2, raw.len() - 1] {
+            variants.push((format!("raw payload cut to {cut}"), raw[..cut].to_vec()));
+        }
+        for (what, m) in variants {
+            let file = with_raw_payload(&s, r, &m);
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let t = Trace::from_bytes(file).expect("the framing is valid");
+                t.read_chunk(i)
+            }));
+            match outcome {
+                Err(_) => panic!("chunk {i}: {what}: the reader panicked"),
+                Ok(Ok(_)) => {} // a change inside a value can still decode (to other events)
+                Ok(Err(Error::Corrupt { chunk, .. })) if chunk == i => rejected += 1,
+                Ok(Err(e)) => panic!("chunk {i}: {what}: wrong error {e}"),
+            }
+            n += 1;
+        }
+    }
+    eprintln!("{n} hostile payloads, {rejected} rejected as corrupt");
+    assert!(n >= 2000);
+    assert!(rejected > n / 4, "only {rejected} of {n} rejected");
+}
