@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -73,6 +74,9 @@ static struct ffirec_rec *g_ring;
 static uint64_t g_cap;
 static uint32_t g_pid;
 
+/* The foreign arena's range, copied from the header at init (len 0: none). */
+static uint64_t g_arena_lo, g_arena_len;
+
 static TLS uint32_t t_tid;
 static TLS uint64_t t_limit; /* a reservation below this has room (cached tail + capacity) */
 static TLS int t_depth;      /* frames of this thread inside the record path */
@@ -116,6 +120,11 @@ static void ring_init(void) {
                         g_ring = (struct ffirec_rec *)((char *)m + FFIREC_HDR_SIZE);
                         g_cap = cap;
                         g_pid = (uint32_t)syscall(SYS_getpid);
+                        if (h->arena_end > h->arena_start && (h->arena_start & 4095) == 0 &&
+                            (h->arena_end & 4095) == 0) {
+                            g_arena_lo = h->arena_start;
+                            g_arena_len = h->arena_end - h->arena_start;
+                        }
                         next = ST_READY;
                     } else {
                         syscall(SYS_munmap, m, (size_t)st.st_size);
@@ -276,6 +285,213 @@ static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t s
     t_depth--;
 }
 
+
+/* ---- the foreign arena ------------------------------------------------------
+ * A small size-class allocator over the fixed range [g_arena_lo, +g_arena_len)
+ * (layout contract: "Foreign arena" in ffirec_shim.h). Blocks are powers of
+ * two from 32 bytes to 1 MiB, larger ones page-granular; every user pointer
+ * has a 16-byte header just below it. Freed blocks go to per-class lists.
+ * Fresh memory comes zeroed from the anonymous mapping; reused memory is
+ * cleared only for calloc. One spinlock: foreign mode is one thread at a
+ * time, frees from other threads are rare. */
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#define ARENA_MAGIC 0xf0e1a7e5u
+#define ARENA_FREED 0xdeadf4eeu
+#define ARENA_HDR 16u
+#define ARENA_MIN_SHIFT 5
+#define ARENA_MAX_SHIFT 20
+#define ARENA_CLASSES (ARENA_MAX_SHIFT - ARENA_MIN_SHIFT + 1)
+#define ARENA_PAGE 4096u
+
+struct arena_hdr {
+    uint32_t magic;
+    uint32_t back;       /* user pointer - block start */
+    uint64_t block_size; /* bytes of the whole block */
+};
+
+struct arena_large {
+    struct arena_large *next;
+    uint64_t size;
+};
+
+enum { AR_UNMAPPED = 0, AR_MAPPED = 1, AR_FAILED = 2 };
+static _Atomic int g_arena_state;
+static atomic_flag g_arena_lock = ATOMIC_FLAG_INIT;
+static char *g_arena_bump;
+static char *g_arena_class_free[ARENA_CLASSES]; /* link at block + 8 */
+static struct arena_large *g_arena_large;        /* node at block + 8 */
+
+static inline int in_arena(const void *p) {
+    return (uint64_t)(uintptr_t)p - g_arena_lo < g_arena_len;
+}
+
+static void arena_lock(void) {
+    while (atomic_flag_test_and_set_explicit(&g_arena_lock, memory_order_acquire))
+        sched_yield();
+}
+
+static void arena_unlock(void) { atomic_flag_clear_explicit(&g_arena_lock, memory_order_release); }
+
+static int __attribute__((noinline)) arena_map(void) {
+    int saved_errno = errno;
+    arena_lock();
+    if (atomic_load_explicit(&g_arena_state, memory_order_relaxed) == AR_UNMAPPED) {
+        void *want = (void *)(uintptr_t)g_arena_lo;
+        void *m = (void *)syscall(SYS_mmap, want, (size_t)g_arena_len, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                                  -1, 0);
+        int ok = m == want;
+        if (!ok && m != MAP_FAILED) /* a kernel without MAP_FIXED_NOREPLACE put it elsewhere */
+            syscall(SYS_munmap, m, (size_t)g_arena_len);
+        g_arena_bump = want;
+        atomic_store_explicit(&g_arena_state, ok ? AR_MAPPED : AR_FAILED, memory_order_release);
+    }
+    arena_unlock();
+    errno = saved_errno;
+    return atomic_load_explicit(&g_arena_state, memory_order_acquire) == AR_MAPPED;
+}
+
+/* True when this call must be served by the arena. */
+static inline int want_arena(void) {
+    if (LIKELY(g_arena_len == 0))
+        return 0;
+    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
+    if (LIKELY(ftid == 0) || ftid != my_tid())
+        return 0;
+    if (!atomic_load_explicit(hdr_u32(&g_hdr->arena_enabled), memory_order_relaxed))
+        return 0;
+    int st = atomic_load_explicit(&g_arena_state, memory_order_acquire);
+    return st == AR_MAPPED || (st == AR_UNMAPPED && arena_map());
+}
+
+static inline unsigned arena_class(uint64_t total) {
+    unsigned shift = total <= (1u << ARENA_MIN_SHIFT) ? ARENA_MIN_SHIFT
+                                                      : 64 - (unsigned)__builtin_clzll(total - 1);
+    return shift - ARENA_MIN_SHIFT;
+}
+
+static char *arena_bump(uint64_t size, uint64_t align) {
+    uintptr_t at = ((uintptr_t)g_arena_bump + align - 1) & ~(uintptr_t)(align - 1);
+    if (at + size > g_arena_lo + g_arena_len || at + size < at)
+        return NULL;
+    g_arena_bump = (char *)(at + size);
+    return (char *)at;
+}
+
+/* n bytes aligned to `align` (a power of two); NULL + ENOMEM when full. */
+static void *arena_alloc(size_t n, size_t align, int zero) {
+    if (align < ARENA_HDR)
+        align = ARENA_HDR;
+    uint64_t total;
+    if (__builtin_add_overflow((uint64_t)n, (uint64_t)ARENA_HDR + (align > ARENA_HDR ? align : 0),
+                               &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    char *block = NULL;
+    uint64_t bsize;
+    int reused = 0;
+    arena_lock();
+    if (total <= (1u << ARENA_MAX_SHIFT)) {
+        unsigned c = arena_class(total);
+        bsize = 1ull << (c + ARENA_MIN_SHIFT);
+        block = g_arena_class_free[c];
+        if (block) {
+            g_arena_class_free[c] = *(char **)(block + 8);
+            reused = 1;
+        } else {
+            block = arena_bump(bsize, ARENA_HDR);
+        }
+    } else {
+        bsize = (total + ARENA_PAGE - 1) & ~(uint64_t)(ARENA_PAGE - 1);
+        if (bsize < total) {
+            arena_unlock();
+            errno = ENOMEM;
+            return NULL;
+        }
+        for (struct arena_large **l = &g_arena_large; *l; l = &(*l)->next) {
+            if ((*l)->size >= bsize) {
+                bsize = (*l)->size;
+                block = (char *)*l - 8;
+                *l = (*l)->next;
+                reused = 1;
+                break;
+            }
+        }
+        if (!block)
+            block = arena_bump(bsize, ARENA_PAGE);
+    }
+    arena_unlock();
+    if (!block) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    uintptr_t user = ((uintptr_t)block + ARENA_HDR + align - 1) & ~(uintptr_t)(align - 1);
+    struct arena_hdr *h = (struct arena_hdr *)(user - ARENA_HDR);
+    h->magic = ARENA_MAGIC;
+    h->back = (uint32_t)(user - (uintptr_t)block);
+    h->block_size = bsize;
+    if (zero && reused)
+        memset((void *)user, 0, n);
+    return (void *)user;
+}
+
+static inline struct arena_hdr *arena_hdr_of(void *p) {
+    struct arena_hdr *h = (struct arena_hdr *)((char *)p - ARENA_HDR);
+    if (h->magic != ARENA_MAGIC) /* double free or a pointer the arena never returned */
+        abort();
+    return h;
+}
+
+static size_t arena_usable(void *p) {
+    struct arena_hdr *h = arena_hdr_of(p);
+    return (size_t)(h->block_size - h->back);
+}
+
+static void arena_free(void *p) {
+    struct arena_hdr *h = arena_hdr_of(p);
+    char *block = (char *)p - h->back;
+    uint64_t bsize = h->block_size;
+    h->magic = ARENA_FREED;
+    arena_lock();
+    if (bsize <= (1u << ARENA_MAX_SHIFT)) {
+        unsigned c = arena_class(bsize);
+        *(char **)(block + 8) = g_arena_class_free[c];
+        g_arena_class_free[c] = block;
+    } else {
+        struct arena_large *l = (struct arena_large *)(block + 8);
+        l->size = bsize;
+        l->next = g_arena_large;
+        g_arena_large = l;
+    }
+    arena_unlock();
+}
+
+/* realloc of an arena pointer: the result stays in the arena. */
+static void *arena_realloc(void *old, size_t n) {
+    size_t usable = arena_usable(old);
+    if (n == 0) { /* glibc semantics: free, return NULL */
+        arena_free(old);
+        return NULL;
+    }
+    if (n <= usable)
+        return old;
+    void *p = arena_alloc(n, ARENA_HDR, 0);
+    if (p) {
+        memcpy(p, old, usable);
+        arena_free(old);
+    }
+    return p;
+}
+
+static inline size_t pow2_at_least(size_t a) {
+    if (a <= 1)
+        return 1;
+    return (size_t)1 << (64 - __builtin_clzll(a - 1));
+}
+
 /* ---- real functions resolved with dlsym ------------------------------------ */
 static TLS int t_resolving;
 
@@ -299,17 +515,24 @@ static void *resolve(const char *name) {
 
 typedef int (*posix_memalign_fn)(void **, size_t, size_t);
 typedef void *(*aligned_alloc_fn)(size_t, size_t);
+typedef size_t (*malloc_usable_size_fn)(void *);
 typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 typedef int (*munmap_fn)(void *, size_t);
 typedef void *(*mremap_fn)(void *, size_t, size_t, int, ...);
 REAL(posix_memalign_fn, posix_memalign)
 REAL(aligned_alloc_fn, aligned_alloc)
+REAL(malloc_usable_size_fn, malloc_usable_size)
 REAL(mmap_fn, mmap)
 REAL(munmap_fn, munmap)
 REAL(mremap_fn, mremap)
 
 /* ---- process lifecycle --------------------------------------------------- */
+static void before_fork(void) { arena_lock(); }
+
+static void after_fork_parent(void) { arena_unlock(); }
+
 static void after_fork_child(void) {
+    arena_unlock();
     uint32_t parent = g_pid;
     t_tid = 0;
     if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) {
@@ -323,23 +546,34 @@ __attribute__((constructor)) static void shim_init(void) {
     ring_init();
     (void)get_posix_memalign();
     (void)get_aligned_alloc();
+    (void)get_malloc_usable_size();
     (void)get_mmap();
     (void)get_munmap();
     (void)get_mremap();
-    pthread_atfork(NULL, NULL, after_fork_child);
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     errno = saved_errno;
 }
 
 /* ---- the C allocator ------------------------------------------------------ */
 EXPORT void *malloc(size_t n) {
-    void *p = __libc_malloc(n);
+    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_HDR, 0) : __libc_malloc(n);
     if (p)
         record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
     return p;
 }
 
 EXPORT void *calloc(size_t n, size_t m) {
-    void *p = __libc_calloc(n, m);
+    void *p;
+    if (UNLIKELY(want_arena())) {
+        size_t bytes;
+        if (__builtin_mul_overflow(n, m, &bytes)) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        p = arena_alloc(bytes, ARENA_HDR, 1);
+    } else {
+        p = __libc_calloc(n, m);
+    }
     if (p) /* success implies n * m did not overflow */
         record(FFIREC_K_CALLOC, (uintptr_t)p, (uint64_t)n * m, 0, CALLER, 0);
     return p;
@@ -352,18 +586,21 @@ EXPORT void free(void *p) {
     }
     struct pending s = begin();
     end(s, FFIREC_K_FREE, (uintptr_t)p, 0, 0, CALLER, 0);
-    __libc_free(p);
+    if (UNLIKELY(in_arena(p)))
+        arena_free(p);
+    else
+        __libc_free(p);
 }
 
 static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t caller) {
     if (!old) {
-        void *p = __libc_realloc(NULL, n);
+        void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_HDR, 0) : __libc_realloc(NULL, n);
         if (p)
             record(kind, (uintptr_t)p, n, 0, caller, 0);
         return p;
     }
     struct pending s = begin();
-    void *p = __libc_realloc(old, n);
+    void *p = UNLIKELY(in_arena(old)) ? arena_realloc(old, n) : __libc_realloc(old, n);
     if (p)
         end(s, kind, (uintptr_t)p, n, (uintptr_t)old, caller, 0);
     else if (n == 0) /* glibc: realloc(p, 0) frees p and returns NULL */
@@ -387,54 +624,78 @@ EXPORT void *reallocarray(void *old, size_t n, size_t m) {
 }
 
 EXPORT int posix_memalign(void **out, size_t align, size_t n) {
+    int valid = align != 0 && align % sizeof(void *) == 0 && (align & (align - 1)) == 0;
     posix_memalign_fn f = get_posix_memalign();
     int rc;
-    if (LIKELY(f != NULL)) {
-        rc = f(out, align, n);
-    } else { /* only while dlsym itself is running */
-        if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
+    if (UNLIKELY(want_arena()) || UNLIKELY(f == NULL)) {
+        /* the arena, or glibc's memalign while dlsym itself is running */
+        if (!valid)
             return EINVAL;
-        void *p = __libc_memalign(align, n);
+        int saved_errno = errno;
+        void *p = f == NULL ? __libc_memalign(align, n) : arena_alloc(n, align, 0);
+        errno = saved_errno;
         if (!p)
             return ENOMEM;
         *out = p;
         rc = 0;
+    } else {
+        rc = f(out, align, n);
     }
     if (rc == 0)
         record(FFIREC_K_POSIX_MEMALIGN, (uintptr_t)*out, n, 0, CALLER, align);
     return rc;
 }
 
+/* glibc 2.36's aligned_alloc is memalign: any alignment, rounded up to a power of two. */
 EXPORT void *aligned_alloc(size_t align, size_t n) {
-    aligned_alloc_fn f = get_aligned_alloc();
-    void *p = LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n);
+    void *p;
+    if (UNLIKELY(want_arena())) {
+        p = arena_alloc(n, pow2_at_least(align), 0);
+    } else {
+        aligned_alloc_fn f = get_aligned_alloc();
+        p = LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n);
+    }
     if (p)
         record(FFIREC_K_ALIGNED_ALLOC, (uintptr_t)p, n, 0, CALLER, align);
     return p;
 }
 
 EXPORT void *memalign(size_t align, size_t n) {
-    void *p = __libc_memalign(align, n);
+    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, pow2_at_least(align), 0)
+                                     : __libc_memalign(align, n);
     if (p)
         record(FFIREC_K_MEMALIGN, (uintptr_t)p, n, 0, CALLER, align);
     return p;
 }
 
 EXPORT void *valloc(size_t n) {
-    void *p = __libc_valloc(n);
+    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_PAGE, 0) : __libc_valloc(n);
     if (p)
         record(FFIREC_K_VALLOC, (uintptr_t)p, n, 0, CALLER, 0);
     return p;
 }
 
 EXPORT void *pvalloc(size_t n) {
-    void *p = __libc_pvalloc(n);
-    if (p) {
-        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-        uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
-        record(FFIREC_K_PVALLOC, (uintptr_t)p, rounded, 0, CALLER, 0);
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
+    void *p;
+    if (UNLIKELY(want_arena())) {
+        p = rounded < n ? NULL : arena_alloc(rounded, ARENA_PAGE, 0);
+        if (!p)
+            errno = ENOMEM;
+    } else {
+        p = __libc_pvalloc(n);
     }
+    if (p)
+        record(FFIREC_K_PVALLOC, (uintptr_t)p, rounded, 0, CALLER, 0);
     return p;
+}
+
+EXPORT size_t malloc_usable_size(void *p) {
+    if (UNLIKELY(in_arena(p)))
+        return arena_usable(p);
+    malloc_usable_size_fn f = get_malloc_usable_size();
+    return f ? f(p) : 0;
 }
 
 /* ---- anonymous mappings --------------------------------------------------- */

@@ -22,6 +22,17 @@
  *  - A producer already inside the shim on the same thread (a signal handler
  *    that allocates) never waits: when the ring is full it drops the record and
  *    counts it in `dropped`.
+ *
+ * Foreign arena
+ *  - While the calling thread is `foreign_tid` and `arena_enabled` is set,
+ *    malloc/calloc/realloc(NULL, n)/the aligned variants are served from a
+ *    private anonymous mapping at exactly [arena_start, arena_end), created by
+ *    the shim on first use in each process (MAP_FIXED_NOREPLACE; when the
+ *    range is taken, that process falls back to glibc). The recorder never
+ *    guards that range.
+ *  - free/realloc/malloc_usable_size route a pointer by address, whoever calls
+ *    them: arena pointers to the arena (realloc keeps them there), all others
+ *    to glibc.
  */
 #ifndef FFIREC_SHIM_H
 #define FFIREC_SHIM_H
@@ -77,12 +88,12 @@ struct ffirec_hdr {
     uint32_t version;        /* 8 */
     uint32_t hdr_size;       /* 12 */
     uint32_t rec_size;       /* 16 */
-    uint32_t reserved0;      /* 20 */
+    uint32_t arena_enabled;  /* 20: non-zero: serve foreign-mode allocations from the arena */
     uint64_t capacity;       /* 24: records, a power of two */
     uint32_t tracer_present; /* 32: non-zero: wait on a full ring with the flush trap */
     uint32_t foreign_tid;    /* 36: tid currently in foreign mode, 0 when none */
-    uint64_t arena_start;    /* 40: foreign arena (issue 5 part 2), 0 when none */
-    uint64_t arena_end;      /* 48 */
+    uint64_t arena_start;    /* 40: the foreign arena's fixed address range, the same in */
+    uint64_t arena_end;      /* 48: every process (0, 0: no arena); see "Foreign arena" */
     uint64_t reserved1;      /* 56 */
     /* line 1: producers */
     uint64_t head; /* 64: next sequence number to reserve */

@@ -1,6 +1,8 @@
 //! Processes share the ring: a forked child's records carry its own tid and
 //! see the parent's anonymous mappings; an exec'd image starts a fresh model.
 
+#![allow(clippy::unwrap_used)] // test support functions outside #[test]
+
 mod alloc_common;
 
 use alloc_common::{caller, fixture, hex, spawn, text_range, wait};
@@ -15,7 +17,11 @@ fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let field = |name: &str| {
-        stdout.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")[..])).unwrap().to_owned()
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")[..]))
+            .unwrap()
+            .to_owned()
     };
     let (a, q) = (hex(&field("a")), hex(&field("q")));
     let child: u32 = field("child").parse().unwrap();
@@ -34,13 +40,36 @@ fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
             *caller = 0;
         }
     }
-    let free = |tid, ptr| Event::Free { tid, ptr, caller: 0, domain: Domain::Host };
+    let free = |tid, ptr| Event::Free {
+        tid,
+        ptr,
+        caller: 0,
+        domain: Domain::Host,
+    };
     assert_eq!(
         mine,
         vec![
-            Event::Alloc { tid: parent, func: AllocFn::Mmap, ptr: a, size: 8192, old_ptr: 0, caller: 0, domain: Domain::Host, zeroed: true },
+            Event::Alloc {
+                tid: parent,
+                func: AllocFn::Mmap,
+                ptr: a,
+                size: 8192,
+                old_ptr: 0,
+                caller: 0,
+                domain: Domain::Host,
+                zeroed: true
+            },
             free(child, a),
-            Event::Alloc { tid: child, func: AllocFn::Malloc, ptr: q, size: 77, old_ptr: 0, caller: 0, domain: Domain::Host, zeroed: false },
+            Event::Alloc {
+                tid: child,
+                func: AllocFn::Malloc,
+                ptr: q,
+                size: 77,
+                old_ptr: 0,
+                caller: 0,
+                domain: Domain::Host,
+                zeroed: false
+            },
             free(child, q),
             free(parent, a),
         ]

@@ -3,6 +3,8 @@
 //! Measurement, not a correctness test: run it explicitly, in release mode:
 //! `cargo test --release -p ffirec-recorder --test alloc_overhead -- --ignored --nocapture`
 
+#![allow(clippy::unwrap_used)] // test support functions outside #[test]
+
 mod alloc_common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,12 @@ fn run(exe: &std::path::Path, env: &[(std::ffi::OsString, std::ffi::OsString)]) 
     let wall = t0.elapsed().as_nanos() as u64;
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
-    let ns = s.split_whitespace().find_map(|w| w.strip_prefix("ns=")).unwrap().parse().unwrap();
+    let ns = s
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ns="))
+        .unwrap()
+        .parse()
+        .unwrap();
     (ns, wall)
 }
 
@@ -34,12 +41,19 @@ fn median(mut v: Vec<u64>) -> u64 {
 #[ignore = "measurement; run with --release --ignored --nocapture"]
 fn alloc_overhead_1m_malloc_free_pairs() {
     let exe = fixture("alloc_bench");
-    let capacity = std::env::var("FFIREC_BENCH_CAPACITY").ok().and_then(|v| v.parse().ok());
-    let mut tracker = AllocTracker::with_capacity(capacity.unwrap_or(ffirec_recorder::alloc::DEFAULT_CAPACITY)).unwrap();
+    let capacity = std::env::var("FFIREC_BENCH_CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut tracker =
+        AllocTracker::with_capacity(capacity.unwrap_or(ffirec_recorder::alloc::DEFAULT_CAPACITY))
+            .unwrap();
     let capacity = tracker.capacity();
     let env = tracker.env();
     // The consumer's pause between drains (an empty drain always pauses 50 µs).
-    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let consumer = std::thread::spawn(move || {
@@ -71,7 +85,12 @@ fn alloc_overhead_1m_malloc_free_pairs() {
     assert_eq!(stats.dropped, 0);
     assert!(events >= RUNS as u64 * 2_000_000);
 
-    let (n, s, nw, sw) = (median(native), median(shim), median(native_wall), median(shim_wall));
+    let (n, s, nw, sw) = (
+        median(native),
+        median(shim),
+        median(native_wall),
+        median(shim_wall),
+    );
     println!(
         "alloc_overhead: 1M malloc/free pairs, ring {capacity} records, pause {pause_us} us, median of {RUNS}: native loop {:.1} ms, shim loop {:.1} ms, ratio {:.2}x; \
          whole process {:.1} ms vs {:.1} ms, ratio {:.2}x; {events} events drained",

@@ -2,6 +2,8 @@
 //! its flush trap (here caught by the program's own SIGTRAP handler, standing
 //! in for a tracer), otherwise it yields; either way nothing is lost.
 
+#![allow(clippy::unwrap_used)] // test support functions outside #[test]
+
 mod alloc_common;
 
 use std::io::Write;
@@ -11,7 +13,14 @@ use alloc_common::{caller, fixture, spawn, text_range, wait, Drainer};
 use ffirec_format::{Domain, Event};
 use ffirec_recorder::alloc::AllocTracker;
 
-fn run_trap_fixture(tracer_present: bool) -> (u64, Vec<Event>, ffirec_recorder::alloc::RingStats, (u64, u64)) {
+fn run_trap_fixture(
+    tracer_present: bool,
+) -> (
+    u64,
+    Vec<Event>,
+    ffirec_recorder::alloc::RingStats,
+    (u64, u64),
+) {
     let exe = fixture("alloc_trap");
     let tracker = AllocTracker::with_capacity(16).unwrap();
     tracker.set_tracer_present(tracer_present);
@@ -22,15 +31,30 @@ fn run_trap_fixture(tracer_present: bool) -> (u64, Vec<Event>, ffirec_recorder::
     let (tracker, events) = drainer.finish();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let traps: u64 = stdout.split_whitespace().find_map(|w| w.strip_prefix("traps=")).unwrap().parse().unwrap();
-    (traps, events, tracker.stats(), text_range(&String::from_utf8(out.stderr).unwrap()))
+    let traps: u64 = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("traps="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        traps,
+        events,
+        tracker.stats(),
+        text_range(&String::from_utf8(out.stderr).unwrap()),
+    )
 }
 
 fn assert_all_pairs(events: &[Event], (lo, hi): (u64, u64)) {
-    let mine: Vec<&Event> = events.iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
+    let mine: Vec<&Event> = events
+        .iter()
+        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
+        .collect();
     assert_eq!(mine.len(), 10_000);
     for (i, pair) in mine.chunks(2).enumerate() {
-        let Event::Alloc { ptr, size, .. } = *pair[0] else { panic!("{:?}", pair[0]) };
+        let Event::Alloc { ptr, size, .. } = *pair[0] else {
+            panic!("{:?}", pair[0])
+        };
         assert_eq!(size, 8 + i as u64 % 8);
         assert!(matches!(*pair[1], Event::Free { ptr: p, .. } if p == ptr));
     }
@@ -65,9 +89,12 @@ fn alloc_trap_foreign_tid_marks_the_domain() {
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     let mut events = vec![];
-    let mut wait_for_size = |tracker: &mut AllocTracker, events: &mut Vec<Event>, want: u64| {
+    let wait_for_size = |tracker: &mut AllocTracker, events: &mut Vec<Event>, want: u64| {
         let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
-        while !events.iter().any(|e| matches!(e, Event::Alloc { size, tid, .. } if *size == want && *tid == pid)) {
+        while !events
+            .iter()
+            .any(|e| matches!(e, Event::Alloc { size, tid, .. } if *size == want && *tid == pid))
+        {
             assert!(std::time::Instant::now() < deadline, "no malloc({want})");
             tracker.drain(|e| events.push(e));
             std::thread::sleep(Duration::from_millis(1));
@@ -85,9 +112,14 @@ fn alloc_trap_foreign_tid_marks_the_domain() {
     let domains: Vec<(u64, Domain)> = events
         .iter()
         .filter_map(|e| match *e {
-            Event::Alloc { size, domain, tid, .. } if tid == pid && (1..=3).contains(&size) => Some((size, domain)),
+            Event::Alloc {
+                size, domain, tid, ..
+            } if tid == pid && (1..=3).contains(&size) => Some((size, domain)),
             _ => None,
         })
         .collect();
-    assert_eq!(domains, vec![(1, Domain::Host), (2, Domain::Foreign), (3, Domain::Host)]);
+    assert_eq!(
+        domains,
+        vec![(1, Domain::Host), (2, Domain::Foreign), (3, Domain::Host)]
+    );
 }

@@ -27,6 +27,14 @@
 //! - Never guard the ring mapping ([`AllocTracker::ring_path`], mapped
 //!   `MAP_SHARED` in every tracee process) nor the shim's own mappings: classify
 //!   the shim as neutral code (its writable data is then unguarded).
+//! - Foreign arena: while a thread is the foreign tid, its allocations are
+//!   served from [`AllocTracker::foreign_arena`], one fixed address range in
+//!   every tracee process (mapped by the shim on first use), never from the
+//!   program's heap; `free`/`realloc` route each pointer to the allocator that
+//!   owns it, whoever calls them. Never guard that range unless the user asked
+//!   for the library's internal accesses (`--guard-foreign`), or turn the
+//!   arena off with [`AllocTracker::set_foreign_arena`]. Anonymous `mmap`s made
+//!   in foreign mode are not moved: their `Alloc` events say `Domain::Foreign`.
 //! - After the last tracee process has exited, call
 //!   [`AllocTracker::drain_final`]: it also skips slots a killed thread
 //!   reserved but never committed.
@@ -54,17 +62,53 @@ pub const FLUSH_MAGIC: u64 = u64::from_le_bytes(*b"FUSHTRAP");
 /// Ring capacity used by [`AllocTracker::new`], in records (64 bytes each).
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
 
+/// Where [`AllocTracker::new`] puts the foreign arena: 16 TiB below the
+/// usual top of the mmap area, above PIE executables and the brk heap.
+pub const DEFAULT_ARENA: std::ops::Range<u64> = 0x6f00_0000_0000..0x6f00_4000_0000;
+
+/// How to set up an [`AllocTracker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocOptions {
+    /// Ring capacity in records: a power of two between 16 and 2^24.
+    pub capacity: usize,
+    /// The foreign arena's address range (page-aligned), or None for no arena:
+    /// foreign-mode allocations then come from the program's heap.
+    pub foreign_arena: Option<std::ops::Range<u64>>,
+}
+
+impl Default for AllocOptions {
+    fn default() -> AllocOptions {
+        AllocOptions {
+            capacity: DEFAULT_CAPACITY,
+            foreign_arena: Some(DEFAULT_ARENA),
+        }
+    }
+}
+
 /// Errors of the allocation tracker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create the private directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the allocation shim to {path}: {source}")]
-    WriteShim { path: PathBuf, source: std::io::Error },
+    WriteShim {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create the allocation ring {path}: {source}")]
-    CreateRing { path: PathBuf, source: std::io::Error },
+    CreateRing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("allocation ring capacity {0} must be a power of two between 16 and 2^24 records")]
     Capacity(usize),
+    #[error(
+        "foreign arena {start:#x}..{end:#x} must be non-empty, page-aligned and in user space"
+    )]
+    Arena { start: u64, end: u64 },
     #[error("the embedded allocation shim is not a valid ELF file with symbol {TRAP_SYMBOL}")]
     BadShim,
 }
@@ -100,6 +144,10 @@ impl RingControl {
     pub fn set_foreign_tid(&self, tid: u32) {
         self.map.set_foreign_tid(tid);
     }
+    /// Whether foreign-mode allocations go to the foreign arena (when there is one).
+    pub fn set_foreign_arena(&self, on: bool) {
+        self.map.set_arena_enabled(on);
+    }
 }
 
 /// The shim, its ring, and the conversion of records into events.
@@ -108,6 +156,7 @@ pub struct AllocTracker {
     shim_path: PathBuf,
     ring_path: PathBuf,
     map: Arc<ring::Mapping>,
+    arena: Option<std::ops::Range<u64>>,
     model: convert::Model,
     tail: u64,
     skipped: u64,
@@ -115,18 +164,41 @@ pub struct AllocTracker {
 }
 
 impl AllocTracker {
-    /// A tracker with a ring of [`DEFAULT_CAPACITY`] records.
+    /// A tracker with [`AllocOptions::default`]: a ring of [`DEFAULT_CAPACITY`]
+    /// records and the foreign arena at [`DEFAULT_ARENA`].
     pub fn new() -> Result<AllocTracker, Error> {
-        AllocTracker::with_capacity(DEFAULT_CAPACITY)
+        AllocTracker::with_options(AllocOptions::default())
     }
 
     /// A tracker whose ring holds `records` records (a power of two, ≥ 16).
     pub fn with_capacity(records: usize) -> Result<AllocTracker, Error> {
+        AllocTracker::with_options(AllocOptions {
+            capacity: records,
+            ..AllocOptions::default()
+        })
+    }
+
+    /// A tracker set up as `options` says.
+    pub fn with_options(options: AllocOptions) -> Result<AllocTracker, Error> {
+        let records = options.capacity;
         if !records.is_power_of_two() || !(16..=1 << 24).contains(&records) {
             return Err(Error::Capacity(records));
         }
+        if let Some(r) = &options.foreign_arena {
+            let aligned = r.start % 4096 == 0 && r.end % 4096 == 0;
+            if !aligned || r.start == 0 || r.end <= r.start || r.end > 0x7fff_ffff_f000 {
+                return Err(Error::Arena {
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
         let trap_offset = trap_offset(SHIM).ok_or(Error::BadShim)?;
-        let name = format!("ffirec-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let name = format!(
+            "ffirec-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
         let shim_dir = private_dir(&std::env::temp_dir(), &name)?;
         let mut dirs = vec![shim_dir.clone()];
         // The ring lives on tmpfs when there is one: no writeback of a hot file.
@@ -143,14 +215,24 @@ impl AllocTracker {
 
         let shim_path = shim_dir.join("ffirec_shim.so");
         let write_shim = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o500).open(&shim_path)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o500)
+                .open(&shim_path)?;
             f.write_all(SHIM)?;
             f.sync_all()
         };
-        write_shim().map_err(|source| Error::WriteShim { path: shim_path.clone(), source })?;
+        write_shim().map_err(|source| Error::WriteShim {
+            path: shim_path.clone(),
+            source,
+        })?;
 
         let ring_path = ring_dir.join("ring");
-        let ring_err = |source| Error::CreateRing { path: ring_path.clone(), source };
+        let ring_err = |source| Error::CreateRing {
+            path: ring_path.clone(),
+            source,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -158,13 +240,15 @@ impl AllocTracker {
             .mode(0o600)
             .open(&ring_path)
             .map_err(ring_err)?;
-        let map = ring::Mapping::create(&file, records as u64).map_err(ring_err)?;
+        let arena = options.foreign_arena.as_ref().map(|r| (r.start, r.end));
+        let map = ring::Mapping::create(&file, records as u64, arena).map_err(ring_err)?;
 
         Ok(AllocTracker {
             dirs: std::mem::take(&mut tracker_dirs.0),
             shim_path,
             ring_path,
             map: Arc::new(map),
+            arena: options.foreign_arena,
             model: convert::Model::default(),
             tail: 0,
             skipped: 0,
@@ -183,7 +267,10 @@ impl AllocTracker {
         preload.push(self.shim_path.as_os_str());
         vec![
             (OsString::from("LD_PRELOAD"), preload),
-            (OsString::from("FFIREC_SHM"), self.ring_path.as_os_str().to_owned()),
+            (
+                OsString::from("FFIREC_SHM"),
+                self.ring_path.as_os_str().to_owned(),
+            ),
         ]
     }
 
@@ -217,9 +304,22 @@ impl AllocTracker {
         self.map.set_foreign_tid(tid);
     }
 
+    /// See [`RingControl::set_foreign_arena`].
+    pub fn set_foreign_arena(&self, on: bool) {
+        self.map.set_arena_enabled(on);
+    }
+
+    /// The address range foreign-mode allocations are served from, the same
+    /// in every tracee process; None when the tracker has no arena.
+    pub fn foreign_arena(&self) -> Option<std::ops::Range<u64>> {
+        self.arena.clone()
+    }
+
     /// A handle to the control words for another thread.
     pub fn control(&self) -> RingControl {
-        RingControl { map: Arc::clone(&self.map) }
+        RingControl {
+            map: Arc::clone(&self.map),
+        }
     }
 
     /// Consumes every committed record, in sequence order, passing the events
@@ -303,7 +403,10 @@ fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Error> {
     DirBuilder::new()
         .mode(0o700)
         .create(&path)
-        .map_err(|source| Error::CreateDir { path: path.clone(), source })?;
+        .map_err(|source| Error::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
     Ok(path)
 }
 
@@ -311,6 +414,9 @@ fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Error> {
 fn trap_offset(elf: &[u8]) -> Option<u64> {
     use object::{Object, ObjectSymbol};
     let file = object::File::parse(elf).ok()?;
-    let found = file.dynamic_symbols().find(|s| s.name() == Ok(TRAP_SYMBOL)).map(|s| s.address());
+    let found = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok(TRAP_SYMBOL))
+        .map(|s| s.address());
     found
 }

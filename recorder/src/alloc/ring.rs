@@ -17,9 +17,12 @@ const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = 8;
 const OFF_HDR_SIZE: usize = 12;
 const OFF_REC_SIZE: usize = 16;
+const OFF_ARENA_ENABLED: usize = 20;
 const OFF_CAPACITY: usize = 24;
 const OFF_TRACER_PRESENT: usize = 32;
 const OFF_FOREIGN_TID: usize = 36;
+const OFF_ARENA_START: usize = 40;
+const OFF_ARENA_END: usize = 48;
 const OFF_HEAD: usize = 64;
 const OFF_TAIL: usize = 128;
 const OFF_DROPPED: usize = 192;
@@ -79,7 +82,12 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Sizes `file` for `capacity` records, maps it shared and writes the
     /// header (magic last, so a shim never sees a half-written header).
-    pub(crate) fn create(file: &File, capacity: u64) -> std::io::Result<Mapping> {
+    /// `arena`: the foreign arena's page-aligned range, fixed for the ring's life.
+    pub(crate) fn create(
+        file: &File,
+        capacity: u64,
+        arena: Option<(u64, u64)>,
+    ) -> std::io::Result<Mapping> {
         let len = HDR_SIZE as u64 + capacity * REC_SIZE as u64;
         file.set_len(len)?;
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("ring too large"))?;
@@ -99,11 +107,22 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let map = Mapping { base: ptr.cast(), len, capacity };
+        let map = Mapping {
+            base: ptr.cast(),
+            len,
+            capacity,
+        };
         map.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
-        map.u32_at(OFF_HDR_SIZE).store(HDR_SIZE as u32, Ordering::Relaxed);
-        map.u32_at(OFF_REC_SIZE).store(REC_SIZE as u32, Ordering::Relaxed);
+        map.u32_at(OFF_HDR_SIZE)
+            .store(HDR_SIZE as u32, Ordering::Relaxed);
+        map.u32_at(OFF_REC_SIZE)
+            .store(REC_SIZE as u32, Ordering::Relaxed);
         map.u64_at(OFF_CAPACITY).store(capacity, Ordering::Relaxed);
+        if let Some((start, end)) = arena {
+            map.u64_at(OFF_ARENA_START).store(start, Ordering::Relaxed);
+            map.u64_at(OFF_ARENA_END).store(end, Ordering::Relaxed);
+            map.u32_at(OFF_ARENA_ENABLED).store(1, Ordering::Relaxed);
+        }
         map.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Release);
         Ok(map)
     }
@@ -125,10 +144,15 @@ impl Mapping {
         self.capacity
     }
     pub(crate) fn set_tracer_present(&self, on: bool) {
-        self.u32_at(OFF_TRACER_PRESENT).store(u32::from(on), Ordering::SeqCst);
+        self.u32_at(OFF_TRACER_PRESENT)
+            .store(u32::from(on), Ordering::SeqCst);
     }
     pub(crate) fn set_foreign_tid(&self, tid: u32) {
         self.u32_at(OFF_FOREIGN_TID).store(tid, Ordering::SeqCst);
+    }
+    pub(crate) fn set_arena_enabled(&self, on: bool) {
+        self.u32_at(OFF_ARENA_ENABLED)
+            .store(u32::from(on), Ordering::SeqCst);
     }
     pub(crate) fn head(&self) -> u64 {
         self.u64_at(OFF_HEAD).load(Ordering::Acquire)
