@@ -177,6 +177,8 @@ static void __attribute__((noinline)) wait_for_room(uint64_t seq) {
             t_limit = tail + g_cap;
             break;
         }
+        if (atomic_load_explicit(hdr_u32(&g_hdr->closed), memory_order_relaxed))
+            break; /* nobody will consume: overwrite rather than hang */
         if (atomic_load_explicit(hdr_u32(&g_hdr->tracer_present), memory_order_relaxed)) {
             atomic_fetch_add_explicit(hdr_traps(), 1, memory_order_relaxed);
             ffirec_shim_flush_enter();
@@ -478,7 +480,11 @@ static void *arena_realloc(void *old, size_t n) {
     }
     if (n <= usable)
         return old;
+    int saved_errno = errno;
     void *p = arena_alloc(n, ARENA_HDR, 0);
+    errno = saved_errno;
+    if (!p) /* arena exhausted: the block moves to glibc's heap */
+        p = __libc_malloc(n);
     if (p) {
         memcpy(p, old, usable);
         arena_free(old);
@@ -555,25 +561,30 @@ __attribute__((constructor)) static void shim_init(void) {
 }
 
 /* ---- the C allocator ------------------------------------------------------ */
+/* Foreign-mode allocations fall back to glibc when the arena is exhausted:
+ * the program must get its memory exactly when it would natively. */
+#define ARENA_OR(arena_call, libc_call) ({                                     \
+    void *p_ = NULL;                                                          \
+    if (UNLIKELY(want_arena())) {                                              \
+        int saved_errno_ = errno;                                             \
+        p_ = (arena_call);                                                    \
+        errno = saved_errno_;                                                 \
+    }                                                                         \
+    p_ ? p_ : (libc_call);                                                    \
+})
+
 EXPORT void *malloc(size_t n) {
-    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_HDR, 0) : __libc_malloc(n);
+    void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_malloc(n));
     if (p)
         record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
     return p;
 }
 
 EXPORT void *calloc(size_t n, size_t m) {
-    void *p;
-    if (UNLIKELY(want_arena())) {
-        size_t bytes;
-        if (__builtin_mul_overflow(n, m, &bytes)) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        p = arena_alloc(bytes, ARENA_HDR, 1);
-    } else {
-        p = __libc_calloc(n, m);
-    }
+    size_t bytes;
+    void *p = __builtin_mul_overflow(n, m, &bytes) ? __libc_calloc(n, m) /* fails as glibc does */
+                                                   : ARENA_OR(arena_alloc(bytes, ARENA_HDR, 1),
+                                                              __libc_calloc(n, m));
     if (p) /* success implies n * m did not overflow */
         record(FFIREC_K_CALLOC, (uintptr_t)p, (uint64_t)n * m, 0, CALLER, 0);
     return p;
@@ -594,7 +605,7 @@ EXPORT void free(void *p) {
 
 static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t caller) {
     if (!old) {
-        void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_HDR, 0) : __libc_realloc(NULL, n);
+        void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_realloc(NULL, n));
         if (p)
             record(kind, (uintptr_t)p, n, 0, caller, 0);
         return p;
@@ -627,12 +638,15 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n) {
     int valid = align != 0 && align % sizeof(void *) == 0 && (align & (align - 1)) == 0;
     posix_memalign_fn f = get_posix_memalign();
     int rc;
-    if (UNLIKELY(want_arena()) || UNLIKELY(f == NULL)) {
-        /* the arena, or glibc's memalign while dlsym itself is running */
+    void *in_arena_p = valid ? ARENA_OR(arena_alloc(n, align, 0), NULL) : NULL;
+    if (in_arena_p) {
+        *out = in_arena_p;
+        rc = 0;
+    } else if (UNLIKELY(f == NULL)) { /* only while dlsym itself is running */
         if (!valid)
             return EINVAL;
         int saved_errno = errno;
-        void *p = f == NULL ? __libc_memalign(align, n) : arena_alloc(n, align, 0);
+        void *p = __libc_memalign(align, n);
         errno = saved_errno;
         if (!p)
             return ENOMEM;
@@ -648,28 +662,23 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n) {
 
 /* glibc 2.36's aligned_alloc is memalign: any alignment, rounded up to a power of two. */
 EXPORT void *aligned_alloc(size_t align, size_t n) {
-    void *p;
-    if (UNLIKELY(want_arena())) {
-        p = arena_alloc(n, pow2_at_least(align), 0);
-    } else {
-        aligned_alloc_fn f = get_aligned_alloc();
-        p = LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n);
-    }
+    aligned_alloc_fn f = get_aligned_alloc();
+    void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0),
+                       LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n));
     if (p)
         record(FFIREC_K_ALIGNED_ALLOC, (uintptr_t)p, n, 0, CALLER, align);
     return p;
 }
 
 EXPORT void *memalign(size_t align, size_t n) {
-    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, pow2_at_least(align), 0)
-                                     : __libc_memalign(align, n);
+    void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0), __libc_memalign(align, n));
     if (p)
         record(FFIREC_K_MEMALIGN, (uintptr_t)p, n, 0, CALLER, align);
     return p;
 }
 
 EXPORT void *valloc(size_t n) {
-    void *p = UNLIKELY(want_arena()) ? arena_alloc(n, ARENA_PAGE, 0) : __libc_valloc(n);
+    void *p = ARENA_OR(arena_alloc(n, ARENA_PAGE, 0), __libc_valloc(n));
     if (p)
         record(FFIREC_K_VALLOC, (uintptr_t)p, n, 0, CALLER, 0);
     return p;
@@ -678,14 +687,7 @@ EXPORT void *valloc(size_t n) {
 EXPORT void *pvalloc(size_t n) {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
-    void *p;
-    if (UNLIKELY(want_arena())) {
-        p = rounded < n ? NULL : arena_alloc(rounded, ARENA_PAGE, 0);
-        if (!p)
-            errno = ENOMEM;
-    } else {
-        p = __libc_pvalloc(n);
-    }
+    void *p = ARENA_OR(rounded < n ? NULL : arena_alloc(rounded, ARENA_PAGE, 0), __libc_pvalloc(n));
     if (p)
         record(FFIREC_K_PVALLOC, (uintptr_t)p, rounded, 0, CALLER, 0);
     return p;

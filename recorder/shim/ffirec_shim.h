@@ -19,6 +19,9 @@
  *    exported symbol `ffirec_shim_flush_trap` (rax = FFIREC_FLUSH_MAGIC), so a
  *    recorder that only drains at ptrace stops gets a stop to drain at;
  *    otherwise it yields the CPU until the consumer catches up.
+ *  - When the recorder sets `closed` (it is about to stop consuming), waiting
+ *    producers stop waiting and overwrite unconsumed slots: the program must
+ *    never hang on a ring nobody drains.
  *  - A producer already inside the shim on the same thread (a signal handler
  *    that allocates) never waits: when the ring is full it drops the record and
  *    counts it in `dropped`.
@@ -94,7 +97,8 @@ struct ffirec_hdr {
     uint32_t foreign_tid;    /* 36: tid currently in foreign mode, 0 when none */
     uint64_t arena_start;    /* 40: the foreign arena's fixed address range, the same in */
     uint64_t arena_end;      /* 48: every process (0, 0: no arena); see "Foreign arena" */
-    uint64_t reserved1;      /* 56 */
+    uint32_t closed;         /* 56: the consumer is gone: producers stop waiting for room */
+    uint32_t reserved1;      /* 60 */
     /* line 1: producers */
     uint64_t head; /* 64: next sequence number to reserve */
     uint64_t pad1[7];

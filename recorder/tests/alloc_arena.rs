@@ -187,3 +187,25 @@ fn alloc_arena_bad_range_is_an_error() {
     assert!(bad(0..0x3000));
     assert!(bad(0x7fff_ffff_0000..0x8000_0001_0000));
 }
+
+#[test]
+fn alloc_arena_exhausted_falls_back_to_the_heap() {
+    // 64 KiB: room for the small foreign blocks, not for the 3 MiB one.
+    let arena = 0x6f10_0000_0000..0x6f10_0001_0000;
+    let mut tracker = AllocTracker::with_options(AllocOptions {
+        foreign_arena: Some(arena.clone()),
+        ..AllocOptions::default()
+    })
+    .unwrap();
+    let Run { ok, p, events } = run(&mut tracker);
+    assert!(ok);
+    for k in ["f1", "f2", "f3", "f4", "f5"] {
+        assert!(arena.contains(&p[k]), "{k}={:#x}", p[k]);
+    }
+    assert!(!arena.contains(&p["big"]));
+    let big = events.iter().find_map(|e| match *e {
+        Event::Alloc { ptr, domain, .. } if ptr == p["big"] => Some(domain),
+        _ => None,
+    });
+    assert_eq!(big, Some(Domain::Foreign));
+}

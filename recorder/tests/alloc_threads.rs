@@ -128,3 +128,19 @@ fn alloc_threads_shim_without_a_ring_is_a_pass_through() {
     assert_eq!(tracker.drain(|_| {}), 0);
     assert_eq!(tracker.stats().reserved, 0);
 }
+
+#[test]
+fn alloc_threads_dropping_the_tracker_never_hangs_the_program() {
+    let exe = fixture("alloc_threads");
+    let native = wait(spawn(&exe, &[], &[]));
+    let tracker = AllocTracker::with_capacity(16).unwrap();
+    // Nobody drains: the program fills the ring and waits for room ...
+    let child = spawn(&exe, &[], &tracker.env());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(tracker.stats().reserved >= 16);
+    // ... until the consumer goes away.
+    drop(tracker);
+    let shimmed = wait(child);
+    assert!(shimmed.status.success());
+    assert_eq!(native.stdout, shimmed.stdout);
+}

@@ -383,6 +383,8 @@ impl AllocTracker {
 
 impl Drop for AllocTracker {
     fn drop(&mut self) {
+        // Tracees still running must not wait for a consumer that is gone.
+        self.map.close();
         drop(DirsGuard(std::mem::take(&mut self.dirs)));
     }
 }

@@ -23,6 +23,7 @@ const OFF_TRACER_PRESENT: usize = 32;
 const OFF_FOREIGN_TID: usize = 36;
 const OFF_ARENA_START: usize = 40;
 const OFF_ARENA_END: usize = 48;
+const OFF_CLOSED: usize = 56;
 const OFF_HEAD: usize = 64;
 const OFF_TAIL: usize = 128;
 const OFF_DROPPED: usize = 192;
@@ -153,6 +154,10 @@ impl Mapping {
     pub(crate) fn set_arena_enabled(&self, on: bool) {
         self.u32_at(OFF_ARENA_ENABLED)
             .store(u32::from(on), Ordering::SeqCst);
+    }
+    /// Tells producers nobody will consume any more: they stop waiting for room.
+    pub(crate) fn close(&self) {
+        self.u32_at(OFF_CLOSED).store(1, Ordering::SeqCst);
     }
     pub(crate) fn head(&self) -> u64 {
         self.u64_at(OFF_HEAD).load(Ordering::Acquire)
