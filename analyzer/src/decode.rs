@@ -4,6 +4,8 @@
 //! that will replay them. Everything that is not an access is passed on as
 //! a control event for the sequential timeline pass.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use ffirec_decode::{Decoded, MemAccess, Rw};
 use ffirec_format::{Event, Trace};
 
@@ -20,6 +22,11 @@ pub(crate) const PAGE: u64 = 4096;
 pub(crate) fn shard_of(addr: u64) -> usize {
     ((addr / PAGE) % SHARDS as u64) as usize
 }
+
+/// Thread time per stage, for `FFIREC_ANALYZE_TIMING` (summed over workers).
+pub(crate) static READ_NS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static REC_NS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static DROP_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Record flags.
 pub(crate) const READ: u8 = 1;
@@ -108,14 +115,24 @@ impl Decoder {
     /// Reads chunk `index` of `trace` and turns it into records.
     pub(crate) fn chunk(&mut self, trace: &Trace, index: usize) -> Result<ChunkRecs, Error> {
         let first = trace.chunks().get(index).map_or(0, |c| c.first_event);
+        let t0 = std::time::Instant::now();
         let events = trace.read_chunk(index)?;
-        Ok(self.records(first, &events))
+        let t1 = std::time::Instant::now();
+        let r = self.records(first, &events);
+        let t2 = std::time::Instant::now();
+        drop(events);
+        let t3 = std::time::Instant::now();
+        READ_NS.fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
+        REC_NS.fetch_add((t2 - t1).as_nanos() as u64, Relaxed);
+        DROP_NS.fetch_add((t3 - t2).as_nanos() as u64, Relaxed);
+        Ok(r)
     }
 
     /// Turns events numbered from `first` into records.
     pub(crate) fn records(&mut self, first: u64, events: &[Event]) -> ChunkRecs {
+        let per_shard = events.len() / SHARDS + events.len() / (4 * SHARDS) + 16;
         let mut out = ChunkRecs {
-            accesses: vec![Vec::new(); SHARDS],
+            accesses: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
             ptr_loads: vec![Vec::new(); SHARDS],
             control: Vec::new(),
             access_events: 0,

@@ -23,6 +23,8 @@ mod symbols;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 
 use ffirec_format::{Completeness, Trace};
 use rayon::prelude::*;
@@ -108,14 +110,26 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let (mut access_events, mut decode_errors) = (0u64, 0u64);
     let mut ops = Vec::new();
     let timing = std::env::var_os("FFIREC_ANALYZE_TIMING").is_some();
-    let (mut t_decode, mut t_feed, mut t_shards) = (0f64, 0f64, 0f64);
-    for start in (0..n).step_by(BATCH) {
-        let t0 = std::time::Instant::now();
-        let idx: Vec<usize> = (start..n.min(start + BATCH)).collect();
-        let recs: Vec<decode::ChunkRecs> = idx
-            .par_iter()
-            .map_init(decode::Decoder::default, |d, &i| d.chunk(trace, i))
-            .collect::<Result<_, Error>>()?;
+    let t_start = std::time::Instant::now();
+    let mut t_feed = 0f64;
+    // One decode cache per worker thread, kept across batches.
+    let workers = rayon::current_num_threads().max(1);
+    let decoders: Vec<Mutex<decode::Decoder>> = (0..workers).map(|_| Mutex::new(decode::Decoder::default())).collect();
+    let decode_batch = |start: usize| -> Result<Vec<decode::ChunkRecs>, Error> {
+        (start..n.min(start + BATCH))
+            .into_par_iter()
+            .map(|i| {
+                let w = rayon::current_thread_index().unwrap_or(0) % workers;
+                let mut d = decoders[w].lock().unwrap_or_else(|e| e.into_inner());
+                d.chunk(trace, i)
+            })
+            .collect()
+    };
+    // Pipeline: while the shards replay batch k, the next batch is decoded.
+    let mut next = (n > 0).then(|| decode_batch(0));
+    let mut start = 0;
+    while let Some(cur) = next.take() {
+        let recs = cur?;
         let t1 = std::time::Instant::now();
         ops.clear();
         for r in &recs {
@@ -123,20 +137,23 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
             access_events += r.access_events;
             decode_errors += r.decode_errors.len() as u64;
         }
-        let t2 = std::time::Instant::now();
+        t_feed += t1.elapsed().as_secs_f64();
         let ctx = state::Ctx { allocs: &tl.allocs, modules: &mm };
-        shards.par_iter_mut().for_each(|s| s.run(&ops, &recs, &ctx));
-        let t3 = std::time::Instant::now();
-        t_decode += (t1 - t0).as_secs_f64();
-        t_feed += (t2 - t1).as_secs_f64();
-        t_shards += (t3 - t2).as_secs_f64();
+        let following = start + BATCH;
+        let (decoded, ()) = rayon::join(
+            || (following < n).then(|| decode_batch(following)),
+            || shards.par_iter_mut().for_each(|s| s.run(&ops, &recs, &ctx)),
+        );
+        next = decoded;
+        start = following;
         if let Some(pb) = &pb {
-            pb.inc(idx.len() as u64);
+            pb.inc(recs.len() as u64);
         }
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
+    let t_loop = t_start.elapsed().as_secs_f64();
 
     let t_gather = std::time::Instant::now();
     // Gather the shards.
@@ -197,7 +214,11 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let report = report::build(gathered, &syms, &opts.suppressions);
     if timing {
         eprintln!(
-            "ffirec analyze timing: decode {t_decode:.3}s, timeline {t_feed:.3}s, shards {t_shards:.3}s, gather+report {:.3}s",
+            "ffirec analyze timing: pipeline {t_loop:.3}s wall (thread time: read_chunk {:.3}s, records {:.3}s, drop events {:.3}s, shards {:.3}s), timeline {t_feed:.3}s, gather+report {:.3}s",
+            decode::READ_NS.swap(0, Relaxed) as f64 / 1e9,
+            decode::REC_NS.swap(0, Relaxed) as f64 / 1e9,
+            decode::DROP_NS.swap(0, Relaxed) as f64 / 1e9,
+            state::SHARD_NS.swap(0, Relaxed) as f64 / 1e9,
             t_gather.elapsed().as_secs_f64()
         );
     }

@@ -20,6 +20,9 @@ pub use intervals::RangeSet;
 pub(crate) use shadow::FastMap;
 pub(crate) use shard::{Ctx, LoadExposure, Piece, Shard, Stats, Target};
 
+/// Thread time spent replaying shards, for `FFIREC_ANALYZE_TIMING`.
+pub(crate) static SHARD_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// "No foreign call open".
 pub(crate) const NO_CALL: u32 = u32::MAX;
 /// "No allocation".
