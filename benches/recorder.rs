@@ -62,6 +62,7 @@ fn ceiling(n: u64, pinned: bool) -> f64 {
         libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0usize, libc::PTRACE_O_EXITKILL as usize);
     }
     if pinned {
+        // SAFETY: sched_getcpu has no preconditions.
         let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
         pin_to(0, cpu);
         pin_to(pid, cpu);

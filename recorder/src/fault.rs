@@ -119,8 +119,8 @@ impl Tracer {
         let mut instr: Option<iced_x86::Instruction> = None;
         let mut next_ip = 0;
         let mut len = n.min(15);
-        match self.decode.get_or_decode(raw.rip, &code[..n]) {
-            Ok(d) => {
+        if let Ok(d) = self.decode.get_or_decode(raw.rip, &code[..n]) {
+            {
                 len = d.len();
                 next_ip = d.next_ip();
                 emulation = d.emulation().copied();
@@ -138,7 +138,6 @@ impl Tracer {
                     self.ranges.clear();
                 }
             }
-            Err(_) => {}
         }
         let data = self.read_data(&self.ranges);
         self.sink.push(Event::Access {

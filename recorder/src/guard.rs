@@ -52,8 +52,6 @@ pub const DATA_LEN: u64 = 256 << 10;
 pub const SLOTS_OFF: u64 = 0x1000;
 /// Batch table: entries of 32 bytes at the start of the data area.
 const TABLE_ENTRIES: usize = 1024;
-/// Offset in the data area of per-thread trampoline save areas.
-pub const SAVE_OFF: u64 = 0x10000;
 
 /// Our pages in the tracee (never guarded, never unmapped by us).
 #[derive(Debug, Clone, Copy)]

@@ -30,9 +30,6 @@ impl Mapping {
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
     }
-    pub fn is_anon(&self) -> bool {
-        self.inode == 0 && self.path.is_empty()
-    }
 }
 
 /// Parses one line of `/proc/PID/maps`.
@@ -81,13 +78,13 @@ mod tests {
     fn parses_lines() {
         let m = parse_line("7f1c2a000000-7f1c2a021000 rw-p 00000000 00:00 0 ").unwrap();
         assert_eq!((m.start, m.end, m.prot, m.shared, m.inode), (0x7f1c2a000000, 0x7f1c2a021000, 3, false, 0));
-        assert!(m.is_anon());
+        assert!(m.path.is_empty() && !m.is_file());
         let m = parse_line("55d0c0a00000-55d0c0a01000 r-xp 00001000 08:01 123456  /usr/bin/my prog").unwrap();
         assert_eq!(m.path, "/usr/bin/my prog");
         assert_eq!(m.prot, PROT_R | PROT_X);
         assert_eq!(m.offset, 0x1000);
         let m = parse_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]").unwrap();
         assert_eq!(m.path, "[stack]");
-        assert!(!m.is_anon());
+        assert!(!m.is_file());
     }
 }

@@ -49,7 +49,7 @@ impl Stop {
     pub fn from_wait(w: WaitStatus) -> Stop {
         match w {
             WaitStatus::Exited(tid, code) => Stop::Exited { tid, code },
-            WaitStatus::Signaled(tid, signal, _) => Stop::Killed { tid, signal },
+            WaitStatus::Signaled(tid, signal) => Stop::Killed { tid, signal },
             WaitStatus::Stopped(tid, sig, 0) if sig == libc::SIGTRAP | 0x80 => Stop::Syscall { tid },
             WaitStatus::Stopped(tid, signal, 0) => Stop::Signal { tid, signal },
             WaitStatus::Stopped(tid, signal, libc::PTRACE_EVENT_STOP) => match signal {

@@ -16,12 +16,6 @@ use crate::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RemoteAddr(pub u64);
 
-impl RemoteAddr {
-    pub fn add(self, off: u64) -> RemoteAddr {
-        RemoteAddr(self.0.wrapping_add(off))
-    }
-}
-
 impl std::fmt::Display for RemoteAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#x}", self.0)
@@ -126,7 +120,6 @@ pub fn setregs(tid: Pid, regs: &RawRegs) -> Result<(), Error> {
 /// The parts of `siginfo_t` we use.
 #[derive(Debug, Clone, Copy)]
 pub struct SigInfo {
-    pub signo: i32,
     pub code: i32,
     /// `si_addr` (meaningful for SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGTRAP).
     pub addr: u64,
@@ -143,7 +136,7 @@ pub fn getsiginfo(tid: Pid) -> Result<SigInfo, Error> {
     // SAFETY: si_addr reads the union's first pointer field, valid for every
     // signal (it is just 8 bytes of the union).
     let addr = unsafe { si.si_addr() } as u64;
-    Ok(SigInfo { signo: si.si_signo, code: si.si_code, addr })
+    Ok(SigInfo { code: si.si_code, addr })
 }
 
 /// The XSAVE area (`NT_X86_XSTATE`), for vector registers.
@@ -174,7 +167,7 @@ const NT_X86_XSTATE: usize = 0x202;
 #[derive(Debug, Clone, Copy)]
 pub enum WaitStatus {
     Exited(Pid, i32),
-    Signaled(Pid, i32, bool),
+    Signaled(Pid, i32),
     /// Stopped: (tid, signal, ptrace event number).
     Stopped(Pid, i32, i32),
 }
@@ -202,7 +195,7 @@ pub fn wait(pid: Pid, nohang: bool) -> Result<Option<WaitStatus>, Error> {
     Ok(Some(if libc::WIFEXITED(status) {
         WaitStatus::Exited(r, libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        WaitStatus::Signaled(r, libc::WTERMSIG(status), libc::WCOREDUMP(status))
+        WaitStatus::Signaled(r, libc::WTERMSIG(status))
     } else {
         WaitStatus::Stopped(r, libc::WSTOPSIG(status), (status >> 16) & 0xff)
     }))
