@@ -14,10 +14,32 @@ use std::time::{Duration, Instant};
 
 use ffirec_format::{Header, Policy, Summary, Trace, TraceWriter, WriterOptions};
 
+/// CPU time of the calling thread (`/proc/thread-self/schedstat`, ns).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// CPU time of the whole process, exited threads included (`/proc/self/stat`
+/// utime+stime, in the kernel's USER_HZ ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect(); // f[0] is field 3 (state)
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
+}
+
 struct Row {
     level: i32,
     push: Duration,
     write: Duration,
+    write_cpu: Duration,
+    read1_cpu: Duration,
     open: Duration,
     read1: Duration,
     read_all: Duration,
@@ -41,6 +63,7 @@ fn measure(dir: &std::path::Path, events: &[ffirec_format::Event], level: i32) -
     let path: PathBuf = dir.join(format!("loop-{level}.ffr"));
     let input = events.to_vec(); // cloned outside the timed region
     let opts = WriterOptions { level, ..WriterOptions::default() };
+    let c0 = process_cpu();
     let t0 = Instant::now();
     let mut w = TraceWriter::with_options(&path, header(), opts).expect("create trace");
     for e in input {
@@ -49,10 +72,12 @@ fn measure(dir: &std::path::Path, events: &[ffirec_format::Event], level: i32) -
     let push = t0.elapsed();
     w.finish(Summary::default()).expect("finish");
     let write = t0.elapsed();
+    let write_cpu = process_cpu() - c0;
 
     let t0 = Instant::now();
     let trace = Trace::open(&path).expect("open");
     let open = t0.elapsed();
+    let c0 = thread_cpu();
     let t0 = Instant::now();
     let mut n = 0u64;
     for e in trace.events() {
@@ -60,6 +85,7 @@ fn measure(dir: &std::path::Path, events: &[ffirec_format::Event], level: i32) -
         n += 1;
     }
     let read1 = t0.elapsed();
+    let read1_cpu = thread_cpu() - c0;
     assert_eq!(n, events.len() as u64);
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -81,7 +107,7 @@ fn measure(dir: &std::path::Path, events: &[ffirec_format::Event], level: i32) -
 
     let chunk_bytes = trace.chunks().iter().map(|c| 40 + u64::from(c.compressed_len)).sum();
     let file_bytes = std::fs::metadata(&path).expect("stat").len();
-    Row { level, push, write, open, read1, read_all, threads, chunk_bytes, file_bytes }
+    Row { level, push, write, write_cpu, read1_cpu, open, read1, read_all, threads, chunk_bytes, file_bytes }
 }
 
 fn rate(n: usize, d: Duration) -> String {
@@ -96,24 +122,28 @@ fn main() {
 
     println!("ffirec-format: tight-loop access stream, seed 42, {n} events, 65536 events/chunk");
     println!(
-        "{:>5} {:>12} {:>12} {:>9} {:>14} {:>16} {:>13} {:>12}",
-        "zstd", "push", "write", "open", "read 1 thread", "read N threads", "B/access", "file B/ev"
+        "{:>4} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>14} {:>9} {:>10}",
+        "zstd", "push", "write", "write/cpu", "open", "read", "read/cpu", "read threads", "B/access", "file B/ev"
     );
     for level in [1, 3, 9] {
         let r = measure(&dir, &events, level);
         println!(
-            "{:>5} {:>12} {:>12} {:>7.1}ms {:>14} {:>16} {:>13.3} {:>12.3}",
+            "{:>4} {:>10} {:>10} {:>10} {:>6.1}ms {:>10} {:>10} {:>14} {:>9.3} {:>10.3}",
             r.level,
             rate(n, r.push),
             rate(n, r.write),
+            rate(n, r.write_cpu),
             r.open.as_secs_f64() * 1e3,
             rate(n, r.read1),
+            rate(n, r.read1_cpu),
             format!("{} ({})", rate(n, r.read_all), r.threads),
             r.chunk_bytes as f64 / n as f64,
             r.file_bytes as f64 / n as f64,
         );
     }
-    println!("push = caller's thread only; write = push + compress + write + finish; B/access = event chunk bytes");
-    println!("(headers included) per access event; the format's target is <= 8 (DESIGN.md section 6).");
+    println!("events per second of wall time, and per CPU-second (/cpu: all threads for write, the reading thread");
+    println!("for read) which is what to compare on a busy machine. push = the caller's thread only; write = push +");
+    println!("compress + write + finish; read = open's index + decode of every event on one thread; B/access = event");
+    println!("chunk bytes (headers included) per access event; the format's target is <= 8 (DESIGN.md section 6).");
     let _ = std::fs::remove_dir_all(&dir);
 }

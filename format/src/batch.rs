@@ -104,6 +104,33 @@ struct ThreadState {
     fault: u64,
 }
 
+/// Per-thread prediction state; consecutive events of one thread (the common
+/// case) skip the hash lookup.
+#[derive(Default)]
+struct Threads {
+    index: HashMap<Tid, usize>,
+    states: Vec<ThreadState>,
+    last: Option<(Tid, usize)>,
+}
+
+impl Threads {
+    fn get(&mut self, tid: Tid) -> &mut ThreadState {
+        let i = match self.last {
+            Some((t, i)) if t == tid => i,
+            _ => {
+                let next = self.states.len();
+                let i = *self.index.entry(tid).or_insert(next);
+                if i == next {
+                    self.states.push(ThreadState::default());
+                }
+                self.last = Some((tid, i));
+                i
+            }
+        };
+        &mut self.states[i]
+    }
+}
+
 fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -124,7 +151,7 @@ fn unzigzag(z: u64) -> u64 {
 /// Encodes `events` (any kinds, any threads) into a batch.
 pub fn encode(events: &[Event]) -> Batch {
     let mut b = Batch { kinds: Vec::with_capacity(events.len()), ..Batch::default() };
-    let mut threads: HashMap<Tid, ThreadState> = HashMap::new();
+    let mut threads = Threads::default();
     // rip -> table indices with that rip (almost always one).
     let mut ip_index: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut ip_code_off: Vec<usize> = Vec::new();
@@ -137,7 +164,7 @@ pub fn encode(events: &[Event]) -> Batch {
             }
             continue;
         };
-        let st = threads.entry(*tid).or_default();
+        let st = threads.get(*tid);
         // Instruction table.
         let cands = ip_index.entry(regs.rip).or_default();
         let found = cands.iter().copied().find(|&i| {
@@ -243,37 +270,43 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Decodes a batch back into events. Any inconsistency is an error message
-/// (the caller wraps it into `Error::Corrupt` with the chunk number).
-pub fn decode(b: Batch) -> Result<Vec<Event>, String> {
-    if b.ip_addr.len() != b.ip_code_len.len() {
+/// Decodes a validated archived batch back into events, reading the columns
+/// in place. Any inconsistency is an error message (the caller wraps it into
+/// `Error::Corrupt` with the chunk number).
+pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
+    let ip_addr = b.ip_addr.as_slice();
+    let ip_code_len = b.ip_code_len.as_slice();
+    let ip_code = b.ip_code.as_slice();
+    if ip_addr.len() != ip_code_len.len() {
         return Err("instruction table columns differ in length".into());
     }
-    let mut ip_code_off = Vec::with_capacity(b.ip_addr.len());
+    let mut ip_code_off = Vec::with_capacity(ip_addr.len());
     let mut off = 0usize;
-    for &l in &b.ip_code_len {
+    for l in ip_code_len {
         ip_code_off.push(off);
-        off = off.saturating_add(l as usize);
+        off = off.saturating_add(l.to_native() as usize);
     }
-    if off != b.ip_code.len() {
+    if off != ip_code.len() {
         return Err("instruction table code lengths do not add up".into());
     }
-    let mut tid_s = Stream::new(&b.a_tid, "tid");
-    let mut ip_s = Stream::new(&b.a_ip, "ip");
-    let mut fault_s = Stream::new(&b.a_fault, "fault_addr");
-    let mut mask_s = Stream::new(&b.a_mask, "register mask");
-    let mut regs_s = Stream::new(&b.a_regs, "registers");
-    let mut dlen_s = Stream::new(&b.a_data_len, "data length");
-    let mut data_s = Stream::new(&b.a_data, "data");
-    let mut vregs = b.a_vregs.into_iter().peekable();
-    let mut others = b.others.into_iter();
-    let mut threads: HashMap<Tid, ThreadState> = HashMap::new();
+    let mut tid_s = Stream::new(b.a_tid.as_slice(), "tid");
+    let mut ip_s = Stream::new(b.a_ip.as_slice(), "ip");
+    let mut fault_s = Stream::new(b.a_fault.as_slice(), "fault_addr");
+    let mut mask_s = Stream::new(b.a_mask.as_slice(), "register mask");
+    let mut regs_s = Stream::new(b.a_regs.as_slice(), "registers");
+    let mut dlen_s = Stream::new(b.a_data_len.as_slice(), "data length");
+    let mut data_s = Stream::new(b.a_data.as_slice(), "data");
+    let mut vregs = b.a_vregs.iter().peekable();
+    let mut others = b.others.iter();
+    let mut threads = Threads::default();
+    let kinds = b.kinds.as_slice();
     // Capacity from an untrusted count: capped, the vector grows as events decode.
-    let mut out = Vec::with_capacity(b.kinds.len().min(1 << 16));
+    let mut out = Vec::with_capacity(kinds.len().min(1 << 16));
     let mut accesses: u32 = 0;
-    for (n, &k) in b.kinds.iter().enumerate() {
+    for (n, &k) in kinds.iter().enumerate() {
         if k != KIND_ACCESS {
-            let w = others.next().ok_or_else(|| format!("event {n}: kind {k} but no stored event left"))?;
+            let a = others.next().ok_or_else(|| format!("event {n}: kind {k} but no stored event left"))?;
+            let w = rkyv::deserialize::<WEvent, rkyv::rancor::Error>(a).map_err(|e| format!("event {n}: {e}"))?;
             if wire_kind_id(&w) != k {
                 return Err(format!("event {n}: kind column says {k}, stored event is {}", wire_kind_id(&w)));
             }
@@ -282,24 +315,22 @@ pub fn decode(b: Batch) -> Result<Vec<Event>, String> {
         }
         let tid = u32::try_from(tid_s.get()?).map_err(|_| format!("event {n}: thread id out of range"))?;
         let ip = usize::try_from(ip_s.get()?).unwrap_or(usize::MAX);
-        let (Some(&rip), Some(&code_off), Some(&code_len)) =
-            (b.ip_addr.get(ip), ip_code_off.get(ip), b.ip_code_len.get(ip))
+        let (Some(rip), Some(&code_off), Some(code_len)) = (ip_addr.get(ip), ip_code_off.get(ip), ip_code_len.get(ip))
         else {
             return Err(format!("event {n}: instruction index {ip} out of range"));
         };
-        let code = b
-            .ip_code
-            .get(code_off..code_off + code_len as usize)
+        let code = ip_code
+            .get(code_off..code_off + code_len.to_native() as usize)
             .ok_or_else(|| format!("event {n}: instruction bytes out of range"))?
             .to_vec();
-        let st = threads.entry(tid).or_default();
+        let st = threads.get(tid);
         st.fault = st.fault.wrapping_add(unzigzag(fault_s.get()?));
         let mask = mask_s.get()?;
         if mask >> NREGS != 0 {
             return Err(format!("event {n}: register mask {mask:#x} names unknown registers"));
         }
         let mut now = st.regs;
-        now[RIP] = rip;
+        now[RIP] = rip.to_native();
         for (r, slot) in now.iter_mut().enumerate() {
             if mask & (1 << r) != 0 {
                 *slot = slot.wrapping_add(unzigzag(regs_s.get()?));
@@ -309,8 +340,8 @@ pub fn decode(b: Batch) -> Result<Vec<Event>, String> {
         let dlen = dlen_s.get()?;
         let data = data_s.take(dlen)?.to_vec();
         let mut vr = Vec::new();
-        while let Some(v) = vregs.next_if(|v| v.access == accesses) {
-            vr.push(VecReg { kind: wire::vreg_kind_from(v.kind)?, index: v.index, bytes: v.bytes });
+        while let Some(v) = vregs.next_if(|v| v.access.to_native() == accesses) {
+            vr.push(VecReg { kind: wire::vreg_kind_from(v.kind)?, index: v.index, bytes: v.bytes.as_slice().to_vec() });
         }
         out.push(Event::Access { tid, code, regs: wire_regs(&now), fault_addr: st.fault, data, vregs: vr });
         accesses += 1;

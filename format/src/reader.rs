@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::batch::{self, Batch};
+use crate::batch::{self, ArchivedBatch};
 use crate::layout::{
     self, ChunkHeader, ChunkKind, Trailer, CHUNK_HEADER_LEN, MAGIC, MAX_RAW_LEN, MIN_VERSION, PREAMBLE_LEN,
     TRAILER_LEN, VERSION,
@@ -157,7 +157,8 @@ impl Trace {
             .get(start..start.saturating_add(info.compressed_len as usize))
             .ok_or_else(|| corrupt("payload beyond the end of the file".into()))?;
         let raw = unpack(payload, info.raw_len, crc).map_err(corrupt)?;
-        let batch: Batch = from_rkyv(&raw).map_err(corrupt)?;
+        let batch = rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw)
+            .map_err(|e| corrupt(format!("invalid archive: {e}")))?;
         if batch.kinds.len() != info.events as usize {
             return Err(corrupt(format!(
                 "chunk header says {} events, payload holds {}",
