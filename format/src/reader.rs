@@ -61,6 +61,8 @@ pub struct Trace {
     bytes: Bytes,
     header: Header,
     modules: Vec<Module>,
+    /// For each module, the number of events pushed before it was added.
+    module_events: Vec<u64>,
     chunks: Vec<ChunkInfo>,
     /// Payload checksums of `chunks`, same order.
     crcs: Vec<u32>,
@@ -116,6 +118,13 @@ impl Trace {
     /// All modules, in the order the recorder added them.
     pub fn modules(&self) -> &[Module] {
         &self.modules
+    }
+
+    /// The event number from which module `index` was known: how many events
+    /// had been pushed when the recorder added it (`None` for no such module).
+    /// Lets a reader tell apart two objects mapped at the same address over time.
+    pub fn module_first_event(&self, index: usize) -> Option<u64> {
+        self.module_events.get(index).copied()
     }
 
     pub fn chunks(&self) -> &[ChunkInfo] {
@@ -210,6 +219,7 @@ impl Trace {
         let mut t = Trace {
             header,
             modules: Vec::new(),
+            module_events: Vec::new(),
             chunks: Vec::new(),
             crcs: Vec::new(),
             summary: None,
@@ -265,6 +275,7 @@ impl Trace {
             .and_then(wire::module_from)
             .map_err(|e| Error::CorruptMeta(format!("module {n}: {e}")))?;
         self.modules.push(m);
+        self.module_events.push(h.first_event);
         Ok(())
     }
 

@@ -45,6 +45,7 @@ proptest! {
         let mut w = TraceWriter::with_options(&path, header.clone(), opts).unwrap();
         let mut events = vec![];
         let mut modules = vec![];
+        let mut module_events = vec![];
         for op in ops {
             match op {
                 Op::Event(e) => {
@@ -54,6 +55,7 @@ proptest! {
                 Op::Module(m) => {
                     prop_assert_eq!(w.add_module(m.clone()).unwrap(), modules.len() as u32);
                     modules.push(m);
+                    module_events.push(events.len() as u64);
                 }
             }
         }
@@ -70,6 +72,10 @@ proptest! {
         };
         prop_assert_eq!(t.header(), &header);
         prop_assert_eq!(t.modules(), modules.as_slice());
+        for (i, &n) in module_events.iter().enumerate() {
+            prop_assert_eq!(t.module_first_event(i), Some(n));
+        }
+        prop_assert_eq!(t.module_first_event(modules.len()), None);
         prop_assert_eq!(t.event_count(), events.len() as u64);
         prop_assert_eq!(t.chunks().len(), expected_chunks);
         if finish {
