@@ -6,8 +6,39 @@
 //! independently, so analysis can run them in parallel).
 //!
 //! Hidden: the on-disk layout (chunk headers, the columnar batch encoding with
-//! deduplicated instruction bytes and XOR-delta registers, footer, trailer).
-//! This crate is a leaf: no libc, no ptrace, no disassembler.
+//! deduplicated instruction bytes and per-thread register deltas, footer,
+//! trailer). This crate is a leaf: no libc, no ptrace, no disassembler.
+//!
+//! ```
+//! use ffirec_format::{Completeness, Event, Header, Policy, Summary, Trace, TraceWriter};
+//!
+//! # fn main() -> Result<(), ffirec_format::Error> {
+//! let path = std::env::temp_dir().join(format!("ffirec-doc-{}.ffr", std::process::id()));
+//! let header = Header {
+//!     recorder_version: "0.1.0".into(),
+//!     uuid: [0; 16],
+//!     command: vec!["./prog".into()],
+//!     start_time_ns: 0,
+//!     page_size: 4096,
+//!     policy: Policy::default(),
+//! };
+//! let mut w = TraceWriter::create(&path, header)?; // writes `<path>.partial`
+//! w.push(Event::InitUnknown { addr: 0x1000, len: 64 })?;
+//! w.finish(Summary::default())?; // footer, trailer, rename to `<path>`
+//!
+//! let trace = Trace::open(&path)?;
+//! assert_eq!(trace.completeness(), &Completeness::Complete);
+//! for chunk in 0..trace.chunks().len() {
+//!     // Independent per chunk: fine to run these on a thread pool.
+//!     for event in trace.read_chunk(chunk)? {
+//!         assert_eq!(event.kind(), "init_unknown");
+//!     }
+//! }
+//! assert_eq!(trace.summary().and_then(|s| s.counter("events.init_unknown")), Some(1));
+//! # std::fs::remove_file(&path).ok();
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # File layout (version 1)
 //!
