@@ -118,3 +118,15 @@ fn record_second_sigint_finishes_a_valid_trace() {
     let t = ffirec_format::Trace::open(&trace).expect("valid trace after Ctrl-C");
     assert_eq!(t.completeness(), &ffirec_format::Completeness::Complete);
 }
+
+#[test]
+fn record_forked_child_runs_untraced_with_real_protections() {
+    let prog = common::program("rec_fork");
+    let r = record("cli_fork", &prog, &[], &["--lib", "librecfx.so"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "child 36 1\nchild status 0\nparent 10\n");
+    let ev = r.events();
+    assert_eq!(host_calls(&r.trace(), &ev), vec!["sum_ints"]);
+    assert_eq!(ranges_in(&bytes(&ev).read, r.addr("buf"), 32), vec![(0, 16)]);
+    assert_eq!(ev.iter().filter(|e| matches!(e, ffirec_format::Event::Fork { .. })).count(), 1);
+}

@@ -122,6 +122,10 @@ pub(crate) struct Tracer {
     pub shim_trap: Option<u64>,
     /// Syscall the trampolines use to change protections.
     pub protect_nr: u32,
+    /// Forked children not yet seen stopped (pid → was vfork).
+    pub forks: std::collections::HashMap<Pid, bool>,
+    /// Children that stopped before their parent's fork event.
+    pub early_children: std::collections::HashMap<Pid, Stop>,
     pub tramp: crate::fault::Trampolines,
 }
 
@@ -151,6 +155,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
     let options = libc::PTRACE_O_EXITKILL
         | libc::PTRACE_O_TRACECLONE
         | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_TRACEEXIT
         | libc::PTRACE_O_TRACESYSGOOD;
     let pid = process::spawn(&exe, &argv, &env, i64::from(options))?;
@@ -214,6 +220,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         alloc,
         shim_trap: None,
         protect_nr: libc::SYS_mprotect as u32,
+        forks: std::collections::HashMap::new(),
+        early_children: std::collections::HashMap::new(),
         tramp: crate::fault::Trampolines::default(),
     };
     t.threads.insert(pid, Thread::default());
@@ -335,6 +343,16 @@ impl Tracer {
             Stop::Killed { tid, signal } => return self.on_death(tid, ExitStatus::Signal(signal)),
             _ => {}
         }
+        if !self.threads.contains_key(&tid) {
+            // A forked child (its first stop may come before the parent's event).
+            if let Some(vfork) = self.forks.remove(&tid) {
+                return self.release_child(tid, vfork, stop);
+            }
+            if sys::tgid_of(tid).is_some_and(|g| g != self.pid) {
+                self.early_children.insert(tid, stop);
+                return Ok(());
+            }
+        }
         if self.owner == Some(tid) {
             self.last_owner_stop = Instant::now();
         }
@@ -362,7 +380,12 @@ impl Tracer {
     }
 
     fn on_death(&mut self, tid: Pid, status: ExitStatus) -> Result<(), Error> {
-        self.threads.remove(&tid);
+        if self.threads.remove(&tid).is_none() && tid != self.pid {
+            // A forked child we had not detached yet.
+            self.forks.remove(&tid);
+            self.early_children.remove(&tid);
+            return Ok(());
+        }
         let code = match status {
             ExitStatus::Code(c) => c,
             ExitStatus::Signal(s) => 128 + s,
@@ -389,6 +412,14 @@ impl Tracer {
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
                     self.sink.push(Event::ThreadStart { tid: child as u32, pid: self.pid as u32, parent: tid as u32 })?;
+                } else {
+                    self.sink.push(Event::Fork { tid: tid as u32, parent_pid: self.pid as u32, child_pid: child as u32 })?;
+                    let vfork = event == libc::PTRACE_EVENT_VFORK;
+                    if let Some(stop) = self.early_children.remove(&child) {
+                        self.release_child(child, vfork, stop)?;
+                    } else {
+                        self.forks.insert(child, vfork);
+                    }
                 }
                 self.resume(tid, 0)
             }
@@ -988,6 +1019,40 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// A forked child is not followed: give it back its real protections
+    /// (it inherited ours) and detach. A vfork child shares our memory, so
+    /// it is only detached.
+    fn release_child(&mut self, child: Pid, vfork: bool, stop: Stop) -> Result<(), Error> {
+        if !vfork && self.inject.is_some() {
+            let regs = sys::getregs(child)?;
+            let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+            for l in &self.modules {
+                batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot)));
+            }
+            let child_mem = Mem::open(child)?;
+            // Our breakpoints were copied too; an untraced int3 would kill it.
+            if let Some(a) = self.rbrk_bp {
+                child_mem.write(RemoteAddr(a), &[0xc3])?;
+            }
+            if let Some((a, b)) = self.entry_bp {
+                child_mem.write(RemoteAddr(a), &[b])?;
+            }
+            for (&a, &(b, _)) in &self.ret_bps {
+                child_mem.write(RemoteAddr(a), &[b])?;
+            }
+            let parent_mem = std::mem::replace(&mut self.mem, child_mem);
+            let r = self.run_batch(child, &regs, &batch);
+            self.mem = parent_mem;
+            r?;
+            sys::setregs(child, &regs)?;
+        }
+        let sig = match stop {
+            Stop::Signal { signal, .. } if signal != libc::SIGSTOP => signal,
+            _ => 0,
+        };
+        sys::detach(child, sig)
     }
 
     fn pin(&mut self, tid: Pid) {

@@ -27,6 +27,10 @@
 //! - Never guard the ring mapping ([`AllocTracker::ring_path`], mapped
 //!   `MAP_SHARED` in every tracee process) nor the shim's own mappings: classify
 //!   the shim as neutral code (its writable data is then unguarded).
+//! - Allocator activity: at a fault of the foreign thread, if
+//!   [`AllocTracker::in_allocator`]`(tid)` the access is the allocator's own
+//!   (e.g. glibc's `free` of a host pointer reading the guarded chunk header),
+//!   not the library's: tag it, never report it as a finding.
 //! - Foreign arena: while a thread is the foreign tid, its allocations are
 //!   served from [`AllocTracker::foreign_arena`], one fixed address range in
 //!   every tracee process (mapped by the shim on first use), never from the
@@ -147,6 +151,13 @@ impl RingControl {
     /// Whether foreign-mode allocations go to the foreign arena (when there is one).
     pub fn set_foreign_arena(&self, on: bool) {
         self.map.set_arena_enabled(on);
+    }
+    /// True while the foreign thread `tid` is inside an allocation function:
+    /// a fault it takes now is allocator activity (glibc touching guarded
+    /// heap metadata, e.g. freeing a host pointer), not the library's access.
+    /// Read it at the fault's ptrace stop.
+    pub fn in_allocator(&self, tid: u32) -> bool {
+        tid != 0 && self.map.allocator_tid() == tid
     }
 }
 
@@ -307,6 +318,11 @@ impl AllocTracker {
     /// See [`RingControl::set_foreign_arena`].
     pub fn set_foreign_arena(&self, on: bool) {
         self.map.set_arena_enabled(on);
+    }
+
+    /// See [`RingControl::in_allocator`].
+    pub fn in_allocator(&self, tid: u32) -> bool {
+        tid != 0 && self.map.allocator_tid() == tid
     }
 
     /// The address range foreign-mode allocations are served from, the same

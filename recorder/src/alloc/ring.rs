@@ -24,6 +24,7 @@ const OFF_FOREIGN_TID: usize = 36;
 const OFF_ARENA_START: usize = 40;
 const OFF_ARENA_END: usize = 48;
 const OFF_CLOSED: usize = 56;
+const OFF_ALLOCATOR_TID: usize = 60;
 const OFF_HEAD: usize = 64;
 const OFF_TAIL: usize = 128;
 const OFF_DROPPED: usize = 192;
@@ -158,6 +159,9 @@ impl Mapping {
     /// Tells producers nobody will consume any more: they stop waiting for room.
     pub(crate) fn close(&self) {
         self.u32_at(OFF_CLOSED).store(1, Ordering::SeqCst);
+    }
+    pub(crate) fn allocator_tid(&self) -> u32 {
+        self.u32_at(OFF_ALLOCATOR_TID).load(Ordering::Acquire)
     }
     pub(crate) fn head(&self) -> u64 {
         self.u64_at(OFF_HEAD).load(Ordering::Acquire)

@@ -84,6 +84,16 @@ pub fn listen(tid: Pid) -> Result<(), Error> {
     ptrace_simple(libc::PTRACE_LISTEN, "PTRACE_LISTEN", tid, 0, 0).map(drop)
 }
 
+pub fn detach(tid: Pid, sig: i32) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_DETACH, "PTRACE_DETACH", tid, 0, sig as usize).map(drop)
+}
+
+/// The thread-group id of `tid` (from /proc), when it still exists.
+pub fn tgid_of(tid: Pid) -> Option<Pid> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
 pub fn geteventmsg(tid: Pid) -> Result<u64, Error> {
     let mut msg: libc::c_ulong = 0;
     // SAFETY: the kernel writes one c_ulong to the pointer we pass.
