@@ -314,28 +314,15 @@ impl Timeline {
                 Event::Protect { addr, len, prot, .. } => ops.push((seq, Op::Protect { addr, len, prot })),
                 Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr, len })),
                 Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr, len })),
-                Event::Signal { tid, signo, code, addr, ref regs, fatal, .. } => {
-                    if fatal || matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) {
-                        self.crashes.push(Crash {
-                            seq,
-                            tid,
-                            call: self.top(tid),
-                            signo,
-                            code,
-                            addr,
-                            rip: regs.rip,
-                            fatal,
-                        });
-                    }
+                Event::Signal { tid, signo, code, addr, ref regs, fatal, .. }
+                    if fatal || matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) =>
+                {
+                    self.crashes.push(Crash { seq, tid, call: self.top(tid), signo, code, addr, rip: regs.rip, fatal });
                 }
                 Event::Gap { tid, reason, detail } => {
                     self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail })
                 }
-                Event::Exit { status, .. } => {
-                    if self.exit.is_none() {
-                        self.exit = Some(status);
-                    }
-                }
+                Event::Exit { status, .. } if self.exit.is_none() => self.exit = Some(status),
                 _ => {}
             }
         }

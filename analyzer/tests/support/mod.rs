@@ -190,7 +190,7 @@ pub fn random_events(seed: u64, calls: u64, per_call: u64) -> Vec<Event> {
                 ev.push(Event::HostWrite { tid: TID, addr: next, len: size / 2 });
             }
             live.push((next, size));
-            next += (size + 4095) / 4096 * 4096 + 4096 * rng.below(3);
+            next += size.div_ceil(4096) * 4096 + 4096 * rng.below(3);
         }
         if live.len() > 24 {
             let (p, _) = live.remove(rng.below(live.len() as u64) as usize);
