@@ -560,7 +560,31 @@ __attribute__((constructor)) static void shim_init(void) {
     errno = saved_errno;
 }
 
-/* ---- the C allocator ------------------------------------------------------ */
+/* ---- the C allocator ------------------------------------------------------
+ * ALLOC_GUARD: while the foreign thread runs inside one of these functions,
+ * header.allocator_tid names it, so the recorder can tag the faults glibc
+ * takes on guarded host heap metadata (e.g. a foreign free of a host pointer)
+ * as allocator activity. Restored, not cleared, on exit (signal nesting). */
+#define NO_GUARD UINT32_MAX
+
+static inline uint32_t alloc_enter(void) {
+    if (UNLIKELY(atomic_load_explicit(&g_state, memory_order_acquire) != ST_READY))
+        return NO_GUARD;
+    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
+    if (LIKELY(ftid == 0) || ftid != my_tid())
+        return NO_GUARD;
+    uint32_t prev = atomic_load_explicit(hdr_u32(&g_hdr->allocator_tid), memory_order_relaxed);
+    atomic_store_explicit(hdr_u32(&g_hdr->allocator_tid), ftid, memory_order_relaxed);
+    return prev;
+}
+
+static inline void alloc_leave(uint32_t *prev) {
+    if (UNLIKELY(*prev != NO_GUARD))
+        atomic_store_explicit(hdr_u32(&g_hdr->allocator_tid), *prev, memory_order_relaxed);
+}
+
+#define ALLOC_GUARD uint32_t alloc_guard_ __attribute__((cleanup(alloc_leave))) = alloc_enter()
+
 /* Foreign-mode allocations fall back to glibc when the arena is exhausted:
  * the program must get its memory exactly when it would natively. */
 #define ARENA_OR(arena_call, libc_call) ({                                     \
@@ -574,6 +598,7 @@ __attribute__((constructor)) static void shim_init(void) {
 })
 
 EXPORT void *malloc(size_t n) {
+    ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_malloc(n));
     if (p)
         record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
@@ -581,6 +606,7 @@ EXPORT void *malloc(size_t n) {
 }
 
 EXPORT void *calloc(size_t n, size_t m) {
+    ALLOC_GUARD;
     size_t bytes;
     void *p = __builtin_mul_overflow(n, m, &bytes) ? __libc_calloc(n, m) /* fails as glibc does */
                                                    : ARENA_OR(arena_alloc(bytes, ARENA_HDR, 1),
@@ -591,6 +617,7 @@ EXPORT void *calloc(size_t n, size_t m) {
 }
 
 EXPORT void free(void *p) {
+    ALLOC_GUARD;
     if (!p) {
         __libc_free(p);
         return;
@@ -622,10 +649,12 @@ static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t 
 }
 
 EXPORT void *realloc(void *old, size_t n) {
+    ALLOC_GUARD;
     return realloc_common(old, n, FFIREC_K_REALLOC, CALLER);
 }
 
 EXPORT void *reallocarray(void *old, size_t n, size_t m) {
+    ALLOC_GUARD;
     size_t bytes;
     if (__builtin_mul_overflow(n, m, &bytes)) {
         errno = ENOMEM;
@@ -635,6 +664,7 @@ EXPORT void *reallocarray(void *old, size_t n, size_t m) {
 }
 
 EXPORT int posix_memalign(void **out, size_t align, size_t n) {
+    ALLOC_GUARD;
     int valid = align != 0 && align % sizeof(void *) == 0 && (align & (align - 1)) == 0;
     posix_memalign_fn f = get_posix_memalign();
     int rc;
@@ -662,6 +692,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n) {
 
 /* glibc 2.36's aligned_alloc is memalign: any alignment, rounded up to a power of two. */
 EXPORT void *aligned_alloc(size_t align, size_t n) {
+    ALLOC_GUARD;
     aligned_alloc_fn f = get_aligned_alloc();
     void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0),
                        LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n));
@@ -671,6 +702,7 @@ EXPORT void *aligned_alloc(size_t align, size_t n) {
 }
 
 EXPORT void *memalign(size_t align, size_t n) {
+    ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0), __libc_memalign(align, n));
     if (p)
         record(FFIREC_K_MEMALIGN, (uintptr_t)p, n, 0, CALLER, align);
@@ -678,6 +710,7 @@ EXPORT void *memalign(size_t align, size_t n) {
 }
 
 EXPORT void *valloc(size_t n) {
+    ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, ARENA_PAGE, 0), __libc_valloc(n));
     if (p)
         record(FFIREC_K_VALLOC, (uintptr_t)p, n, 0, CALLER, 0);
@@ -685,6 +718,7 @@ EXPORT void *valloc(size_t n) {
 }
 
 EXPORT void *pvalloc(size_t n) {
+    ALLOC_GUARD;
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
     void *p = ARENA_OR(rounded < n ? NULL : arena_alloc(rounded, ARENA_PAGE, 0), __libc_pvalloc(n));
@@ -694,6 +728,7 @@ EXPORT void *pvalloc(size_t n) {
 }
 
 EXPORT size_t malloc_usable_size(void *p) {
+    ALLOC_GUARD;
     if (UNLIKELY(in_arena(p)))
         return arena_usable(p);
     malloc_usable_size_fn f = get_malloc_usable_size();

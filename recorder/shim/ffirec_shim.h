@@ -98,7 +98,8 @@ struct ffirec_hdr {
     uint64_t arena_start;    /* 40: the foreign arena's fixed address range, the same in */
     uint64_t arena_end;      /* 48: every process (0, 0: no arena); see "Foreign arena" */
     uint32_t closed;         /* 56: the consumer is gone: producers stop waiting for room */
-    uint32_t reserved1;      /* 60 */
+    uint32_t allocator_tid;  /* 60: the foreign tid while it runs inside an allocation
+                                    function (allocator activity, not the library's), else 0 */
     /* line 1: producers */
     uint64_t head; /* 64: next sequence number to reserve */
     uint64_t pad1[7];

@@ -15,8 +15,9 @@ use ffirec_recorder::alloc::AllocTracker;
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Compiles `tests/fixtures/NAME.c` (`cc -O0 -g -pthread`) once per test
-/// process; the output name carries the pid so test binaries never race.
+/// Compiles `tests/fixtures/NAME.c` (`cc -O0 -g -pthread`, plus the flags of
+/// a first line `// cflags: ...`) once per test process; the output name
+/// carries the pid so test binaries never race.
 pub fn fixture(name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -28,10 +29,18 @@ pub fn fixture(name: &str) -> PathBuf {
     let _serial = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     if !out.exists() {
         let tmp = dir.join(format!("{name}-{}.tmp", std::process::id()));
+        let text = std::fs::read_to_string(&src).unwrap();
+        let extra: Vec<&str> = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("// cflags:"))
+            .map(|f| f.split_whitespace().collect())
+            .unwrap_or_default();
         let st = Command::new("cc")
             .args(["-O0", "-g", "-pthread", "-o"])
             .arg(&tmp)
             .arg(&src)
+            .args(&extra)
             .status()
             .expect("run cc");
         assert!(st.success(), "cc {} failed", src.display());
