@@ -52,6 +52,11 @@ impl Analysed {
 }
 
 fn analyse(test: &str, scenario: &str) -> Analysed {
+    analyse_expecting(test, scenario, 0)
+}
+
+/// Records `scenario` (whose own exit status must be `status`) and analyses it.
+fn analyse_expecting(test: &str, scenario: &str, status: i32) -> Analysed {
     let prog = host();
     let dir = common::scratch(test);
     let trace = dir.join("trace.ffr");
@@ -65,7 +70,7 @@ fn analyse(test: &str, scenario: &str) -> Analysed {
         common::TIMEOUT,
     );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "record failed:\n{stderr}");
+    assert_eq!(out.status.code(), Some(status), "record failed:\n{stderr}");
     let addrs = stderr
         .lines()
         .filter_map(|l| l.split_once("=0x"))
@@ -195,4 +200,19 @@ fn analyze_threads_1_and_2_identical_and_dump_accesses() {
         assert!(l["symbol"].as_str().is_some_and(|s| s.starts_with("sum_off_by_one+0x")), "{l}");
         assert_eq!(l["call"], lines[0]["call"]);
     }
+}
+
+#[test]
+fn analyze_crash_in_library_names_the_site() {
+    // The fixture dies of SIGSEGV (128+11) natively and under ffirec.
+    let a = analyse_expecting("analyze_crash", "crash", 139);
+    assert_eq!(kinds(&a), vec!["crash"]);
+    let f = &a.findings()[0];
+    assert_eq!((f["addr"].as_str(), f["at"]["symbol"].as_str()), (Some("0x0"), Some("deref")));
+    assert!(f["at"]["file"].as_str().is_some_and(|p| p.ends_with("libanafx.c")), "{:#}", f["at"]);
+    assert_eq!(f["at"]["line"], 48);
+    assert_eq!(f["call"]["symbol"], "deref");
+    assert_eq!(a.json["trace"]["exit"], "signal 11");
+    assert_eq!(a.call("deref")["ret"], Value::Null);
+    assert_eq!(a.code, 1);
 }
