@@ -217,3 +217,25 @@ fn record_one_ptrace_stop_per_fault_through_trampolines() {
     assert_eq!(ranges_in(&b.read, r.addr("buf"), 2048), vec![(0, 2048)]);
     assert_eq!(ranges_in(&b.written, r.addr("buf"), 2048), vec![(0, 2048)]);
 }
+
+#[test]
+fn record_avx2_gather_uses_recorded_index_vector() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpuinfo.contains("avx2") {
+        eprintln!("note: CPU lacks AVX2; record_avx2_gather_uses_recorded_index_vector skipped");
+        return;
+    }
+    let r = scenario("gather", "gather");
+    let ev = r.events();
+    let b = bytes(&ev);
+    let want: Vec<(u64, u64)> = [0u64, 3, 5, 7, 9, 11, 13, 15].iter().map(|i| (i * 4, i * 4 + 4)).collect();
+    assert_eq!(ranges_in(&b.read, r.addr("base"), 64), want);
+    assert_eq!(ranges_in(&b.written, r.addr("out"), 32), vec![(0, 32)]);
+    // The gather's Access carries the index vector (ymm1) it was decoded with.
+    let vregs = ev.iter().find_map(|e| match e {
+        Event::Access { vregs, .. } if !vregs.is_empty() => Some(vregs.clone()),
+        _ => None,
+    });
+    let vregs = vregs.expect("an access with vector registers");
+    assert!(vregs.iter().any(|v| v.index == 1 && v.bytes.len() == 32 && v.bytes[4..8] == 3u32.to_le_bytes() && v.bytes[28..32] == 15u32.to_le_bytes()), "{vregs:?}");
+}

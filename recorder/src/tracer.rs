@@ -122,6 +122,7 @@ pub(crate) struct Tracer {
     pub shim_trap: Option<u64>,
     /// Syscall the trampolines use to change protections.
     pub protect_nr: u32,
+    pub announced_none: bool,
     /// Forked children not yet seen stopped (pid → was vfork).
     pub forks: std::collections::HashMap<Pid, bool>,
     /// Children that stopped before their parent's fork event.
@@ -220,6 +221,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         alloc,
         shim_trap: None,
         protect_nr: libc::SYS_mprotect as u32,
+        announced_none: false,
         forks: std::collections::HashMap::new(),
         early_children: std::collections::HashMap::new(),
         tramp: crate::fault::Trampolines::default(),
@@ -660,11 +662,12 @@ impl Tracer {
                 l.soname.clone().unwrap_or_else(|| l.module.path.rsplit('/').next().unwrap_or("").to_string())
             })
             .collect();
-        if !self.opts.quiet && (!foreign.is_empty() || announce) {
-            if foreign.is_empty() {
-                eprintln!("ffirec: no foreign library loaded yet");
-            } else {
+        if !self.opts.quiet {
+            if !foreign.is_empty() {
                 eprintln!("ffirec: foreign: {}", foreign.join(", "));
+            } else if announce && self.policy.foreign.is_empty() && !self.announced_none {
+                self.announced_none = true;
+                eprintln!("ffirec: no foreign library loaded yet (libraries loaded later are matched when they appear)");
             }
         }
         Ok(added)
