@@ -102,3 +102,24 @@ fn alloc_overhead_1m_malloc_free_pairs() {
         sw as f64 / nw as f64
     );
 }
+
+#[test]
+#[ignore = "measurement; run with --release --ignored --nocapture"]
+fn alloc_overhead_drain_throughput() {
+    // 1 M pairs into a ring that holds them all, then one timed drain: the
+    // cost a recorder that drains at ptrace stops pays while the tracee waits.
+    let exe = fixture("alloc_bench");
+    let mut tracker = AllocTracker::with_capacity(1 << 22).unwrap();
+    let out = wait(spawn(&exe, &[], &tracker.env()));
+    assert!(out.status.success());
+    let t0 = Instant::now();
+    let mut events = 0u64;
+    tracker.drain_final(|_| events += 1);
+    let dt = t0.elapsed();
+    assert!(events >= 2_000_000);
+    println!(
+        "alloc_overhead: drained {events} events in {:.1} ms: {:.1} ns/event",
+        dt.as_secs_f64() * 1e3,
+        dt.as_nanos() as f64 / events as f64
+    );
+}
