@@ -109,6 +109,21 @@ fn generate(path: &std::path::Path, accesses: u64) -> u64 {
     n
 }
 
+/// CPU time (user + system) of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete `rusage` into the pointed-to memory,
+    // which is valid, aligned and zero-initialised; RUSAGE_SELF is always valid.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0.0;
+    }
+    // SAFETY: zero-initialised and, on success, filled by the kernel.
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn main() {
     let accesses: u64 = std::env::var("FFIREC_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let dir = std::env::temp_dir().join(format!("ffirec-bench-analyzer-{}", std::process::id()));
@@ -135,13 +150,17 @@ fn main() {
     let mut json = Vec::new();
     for threads in [1, all] {
         let opts = Options { threads: Some(threads), dwarf: false, ..Options::default() };
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         let report = analyze(&trace, &opts).unwrap();
-        let secs = t.elapsed().as_secs_f64();
+        let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
         let rate = events as f64 / secs;
+        // CPU utilisation shows how much of the machine we actually got
+        // (other processes on a shared machine make wall-clock rates noisy).
         println!(
-            "analyze, {threads} thread(s): {events} events in {secs:.2}s = {:.2} M events/s ({} findings)",
+            "analyze, {threads} thread(s): {events} events in {secs:.2}s = {:.2} M events/s; {cpu:.2} CPU-s = {:.2} M events/CPU-s, {:.2} CPUs busy ({} findings)",
             rate / 1e6,
+            events as f64 / cpu.max(1e-9) / 1e6,
+            cpu / secs,
             report.summary.findings
         );
         rates.push(rate);
