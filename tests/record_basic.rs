@@ -239,3 +239,36 @@ fn record_avx2_gather_uses_recorded_index_vector() {
     let vregs = vregs.expect("an access with vector registers");
     assert!(vregs.iter().any(|v| v.index == 1 && v.bytes.len() == 32 && v.bytes[4..8] == 3u32.to_le_bytes() && v.bytes[28..32] == 15u32.to_le_bytes()), "{vregs:?}");
 }
+
+#[test]
+fn record_longjmp_out_of_a_callback_closes_the_call() {
+    let r = scenario("longjmp", "longjmp");
+    let ev = r.events();
+    assert_eq!(host_calls(&r.trace(), &ev), vec!["lib_apply", "sum_ints"]);
+    let b = bytes(&ev);
+    // lib_apply read p[0] before calling back; sum_ints read all 8 ints.
+    assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 32)]);
+    let seq: Vec<&str> = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }))
+        .map(|e| e.kind())
+        .take(6)
+        .collect();
+    assert_eq!(seq, vec!["call", "callback", "callback_return", "return", "call", "return"]);
+}
+
+#[test]
+fn record_signal_handler_during_a_foreign_call() {
+    let r = scenario("signal", "signal");
+    let ev = r.events();
+    let b = bytes(&ev);
+    assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 8)]);
+    let sigs: Vec<i32> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Signal { signo, fatal, .. } => Some(if *fatal { -signo } else { *signo }),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sigs, vec![10]);
+}

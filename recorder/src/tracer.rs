@@ -726,7 +726,7 @@ impl Tracer {
         let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
         if let Some(f) = top {
             if f.kind == FrameKind::Foreign && f.suspended {
-                if rsp <= f.entry_rsp {
+                if rsp < f.entry_rsp {
                     // Still inside the blocked call: re-arm without a new Call.
                     if let Some(t) = self.threads.get_mut(&tid) {
                         for fr in &mut t.frames {
@@ -737,15 +737,18 @@ impl Tracer {
                 }
                 while self.pop_frame(tid)?.is_some() {}
             } else if f.kind == FrameKind::Callback && rsp > f.entry_rsp {
-                // The callback returned (or unwound) into foreign code.
                 let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
-                let call = f.call;
-                self.pop_frame(tid)?;
-                if !is_ret {
-                    self.pop_unwound(tid, rsp, regs.rax)?;
+                let frames = self.threads.get(&tid).map(|t| t.frames.as_slice()).unwrap_or(&[]);
+                let parent = frames.len().checked_sub(2).and_then(|i| frames.get(i)).copied();
+                if is_ret || parent.is_some_and(|p| rsp < p.entry_rsp) {
+                    // The callback returned (or unwound) into the foreign call that made it.
+                    self.pop_frame(tid)?;
+                    self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax: regs.rax })?;
+                    return self.switch_to_foreign(tid, regs);
                 }
-                self.sink.push(Event::CallbackReturn { tid: tid as u32, call, rax: regs.rax })?;
-                return self.switch_to_foreign(tid, regs);
+                // A longjmp out of the callback unwound the foreign call too:
+                // close those frames; this is a new call.
+                self.pop_unwound(tid, rsp, regs.rax)?;
             }
         }
         let return_addr = self.mem.read_u64(RemoteAddr(rsp)).unwrap_or(0);
@@ -859,7 +862,7 @@ impl Tracer {
     fn pop_unwound(&mut self, tid: Pid, rsp: u64, rax: u64) -> Result<(), Error> {
         loop {
             let Some(f) = self.threads.get(&tid).and_then(|t| t.frames.last().copied()) else { return Ok(()) };
-            if f.entry_rsp >= rsp {
+            if f.entry_rsp > rsp {
                 return Ok(());
             }
             self.pop_frame(tid)?;
