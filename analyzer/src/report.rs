@@ -482,7 +482,9 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
     if g.trace.complete {
         for id in tl.live() {
             let Some(a) = tl.allocs.get(id as usize) else { continue };
-            if a.domain != Domain::Foreign {
+            // Only blocks the library itself allocated: buffers the C runtime
+            // keeps for itself (stdio, locale) are not the library's leaks.
+            if a.domain != Domain::Foreign || syms.domain_of(a.caller).is_some_and(|d| d != Domain::Foreign) {
                 continue;
             }
             let allocation = b.alloc_ref(id, a.base, a.end(), Some(Relation::Inside));

@@ -142,6 +142,11 @@ impl<'a> Symbolizer<'a> {
         self.modules.get(idx as usize).map(|m| file_name(&m.path))
     }
 
+    /// Domain of the module containing `addr`.
+    pub fn domain_of(&self, addr: u64) -> Option<Domain> {
+        self.map.find(addr).map(|s| s.domain)
+    }
+
     /// Symbol name for symbol `sym` of module `module`.
     pub fn symbol_name(&self, module: u32, sym: Option<u32>) -> Option<String> {
         let m = self.modules.get(module as usize)?;

@@ -35,7 +35,7 @@ fn uninit_read_of_foreign_malloc_is_exactly_bytes_16_to_32() {
     assert_eq!(f.call.as_ref().unwrap().call, 0);
     assert_eq!(f.call.as_ref().unwrap().symbol, "foo");
     assert_eq!(f.call.as_ref().unwrap().call_site.short(), "main+0x50");
-    assert_eq!(a.label, "alloc#0 (malloc 64 at main+0x2a)");
+    assert_eq!(a.label, "alloc#0 (malloc 64 at foo+0x8)");
     // Never freed: also a foreign leak.
     assert_eq!(r.summary.by_kind["foreign_leak"], 1);
     // The footprint.

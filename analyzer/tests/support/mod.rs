@@ -100,7 +100,8 @@ pub fn alloc(ptr: u64, size: u64, domain: Domain) -> Event {
         ptr,
         size,
         old_ptr: 0,
-        caller: PROG_TEXT + 0x12a,
+        // Foreign blocks are allocated by the library itself.
+        caller: if domain == Domain::Foreign { LIB_FOO + 0x8 } else { PROG_TEXT + 0x12a },
         domain,
         zeroed: false,
     }
