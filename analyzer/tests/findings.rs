@@ -286,3 +286,127 @@ fn suppressions_silence_matching_findings() {
     opts.suppressions = ffirec_analyzer::Suppressions::parse("kind=uninit module=libz*\n").unwrap();
     assert_eq!(ffirec_analyzer::analyze(&trace, &opts).unwrap().summary.findings, 1);
 }
+
+#[test]
+fn realloc_keeps_moved_prefix_unknown_and_new_tail_exact() {
+    let new = HEAP + 0x2000;
+    let p = write(
+        "realloc",
+        true,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 16, Domain::Foreign),
+            access(LIB_FOO + 0x10, STORE16, HEAP, &[]),
+            Event::Alloc {
+                tid: TID,
+                func: ffirec_format::AllocFn::Realloc,
+                ptr: new,
+                size: 48,
+                old_ptr: HEAP,
+                caller: LIB_FOO + 0x8,
+                domain: Domain::Foreign,
+                zeroed: false,
+            },
+            access(LIB_FOO + 0x20, LOAD32, new, &[0; 32]),
+            Event::Free { tid: TID, ptr: new, caller: LIB_FOO, domain: Domain::Foreign },
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 2);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    assert_eq!((f.kind, f.addr.as_str(), f.size), (Kind::Uninit, "0x55555555c010", 16));
+    assert_eq!(f.allocation.as_ref().map(|a| (a.id, a.distance)), Some((1, 16)));
+    assert_eq!(r.summary.unknown_bytes, 16);
+}
+
+#[test]
+fn mapped_regions_classify_heap_stack_and_readonly() {
+    let anon = 0x7e00_0000_0000u64;
+    let stack = 0x7e10_0000_0000u64;
+    let ro = 0x7e20_0000_0000u64;
+    let p = write(
+        "regions",
+        true,
+        vec![
+            Event::Map { tid: TID, addr: anon, len: 0x10000, prot: 3, flags: 0x22, domain: Domain::Host },
+            Event::Map { tid: TID, addr: stack, len: 0x10000, prot: 3, flags: 0x20122, domain: Domain::Host },
+            Event::Map { tid: TID, addr: ro, len: 0x1000, prot: 3, flags: 0x22, domain: Domain::Host },
+            Event::Protect { tid: TID, addr: ro, len: 0x1000, prot: 1 },
+            alloc(anon + 0x100, 32, Domain::Host),
+            call(0, [0; 6]),
+            // Far from the allocation but in a host anonymous mapping: heap.
+            access(LIB_FOO + 0x10, LOAD8, anon + 0x8000, &[0; 8]),
+            // A thread stack: not heap.
+            access(LIB_FOO + 0x18, LOAD8, stack + 0x100, &[0; 8]),
+            access(LIB_FOO + 0x20, STORE8, ro + 0x10, &[]),
+            // Unmapped and far from everything: unclassified.
+            access(LIB_FOO + 0x28, LOAD8, 0x1234_0000_0000, &[0; 8]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.addr.as_str())).collect();
+    assert_eq!(got, vec![(Kind::OutOfBounds, "0x7e0000008000"), (Kind::ReadOnlyWrite, "0x7e2000000010")]);
+    let oob = &r.findings[0];
+    assert_eq!(oob.allocation.as_ref().map(|a| (a.id, a.relation, a.distance)), Some((0, Relation::After, 0x8000 - 0x120)));
+    assert_eq!(r.summary.unclassified_accesses, 1);
+}
+
+#[test]
+fn host_block_born_in_callback_is_unknown_after_it_returns() {
+    let p = write(
+        "callback",
+        false,
+        vec![
+            call(0, [0; 6]),
+            Event::Callback { tid: TID, call: 0, target: PROG_TEXT + 0x180, args: [0; 6], rsp: 0, return_addr: LIB_FOO + 0x40 },
+            alloc(HEAP, 32, Domain::Host),
+            Event::CallbackReturn { tid: TID, call: 0, rax: HEAP },
+            access(LIB_FOO + 0x44, LOAD16, HEAP, &[0; 16]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert_eq!((r.summary.unknown_bytes, r.summary.callbacks), (16, 1));
+}
+
+#[test]
+fn accesses_belong_to_their_threads_call() {
+    let other = 200;
+    let mut a2 = access(LIB_FOO + 0x10, STORE8, HEAP + 8, &[]);
+    if let Event::Access { tid, .. } = &mut a2 {
+        *tid = other;
+    }
+    let p = write(
+        "threads",
+        true,
+        vec![
+            alloc(HEAP, 16, Domain::Host),
+            call(0, [HEAP, 0, 0, 0, 0, 0]),
+            Event::Call {
+                tid: other,
+                call: 1,
+                target: LIB_FOO,
+                module: 1,
+                symbol: Some(0),
+                args: [0; 6],
+                rsp: 0,
+                return_addr: PROG_TEXT + 0x160,
+            },
+            access(LIB_FOO + 0x10, STORE8, HEAP, &[]),
+            a2,
+            Event::Return { tid: other, call: 1, rax: 0, rdx: 0 },
+            ret(0),
+        ],
+        2,
+    );
+    let r = run(&p, 2);
+    assert_eq!(r.calls[0].touched[0].written, vec![[0, 8]]);
+    assert_eq!(r.calls[1].touched[0].written, vec![[8, 16]]);
+    assert_eq!((r.calls[0].tid, r.calls[1].tid), (TID, other));
+}
