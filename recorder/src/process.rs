@@ -1,4 +1,7 @@
-//! Spawning the tracee and the kinds of stop it reports.
+//! Spawning the tracee, the kinds of stop it reports, and its other threads
+//! and processes: held while one thread's foreign call runs, released at
+//! return (or when the call blocks); forked children are handed back their
+//! real protections and detached.
 //!
 //! The child is forked by hand so it can stop itself before `execve` and be
 //! `PTRACE_SEIZE`d (which, unlike `PTRACE_TRACEME`, allows
@@ -10,7 +13,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::sys::{self, Pid, WaitStatus};
+use ffirec_format::{Event, GapReason};
+
+use crate::domain::FrameKind;
+use crate::sys::{self, Mem, Pid, RemoteAddr, WaitStatus};
+use crate::tracer::{Tracer, BLOCKED_AFTER};
 use crate::Error;
 
 /// A ptrace stop or death, as ptrace(2) names them.
@@ -182,5 +189,163 @@ fn seize_child(pid: Pid, options: i64) -> Result<(), Error> {
             }
             s => sys::cont(s.tid(), 0)?,
         }
+    }
+}
+
+/// Threads: holding the others during a foreign call, releasing them,
+/// blocked calls, forked children, CPU pinning.
+impl Tracer {
+    /// PTRACE_INTERRUPTs every running thread but `tid` and waits until each
+    /// has stopped. Stops that are not the interrupt are kept as pending.
+    pub(crate) fn hold_others(&mut self, tid: Pid) -> Result<(), Error> {
+        let others: Vec<Pid> =
+            self.threads.iter().filter(|(&t, th)| t != tid && th.running && !th.exiting).map(|(&t, _)| t).collect();
+        let mut waiting = Vec::new();
+        for t in others {
+            match sys::interrupt(t) {
+                Ok(()) => waiting.push(t),
+                Err(Error::TraceeDied { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for t in waiting {
+            let stop = match self.wait_thread(t) {
+                Ok(s) => s,
+                Err(Error::NoTracees) => continue,
+                Err(e) => return Err(e),
+            };
+            self.handle(stop)?;
+        }
+        Ok(())
+    }
+
+    /// Resumes every held thread, processing the stops they reported while
+    /// held. Stops early if one of them starts a foreign call of its own.
+    pub fn release_others(&mut self) -> Result<(), Error> {
+        let held: Vec<Pid> = self.threads.iter().filter(|(_, th)| !th.running).map(|(&t, _)| t).collect();
+        for t in held {
+            if self.owner.is_some() {
+                break;
+            }
+            let Some(th) = self.threads.get_mut(&t) else { continue };
+            if th.running {
+                continue;
+            }
+            match th.pending.take() {
+                Some(stop) => match self.handle(stop) {
+                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                None => match self.resume(t, 0) {
+                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// A forked child is not followed: give it back its real protections
+    /// (it inherited ours) and detach. A vfork child shares our memory, so
+    /// it is only detached.
+    pub(crate) fn release_child(&mut self, child: Pid, vfork: bool, stop: Stop) -> Result<(), Error> {
+        if !vfork && self.inject.is_some() {
+            let regs = sys::getregs(child)?;
+            let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+            for l in &self.modules {
+                batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot)));
+            }
+            let child_mem = Mem::open(child)?;
+            // Our breakpoints were copied too; an untraced int3 would kill it.
+            if let Some(a) = self.rbrk_bp {
+                child_mem.write(RemoteAddr(a), &[0xc3])?;
+            }
+            if let Some((a, b)) = self.entry_bp {
+                child_mem.write(RemoteAddr(a), &[b])?;
+            }
+            for (&a, &(b, _)) in &self.ret_bps {
+                child_mem.write(RemoteAddr(a), &[b])?;
+            }
+            let parent_mem = std::mem::replace(&mut self.mem, child_mem);
+            let r = self.run_batch(child, &regs, &batch);
+            self.mem = parent_mem;
+            r?;
+            sys::setregs(child, &regs)?;
+        }
+        let sig = match stop {
+            Stop::Signal { signal, .. } if signal != libc::SIGSTOP => signal,
+            _ => 0,
+        };
+        sys::detach(child, sig)
+    }
+
+    pub(crate) fn pin(&mut self, tid: Pid) {
+        if !self.opts.pin_cpu || self.saved_affinity.is_some() {
+            return;
+        }
+        let cpu = sys::current_cpu();
+        if let Some(mine) = sys::pin(0, cpu) {
+            match sys::pin(tid, cpu) {
+                Some(theirs) => self.saved_affinity = Some((mine, theirs)),
+                None => sys::set_affinity(0, &mine),
+            }
+        }
+    }
+
+    pub(crate) fn unpin(&mut self, tid: Pid) {
+        if let Some((mine, theirs)) = self.saved_affinity.take() {
+            sys::set_affinity(tid, &theirs);
+            sys::set_affinity(0, &mine);
+        }
+    }
+
+    /// Called on every timer tick: a foreign call sitting in the kernel while
+    /// others are held may be waiting for one of them. Never deadlock.
+    pub(crate) fn check_blocked(&mut self) -> Result<(), Error> {
+        let Some(owner) = self.owner else { return Ok(()) };
+        let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
+        if !others_held || self.last_owner_stop.elapsed() < BLOCKED_AFTER {
+            return Ok(());
+        }
+        sys::interrupt(owner)?;
+        let stop = self.wait_thread(owner)?;
+        if !matches!(stop, Stop::Interrupt { .. }) {
+            // It made progress after all.
+            return self.handle(stop);
+        }
+        let call = self.threads.get(&owner).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
+        let sym = self.call_name(owner);
+        eprintln!(
+            "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} blocked for more than {:.1} s while other threads were held; releasing them and dropping the guards until it returns (recorded as a gap)",
+            BLOCKED_AFTER.as_secs_f64()
+        );
+        let regs = sys::getregs(owner)?;
+        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+        batch.extend(self.text_batch(false));
+        self.run_batch(owner, &regs, &batch)?;
+        sys::setregs(owner, &regs)?;
+        self.guards.clear();
+        self.foreign_mode = false;
+        if let Some(t) = self.threads.get_mut(&owner) {
+            for f in &mut t.frames {
+                f.suspended = true;
+            }
+        }
+        self.sink.counters.gaps += 1;
+        self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
+        self.unpin(owner);
+        self.owner = None;
+        // The owner is stopped by our interrupt: resume it first, then the others.
+        self.resume(owner, 0)?;
+        self.release_others()
+    }
+
+    pub(crate) fn call_name(&self, tid: Pid) -> String {
+        let frames = self.threads.get(&tid).map(|t| t.frames.as_slice()).unwrap_or(&[]);
+        let Some(f) = frames.iter().rev().find(|f| f.kind == FrameKind::Foreign) else { return "?".into() };
+        self.module_text(f.target)
+            .and_then(|l| l.module.symbolize(f.target))
+            .map(|(s, _)| s.name.clone())
+            .unwrap_or_else(|| format!("{:#x}", f.target))
     }
 }

@@ -4,12 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ffirec_decode::{DecodeCache, MemAccess};
-use ffirec_format::{Domain, Event, ExitStatus, GapReason, Header, Policy as FmtPolicy, Regs};
+use ffirec_format::{Domain, Event, ExitStatus, Header, Policy as FmtPolicy};
 
 use crate::domain::{Frame, FrameKind, Policy};
 use crate::guard::{GuardRange, Injected};
@@ -24,7 +23,7 @@ pub(crate) const SEGV_ACCERR: i32 = 2;
 
 /// How long a foreign call may sit in the kernel, with other threads held,
 /// before we assume it waits for one of them.
-const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
+pub(crate) const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
 
 static SIGINTS: AtomicU32 = AtomicU32::new(0);
 static SIGTERMS: AtomicU32 = AtomicU32::new(0);
@@ -243,7 +242,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
 
 impl Tracer {
     /// The wait loop. Returns true when ffirec killed the program on request.
-    fn run(&mut self) -> Result<bool, Error> {
+    pub(crate) fn run(&mut self) -> Result<bool, Error> {
         loop {
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 eprintln!("ffirec: interrupted: finishing the trace and killing the program");
@@ -279,7 +278,7 @@ impl Tracer {
         }
     }
 
-    fn finish(mut self, killed: bool) -> Result<Outcome, Error> {
+    pub(crate) fn finish(mut self, killed: bool) -> Result<Outcome, Error> {
         self.drain_final()?;
         if let Some(since) = self.foreign_since.take() {
             self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
@@ -334,7 +333,7 @@ impl Tracer {
         Ok(())
     }
 
-    fn handle(&mut self, stop: Stop) -> Result<(), Error> {
+    pub(crate) fn handle(&mut self, stop: Stop) -> Result<(), Error> {
         self.drain_allocs()?;
         let tid = stop.tid();
         if let Some(t) = self.threads.get_mut(&tid) {
@@ -381,7 +380,7 @@ impl Tracer {
         }
     }
 
-    fn on_death(&mut self, tid: Pid, status: ExitStatus) -> Result<(), Error> {
+    pub(crate) fn on_death(&mut self, tid: Pid, status: ExitStatus) -> Result<(), Error> {
         if self.threads.remove(&tid).is_none() && tid != self.pid {
             // A forked child we had not detached yet.
             self.forks.remove(&tid);
@@ -405,7 +404,7 @@ impl Tracer {
         Ok(())
     }
 
-    fn on_event(&mut self, tid: Pid, event: i32) -> Result<(), Error> {
+    pub(crate) fn on_event(&mut self, tid: Pid, event: i32) -> Result<(), Error> {
         match event {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::geteventmsg(tid)? as Pid;
@@ -465,7 +464,7 @@ impl Tracer {
     }
 
     /// A new program image: check it is dynamic, plant the entry breakpoint.
-    fn on_exec_image(&mut self, tid: Pid) -> Result<(), Error> {
+    pub(crate) fn on_exec_image(&mut self, tid: Pid) -> Result<(), Error> {
         let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -499,7 +498,7 @@ impl Tracer {
         self.resume(tid, 0)
     }
 
-    fn on_signal(&mut self, tid: Pid, signal: i32) -> Result<(), Error> {
+    pub(crate) fn on_signal(&mut self, tid: Pid, signal: i32) -> Result<(), Error> {
         match signal {
             libc::SIGTRAP => {
                 let regs = sys::getregs(tid)?;
@@ -586,12 +585,8 @@ impl Tracer {
         self.modules.iter().find(|m| m.in_text(addr))
     }
 
-    fn module_containing(&self, addr: u64) -> Option<&Loaded> {
-        self.modules.iter().find(|m| m.module.contains(addr) || m.in_text(addr))
-    }
-
     /// Entry breakpoint reached: every DT_NEEDED object is loaded and relocated.
-    fn setup_image(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
+    pub(crate) fn setup_image(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
         self.inject_pages(tid, &regs)?;
         self.scan_modules(true)?;
         self.plant_rbrk()?;
@@ -675,7 +670,7 @@ impl Tracer {
 
     /// Breakpoint on ld.so's `_dl_debug_state` (r_brk): fires around every
     /// dlopen/dlclose, so later libraries are classified when they appear.
-    fn plant_rbrk(&mut self) -> Result<(), Error> {
+    pub(crate) fn plant_rbrk(&mut self) -> Result<(), Error> {
         let mut addr = None;
         for l in &self.modules {
             if let Some(s) = l.module.symbols.iter().find(|s| s.name == "_dl_debug_state") {
@@ -692,7 +687,7 @@ impl Tracer {
         Ok(())
     }
 
-    fn on_rbrk(&mut self, tid: Pid, mut regs: RawRegs) -> Result<(), Error> {
+    pub(crate) fn on_rbrk(&mut self, tid: Pid, mut regs: RawRegs) -> Result<(), Error> {
         // Emulate the `ret` we replaced.
         regs.rip = self.mem.read_u64(RemoteAddr(regs.rsp))?;
         regs.rsp += 8;
@@ -718,419 +713,6 @@ impl Tracer {
         self.resume(tid, 0)
     }
 
-    /// Exec fault on foreign text while host-mode protections are in force:
-    /// a call entry, a callback returning, or a blocked call re-arming.
-    fn on_foreign_text(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
-        self.drain_allocs()?;
-        let rsp = regs.rsp;
-        let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
-        if let Some(f) = top {
-            if f.kind == FrameKind::Foreign && f.suspended {
-                if rsp < f.entry_rsp {
-                    // Still inside the blocked call: re-arm without a new Call.
-                    if let Some(t) = self.threads.get_mut(&tid) {
-                        for fr in &mut t.frames {
-                            fr.suspended = false;
-                        }
-                    }
-                    return self.switch_to_foreign(tid, regs);
-                }
-                while self.pop_frame(tid)?.is_some() {}
-            } else if f.kind == FrameKind::Callback && rsp > f.entry_rsp {
-                let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
-                let frames = self.threads.get(&tid).map(|t| t.frames.as_slice()).unwrap_or(&[]);
-                let parent = frames.len().checked_sub(2).and_then(|i| frames.get(i)).copied();
-                if is_ret || parent.is_some_and(|p| rsp < p.entry_rsp) {
-                    // The callback returned (or unwound) into the foreign call that made it.
-                    self.pop_frame(tid)?;
-                    self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax: regs.rax })?;
-                    return self.switch_to_foreign(tid, regs);
-                }
-                // A longjmp out of the callback unwound the foreign call too:
-                // close those frames; this is a new call.
-                self.pop_unwound(tid, rsp, regs.rax)?;
-            }
-        }
-        let return_addr = self.mem.read_u64(RemoteAddr(rsp)).unwrap_or(0);
-        let (module, symbol) = match self.module_text(regs.rip) {
-            Some(l) => (l.index, l.symbol_index(regs.rip)),
-            None => (u32::MAX, None),
-        };
-        let call = self.next_call;
-        self.next_call += 1;
-        self.sink.counters.calls += 1;
-        let r = sys::to_regs(&regs);
-        self.sink.push(Event::Call {
-            tid: tid as u32,
-            call,
-            target: regs.rip,
-            module,
-            symbol,
-            args: r.args(),
-            rsp,
-            return_addr,
-        })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, target: regs.rip, suspended: false })?;
-        self.switch_to_foreign(tid, regs)
-    }
-
-    /// Pushes a frame; when its return would not fault (the return address
-    /// is in neutral code), plants a breakpoint there.
-    fn push_frame(&mut self, tid: Pid, f: Frame) -> Result<(), Error> {
-        let faults = self.module_text(f.return_addr).is_some_and(|l| match f.kind {
-            FrameKind::Foreign => l.module.domain == Domain::Host,
-            FrameKind::Callback => l.module.domain == Domain::Foreign,
-        });
-        if !faults && f.return_addr != 0 {
-            if let Some(e) = self.ret_bps.get_mut(&f.return_addr) {
-                e.1 += 1;
-            } else {
-                let mut b = [0u8; 1];
-                self.mem.read(RemoteAddr(f.return_addr), &mut b)?;
-                self.mem.write(RemoteAddr(f.return_addr), &[0xcc])?;
-                self.ret_bps.insert(f.return_addr, (b[0], 1));
-            }
-        }
-        self.threads.entry(tid).or_default().frames.push(f);
-        Ok(())
-    }
-
-    fn pop_frame(&mut self, tid: Pid) -> Result<Option<Frame>, Error> {
-        let Some(f) = self.threads.get_mut(&tid).and_then(|t| t.frames.pop()) else { return Ok(None) };
-        if let Some(e) = self.ret_bps.get_mut(&f.return_addr) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                let orig = e.0;
-                self.ret_bps.remove(&f.return_addr);
-                self.mem.write(RemoteAddr(f.return_addr), &[orig])?;
-            }
-        }
-        Ok(Some(f))
-    }
-
-    /// A return-address breakpoint fired: a return through neutral code (or
-    /// an unrelated pass over the same address, which we step over).
-    fn on_return_bp(&mut self, tid: Pid, mut regs: RawRegs) -> Result<(), Error> {
-        let at = regs.rip - 1;
-        regs.rip = at;
-        let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
-        if let Some(f) = top {
-            if f.return_addr == at && regs.rsp >= f.entry_rsp + 8 {
-                self.drain_allocs()?;
-                self.pop_frame(tid)?;
-                match f.kind {
-                    FrameKind::Foreign => {
-                        self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
-                        if self.threads.get(&tid).is_some_and(Thread::in_foreign) {
-                            sys::setregs(tid, &regs)?;
-                            return self.resume(tid, 0);
-                        }
-                        return self.switch_to_host(tid, regs);
-                    }
-                    FrameKind::Callback => {
-                        self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax: regs.rax })?;
-                        return self.switch_to_foreign(tid, regs);
-                    }
-                }
-            }
-        }
-        // Not the frame's return: step over the breakpoint.
-        let Some(&(orig, _)) = self.ret_bps.get(&at) else { return self.resume(tid, 0) };
-        self.mem.write(RemoteAddr(at), &[orig])?;
-        sys::setregs(tid, &regs)?;
-        sys::singlestep(tid, 0)?;
-        let mut deferred = Vec::new();
-        loop {
-            match self.wait_thread(tid)? {
-                Stop::Signal { signal: libc::SIGTRAP, .. } => break,
-                Stop::Signal { signal, .. } => {
-                    deferred.push(signal);
-                    break;
-                }
-                Stop::Exited { .. } | Stop::Killed { .. } => return Err(Error::TraceeDied { pid: tid }),
-                _ => sys::singlestep(tid, 0)?,
-            }
-        }
-        if self.ret_bps.contains_key(&at) {
-            self.mem.write(RemoteAddr(at), &[0xcc])?;
-        }
-        let sig = deferred.first().copied().unwrap_or(0);
-        self.resume(tid, sig)
-    }
-
-    /// Pops frames that a longjmp (or a callback unwinding) skipped.
-    fn pop_unwound(&mut self, tid: Pid, rsp: u64, rax: u64) -> Result<(), Error> {
-        loop {
-            let Some(f) = self.threads.get(&tid).and_then(|t| t.frames.last().copied()) else { return Ok(()) };
-            if f.entry_rsp > rsp {
-                return Ok(());
-            }
-            self.pop_frame(tid)?;
-            match f.kind {
-                FrameKind::Foreign => self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax, rdx: 0 })?,
-                FrameKind::Callback => self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax })?,
-            }
-        }
-    }
-
-    /// Exec fault on host text in foreign mode: return, longjmp or callback.
-    fn on_host_text(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
-        self.drain_allocs()?;
-        let rsp = regs.rsp;
-        let Some(f) = self.threads.get(&tid).and_then(|t| t.frames.last().copied()) else {
-            return self.program_signal(tid, libc::SIGSEGV);
-        };
-        if (regs.rip == f.return_addr && rsp == f.entry_rsp + 8) || rsp > f.entry_rsp {
-            let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
-            self.pop_frame(tid)?;
-            self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
-            if !is_ret {
-                self.pop_unwound(tid, rsp, regs.rax)?;
-            }
-            let still_foreign = self.threads.get(&tid).is_some_and(Thread::in_foreign);
-            if still_foreign {
-                // Unwound into an outer foreign frame running host code: a callback.
-                return self.enter_callback(tid, regs);
-            }
-            return self.switch_to_host(tid, regs);
-        }
-        self.enter_callback(tid, regs)
-    }
-
-    fn enter_callback(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
-        let call = self.threads.get(&tid).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
-        let return_addr = self.mem.read_u64(RemoteAddr(regs.rsp)).unwrap_or(0);
-        let r = sys::to_regs(&regs);
-        self.sink.counters.callbacks += 1;
-        self.sink.push(Event::Callback {
-            tid: tid as u32,
-            call,
-            target: regs.rip,
-            args: r.args(),
-            rsp: regs.rsp,
-            return_addr,
-        })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Callback, call, entry_rsp: regs.rsp, return_addr, target: regs.rip, suspended: false })?;
-        self.switch_to_host(tid, regs)
-    }
-
-    /// Holds every other thread, guards host memory, flips text permissions.
-    fn switch_to_foreign(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
-        if self.owner != Some(tid) {
-            self.owner = Some(tid);
-            self.hold_others(tid)?;
-            self.pin(tid);
-        }
-        self.last_owner_stop = Instant::now();
-        let guards = self.compute_guards(tid, &regs)?;
-        let mut batch: Vec<(u64, u64, u32)> = guards.iter().map(|g| (g.start, g.end - g.start, 0)).collect();
-        batch.extend(self.text_batch(true));
-        self.guards = guards;
-        self.foreign_mode = true;
-        self.set_foreign_tid(tid);
-        self.run_batch(tid, &regs, &batch)?;
-        if self.foreign_since.is_none() {
-            self.foreign_since = Some(Instant::now());
-        }
-        sys::setregs(tid, &regs)?;
-        self.resume(tid, 0)
-    }
-
-    /// Restores real protections; releases the other threads when no call
-    /// is in progress any more on `tid`.
-    fn switch_to_host(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
-        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
-        batch.extend(self.text_batch(false));
-        self.run_batch(tid, &regs, &batch)?;
-        self.guards.clear();
-        self.foreign_mode = false;
-        self.set_foreign_tid(0);
-        if let Some(since) = self.foreign_since.take() {
-            self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
-        }
-        sys::setregs(tid, &regs)?;
-        let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
-        if done {
-            self.unpin(tid);
-            self.owner = None;
-            self.resume(tid, 0)?;
-            self.release_others()
-        } else {
-            self.resume(tid, 0)
-        }
-    }
-
-    /// Text permissions for a mode: in foreign mode host text loses EXEC, in
-    /// host mode foreign text does. Neutral text never changes.
-    pub fn text_batch(&self, foreign: bool) -> Vec<(u64, u64, u32)> {
-        let mut v = Vec::new();
-        for l in &self.modules {
-            let strip = match l.module.domain {
-                Domain::Foreign => !foreign,
-                Domain::Host => foreign,
-                Domain::Neutral => continue,
-            };
-            for t in &l.text {
-                v.push((t.start, t.end - t.start, if strip { t.prot & !PROT_X } else { t.prot }));
-            }
-        }
-        v
-    }
-
-    /// PTRACE_INTERRUPTs every running thread but `tid` and waits until each
-    /// has stopped. Stops that are not the interrupt are kept as pending.
-    fn hold_others(&mut self, tid: Pid) -> Result<(), Error> {
-        let others: Vec<Pid> =
-            self.threads.iter().filter(|(&t, th)| t != tid && th.running && !th.exiting).map(|(&t, _)| t).collect();
-        let mut waiting = Vec::new();
-        for t in others {
-            match sys::interrupt(t) {
-                Ok(()) => waiting.push(t),
-                Err(Error::TraceeDied { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        for t in waiting {
-            let stop = match self.wait_thread(t) {
-                Ok(s) => s,
-                Err(Error::NoTracees) => continue,
-                Err(e) => return Err(e),
-            };
-            self.handle(stop)?;
-        }
-        Ok(())
-    }
-
-    /// Resumes every held thread, processing the stops they reported while
-    /// held. Stops early if one of them starts a foreign call of its own.
-    pub fn release_others(&mut self) -> Result<(), Error> {
-        let held: Vec<Pid> = self.threads.iter().filter(|(_, th)| !th.running).map(|(&t, _)| t).collect();
-        for t in held {
-            if self.owner.is_some() {
-                break;
-            }
-            let Some(th) = self.threads.get_mut(&t) else { continue };
-            if th.running {
-                continue;
-            }
-            match th.pending.take() {
-                Some(stop) => match self.handle(stop) {
-                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
-                    Err(e) => return Err(e),
-                },
-                None => match self.resume(t, 0) {
-                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
-                    Err(e) => return Err(e),
-                },
-            }
-        }
-        Ok(())
-    }
-
-    /// A forked child is not followed: give it back its real protections
-    /// (it inherited ours) and detach. A vfork child shares our memory, so
-    /// it is only detached.
-    fn release_child(&mut self, child: Pid, vfork: bool, stop: Stop) -> Result<(), Error> {
-        if !vfork && self.inject.is_some() {
-            let regs = sys::getregs(child)?;
-            let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
-            for l in &self.modules {
-                batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot)));
-            }
-            let child_mem = Mem::open(child)?;
-            // Our breakpoints were copied too; an untraced int3 would kill it.
-            if let Some(a) = self.rbrk_bp {
-                child_mem.write(RemoteAddr(a), &[0xc3])?;
-            }
-            if let Some((a, b)) = self.entry_bp {
-                child_mem.write(RemoteAddr(a), &[b])?;
-            }
-            for (&a, &(b, _)) in &self.ret_bps {
-                child_mem.write(RemoteAddr(a), &[b])?;
-            }
-            let parent_mem = std::mem::replace(&mut self.mem, child_mem);
-            let r = self.run_batch(child, &regs, &batch);
-            self.mem = parent_mem;
-            r?;
-            sys::setregs(child, &regs)?;
-        }
-        let sig = match stop {
-            Stop::Signal { signal, .. } if signal != libc::SIGSTOP => signal,
-            _ => 0,
-        };
-        sys::detach(child, sig)
-    }
-
-    fn pin(&mut self, tid: Pid) {
-        if !self.opts.pin_cpu || self.saved_affinity.is_some() {
-            return;
-        }
-        let cpu = sys::current_cpu();
-        if let Some(mine) = sys::pin(0, cpu) {
-            match sys::pin(tid, cpu) {
-                Some(theirs) => self.saved_affinity = Some((mine, theirs)),
-                None => sys::set_affinity(0, &mine),
-            }
-        }
-    }
-
-    fn unpin(&mut self, tid: Pid) {
-        if let Some((mine, theirs)) = self.saved_affinity.take() {
-            sys::set_affinity(tid, &theirs);
-            sys::set_affinity(0, &mine);
-        }
-    }
-
-    /// Called on every timer tick: a foreign call sitting in the kernel while
-    /// others are held may be waiting for one of them. Never deadlock.
-    fn check_blocked(&mut self) -> Result<(), Error> {
-        let Some(owner) = self.owner else { return Ok(()) };
-        let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
-        if !others_held || self.last_owner_stop.elapsed() < BLOCKED_AFTER {
-            return Ok(());
-        }
-        sys::interrupt(owner)?;
-        let stop = self.wait_thread(owner)?;
-        if !matches!(stop, Stop::Interrupt { .. }) {
-            // It made progress after all.
-            return self.handle(stop);
-        }
-        let call = self.threads.get(&owner).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
-        let sym = self.call_name(owner);
-        eprintln!(
-            "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} blocked for more than {:.1} s while other threads were held; releasing them and dropping the guards until it returns (recorded as a gap)",
-            BLOCKED_AFTER.as_secs_f64()
-        );
-        let regs = sys::getregs(owner)?;
-        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
-        batch.extend(self.text_batch(false));
-        self.run_batch(owner, &regs, &batch)?;
-        sys::setregs(owner, &regs)?;
-        self.guards.clear();
-        self.foreign_mode = false;
-        if let Some(t) = self.threads.get_mut(&owner) {
-            for f in &mut t.frames {
-                f.suspended = true;
-            }
-        }
-        self.sink.counters.gaps += 1;
-        self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
-        self.unpin(owner);
-        self.owner = None;
-        // The owner is stopped by our interrupt: resume it first, then the others.
-        self.resume(owner, 0)?;
-        self.release_others()
-    }
-
-    fn call_name(&self, tid: Pid) -> String {
-        let frames = self.threads.get(&tid).map(|t| t.frames.as_slice()).unwrap_or(&[]);
-        let Some(f) = frames.iter().rev().find(|f| f.kind == FrameKind::Foreign) else { return "?".into() };
-        self.module_text(f.target)
-            .and_then(|l| l.module.symbolize(f.target))
-            .map(|(s, _)| s.name.clone())
-            .unwrap_or_else(|| format!("{:#x}", f.target))
-    }
-
     /// Alloc-shim events are drained here (before every stop is processed
     /// and before every boundary event), so they land in program order.
     pub fn drain_allocs(&mut self) -> Result<(), Error> {
@@ -1145,7 +727,7 @@ impl Tracer {
         err.map_or(Ok(()), Err)
     }
 
-    fn drain_final(&mut self) -> Result<(), Error> {
+    pub(crate) fn drain_final(&mut self) -> Result<(), Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(()) };
         let sink = &mut self.sink;
         let mut err = None;
@@ -1157,25 +739,10 @@ impl Tracer {
         err.map_or(Ok(()), Err)
     }
 
-    fn set_foreign_tid(&self, tid: Pid) {
+    pub(crate) fn set_foreign_tid(&self, tid: Pid) {
         if let Some(a) = &self.alloc {
             a.set_foreign_tid(tid as u32);
         }
-    }
-
-    #[allow(dead_code)]
-    fn module_of(&self, addr: u64) -> Option<u32> {
-        self.module_containing(addr).map(|l| l.index)
-    }
-
-    #[allow(dead_code)]
-    pub fn regs_of(raw: &RawRegs) -> Regs {
-        sys::to_regs(raw)
-    }
-
-    #[allow(dead_code)]
-    pub fn output(&self) -> PathBuf {
-        self.opts.output.clone()
     }
 }
 
