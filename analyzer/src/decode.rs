@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use ffirec_decode::{Decoded, MemAccess, Rw};
 use ffirec_format::{Event, Trace};
 
-use crate::state::FastMap;
 use crate::Error;
 
 /// Number of address shards. Fixed (never derived from the thread count) so
@@ -77,36 +76,44 @@ pub(crate) struct DecodeFailure {
     pub reason: String,
 }
 
-/// Per-worker decode cache: the same few instructions fault again and again.
-#[derive(Default)]
+/// Per-worker decode cache: the same few instructions fault again and
+/// again. Direct-mapped by address (a collision just decodes again), code
+/// bytes checked on every hit.
 pub(crate) struct Decoder {
-    cache: FastMap<u64, Cached>,
+    slots: Vec<Option<Cached>>,
     scratch: Vec<MemAccess>,
 }
 
 struct Cached {
+    ip: u64,
     code: [u8; 16],
     len: u8,
     decoded: Decoded,
 }
 
+const SLOTS: usize = 4096;
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder { slots: (0..SLOTS).map(|_| None).collect(), scratch: Vec::new() }
+    }
+}
+
 impl Decoder {
     pub(crate) fn decoded(&mut self, ip: u64, code: &[u8]) -> Result<&Decoded, ffirec_decode::DecodeError> {
-        let hit = match self.cache.get(&ip) {
-            Some(c) => {
-                let n = usize::from(c.len);
-                code.len() >= n && code[..n] == c.code[..n]
-            }
-            None => false,
-        };
+        let slot = ((ip ^ (ip >> 12)) as usize) % SLOTS;
+        let hit = self.slots[slot].as_ref().is_some_and(|c| {
+            let n = usize::from(c.len);
+            c.ip == ip && code.len() >= n && code[..n] == c.code[..n]
+        });
         if !hit {
             let decoded = Decoded::new(ip, code)?;
             let n = decoded.len().min(16).min(code.len());
             let mut buf = [0u8; 16];
             buf[..n].copy_from_slice(&code[..n]);
-            self.cache.insert(ip, Cached { code: buf, len: n as u8, decoded });
+            self.slots[slot] = Some(Cached { ip, code: buf, len: n as u8, decoded });
         }
-        match self.cache.get(&ip) {
+        match &self.slots[slot] {
             Some(c) => Ok(&c.decoded),
             None => Err(ffirec_decode::DecodeError::Invalid { ip }),
         }

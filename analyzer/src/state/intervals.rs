@@ -58,10 +58,39 @@ impl RangeSet {
         self.ranges.splice(i..j, std::iter::once((s, e)));
     }
 
+    /// Adds every range of `other` (a linear merge of the two sorted lists).
     pub fn union(&mut self, other: &RangeSet) {
-        for &(s, e) in &other.ranges {
-            self.insert(s, e);
+        if other.ranges.is_empty() {
+            return;
         }
+        if self.ranges.is_empty() {
+            self.ranges = other.ranges.clone();
+            return;
+        }
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len() + other.ranges.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.ranges.len() || j < other.ranges.len() {
+            let next = match (self.ranges.get(i), other.ranges.get(j)) {
+                (Some(&a), Some(&b)) if a.0 <= b.0 => {
+                    i += 1;
+                    a
+                }
+                (_, Some(&b)) => {
+                    j += 1;
+                    b
+                }
+                (Some(&a), None) => {
+                    i += 1;
+                    a
+                }
+                (None, None) => break,
+            };
+            match merged.last_mut() {
+                Some(last) if next.0 <= last.1 => last.1 = last.1.max(next.1),
+                _ => merged.push(next),
+            }
+        }
+        self.ranges = merged;
     }
 
     pub fn contains(&self, addr: u64) -> bool {
@@ -159,6 +188,20 @@ mod tests {
         assert_eq!(r.ranges(), &[(0, 48)]);
         assert_eq!(r.len(), 48);
         assert!(r.contains(47) && !r.contains(48));
+    }
+
+    #[test]
+    fn union_merges_sorted_lists() {
+        let mut a = RangeSet::new();
+        let mut b = RangeSet::new();
+        for (s, e) in [(0, 4), (10, 12), (20, 30)] {
+            a.insert(s, e);
+        }
+        for (s, e) in [(4, 6), (11, 15), (40, 41)] {
+            b.insert(s, e);
+        }
+        a.union(&b);
+        assert_eq!(a.ranges(), &[(0, 6), (10, 15), (20, 30), (40, 41)]);
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 use ffirec_format::{AllocFn, Domain, Event, ExitStatus, GapReason, Tid};
 
 pub use intervals::RangeSet;
-pub(crate) use shadow::FastMap;
 pub(crate) use shard::{Ctx, LoadExposure, Piece, Shard, Stats, Target};
 
 /// Thread time spent replaying shards, for `FFIREC_ANALYZE_TIMING`.

@@ -114,6 +114,7 @@ pub(crate) struct Shard {
     seen_alloc: bool,
     shadow: Shadow,
     exposed: FastMap<(u32, u32), ()>,
+    pending: Option<((u32, Target), Touch)>,
     pub out: ShardOut,
 }
 
@@ -131,6 +132,7 @@ impl Shard {
             seen_alloc: false,
             shadow: Shadow::default(),
             exposed: FastMap::default(),
+            pending: None,
             out: ShardOut::default(),
         }
     }
@@ -139,6 +141,7 @@ impl Shard {
     pub fn run(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
         let t0 = std::time::Instant::now();
         self.replay(ops, chunks, ctx);
+        self.flush_pending();
         super::SHARD_NS.fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -276,13 +279,26 @@ impl Shard {
         }
     }
 
+    /// Records `[s, e)` in the footprint. Runs of accesses to the same
+    /// (call, target) accumulate in `pending` without a map lookup.
     fn touch(&mut self, call: u32, target: Target, s: u64, e: u64, flags: u8) {
-        let t = self.out.footprint.entry((call, target)).or_default();
+        if !matches!(&self.pending, Some((k, _)) if *k == (call, target)) {
+            self.flush_pending();
+            let t = self.out.footprint.remove(&(call, target)).unwrap_or_default();
+            self.pending = Some(((call, target), t));
+        }
+        let Some((_, t)) = self.pending.as_mut() else { return };
         if flags & READ != 0 {
             t.read.insert(s, e);
         }
         if flags & WRITE != 0 {
             t.write.insert(s, e);
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        if let Some((k, t)) = self.pending.take() {
+            self.out.footprint.insert(k, t);
         }
     }
 
