@@ -272,3 +272,12 @@ fn record_signal_handler_during_a_foreign_call() {
         .collect();
     assert_eq!(sigs, vec![10]);
 }
+
+#[test]
+fn record_realloc_moving_a_guarded_block_keeps_the_program_working() {
+    // glibc moves the 1 MiB mmap'd block with mremap, which carries our
+    // PROT_NONE along: the recorder adopts the new range and restores it.
+    let r = scenario("realloc", "realloc");
+    assert_eq!(r.stdout, "7 7 1\n");
+    assert_eq!(r.code(), 0);
+}

@@ -376,6 +376,15 @@ impl Tracer {
     pub(crate) fn switch_to_host(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
         let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
         batch.extend(self.text_batch(false));
+        if !self.moved.is_empty() {
+            // Guarded pages that moved (mremap) are PROT_NONE at their new place.
+            let moved = std::mem::take(&mut self.moved);
+            for m in crate::maps::read(self.pid)? {
+                if m.prot == 0 && !m.shared && moved.iter().any(|&(p, n)| p < m.end && m.start < p + n.max(1)) {
+                    batch.push((m.start, m.end - m.start, crate::maps::PROT_R | crate::maps::PROT_W));
+                }
+            }
+        }
         self.run_batch(tid, &regs, &batch)?;
         self.guards.clear();
         self.foreign_mode = false;

@@ -6,7 +6,7 @@
 //! ([`GuardRange::prot`]) and of each text mapping (`Loaded::text`) and
 //! restores them on the way back to host mode.
 
-use crate::maps::{Mapping, PROT_R, PROT_W, PROT_X};
+use crate::maps::{Mapping, PROT_R, PROT_W};
 use crate::process::Stop;
 use crate::sys::{self, Pid, RawRegs, RemoteAddr};
 use crate::tracer::Tracer;
@@ -231,6 +231,7 @@ impl Tracer {
             }
         }
         let mut out: Vec<GuardRange> = Vec::new();
+        self.none_at_entry = maps.iter().filter(|m| m.prot == 0).map(|m| (m.start, m.end)).collect();
         for m in &maps {
             if !self.guardable(m, &keep) {
                 continue;
@@ -241,6 +242,22 @@ impl Tracer {
             }
         }
         Ok(out)
+    }
+
+    /// A foreign-mode fault outside the guard set on a PROT_NONE anonymous
+    /// mapping that did not exist as such at entry: guarded memory that
+    /// moved (realloc → mremap keeps PROT_NONE). Adopt it as guarded, with
+    /// read-write restored at return.
+    pub fn adopt_moved(&mut self, addr: u64) -> Result<bool, Error> {
+        let maps = crate::maps::read(self.pid)?;
+        let Some(m) = maps.iter().find(|m| m.contains(addr)) else { return Ok(false) };
+        if m.prot != 0 || m.shared || !m.path.is_empty() || self.none_at_entry.contains(&(m.start, m.end)) {
+            return Ok(false);
+        }
+        let g = GuardRange { start: m.start, end: m.end, prot: PROT_R | PROT_W };
+        let i = self.guards.partition_point(|x| x.start < g.start);
+        self.guards.insert(i, g);
+        Ok(true)
     }
 
     fn guardable(&self, m: &Mapping, keep: &[u64]) -> bool {
@@ -271,7 +288,6 @@ impl Tracer {
                 return l.module.domain == ffirec_format::Domain::Host;
             }
         }
-        let _ = (PROT_R, PROT_X);
         true
     }
 }

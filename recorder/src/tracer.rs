@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ffirec_decode::{DecodeCache, MemAccess};
-use ffirec_format::{Domain, Event, ExitStatus, Header, Policy as FmtPolicy};
+use ffirec_format::{AllocFn, Domain, Event, ExitStatus, Header, Policy as FmtPolicy};
 
 use crate::domain::{Frame, FrameKind, Policy};
 use crate::guard::{GuardRange, Injected};
@@ -122,6 +122,10 @@ pub(crate) struct Tracer {
     /// Syscall the trampolines use to change protections.
     pub protect_nr: u32,
     pub announced_none: bool,
+    /// Blocks realloc/mremap moved during the current foreign call.
+    pub moved: Vec<(u64, u64)>,
+    /// PROT_NONE mappings the program itself had when guards went on.
+    pub none_at_entry: Vec<(u64, u64)>,
     /// Forked children not yet seen stopped (pid → was vfork).
     pub forks: std::collections::HashMap<Pid, bool>,
     /// Children that stopped before their parent's fork event.
@@ -221,6 +225,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         shim_trap: None,
         protect_nr: libc::SYS_mprotect as u32,
         announced_none: false,
+        moved: Vec::new(),
+        none_at_entry: Vec::new(),
         forks: std::collections::HashMap::new(),
         early_children: std::collections::HashMap::new(),
         tramp: crate::fault::Trampolines::default(),
@@ -538,6 +544,9 @@ impl Tracer {
                 if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && self.guard_of(si.addr).is_some() {
                     return self.on_fault(tid, regs, si.addr);
                 }
+                if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && si.addr != regs.rip && self.adopt_moved(si.addr)? {
+                    return self.on_fault(tid, regs, si.addr);
+                }
                 if si.code == SEGV_ACCERR && si.addr == regs.rip {
                     if let Some(m) = self.module_text(regs.rip) {
                         match (m.module.domain, self.foreign_mode) {
@@ -718,8 +727,17 @@ impl Tracer {
     pub fn drain_allocs(&mut self) -> Result<(), Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(()) };
         let sink = &mut self.sink;
+        let moved = &mut self.moved;
+        let guarding = self.foreign_mode;
         let mut err = None;
         a.drain(|e| {
+            // A guarded block moved by realloc/mremap keeps PROT_NONE at its
+            // new address; remember it so the return restores it too.
+            if let Event::Alloc { func: AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap, ptr, size, old_ptr, .. } = e {
+                if guarding && old_ptr != 0 && ptr != old_ptr && ptr != 0 {
+                    moved.push((ptr, size));
+                }
+            }
             if let Err(x) = sink.push(e) {
                 err.get_or_insert(x);
             }

@@ -70,9 +70,20 @@ impl Model {
                 self.anon.remove(&r.pid);
                 0
             }
+            kind::FORKED => {
+                // The parent's mark at the exact point of fork(): the child
+                // inherits its mappings as of here.
+                let inherited = self.anon.get(&r.pid).cloned().unwrap_or_default();
+                self.anon.insert(r.aux as u32, inherited);
+                0
+            }
             kind::FORK => {
-                let parent = self.anon.get(&(r.aux as u32)).cloned().unwrap_or_default();
-                self.anon.insert(r.pid, parent);
+                // The child's first record. Without a FORKED mark (a fork the
+                // shim did not see), inherit the parent's mappings as of now.
+                if !self.anon.contains_key(&r.pid) {
+                    let inherited = self.anon.get(&(r.aux as u32)).cloned().unwrap_or_default();
+                    self.anon.insert(r.pid, inherited);
+                }
                 0
             }
             kind::NOP => 0, // the call failed after reserving its slot
@@ -249,9 +260,15 @@ mod tests {
         run(&mut m, rec(kind::MMAP, 0x10000, PAGE, 0, 0));
         let ev = run(&mut m, rec(kind::MREMAP, 0x40000, 2 * PAGE, 0x10000, PAGE));
         assert_eq!(ev.len(), 1);
+        run(&mut m, rec(kind::FORKED, 0, 0, 0, 8));
+        // Changes after the fork point stay the parent's.
+        run(&mut m, rec(kind::MMAP, 0x90000, PAGE, 0, 0));
         let mut fork = rec(kind::FORK, 0, 0, 0, 7);
         fork.pid = 8;
         run(&mut m, fork);
+        let mut unmap = rec(kind::MUNMAP, 0x90000, PAGE, 0, 0);
+        unmap.pid = 8;
+        assert_eq!(run(&mut m, unmap), vec![]);
         let mut unmap = rec(kind::MUNMAP, 0x40000, 2 * PAGE, 0, 0);
         unmap.pid = 8;
         assert_eq!(run(&mut m, unmap).len(), 1);

@@ -169,7 +169,8 @@ pub struct AllocTracker {
     map: Arc<ring::Mapping>,
     arena: Option<std::ops::Range<u64>>,
     model: convert::Model,
-    tail: u64,
+    /// Per ring: every sequence number below it has been consumed.
+    tails: [u64; ring::RINGS],
     skipped: u64,
     trap_offset: u64,
 }
@@ -261,7 +262,7 @@ impl AllocTracker {
             map: Arc::new(map),
             arena: options.foreign_arena,
             model: convert::Model::default(),
-            tail: 0,
+            tails: [0; ring::RINGS],
             skipped: 0,
             trap_offset,
         })
@@ -353,45 +354,70 @@ impl AllocTracker {
     }
 
     fn drain_inner(&mut self, f: &mut impl FnMut(Event), skip_holes: bool) -> usize {
+        // The primary ring first: a forked child's records (ring 0) may wait
+        // for their parent's (ring 1), never the other way round.
+        let mut events = self.drain_ring(1, f, skip_holes);
+        events += self.drain_ring(0, f, skip_holes);
+        events
+    }
+
+    fn drain_ring(&mut self, ring: usize, f: &mut impl FnMut(Event), skip_holes: bool) -> usize {
         // Publish progress often enough that producers on a small ring keep going.
         let publish_every = (self.map.capacity() / 4).max(1);
         let mut events = 0;
         let mut since_publish = 0;
         loop {
-            match self.map.read(self.tail) {
-                Some(rec) => events += self.model.convert(&rec, f),
-                None if skip_holes && self.tail < self.map.head() => self.skipped += 1,
+            let tail = self.tails[ring];
+            match self.map.read(ring, tail) {
+                Some(rec) => {
+                    if rec.kind == ring::kind::FORK && !skip_holes {
+                        // The parent's records up to the fork come first.
+                        let parent = rec.old_ptr as usize;
+                        if parent < ring::RINGS && self.tails[parent] < rec.size {
+                            break;
+                        }
+                    }
+                    events += self.model.convert(&rec, f);
+                }
+                None if skip_holes && tail < self.map.head(ring) => self.skipped += 1,
                 None => break,
             }
-            self.tail += 1;
+            self.tails[ring] = tail + 1;
             since_publish += 1;
             if since_publish >= publish_every {
-                self.map.publish_tail(self.tail);
+                self.map.publish_tail(ring, self.tails[ring]);
                 since_publish = 0;
             }
         }
-        self.map.publish_tail(self.tail);
+        self.map.publish_tail(ring, self.tails[ring]);
         events
     }
 
-    /// True when the oldest unconsumed slot is reserved but not yet committed:
-    /// the ring cannot advance until the thread that reserved it runs.
+    /// True when the oldest unconsumed slot of a ring is reserved but not yet
+    /// committed: that ring cannot advance until the thread that reserved it runs.
     pub fn is_blocked(&self) -> bool {
-        self.map.uncommitted(self.tail)
+        (0..ring::RINGS).any(|r| self.map.uncommitted(r, self.tails[r]))
+    }
+
+    /// The pid of the process that owns the primary ring (the first process
+    /// whose shim started), None before any did.
+    pub fn primary_pid(&self) -> Option<u32> {
+        Some(self.map.primary_owner()).filter(|&p| p != 0)
     }
 
     /// The ring's counters.
     pub fn stats(&self) -> RingStats {
+        let sum = |f: &dyn Fn(usize) -> u64| (0..ring::RINGS).map(f).sum();
         RingStats {
-            reserved: self.map.head(),
-            consumed: self.map.tail(),
-            dropped: self.map.dropped(),
-            flush_traps: self.map.flush_traps(),
+            reserved: sum(&|r| self.map.head(r)),
+            consumed: sum(&|r| self.map.tail(r)),
+            dropped: sum(&|r| self.map.dropped(r)),
+            flush_traps: sum(&|r| self.map.flush_traps(r)),
             skipped: self.skipped,
         }
     }
 
-    /// Ring capacity in records.
+    /// Capacity of each of the two rings, in records.
     pub fn capacity(&self) -> usize {
         self.map.capacity() as usize
     }

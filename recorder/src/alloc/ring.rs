@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
+/// Ring 0 is shared by all processes but one; ring 1 is the primary's.
+pub(crate) const RINGS: usize = 2;
 pub(crate) const HDR_SIZE: usize = 4096;
 pub(crate) const REC_SIZE: usize = 64;
 
@@ -25,10 +27,17 @@ const OFF_ARENA_START: usize = 40;
 const OFF_ARENA_END: usize = 48;
 const OFF_CLOSED: usize = 56;
 const OFF_ALLOCATOR_TID: usize = 60;
-const OFF_HEAD: usize = 64;
-const OFF_TAIL: usize = 128;
-const OFF_DROPPED: usize = 192;
-const OFF_FLUSH_TRAPS: usize = 200;
+// Per-ring control block `struct ffirec_ring`, 256 bytes, ring i at 256 * (i + 1).
+const OFF_RING: usize = 256;
+const RING_OWNER: usize = 0;
+const RING_HEAD: usize = 64;
+const RING_TAIL: usize = 128;
+const RING_DROPPED: usize = 192;
+const RING_FLUSH_TRAPS: usize = 200;
+
+fn ctl(ring: usize, field: usize) -> usize {
+    OFF_RING * (ring + 1) + field
+}
 
 /// Record kinds written by the shim (`enum ffirec_kind`).
 pub(crate) mod kind {
@@ -48,6 +57,7 @@ pub(crate) mod kind {
     pub const NOP: u16 = 30;
     pub const PROC_START: u16 = 32;
     pub const FORK: u16 = 33;
+    pub const FORKED: u16 = 34;
 }
 
 /// `ffirec_rec.flags` bit: the calling thread was the foreign tid.
@@ -90,7 +100,7 @@ impl Mapping {
         capacity: u64,
         arena: Option<(u64, u64)>,
     ) -> std::io::Result<Mapping> {
-        let len = HDR_SIZE as u64 + capacity * REC_SIZE as u64;
+        let len = HDR_SIZE as u64 + RINGS as u64 * capacity * REC_SIZE as u64;
         file.set_len(len)?;
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("ring too large"))?;
         // SAFETY: a fresh shared mapping of a file we own and just sized; the
@@ -163,38 +173,45 @@ impl Mapping {
     pub(crate) fn allocator_tid(&self) -> u32 {
         self.u32_at(OFF_ALLOCATOR_TID).load(Ordering::Acquire)
     }
-    pub(crate) fn head(&self) -> u64 {
-        self.u64_at(OFF_HEAD).load(Ordering::Acquire)
+    /// The pid that owns the primary ring, 0 while unclaimed.
+    pub(crate) fn primary_owner(&self) -> u32 {
+        self.u32_at(ctl(1, RING_OWNER)).load(Ordering::Acquire)
     }
-    pub(crate) fn tail(&self) -> u64 {
-        self.u64_at(OFF_TAIL).load(Ordering::Acquire)
+    pub(crate) fn head(&self, ring: usize) -> u64 {
+        self.u64_at(ctl(ring, RING_HEAD)).load(Ordering::Acquire)
     }
-    pub(crate) fn publish_tail(&self, tail: u64) {
-        self.u64_at(OFF_TAIL).store(tail, Ordering::Release);
+    pub(crate) fn tail(&self, ring: usize) -> u64 {
+        self.u64_at(ctl(ring, RING_TAIL)).load(Ordering::Acquire)
     }
-    pub(crate) fn dropped(&self) -> u64 {
-        self.u64_at(OFF_DROPPED).load(Ordering::Relaxed)
+    pub(crate) fn publish_tail(&self, ring: usize, tail: u64) {
+        self.u64_at(ctl(ring, RING_TAIL))
+            .store(tail, Ordering::Release);
     }
-    pub(crate) fn flush_traps(&self) -> u64 {
-        self.u64_at(OFF_FLUSH_TRAPS).load(Ordering::Relaxed)
+    pub(crate) fn dropped(&self, ring: usize) -> u64 {
+        self.u64_at(ctl(ring, RING_DROPPED)).load(Ordering::Relaxed)
+    }
+    pub(crate) fn flush_traps(&self, ring: usize) -> u64 {
+        self.u64_at(ctl(ring, RING_FLUSH_TRAPS))
+            .load(Ordering::Relaxed)
     }
 
-    fn slot(&self, seq: u64) -> usize {
-        HDR_SIZE + (seq & (self.capacity - 1)) as usize * REC_SIZE
+    fn slot(&self, ring: usize, seq: u64) -> usize {
+        HDR_SIZE + (ring * self.capacity as usize + (seq & (self.capacity - 1)) as usize) * REC_SIZE
     }
 
-    /// The record with sequence number `seq`, if it is committed.
-    pub(crate) fn read(&self, seq: u64) -> Option<Rec> {
-        let off = self.slot(seq);
+    /// The record with sequence number `seq` of `ring`, if it is committed.
+    pub(crate) fn read(&self, ring: usize, seq: u64) -> Option<Rec> {
+        let off = self.slot(ring, seq);
         if self.u64_at(off).load(Ordering::Acquire) != seq.wrapping_add(1) {
             return None;
         }
         Some(self.payload(off))
     }
 
-    /// The slot of `seq` is reserved by a producer but not committed.
-    pub(crate) fn uncommitted(&self, seq: u64) -> bool {
-        seq < self.head() && self.u64_at(self.slot(seq)).load(Ordering::Acquire) != seq + 1
+    /// The slot of `seq` in `ring` is reserved by a producer but not committed.
+    pub(crate) fn uncommitted(&self, ring: usize, seq: u64) -> bool {
+        seq < self.head(ring)
+            && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) != seq + 1
     }
 
     fn payload(&self, off: usize) -> Rec {
