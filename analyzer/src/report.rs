@@ -26,6 +26,10 @@ pub struct Report {
     pub allocations: Vec<Allocation>,
     pub findings: Vec<Finding>,
     pub summary: Summary,
+    /// Every allocation of the trace, by id (not serialised): `diff` numbers
+    /// allocations per site and resolves pointer return values with it.
+    #[serde(skip)]
+    pub(crate) all_allocations: Vec<AllocInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -675,7 +679,8 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
         callbacks: tl.callbacks,
         truncated: !g.trace.complete,
     };
-    Report { schema: SCHEMA.to_string(), trace: g.trace, calls, allocations, findings, summary }
+    let all_allocations = g.timeline.allocs;
+    Report { schema: SCHEMA.to_string(), trace: g.trace, calls, allocations, findings, summary, all_allocations }
 }
 
 fn signal_name(signo: i32) -> &'static str {
