@@ -84,17 +84,20 @@ fn generate(path: &std::path::Path, accesses: u64) -> u64 {
             return_addr: 0x40_1234,
         })
         .unwrap();
-        // A streaming pass over a few buffers, as a codec would do.
+        // Streaming passes over a few buffers, as a codec would do: each run
+        // of 2000 accesses uses one instruction form and walks its buffer.
         let mut cur = buf;
+        let mut form = 0usize;
         for i in 0..per_call {
-            if i % 2000 == 0 {
-                cur = bufs[(rng.next() % 256) as usize];
-            }
             let r = rng.next();
-            let (code, size, _) = CODES[(r % 4) as usize];
-            let addr = cur + ((i % 2000) * 16) % (0x1_0000 - 16);
+            if i % 2000 == 0 {
+                cur = bufs[(r % 256) as usize];
+                form = ((r >> 8) % 4) as usize;
+            }
+            let (code, size, _) = CODES[form];
+            let addr = cur + ((i % 2000) * size) % (0x1_0000 - 16);
             // The same instruction always sits at the same address (16 sites per form).
-            let rip = LIB + 0x1000 + (r % 4) * 0x100 + (r >> 8) % 16 * 8;
+            let rip = LIB + 0x1000 + form as u64 * 0x100 + (r >> 16) % 16 * 8;
             let mut regs = Regs { rip, rflags: 0x246, ..Regs::default() };
             regs.gpr[Regs::RDI] = addr;
             let data = if code[1] == 0x89 { vec![] } else { vec![0u8; size as usize] };
