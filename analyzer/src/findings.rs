@@ -103,6 +103,8 @@ pub struct AllocRef {
     pub distance: u64,
     /// Human label: `alloc#3 (malloc 64 at main+0x2a)`.
     pub label: String,
+    /// Where it was allocated (the allocation call's return address).
+    pub site: Location,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

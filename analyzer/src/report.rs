@@ -382,7 +382,15 @@ impl Builder<'_> {
             None if end <= a.base => (Relation::Before, a.base - end),
             None => (Relation::Inside, addr.saturating_sub(a.base)),
         };
-        Some(AllocRef { id, base: hex(a.base), size: a.size, relation, distance, label: self.label(id) })
+        Some(AllocRef {
+            id,
+            base: hex(a.base),
+            size: a.size,
+            relation,
+            distance,
+            label: self.label(id),
+            site: self.syms.locate(a.caller),
+        })
     }
 }
 
