@@ -249,7 +249,10 @@ impl Report {
                     let _ = writeln!(o, "{P}  Block: {}", a.label);
                 }
             }
-            if !matches!(f.kind, Kind::Crash | Kind::ForeignLeak | Kind::ExposedPointer) {
+            // Out-of-bounds detail repeats the Address line; the others add to it.
+            if !matches!(f.kind, Kind::Crash | Kind::ForeignLeak | Kind::ExposedPointer | Kind::OutOfBounds)
+                || f.allocation.is_none()
+            {
                 let _ = writeln!(o, "{P}  {}", f.detail);
             }
             let _ = writeln!(o, "{P}  (seen {} time{}, first at event {})", f.count, if f.count == 1 { "" } else { "s" }, f.first_event);

@@ -42,6 +42,10 @@ pub fn run(args: AnalyzeArgs) -> ExitCode {
     match analyze(&args) {
         Ok(findings) if findings > 0 => ExitCode::from(args.error_exitcode),
         Ok(_) => ExitCode::from(exit::SUCCESS),
+        // `ffirec analyze T | head`: the reader went away; not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::from(exit::SUCCESS)
+        }
         Err(e) => {
             let mut msg = format!("ffirec: error: {e}");
             let mut src = e.source();
