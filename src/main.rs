@@ -29,6 +29,8 @@ enum Command {
     Analyze(cmd::analyze::AnalyzeArgs),
     /// Print every event of a trace, one per line (text or JSONL).
     Dump(cmd::dump::DumpArgs),
+    /// Compare two recordings (library v1 vs v2): changed footprints, new and fixed findings.
+    Diff(cmd::diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +39,6 @@ fn main() -> ExitCode {
         Command::Record(a) => cmd::record::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Dump(a) => cmd::dump::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
     }
 }

@@ -14,6 +14,7 @@
 //! shard layout is fixed, so the output does not depend on `--threads`.
 
 mod decode;
+mod diff;
 mod dump;
 mod findings;
 mod report;
@@ -29,6 +30,10 @@ use std::sync::Mutex;
 use ffirec_format::{Completeness, Trace};
 use rayon::prelude::*;
 
+pub use diff::{
+    diff, CallDiff, CallSummary, CodeChange, CountChange, Diff, DiffError, DiffInput, DiffOptions, DiffSummary,
+    FindingView, SideInfo, TargetDiff, ValueChange, DIFF_SCHEMA,
+};
 pub use dump::dump_accesses;
 pub use findings::{AllocRef, CallRef, Finding, Kind, Relation, Verdict};
 pub use report::{

@@ -1,3 +1,4 @@
 pub mod record;
 pub mod analyze;
 pub mod dump;
+pub mod diff;
