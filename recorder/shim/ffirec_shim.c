@@ -27,6 +27,12 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define SINGLE_THREADED() (__libc_single_threaded != 0)
+#else
+#define SINGLE_THREADED() 0
+#endif
 
 #include "ffirec_shim.h"
 
@@ -70,8 +76,13 @@ void ffirec_shim_flush_enter(void);
 enum { ST_UNINIT = 0, ST_INIT = 1, ST_READY = 2, ST_OFF = 3 };
 static _Atomic int g_state;
 static struct ffirec_hdr *g_hdr;
-static struct ffirec_rec *g_ring;
+static struct ffirec_ring *g_rc; /* this process's ring: control block */
+static struct ffirec_rec *g_ring; /* ... and its records */
+static uint32_t g_ring_index;
+static int g_primary; /* we own ring 1: nobody else ever reserves in it */
+static struct ffirec_rec *g_recs; /* ring 0's records; ring i at g_recs + i * g_cap */
 static uint64_t g_cap;
+static uint64_t g_fork_head; /* our ring's head, read just before fork() */
 static uint32_t g_pid;
 
 /* The foreign arena's range, copied from the header at init (len 0: none). */
@@ -80,14 +91,27 @@ static uint64_t g_arena_lo, g_arena_len;
 static TLS uint32_t t_tid;
 static TLS uint64_t t_limit; /* a reservation below this has room (cached tail + capacity) */
 static TLS int t_depth;      /* frames of this thread inside the record path */
+/* The outermost frame's reserved, not yet committed slot: its seq + 1, 0 for
+ * none, PENDING_UNKNOWN while it is reserving. A nested frame (a signal
+ * handler) may wait for room only when that wait cannot need the consumer to
+ * pass the outer slot first. */
+static TLS uint64_t t_pending;
+#define PENDING_UNKNOWN UINT64_MAX
 
-static _Atomic(uint64_t) *hdr_head(void) { return (_Atomic(uint64_t) *)&g_hdr->head; }
-static _Atomic(uint64_t) *hdr_tail(void) { return (_Atomic(uint64_t) *)&g_hdr->tail; }
-static _Atomic(uint64_t) *hdr_dropped(void) { return (_Atomic(uint64_t) *)&g_hdr->dropped; }
-static _Atomic(uint64_t) *hdr_traps(void) { return (_Atomic(uint64_t) *)&g_hdr->flush_traps; }
+static _Atomic(uint64_t) *hdr_head(void) { return (_Atomic(uint64_t) *)&g_rc->head; }
+static _Atomic(uint64_t) *hdr_tail(void) { return (_Atomic(uint64_t) *)&g_rc->tail; }
+static _Atomic(uint64_t) *hdr_dropped(void) { return (_Atomic(uint64_t) *)&g_rc->dropped; }
+static _Atomic(uint64_t) *hdr_traps(void) { return (_Atomic(uint64_t) *)&g_rc->flush_traps; }
 static _Atomic(uint32_t) *hdr_u32(uint32_t *p) { return (_Atomic(uint32_t) *)p; }
 
 static void record_proc(uint16_t kind, uint64_t aux);
+
+static void use_ring(uint32_t index) {
+    g_ring_index = index;
+    g_rc = &g_hdr->ring[index];
+    g_ring = g_recs + (uint64_t)index * g_cap;
+    g_primary = index == 1;
+}
 
 /* Maps the ring. Runs once per process image, from the constructor or from the
  * first allocation that precedes it. Uses raw syscalls only: no allocation, no
@@ -115,11 +139,17 @@ static void ring_init(void) {
                     if (magic == FFIREC_MAGIC && h->version == FFIREC_VERSION &&
                         h->hdr_size == FFIREC_HDR_SIZE && h->rec_size == FFIREC_REC_SIZE &&
                         cap != 0 && (cap & (cap - 1)) == 0 &&
-                        cap <= ((uint64_t)st.st_size - FFIREC_HDR_SIZE) / FFIREC_REC_SIZE) {
+                        cap <= ((uint64_t)st.st_size - FFIREC_HDR_SIZE) / FFIREC_REC_SIZE /
+                                   FFIREC_RINGS) {
                         g_hdr = h;
-                        g_ring = (struct ffirec_rec *)((char *)m + FFIREC_HDR_SIZE);
+                        g_recs = (struct ffirec_rec *)((char *)m + FFIREC_HDR_SIZE);
                         g_cap = cap;
                         g_pid = (uint32_t)syscall(SYS_getpid);
+                        uint32_t owner = 0;
+                        int primary = atomic_compare_exchange_strong(
+                                          hdr_u32(&h->ring[1].owner_pid), &owner, g_pid) ||
+                                      owner == g_pid;
+                        use_ring(primary ? 1 : 0);
                         if (h->arena_end > h->arena_start && (h->arena_start & 4095) == 0 &&
                             (h->arena_end & 4095) == 0) {
                             g_arena_lo = h->arena_start;
@@ -139,9 +169,11 @@ static void ring_init(void) {
         /* We may be called from reserve() before it reserved anything, so no
          * slot of this thread is pending: the start record may wait. */
         int depth = t_depth;
+        uint64_t pending = t_pending;
         t_depth = 0;
         record_proc(FFIREC_K_PROC_START, 0);
         t_depth = depth;
+        t_pending = pending;
     }
     errno = saved_errno;
 }
@@ -200,17 +232,31 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
     uint64_t seq;
     /* The caller counted itself in t_depth: 1 means not nested. */
     if (LIKELY(t_depth == 1)) {
-        seq = atomic_fetch_add_explicit(hdr_head(), 1, memory_order_relaxed);
+        t_pending = PENDING_UNKNOWN;
+        __asm__ volatile("" ::: "memory"); /* ordered before the reservation, for handlers */
+        if (LIKELY(g_primary) && SINGLE_THREADED()) {
+            /* Sole producer of this ring: no lock needed, and a single
+             * instruction cannot be split by a signal handler. */
+            seq = 1;
+            __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
+        } else {
+            seq = atomic_fetch_add_explicit(hdr_head(), 1, memory_order_relaxed);
+        }
+        t_pending = seq + 1;
         if (UNLIKELY(seq >= t_limit))
             wait_for_room(seq);
     } else {
-        /* Nested on this thread: an outer frame may hold an uncommitted slot
-         * the consumer is waiting for, so waiting could deadlock. Reserve only
-         * if there is room now. */
+        /* Nested on this thread (a signal handler). Waiting for room is safe
+         * unless the room needed lies past an outer frame's uncommitted slot,
+         * which cannot be committed before we return: then drop. */
+        uint64_t pend = t_depth == 2 ? t_pending : PENDING_UNKNOWN;
         seq = atomic_load_explicit(hdr_head(), memory_order_relaxed);
+        int wait;
         for (;;) {
             uint64_t tail = atomic_load_explicit(hdr_tail(), memory_order_acquire);
-            if (seq >= tail + g_cap) {
+            wait = seq >= tail + g_cap;
+            int may_wait = pend == 0 || (pend != PENDING_UNKNOWN && seq < pend - 1 + g_cap);
+            if (wait && !may_wait) {
                 atomic_fetch_add_explicit(hdr_dropped(), 1, memory_order_relaxed);
                 return NULL;
             }
@@ -218,6 +264,8 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
                                                       memory_order_relaxed, memory_order_relaxed))
                 break;
         }
+        if (wait)
+            wait_for_room(seq);
     }
     *seq_out = seq;
     return &g_ring[seq & (g_cap - 1)];
@@ -259,6 +307,8 @@ static inline void record(uint16_t kind, uint64_t ptr, uint64_t size, uint64_t o
     if (r) {
         fill(r, kind, ptr, size, old_ptr, caller, aux);
         commit(r, seq);
+        if (t_depth == 1)
+            t_pending = 0;
     }
     t_depth--;
 }
@@ -283,6 +333,8 @@ static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t s
     if (p.r) {
         fill(p.r, kind, ptr, size, old_ptr, caller, aux);
         commit(p.r, p.seq);
+        if (t_depth == 1)
+            t_pending = 0;
     }
     t_depth--;
 }
@@ -525,15 +577,21 @@ typedef size_t (*malloc_usable_size_fn)(void *);
 typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 typedef int (*munmap_fn)(void *, size_t);
 typedef void *(*mremap_fn)(void *, size_t, size_t, int, ...);
+typedef pid_t (*fork_fn)(void);
 REAL(posix_memalign_fn, posix_memalign)
 REAL(aligned_alloc_fn, aligned_alloc)
 REAL(malloc_usable_size_fn, malloc_usable_size)
 REAL(mmap_fn, mmap)
 REAL(munmap_fn, munmap)
 REAL(mremap_fn, mremap)
+REAL(fork_fn, fork)
 
 /* ---- process lifecycle --------------------------------------------------- */
-static void before_fork(void) { arena_lock(); }
+static void before_fork(void) {
+    if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY)
+        g_fork_head = atomic_load_explicit(hdr_head(), memory_order_acquire);
+    arena_lock();
+}
 
 static void after_fork_parent(void) { arena_unlock(); }
 
@@ -543,7 +601,16 @@ static void after_fork_child(void) {
     t_tid = 0;
     if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) {
         g_pid = (uint32_t)syscall(SYS_getpid);
-        record_proc(FFIREC_K_FORK, parent);
+        uint32_t parent_ring = g_ring_index;
+        use_ring(0); /* ring 1 belongs to the parent */
+        t_limit = 0; /* cached for the parent's ring */
+        /* Inside our fork() wrapper t_depth counts the parent's pending slot,
+         * which is not ours to wait for: this record may wait for room. */
+        int depth = t_depth;
+        t_depth = 0;
+        t_pending = 0;
+        record(FFIREC_K_FORK, 0, g_fork_head, parent_ring, 0, parent);
+        t_depth = depth;
     }
 }
 
@@ -556,8 +623,30 @@ __attribute__((constructor)) static void shim_init(void) {
     (void)get_mmap();
     (void)get_munmap();
     (void)get_mremap();
+    (void)get_fork();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     errno = saved_errno;
+}
+
+/* fork(): the parent's FORKED record takes its sequence number before the
+ * child exists, so it marks exactly the state the child inherits. */
+EXPORT pid_t fork(void) {
+    fork_fn f = get_fork();
+    if (UNLIKELY(f == NULL)) {
+        errno = ENOSYS;
+        return -1;
+    }
+    struct pending s = begin();
+    pid_t child = f();
+    if (child == 0) { /* the slot is the parent's to fill */
+        t_depth--;
+        return 0;
+    }
+    if (child > 0)
+        end(s, FFIREC_K_FORKED, 0, 0, 0, CALLER, (uint64_t)child);
+    else
+        end(s, FFIREC_K_NOP, 0, 0, 0, CALLER, 0);
+    return child;
 }
 
 /* ---- the C allocator ------------------------------------------------------

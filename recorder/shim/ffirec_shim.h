@@ -2,10 +2,27 @@
  * shim (producers, inside the traced program) and the recorder (the single
  * consumer, recorder/src/alloc/ring.rs mirrors every offset below).
  *
- * File layout: one 4096-byte header page, then `capacity` records of 64 bytes
- * (`capacity` a power of two). Every field is little-endian, naturally aligned.
+ * File layout: one 4096-byte header page, then two rings of `capacity` records
+ * of 64 bytes each (`capacity` a power of two): ring 0 at offset 4096, ring 1
+ * right after it. Every field is little-endian, naturally aligned.
  *
- * Protocol
+ * Rings
+ *  - Ring 1 is the primary ring: the first process whose shim starts claims
+ *    it (CAS of `ring[1].owner_pid` from 0 to its pid; an exec'd image of the
+ *    same pid keeps it). Only that process writes it, so while it is
+ *    single-threaded (glibc's `__libc_single_threaded`) it reserves with a
+ *    plain, unlocked `xadd` — one instruction, so a signal handler on the
+ *    same thread cannot split it; once it has threads, with `lock xadd`.
+ *  - Ring 0 is shared by every other process (forked children, other
+ *    programs they exec) and always reserves with `lock xadd`.
+ *  - Order is global within a ring; across rings only fork() matters. The
+ *    parent's FORKED record marks the exact point of the fork in its ring
+ *    (the child inherits the parent's mappings as of there); the child's
+ *    first record, FORK, names in `old_ptr`/`size` the parent's ring and a
+ *    sequence number past that point: the consumer must consume the parent's
+ *    ring up to there before any record of the child.
+ *
+ * Protocol (per ring)
  *  - A producer reserves sequence number `seq` with fetch_add on `head`, waits
  *    until `seq < tail + capacity` (the consumer has finished with the slot's
  *    previous use), fills slot `seq & (capacity-1)` and then stores
@@ -43,7 +60,8 @@
 #include <stdint.h>
 
 #define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
-#define FFIREC_VERSION 1u
+#define FFIREC_VERSION 2u /* 2: two rings (shared, primary) */
+#define FFIREC_RINGS 2u
 #define FFIREC_HDR_SIZE 4096u
 #define FFIREC_REC_SIZE 64u
 #define FFIREC_FLUSH_MAGIC 0x5041525448535546ull /* "FUSHTRAP" little-endian */
@@ -66,7 +84,11 @@ enum ffirec_kind {
     FFIREC_K_MUNMAP = 17,        /* every successful munmap(ptr, size) */
     FFIREC_K_NOP = 30,           /* a reserved slot whose call failed: skip */
     FFIREC_K_PROC_START = 32,    /* the shim started in process `pid` (after exec) */
-    FFIREC_K_FORK = 33,          /* process `pid` was forked from process `aux` */
+    FFIREC_K_FORK = 33,          /* the child's first record: process `pid` was forked from
+                                    process `aux`, whose records before the fork are in
+                                    ring `old_ptr` below seq `size` */
+    FFIREC_K_FORKED = 34,        /* the parent's record, at the exact point of fork():
+                                    process `pid` forked child `aux` */
 };
 
 #define FFIREC_F_FOREIGN 1u /* the calling tid was header.foreign_tid */
@@ -100,15 +122,22 @@ struct ffirec_hdr {
     uint32_t closed;         /* 56: the consumer is gone: producers stop waiting for room */
     uint32_t allocator_tid;  /* 60: the foreign tid while it runs inside an allocation
                                     function (allocator activity, not the library's), else 0 */
-    /* line 1: producers */
-    uint64_t head; /* 64: next sequence number to reserve */
-    uint64_t pad1[7];
-    /* line 2: the consumer */
-    uint64_t tail; /* 128: every sequence number below it has been consumed */
-    uint64_t pad2[7];
-    /* line 3: counters, written by producers */
-    uint64_t dropped;     /* 192 */
-    uint64_t flush_traps; /* 200 */
+    uint64_t pad0[24]; /* 64 */
+    struct ffirec_ring {
+        /* line 0 */
+        uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */
+        uint32_t pad0[15];
+        /* line 1: producers */
+        uint64_t head; /* +64: next sequence number to reserve */
+        uint64_t pad1[7];
+        /* line 2: the consumer */
+        uint64_t tail; /* +128: every sequence number below it has been consumed */
+        uint64_t pad2[7];
+        /* line 3: counters, written by producers */
+        uint64_t dropped;     /* +192 */
+        uint64_t flush_traps; /* +200 */
+        uint64_t pad3[6];
+    } ring[FFIREC_RINGS]; /* 256: ring 0, 512: ring 1 */
 };
 
 #endif

@@ -37,23 +37,11 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-#[test]
-#[ignore = "measurement; run with --release --ignored --nocapture"]
-fn alloc_overhead_1m_malloc_free_pairs() {
-    let exe = fixture("alloc_bench");
-    let capacity = std::env::var("FFIREC_BENCH_CAPACITY")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut tracker =
-        AllocTracker::with_capacity(capacity.unwrap_or(ffirec_recorder::alloc::DEFAULT_CAPACITY))
-            .unwrap();
-    let capacity = tracker.capacity();
+/// One recorded run: a fresh tracker (the bench process owns the primary
+/// ring, as a recorded program does), drained concurrently by a thread.
+fn run_shim(exe: &std::path::Path, capacity: usize, pause_us: u64) -> (u64, u64, u64) {
+    let mut tracker = AllocTracker::with_capacity(capacity).unwrap();
     let env = tracker.env();
-    // The consumer's pause between drains (an empty drain always pauses 50 µs).
-    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let consumer = std::thread::spawn(move || {
@@ -68,23 +56,40 @@ fn alloc_overhead_1m_malloc_free_pairs() {
         tracker.drain_final(|_| events += 1);
         (tracker.stats(), events)
     });
-
-    let (mut native, mut shim, mut native_wall, mut shim_wall) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..RUNS {
-        // Interleaved, so drift in machine load hits both sides alike.
-        let (n, nw) = run(&exe, &[]);
-        let (s, sw) = run(&exe, &env);
-        native.push(n);
-        native_wall.push(nw);
-        shim.push(s);
-        shim_wall.push(sw);
-    }
+    let (ns, wall) = run(exe, &env);
     stop.store(true, Ordering::Release);
     let (stats, events) = consumer.join().unwrap();
     assert_eq!(stats.reserved, stats.consumed);
     assert_eq!(stats.dropped, 0);
-    assert!(events >= RUNS as u64 * 2_000_000);
+    assert!(events >= 2_000_000);
+    (ns, wall, events)
+}
 
+#[test]
+#[ignore = "measurement; run with --release --ignored --nocapture"]
+fn alloc_overhead_1m_malloc_free_pairs() {
+    let exe = fixture("alloc_bench");
+    let capacity = std::env::var("FFIREC_BENCH_CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ffirec_recorder::alloc::DEFAULT_CAPACITY);
+    // The consumer's pause between drains (an empty drain always pauses 50 µs).
+    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (mut native, mut shim, mut native_wall, mut shim_wall) = (vec![], vec![], vec![], vec![]);
+    let mut events = 0;
+    for _ in 0..RUNS {
+        // Interleaved, so drift in machine load hits both sides alike.
+        let (n, nw) = run(&exe, &[]);
+        let (s, sw, e) = run_shim(&exe, capacity, pause_us);
+        native.push(n);
+        native_wall.push(nw);
+        shim.push(s);
+        shim_wall.push(sw);
+        events = e;
+    }
     let (n, s, nw, sw) = (
         median(native),
         median(shim),
@@ -92,8 +97,9 @@ fn alloc_overhead_1m_malloc_free_pairs() {
         median(shim_wall),
     );
     println!(
-        "alloc_overhead: 1M malloc/free pairs, ring {capacity} records, pause {pause_us} us, median of {RUNS}: native loop {:.1} ms, shim loop {:.1} ms, ratio {:.2}x; \
-         whole process {:.1} ms vs {:.1} ms, ratio {:.2}x; {events} events drained",
+        "alloc_overhead: 1M malloc/free pairs, ring {capacity} records, pause {pause_us} us, median of {RUNS}: \
+         native loop {:.1} ms, shim loop {:.1} ms, ratio {:.2}x; \
+         whole process {:.1} ms vs {:.1} ms, ratio {:.2}x; {events} events drained per run",
         n as f64 / 1e6,
         s as f64 / 1e6,
         s as f64 / n as f64,

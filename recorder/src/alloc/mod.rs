@@ -464,3 +464,41 @@ fn trap_offset(elf: &[u8]) -> Option<u64> {
         .map(|s| s.address());
     found
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// Consumer cost alone: records written in place (as a producer would),
+    /// then drained. `cargo test --release -p ffirec-recorder drain_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "measurement"]
+    fn drain_cost() {
+        let cap = 1 << 16;
+        let mut t = AllocTracker::with_capacity(cap).unwrap();
+        let rounds = 32u64;
+        let mut total = std::time::Duration::ZERO;
+        let mut events = 0usize;
+        for round in 0..rounds {
+            for i in 0..cap as u64 {
+                let seq = round * cap as u64 + i;
+                t.map.test_write(
+                    1,
+                    seq,
+                    (i % 2) as u16 * ring::kind::FREE,
+                    0x1000 + i * 16,
+                    32,
+                );
+            }
+            let t0 = std::time::Instant::now();
+            events += t.drain(|e| {
+                std::hint::black_box(e);
+            });
+            total += t0.elapsed();
+        }
+        println!(
+            "drain_cost: {events} events, {:.1} ns/event",
+            total.as_nanos() as f64 / events as f64
+        );
+    }
+}

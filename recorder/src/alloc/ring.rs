@@ -214,6 +214,21 @@ impl Mapping {
             && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) != seq + 1
     }
 
+    /// Writes a committed record as the shim would (for consumer measurements).
+    #[cfg(test)]
+    pub(crate) fn test_write(&self, ring: usize, seq: u64, kind: u16, ptr: u64, size: u64) {
+        let off = self.slot(ring, seq);
+        self.u64_at(off + 8)
+            .store(u64::from(kind) | (1234u64 << 32), Ordering::Relaxed);
+        self.u64_at(off + 16).store(1234, Ordering::Relaxed);
+        self.u64_at(off + 24).store(ptr, Ordering::Relaxed);
+        self.u64_at(off + 32).store(size, Ordering::Relaxed);
+        self.u64_at(off + 48).store(0x5555_0000, Ordering::Relaxed);
+        self.u64_at(ctl(ring, RING_HEAD))
+            .store(seq + 1, Ordering::Relaxed);
+        self.u64_at(off).store(seq + 1, Ordering::Release);
+    }
+
     fn payload(&self, off: usize) -> Rec {
         let word = |i: usize| self.u64_at(off + 8 * i).load(Ordering::Relaxed);
         let w1 = word(1);
