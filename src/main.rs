@@ -29,6 +29,8 @@ enum Command {
     Analyze(cmd::analyze::AnalyzeArgs),
     /// Print every event of a trace, one per line (text or JSONL).
     Dump(cmd::dump::DumpArgs),
+    /// Step through a trace like a debugger: events, one call, the crash, memory at an event.
+    Show(cmd::show::ShowArgs),
     /// Compare two recordings (library v1 vs v2): changed footprints, new and fixed findings.
     Diff(cmd::diff::DiffArgs),
 }
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Record(a) => cmd::record::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Dump(a) => cmd::dump::run(a),
+        Command::Show(a) => cmd::show::run(a),
         Command::Diff(a) => cmd::diff::run(a),
     }
 }

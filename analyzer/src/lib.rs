@@ -18,6 +18,7 @@ mod diff;
 mod dump;
 mod findings;
 mod report;
+mod show;
 mod state;
 mod suppress;
 mod symbols;
@@ -36,6 +37,7 @@ pub use diff::{
 };
 pub use dump::dump_accesses;
 pub use findings::{AllocRef, CallRef, Finding, Kind, Relation, Verdict};
+pub use show::{show, MemAddr, MemSpec, ShowError, ShowMode, ShowOptions, DEFAULT_COUNT};
 pub use report::{
     Allocation, CallFootprint, Exposure, ModuleInfo, Report, Summary, TraceInfo, Touched, SCHEMA,
 };

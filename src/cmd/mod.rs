@@ -2,3 +2,4 @@ pub mod record;
 pub mod analyze;
 pub mod dump;
 pub mod diff;
+pub mod show;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use ffirec_format::{AllocFn, Domain, Event, ExitStatus, GapReason, Tid};
 
 pub use intervals::RangeSet;
-pub(crate) use shard::{Ctx, LoadExposure, Piece, Shard, Stats, Target};
+pub(crate) use shard::{ByteInit, Ctx, LoadExposure, Piece, Shard, Stats, Target};
 
 /// Thread time spent replaying shards, for `FFIREC_ANALYZE_TIMING`.
 pub(crate) static SHARD_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -158,7 +158,8 @@ impl Timeline {
         Timeline { track_host_init, ..Timeline::default() }
     }
 
-    fn top(&self, tid: Tid) -> u32 {
+    /// The innermost foreign call thread `tid` is in (NO_CALL when none).
+    pub(crate) fn top(&self, tid: Tid) -> u32 {
         self.stacks.get(&tid).and_then(|s| s.last().copied()).unwrap_or(NO_CALL)
     }
 
@@ -167,7 +168,8 @@ impl Timeline {
         self.live.values().copied()
     }
 
-    fn live_containing(&self, addr: u64) -> Option<u32> {
+    /// The live allocation holding `addr`.
+    pub(crate) fn live_containing(&self, addr: u64) -> Option<u32> {
         let (_, &id) = self.live.range(..=addr).next_back()?;
         self.allocs.get(id as usize).filter(|a| a.contains(addr)).map(|_| id)
     }

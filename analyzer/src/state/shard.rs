@@ -57,6 +57,15 @@ pub(crate) struct Piece {
     pub flags: u8,
 }
 
+/// Initialisation state of one byte (see [`Shard::byte_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ByteInit {
+    Init,
+    /// Never written, and the allocation's whole life was traced.
+    Uninit,
+    Unknown,
+}
+
 /// Foreign code loaded a pointer into a live host allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LoadExposure {
@@ -494,6 +503,28 @@ impl Shard {
             (Some(b), Some(a)) => Some(if a.1 < b.1 { a } else { b }),
             (b, a) => b.or(a),
         }
+    }
+
+    /// What a read of byte `addr` would find now, judged exactly as
+    /// `in_alloc` judges it: the live allocation holding it and whether the
+    /// byte is initialised, never written, or of unknown state. `None`
+    /// outside every live allocation. Meaningful only on the shard owning
+    /// `addr` (used by `ffirec show --at`).
+    pub(crate) fn byte_state(&mut self, addr: u64, ctx: &Ctx) -> Option<(u32, ByteInit)> {
+        let (base, _, id) = self.find_live(addr, ctx)?;
+        let al = ctx.allocs.get(id as usize)?;
+        let page = addr / PAGE;
+        let i = (addr - page * PAGE) as usize;
+        let exact_now = al.exact || al.birth_epoch == self.epoch;
+        let p = self.shadow.page(page, &self.live, ctx.allocs);
+        let state = if bit(&p.init, i) {
+            ByteInit::Init
+        } else if !exact_now || bit(&p.unknown, i) || addr - base < al.unknown_prefix {
+            ByteInit::Unknown
+        } else {
+            ByteInit::Uninit
+        };
+        Some((id, state))
     }
 
     fn ptr_load(&mut self, p: &PtrLoad, ctx: &Ctx) {

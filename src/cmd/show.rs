@@ -1,0 +1,99 @@
+//! `ffirec show`: step through a trace like a debugger.
+
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ffirec_analyzer::{MemSpec, ShowError, ShowMode, ShowOptions};
+
+use crate::exit;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Color {
+    /// Colour when stdout is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Replay a trace event by event: the instruction, the access and the
+/// allocation it hit, changed registers, call context; one call with its
+/// footprint; the crash; or the reconstructed state of memory at an event.
+///
+/// Examples:
+///   ffirec show t.ffr --from 1200 --count 10
+///   ffirec show t.ffr --call 3
+///   ffirec show t.ffr --crash
+///   ffirec show t.ffr --at 1234 --memory alloc5+16:32
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ShowArgs {
+    /// The trace (.ffr).
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+    /// List everything foreign call N did (its thread's events), with its
+    /// arguments, return value and footprint per argument allocation.
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "crash", "at"])]
+    pub call: Option<u64>,
+    /// List events from this event number on [default: 0].
+    #[arg(long, value_name = "EVENT", conflicts_with_all = ["crash", "at"])]
+    pub from: Option<u64>,
+    /// Number of events to list [default: 20; --call: all of the call].
+    #[arg(long, value_name = "K")]
+    pub count: Option<usize>,
+    /// Only list this thread's events.
+    #[arg(long, value_name = "T")]
+    pub tid: Option<u32>,
+    /// Show the reconstructed state of --memory after this event.
+    #[arg(long, value_name = "EVENT", requires = "memory", conflicts_with = "crash")]
+    pub at: Option<u64>,
+    /// ADDR[:LEN] for --at: hex address or allocN+OFF (allocation number as
+    /// `analyze` prints it, offset decimal or 0x-hex); LEN defaults to 64.
+    #[arg(long, value_name = "ADDR[:LEN]", requires = "at")]
+    pub memory: Option<MemSpec>,
+    /// Jump to the crash (the fatal or last fault signal) and list the K
+    /// events of its thread before it.
+    #[arg(long)]
+    pub crash: bool,
+    /// Colour output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+    /// Do not look up file:line in the modules' debug information.
+    #[arg(long)]
+    pub no_dwarf: bool,
+}
+
+pub fn run(args: ShowArgs) -> ExitCode {
+    match show(&args) {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(ShowError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(exit::SUCCESS),
+        Err(e) => {
+            eprintln!("ffirec: error: {}: {e}", args.trace.display());
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn show(args: &ShowArgs) -> Result<(), ShowError> {
+    let trace = ffirec_format::Trace::open(&args.trace)?;
+    let mode = match (args.call, args.at, args.memory, args.crash) {
+        (Some(n), ..) => ShowMode::Call(n),
+        (None, Some(at), Some(range), _) => ShowMode::Memory { at, range },
+        (None, _, _, true) => ShowMode::Crash,
+        _ => ShowMode::From(args.from.unwrap_or(0)),
+    };
+    let stdout = io::stdout();
+    let color = match args.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let opts = ShowOptions { mode, count: args.count, tid: args.tid, color, dwarf: !args.no_dwarf };
+    let mut out = BufWriter::new(stdout.lock());
+    ffirec_analyzer::show(&trace, &opts, &mut out)?;
+    out.flush()?;
+    if let ffirec_format::Completeness::Truncated { events, .. } = trace.completeness() {
+        eprintln!("ffirec: warning: {} is truncated; showing the {events} events recovered", args.trace.display());
+    }
+    Ok(())
+}
