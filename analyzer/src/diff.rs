@@ -162,8 +162,8 @@ pub struct TargetDiff {
     pub bytes_read: Option<[u64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<[u64; 2]>,
-    /// False for the foreign library's own memory (its layout changes with
-    /// every build): shown, not counted.
+    /// False for the foreign library's own memory — its allocations and its
+    /// module data, whose layout changes with every build: shown, not counted.
     pub counted: bool,
 }
 
@@ -179,6 +179,9 @@ pub struct CodeChange {
     /// Offsets into `symbol` of the instructions that accessed memory.
     pub old_offsets: Vec<u64>,
     pub new_offsets: Vec<u64>,
+    /// False for `moved`, and for `added`/`removed` in a module that one of
+    /// the traces could not symbolise completely (code there shows as `?`).
+    pub counted: bool,
 }
 
 /// A return value, normalised (`42`, `0x2a`, `alloc main+0x1c#0+16`, `symbol+0x10 (module)`).
@@ -444,7 +447,7 @@ impl<'a> Side<'a> {
             }
         }
         if let Some(p) = self.place(v) {
-            let shown = format!("{} ({})", p.short(), p.module);
+            let shown = if p.symbol.is_some() { format!("{} ({})", p.short(), p.module) } else { p.short() };
             let key = if p.domain == Domain::Foreign {
                 format!("an address in {}", stem(&p.module))
             } else {
@@ -466,8 +469,11 @@ impl<'a> Side<'a> {
             let (key, label, size, counted) = match (t.target.as_str(), t.alloc, &t.module) {
                 ("alloc", Some(id), _) => {
                     let Some(k) = self.alloc_keys.get(id as usize) else { continue };
-                    let size = self.report.all_allocations.get(id as usize).map_or(0, |a| a.size);
-                    (TargetKey::Alloc(k.clone()), self.alloc_label(id), size, true)
+                    let a = self.report.all_allocations.get(id as usize);
+                    let size = a.map_or(0, |a| a.size);
+                    // The library's own allocations: their layout is its business.
+                    let host = a.map_or(true, |a| a.domain != Domain::Foreign);
+                    (TargetKey::Alloc(k.clone()), self.alloc_label(id), size, host)
                 }
                 ("module", _, Some(m)) => {
                     let foreign = self.report.trace.modules.iter().any(|mi| &mi.name == m && mi.domain != Domain::Host);
@@ -631,11 +637,36 @@ fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
 }
 
-/// The call's symbol; calls to unnamed code are `module+?` (their offsets move).
+/// ELF glue the loader runs: not the library's API, and stripped from many builds.
+const RUNTIME_GLUE: [&str; 8] = [
+    "_init",
+    "_fini",
+    "__do_global_dtors_aux",
+    "frame_dummy",
+    "register_tm_clones",
+    "deregister_tm_clones",
+    "__libc_csu_init",
+    "__libc_csu_fini",
+];
+
+/// The call's symbol. Calls to unnamed code or to ELF glue (constructors and
+/// destructors the loader runs) are named after their caller instead —
+/// `(runtime call from ld-linux-x86-64.so.2+0x112a)` — since one build may
+/// have the symbols and the other not; other unnamed targets are `module+?`.
 fn call_symbol(c: &CallFootprint) -> String {
+    let unnamed = match &c.module {
+        Some(m) => c.symbol.starts_with(&format!("{m}+0x")),
+        None => c.symbol.starts_with("0x"),
+    };
+    if unnamed || RUNTIME_GLUE.contains(&c.symbol.as_str()) {
+        let site = c.call_site.short();
+        if c.call_site.module.is_some() && !site.starts_with("0x") {
+            return format!("(runtime call from {site})");
+        }
+    }
     match &c.module {
-        Some(m) if c.symbol.starts_with(&format!("{m}+0x")) => format!("{}+?", stem(m)),
-        None if c.symbol.starts_with("0x") => "?".into(),
+        Some(m) if unnamed => format!("{}+?", stem(m)),
+        None if unnamed => "?".into(),
         _ => c.symbol.clone(),
     }
 }
@@ -919,12 +950,16 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             _ if oo != no => "moved",
             _ => continue,
         };
-        if change == "moved" {
-            *noise += 1;
-        } else {
+        let unsymbolised = |m: &BTreeMap<(String, String), (String, BTreeSet<u64>)>| {
+            m.keys().any(|(sym, st)| sym == "?" && *st == ck.1)
+        };
+        let counted = change != "moved" && !unsymbolised(co) && !unsymbolised(cn);
+        if counted {
             differences += 1;
+        } else {
+            *noise += 1;
         }
-        code.push(CodeChange { change: change.into(), symbol: ck.0.clone(), module, old_offsets: oo, new_offsets: no });
+        code.push(CodeChange { change: change.into(), symbol: ck.0.clone(), module, old_offsets: oo, new_offsets: no, counted });
     }
 
     let ret = match (&oc.ret, &nc.ret) {
@@ -1017,7 +1052,8 @@ impl Diff {
             let _ = writeln!(o);
             let _ = writeln!(o, "call {} (thread {}) [OLD call {}, NEW call {}]", c.name, c.thread, c.old_call, c.new_call);
             for t in &c.memory {
-                let sign = |x: char| if t.counted { x } else { '~' };
+                let sign = |x: char| if t.counted { x.to_string() } else { format!("~{x}") };
+                let tail = if t.counted { "" } else { " (not counted: the library's own memory)" };
                 let args = if t.args.is_empty() {
                     String::new()
                 } else {
@@ -1025,7 +1061,7 @@ impl Diff {
                 };
                 let what = format!("{}{args}", t.label);
                 if let Some([a, b]) = t.size {
-                    let _ = writeln!(o, "  {} size of {what}: {a} -> {b}", sign('~'));
+                    let _ = writeln!(o, "  {} size of {what}: {a} -> {b}{tail}", sign('!'));
                 }
                 for (list, verb, sg) in [
                     (&t.newly_read, "read", '+'),
@@ -1034,23 +1070,28 @@ impl Diff {
                     (&t.no_longer_written, "wrote", '-'),
                 ] {
                     if !list.is_empty() {
-                        let _ = writeln!(o, "  {} {verb} {} of {what}", sign(sg), ranges(list));
+                        let _ = writeln!(o, "  {} {verb} {} of {what}{tail}", sign(sg), ranges(list));
                     }
                 }
                 if let Some([a, b]) = t.bytes_read {
-                    let _ = writeln!(o, "  {} read {a} -> {b} bytes of {what}", sign('~'));
+                    let _ = writeln!(o, "  {} read {a} -> {b} bytes of {what}{tail}", sign('!'));
                 }
                 if let Some([a, b]) = t.bytes_written {
-                    let _ = writeln!(o, "  {} wrote {a} -> {b} bytes of {what}", sign('~'));
+                    let _ = writeln!(o, "  {} wrote {a} -> {b} bytes of {what}{tail}", sign('!'));
                 }
             }
             for k in &c.code {
+                let (plus, minus, tail) = if k.counted {
+                    ("+", "-", "")
+                } else {
+                    ("~+", "~-", " (not counted: a trace lacks symbols for this module)")
+                };
                 match k.change.as_str() {
                     "added" => {
-                        let _ = writeln!(o, "  + code {} ({}) accessed memory at {}", k.symbol, k.module, offsets(&k.new_offsets));
+                        let _ = writeln!(o, "  {plus} code {} ({}) accessed memory at {}{tail}", k.symbol, k.module, offsets(&k.new_offsets));
                     }
                     "removed" => {
-                        let _ = writeln!(o, "  - code {} ({}) accessed memory at {}", k.symbol, k.module, offsets(&k.old_offsets));
+                        let _ = writeln!(o, "  {minus} code {} ({}) accessed memory at {}{tail}", k.symbol, k.module, offsets(&k.old_offsets));
                     }
                     _ => {
                         let _ = writeln!(
@@ -1092,10 +1133,11 @@ impl Diff {
         } else {
             let _ = writeln!(
                 o,
-                "{} difference{}: {} calls changed, {} only in OLD, {} only in NEW, {} new finding{}, {} fixed ({} changes not counted)",
+                "{} difference{}: {} call{} changed, {} only in OLD, {} only in NEW, {} new finding{}, {} fixed ({} changes not counted)",
                 s.differences,
                 if s.differences == 1 { "" } else { "s" },
                 s.changed_calls,
+                if s.changed_calls == 1 { "" } else { "s" },
                 s.only_in_old,
                 s.only_in_new,
                 s.new_findings,
