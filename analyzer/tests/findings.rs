@@ -410,3 +410,50 @@ fn accesses_belong_to_their_threads_call() {
     assert_eq!(r.calls[1].touched[0].written, vec![[8, 16]]);
     assert_eq!((r.calls[0].tid, r.calls[1].tid), (TID, other));
 }
+
+#[test]
+fn gap_makes_earlier_blocks_unknown() {
+    let p = write(
+        "gap",
+        false,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 32, Domain::Foreign),
+            Event::Gap { tid: TID, reason: ffirec_format::GapReason::UnknownSyscall, detail: 0 },
+            access(LIB_FOO + 0x10, LOAD16, HEAP, &[0; 16]),
+            Event::Free { tid: TID, ptr: HEAP, caller: LIB_FOO, domain: Domain::Foreign },
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert_eq!((r.summary.unknown_bytes, r.summary.gaps), (16, 1));
+}
+
+#[test]
+fn foreign_block_returned_to_the_host_is_unknown_later_kept_one_stays_exact() {
+    let kept = HEAP;
+    let returned = HEAP + 0x1000;
+    let p = write(
+        "escape",
+        false,
+        vec![
+            call(0, [0; 6]),
+            alloc(kept, 32, Domain::Foreign),
+            alloc(returned, 32, Domain::Foreign),
+            Event::Return { tid: TID, call: 0, rax: returned, rdx: 0 },
+            call(1, [0; 6]),
+            access(LIB_FOO + 0x10, LOAD16, kept, &[0; 16]),
+            access(LIB_FOO + 0x10, LOAD16, returned, &[0; 16]),
+            Event::Free { tid: TID, ptr: kept, caller: LIB_FOO, domain: Domain::Foreign },
+            Event::Free { tid: TID, ptr: returned, caller: LIB_FOO, domain: Domain::Foreign },
+            ret(1),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.addr.as_str(), f.size)).collect();
+    assert_eq!(got, vec![(Kind::Uninit, "0x55555555a000", 16)]);
+    assert_eq!(r.summary.unknown_bytes, 16);
+}

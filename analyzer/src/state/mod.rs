@@ -47,6 +47,9 @@ pub(crate) struct AllocInfo {
     /// Foreign-resume epoch at birth: a host allocation whose epoch is older
     /// than the current one may have been written by untraced host code.
     pub birth_epoch: u32,
+    /// Gaps (untraced stretches) seen before birth: a gap after birth makes
+    /// the never-written bytes unknown.
+    pub birth_gap: u32,
     /// Leading bytes whose state came from a realloc'd block: unknown.
     pub unknown_prefix: u64,
     /// The foreign call open on the allocating thread (NO_CALL when none).
@@ -96,6 +99,11 @@ pub(crate) enum Op {
     Map { addr: u64, len: u64, prot: u32, flags: u32, host: bool },
     Protect { addr: u64, len: u64, prot: u32 },
     Unmap { addr: u64, len: u64 },
+    /// Execution went untraced (a Gap event): every byte's state is unknown.
+    Gap,
+    /// A foreign allocation's address reached host code (returned, or
+    /// passed to a callback): host code may write it untraced from now on.
+    Escape { id: u32 },
 }
 
 /// A foreign call received a pointer into a live host allocation.
@@ -174,6 +182,17 @@ impl Timeline {
         self.allocs.get(id as usize).filter(|a| a.contains(addr)).map(|_| id)
     }
 
+    /// Foreign allocations that `values` point into escape to the host.
+    fn escape(&mut self, values: &[u64], seq: u64, ops: &mut Vec<(u64, Op)>) {
+        for &v in values {
+            if let Some(id) = self.live_containing(v) {
+                if self.allocs[id as usize].domain == Domain::Foreign {
+                    ops.push((seq, Op::Escape { id }));
+                }
+            }
+        }
+    }
+
     fn free(&mut self, id: u32, seq: u64, caller: u64, ops: &mut Vec<(u64, Op)>) {
         if let Some(a) = self.allocs.get_mut(id as usize) {
             self.live.remove(&a.base);
@@ -236,8 +255,12 @@ impl Timeline {
                     }
                     let top = self.top(tid);
                     ops.push((seq, Op::SetCall { tid, call: top, resume: false }));
+                    self.escape(&[rax, rdx], seq, ops);
                 }
-                Event::Callback { .. } => self.callbacks += 1,
+                Event::Callback { ref args, .. } => {
+                    self.callbacks += 1;
+                    self.escape(args, seq, ops);
+                }
                 Event::CallbackReturn { .. } => {
                     self.epoch += 1;
                     ops.push((seq, Op::Resume));
@@ -282,6 +305,7 @@ impl Timeline {
                         zeroed,
                         exact,
                         birth_epoch: self.epoch,
+                        birth_gap: self.gaps.len() as u32,
                         unknown_prefix,
                         call,
                     });
@@ -321,7 +345,8 @@ impl Timeline {
                     self.crashes.push(Crash { seq, tid, call: self.top(tid), signo, code, addr, rip: regs.rip, fatal });
                 }
                 Event::Gap { tid, reason, detail } => {
-                    self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail })
+                    self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail });
+                    ops.push((seq, Op::Gap));
                 }
                 Event::Exit { status, .. } if self.exit.is_none() => self.exit = Some(status),
                 _ => {}

@@ -120,6 +120,8 @@ pub(crate) struct Shard {
     last_tid: Option<(u32, u32)>,
     last_alloc: Option<(u64, u64, u32)>,
     epoch: u32,
+    gap_epoch: u32,
+    escaped: FastMap<u32, ()>,
     seen_alloc: bool,
     shadow: Shadow,
     exposed: FastMap<(u32, u32), ()>,
@@ -138,6 +140,8 @@ impl Shard {
             last_tid: None,
             last_alloc: None,
             epoch: 0,
+            gap_epoch: 0,
+            escaped: FastMap::default(),
             seen_alloc: false,
             shadow: Shadow::default(),
             exposed: FastMap::default(),
@@ -235,6 +239,10 @@ impl Shard {
             }
             Op::Protect { addr, len, prot } => self.regions.protect(addr, addr.saturating_add(len), prot),
             Op::Unmap { addr, len } => self.regions.remove(addr, addr.saturating_add(len)),
+            Op::Gap => self.gap_epoch += 1,
+            Op::Escape { id } => {
+                self.escaped.insert(id, ());
+            }
         }
     }
 
@@ -257,6 +265,16 @@ impl Shard {
             }
             cur = pe;
         }
+    }
+
+    /// Are `al`'s never-written bytes exactly known to be uninitialised now?
+    /// Only when every write to them since birth was traced: no untraced
+    /// stretch (gap) since, and either the allocation is exact (foreign and
+    /// never handed to host code, or host writes were tracked) or no host
+    /// code ran since it was born.
+    pub(crate) fn exact_now(&self, id: u32, al: &AllocInfo) -> bool {
+        al.birth_gap == self.gap_epoch
+            && ((al.exact && !self.escaped.contains_key(&id)) || al.birth_epoch == self.epoch)
     }
 
     #[inline]
@@ -385,7 +403,7 @@ impl Shard {
                 if self.vector_overread(a, ctx) {
                     self.out.stats.overreads += 1;
                 } else {
-                    let exact_now = al.exact || al.birth_epoch == self.epoch;
+                    let exact_now = self.exact_now(id, al);
                     let p = self.shadow.page(page, &self.live, ctx.allocs);
                     let mut runs: [(usize, usize); 4] = [(0, 0); 4];
                     let mut nruns = 0;
@@ -515,7 +533,7 @@ impl Shard {
         let al = ctx.allocs.get(id as usize)?;
         let page = addr / PAGE;
         let i = (addr - page * PAGE) as usize;
-        let exact_now = al.exact || al.birth_epoch == self.epoch;
+        let exact_now = self.exact_now(id, al);
         let p = self.shadow.page(page, &self.live, ctx.allocs);
         let state = if bit(&p.init, i) {
             ByteInit::Init
