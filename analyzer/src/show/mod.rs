@@ -237,7 +237,8 @@ impl<'a> Env<'a> {
         let l = self.syms.locate(addr);
         match (&l.module, l.module_offset) {
             (Some(m), Some(off)) => format!("{m}+{off:#x}"),
-            _ => "no allocation".into(),
+            _ if ordinals => "no allocation".into(),
+            _ => "no allocation born in the replayed part".into(),
         }
     }
 }
