@@ -1,0 +1,76 @@
+//! `ffirec diff` on calls and return values: `libdiffcalls.c` as v1 and v2
+//! (`-DV2`). v2 returns other integers, a pointer one byte further into a
+//! host buffer, and makes the host call `dc_step` once more; the heap block
+//! `dc_alloc` returns lies elsewhere in each run but is the same allocation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+fn record(dir: &Path, name: &str, lib_dir: Option<&Path>) -> PathBuf {
+    let host = common::program("diff_calls_host");
+    let trace = dir.join(name);
+    let mut cmd = common::ffirec();
+    cmd.args(["record", "-q", "--lib", "libdiffcalls.so", "-o"]).arg(&trace).arg("--").arg(&host);
+    if let Some(d) = lib_dir {
+        cmd.env("LD_LIBRARY_PATH", d);
+    }
+    let out = common::run(&mut cmd, common::TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "record failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    trace
+}
+
+#[test]
+fn diff_calls_only_in_new_counts_and_normalised_return_values() {
+    let v2 = common::library_variant("diffcalls", "v2", &["-DV2"]);
+    let dir = common::scratch("diff_calls");
+    let old = record(&dir, "v1.ffr", None);
+    let new = record(&dir, "v2.ffr", v2.parent());
+    let out = common::run(common::ffirec().arg("diff").arg(&old).arg(&new).args(["--format", "json"]), common::TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "differences, no new finding: {}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["only_in_old"], json!([]));
+    let only = &j["only_in_new"];
+    assert_eq!(only.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (only[0]["name"].as_str(), only[0]["thread"].as_u64(), only[0]["bytes_read"].as_u64(), only[0]["bytes_written"].as_u64()),
+        (Some("dc_step#2"), Some(0), Some(4), Some(4))
+    );
+    assert_eq!(j["call_counts"], json!([{"symbol": "dc_step", "old": 2, "new": 3}]));
+    let rets: Vec<(String, Value)> = j["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap_or("?").to_string(), c["ret"].clone()))
+        .collect();
+    let site = |v: &Value| v.as_str().map(|s| s.to_string()).unwrap_or_default();
+    assert_eq!(rets.len(), 3, "{rets:?}");
+    assert_eq!(rets[0], ("dc_version#0".into(), json!({"old": "1", "new": "2", "counted": true})));
+    assert_eq!(rets[2], ("dc_steps#0".into(), json!({"old": "2", "new": "3", "counted": true})));
+    // A pointer into the host's calloc(16): offset 3 -> 4, never the raw address.
+    assert_eq!(rets[1].0, "dc_find#0");
+    let (o, n) = (site(&rets[1].1["old"]), site(&rets[1].1["new"]));
+    assert!(o.starts_with("alloc main+0x") && o.ends_with("#0 (calloc 16)+3"), "{o}");
+    assert_eq!(n, o.replace(")+3", ")+4"));
+    // dc_alloc's fresh block: another address each run, the same normalised value.
+    assert!(!rets.iter().any(|(name, _)| name == "dc_alloc#0"));
+    assert_eq!(
+        j["summary"],
+        json!({"differences": 4, "matched_calls": 8, "changed_calls": 3, "only_in_old": 0, "only_in_new": 1,
+               "new_findings": 0, "fixed_findings": 0, "noise": 0})
+    );
+    // The text form.
+    let out = common::run(common::ffirec().arg("diff").arg(&old).arg(&new), common::TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "+ call dc_step#2 (thread 0) only in NEW [call 5]: read 4 bytes, wrote 4 bytes",
+        "  calls to dc_step: 2 -> 3",
+        "  ! returned 1 -> 2",
+        "  ! returned 2 -> 3",
+        "4 differences: 3 calls changed, 0 only in OLD, 1 only in NEW, 0 new findings, 0 fixed (0 changes not counted)",
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing {want:?} in:\n{text}");
+    }
+}
