@@ -189,7 +189,7 @@ impl Report {
     }
 
     /// Valgrind-shaped text: one block per finding, the per-call table, totals.
-    pub fn to_text(&self) -> String {
+    pub fn to_text<'a>(&'a self) -> String {
         const P: &str = "==ffirec==";
         let mut o = String::new();
         let s = &self.summary;
@@ -207,7 +207,22 @@ impl Report {
                 "{P} note: host writes were not tracked: host memory written before a call has unknown state (never reported)"
             );
         }
+        // As Valgrind does, a context (kind, instruction, allocation site)
+        // seen in several calls is printed once, with the other calls listed.
+        type Ctx<'a> = (Kind, &'a str, Option<&'a str>, Option<u64>);
+        let ctx = |f: &'a Finding| -> Ctx<'a> {
+            (f.kind, f.at.addr.as_str(), f.allocation.as_ref().map(|a| a.site.addr.as_str()), f.syscall)
+        };
+        let mut groups: BTreeMap<Ctx, Vec<&Finding>> = BTreeMap::new();
         for f in &self.findings {
+            groups.entry(ctx(f)).or_default().push(f);
+        }
+        for f in &self.findings {
+            let group = groups.get(&ctx(f)).map_or(&[][..], |g| g.as_slice());
+            if group.first().is_some_and(|first| !std::ptr::eq(*first, f)) {
+                continue;
+            }
+            let others = &group[group.len().min(1)..];
             let _ = writeln!(o, "{P}");
             let rw = match (f.read, f.write) {
                 (true, true) => "read-write",
@@ -256,6 +271,20 @@ impl Report {
                 let _ = writeln!(o, "{P}  {}", f.detail);
             }
             let _ = writeln!(o, "{P}  (seen {} time{}, first at event {})", f.count, if f.count == 1 { "" } else { "s" }, f.first_event);
+            if !others.is_empty() {
+                let mut calls: Vec<String> =
+                    others.iter().take(8).map(|x| x.call.as_ref().map_or("-".into(), |c| format!("#{}", c.call))).collect();
+                if others.len() > 8 {
+                    calls.push("…".into());
+                }
+                let _ = writeln!(
+                    o,
+                    "{P}  (and {} more like it, in call{} {})",
+                    others.len(),
+                    if others.len() == 1 { "" } else { "s" },
+                    calls.join(", ")
+                );
+            }
         }
         let _ = writeln!(o, "{P}");
         let _ = writeln!(o, "{P} Foreign calls:");
@@ -292,6 +321,7 @@ impl Report {
         let _ = writeln!(o, "{P}");
         let kinds: Vec<String> =
             s.by_kind.iter().filter(|(_, &n)| n > 0).map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = writeln!(o, "{P} ERROR SUMMARY: {} findings from {} contexts", s.findings, groups.len());
         let _ = writeln!(
             o,
             "{P} TOTALS: {} accesses ({} bytes read, {} written) in {} calls; {} finding{}{}",

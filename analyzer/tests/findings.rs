@@ -457,3 +457,28 @@ fn foreign_block_returned_to_the_host_is_unknown_later_kept_one_stays_exact() {
     assert_eq!(got, vec![(Kind::Uninit, "0x55555555a000", 16)]);
     assert_eq!(r.summary.unknown_bytes, 16);
 }
+
+#[test]
+fn text_prints_a_repeated_context_once() {
+    let p = write(
+        "contexts",
+        false,
+        vec![
+            call(0, [0; 6]),
+            alloc(HEAP, 32, Domain::Foreign),
+            access(LIB_FOO + 0x10, LOAD16, HEAP, &[0; 16]),
+            ret(0),
+            call(1, [0; 6]),
+            access(LIB_FOO + 0x10, LOAD16, HEAP, &[0; 16]),
+            Event::Free { tid: TID, ptr: HEAP, caller: LIB_FOO, domain: Domain::Foreign },
+            ret(1),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    assert_eq!(r.findings.len(), 2);
+    let text = r.to_text();
+    assert_eq!(text.matches("Read of uninitialised bytes").count(), 1, "{text}");
+    assert!(text.contains("==ffirec==  (and 1 more like it, in call #1)\n"), "{text}");
+    assert!(text.contains("==ffirec== ERROR SUMMARY: 2 findings from 1 contexts\n"), "{text}");
+}
