@@ -149,7 +149,7 @@ fn show_at_agrees_with_analyze_uninit_finding() {
     let (code, view, err) = ffirec(&["show", "--at", &(first - 1).to_string(), "--memory", &spec], &trace);
     assert_eq!(code, 0, "{err}");
     assert_eq!(marks(&view), "U".repeat(size as usize), "{view}");
-    assert!(view.contains(&format!("  +0..+16  uninitialised  alloc#0[16,32)  not written since birth (event 0)")), "{view}");
+    assert!(view.contains(&format!("  +0..+16  uninitialised  alloc#0[16,32)  no recorded write since birth (event 0)")), "{view}");
 
     // The whole block: [0,16) written by event 2 (fill's store), the rest never written.
     let (_, view, _) = ffirec(&["show", "--at", "6", "--memory", "alloc0+0:64"], &trace);
@@ -159,7 +159,7 @@ fn show_at_agrees_with_analyze_uninit_finding() {
         runs,
         vec![
             "  +0..+16  initialised  alloc#0[0,16)  last written by event 2 at fill+0x10 (libsyn.so)",
-            "  +16..+64  uninitialised  alloc#0[16,64)  not written since birth (event 0)",
+            "  +16..+64  uninitialised  alloc#0[16,64)  no recorded write since birth (event 0)",
         ]
     );
     // Values: the loads of events 5 and 6 saw 01 bytes in [0,16); nothing was read beyond [0,16) yet.

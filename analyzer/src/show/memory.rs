@@ -333,13 +333,13 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         };
         let writer = match (w.writer[i], born) {
             (Some((seq, _, _)), Some((b, z))) if seq < b => {
-                if z { format!("zero-filled at birth (event {b})") } else { format!("not written since birth (event {b})") }
+                if z { format!("zero-filled at birth (event {b})") } else { format!("no recorded write since birth (event {b})") }
             }
             (Some((seq, ip, Writer::Instruction)), _) => format!("last written by event {seq} at {}", env.loc(ip)),
             (Some((seq, nr, Writer::Syscall)), _) => format!("last written by the kernel, event {seq} (syscall {nr})"),
             (Some((seq, _, Writer::Host)), _) => format!("last written by host code, event {seq}"),
             (None, Some((b, true))) => format!("zero-filled at birth (event {b})"),
-            (None, Some((b, false))) => format!("not written since birth (event {b})"),
+            (None, Some((b, false))) => format!("no recorded write since birth (event {b})"),
             (None, None) => "no recorded write".to_string(),
         };
         writeln!(out, "  +{}..+{}  {what}  {alloc_text}  {writer}", i, j)?;
