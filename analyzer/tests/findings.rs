@@ -482,3 +482,20 @@ fn text_prints_a_repeated_context_once() {
     assert!(text.contains("==ffirec==  (and 1 more like it, in call #1)\n"), "{text}");
     assert!(text.contains("==ffirec== ERROR SUMMARY: 2 findings from 1 contexts\n"), "{text}");
 }
+
+#[test]
+fn handled_host_fault_is_not_a_crash_but_one_in_a_call_is() {
+    let sig = |rip: u64| Event::Signal {
+        tid: TID,
+        signo: 11,
+        code: 1,
+        addr: 0x10,
+        regs: ffirec_format::Regs { rip, ..Default::default() },
+        code_bytes: vec![],
+        fatal: false,
+    };
+    let p = write("signals", true, vec![sig(PROG_TEXT + 0x120), call(0, [0; 6]), sig(LIB_FOO + 0x30), ret(0)], 1000);
+    let r = run(&p, 1);
+    let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.at.short(), f.first_event)).collect();
+    assert_eq!(got, vec![(Kind::Crash, "foo+0x30".to_string(), 2)]);
+}

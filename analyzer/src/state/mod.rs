@@ -339,8 +339,11 @@ impl Timeline {
                 Event::Protect { addr, len, prot, .. } => ops.push((seq, Op::Protect { addr, len, prot })),
                 Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr, len })),
                 Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr, len })),
+                // A fault the program handles itself (a JIT's SIGSEGV, say) is
+                // ours to report only when it hit inside a foreign call.
                 Event::Signal { tid, signo, code, addr, ref regs, fatal, .. }
-                    if fatal || matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) =>
+                    if fatal
+                        || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) && self.top(tid) != NO_CALL) =>
                 {
                     self.crashes.push(Crash { seq, tid, call: self.top(tid), signo, code, addr, rip: regs.rip, fatal });
                 }
