@@ -463,7 +463,7 @@ impl Shard {
         let write = a.flags & WRITE != 0;
         if let Some(seg) = ctx.modules.find(s) {
             let se = e.min(seg.end);
-            self.touch(call, Target::Module(seg.module), s - seg.bias, se - seg.bias, a.flags);
+            self.touch(call, Target::Module(seg.module), s.wrapping_sub(seg.bias), se.wrapping_sub(seg.bias), a.flags);
             if write && seg.prot & PROT_WRITE == 0 && seg.domain == Domain::Host {
                 self.piece(Kind::ReadOnlyWrite, a, call, s, se, NO_ALLOC);
             }
