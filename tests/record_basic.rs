@@ -281,3 +281,21 @@ fn record_realloc_moving_a_guarded_block_keeps_the_program_working() {
     assert_eq!(r.stdout, "7 7 1\n");
     assert_eq!(r.code(), 0);
 }
+
+#[test]
+fn record_foreign_syscalls_on_guarded_buffers() {
+    let r = scenario("syscall", "syscall");
+    assert_eq!(r.stdout, "written by the library\n23 13 from the pipe\n");
+    let ev = r.events();
+    let (msg, inp) = (r.addr("msg"), r.addr("in"));
+    let sys: Vec<(u64, i64, Vec<(u64, u64, bool)>)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::SyscallAccess { nr, ret, ranges, .. } => {
+                Some((*nr, *ret, ranges.iter().map(|x| (x.addr, x.len, x.write)).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sys, vec![(1, 23, vec![(msg, 23, false)]), (0, 13, vec![(inp, 13, true)])]);
+}

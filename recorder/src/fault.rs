@@ -503,7 +503,13 @@ impl Tracer {
         self.tramp.open = open;
         raw.rip = slot;
         sys::setregs(tid, &raw)?;
-        self.resume(tid, 0)?;
+        // PTRACE_CONT, not PTRACE_SYSCALL: the slot's own protection calls
+        // must not stop. (Foreign syscalls until the next stop are not
+        // intercepted: see `syscalls`.)
+        sys::cont(tid, 0)?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.running = true;
+        }
         Ok(true)
     }
 

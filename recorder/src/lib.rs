@@ -33,6 +33,8 @@ mod sink;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sys;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod syscalls;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod tracer;
 
 /// What to record.

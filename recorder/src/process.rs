@@ -237,7 +237,12 @@ impl Tracer {
                     Err(e) => return Err(e),
                 },
                 None => match self.resume(t, 0) {
-                    Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                    Ok(()) => {}
+                    Err(Error::TraceeDied { .. }) => {
+                        if self.debug {
+                            eprintln!("ffirec: debug: resume {t}: ESRCH");
+                        }
+                    }
                     Err(e) => return Err(e),
                 },
             }
@@ -308,10 +313,19 @@ impl Tracer {
             return Ok(());
         }
         sys::interrupt(owner)?;
-        let stop = self.wait_thread(owner)?;
-        if !matches!(stop, Stop::Interrupt { .. }) {
+        // The interrupt is satisfied by whichever stop comes first; under
+        // PTRACE_SYSCALL that is the blocked syscall's exit (-ERESTARTSYS).
+        let mut reenter = false;
+        match self.wait_thread(owner)? {
+            Stop::Interrupt { .. } => {}
+            Stop::Syscall { .. } => {
+                let t = self.threads.entry(owner).or_default();
+                // At an entry stop the syscall has not run: make it run again later.
+                reenter = !matches!(t.sys, crate::syscalls::SysState::InSyscall { .. });
+                t.sys = Default::default();
+            }
             // It made progress after all.
-            return self.handle(stop);
+            stop => return self.handle(stop),
         }
         let call = self.threads.get(&owner).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
         let sym = self.call_name(owner);
@@ -319,10 +333,14 @@ impl Tracer {
             "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} blocked for more than {:.1} s while other threads were held; releasing them and dropping the guards until it returns (recorded as a gap)",
             BLOCKED_AFTER.as_secs_f64()
         );
-        let regs = sys::getregs(owner)?;
+        let mut regs = sys::getregs(owner)?;
         let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
         batch.extend(self.text_batch(false));
         self.run_batch(owner, &regs, &batch)?;
+        if reenter {
+            regs.rip -= 2;
+            regs.rax = regs.orig_rax;
+        }
         sys::setregs(owner, &regs)?;
         self.guards.clear();
         self.foreign_mode = false;
@@ -330,6 +348,7 @@ impl Tracer {
             for f in &mut t.frames {
                 f.suspended = true;
             }
+            t.sys = Default::default();
         }
         self.sink.counters.gaps += 1;
         self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
@@ -337,6 +356,10 @@ impl Tracer {
         self.owner = None;
         // The owner is stopped by our interrupt: resume it first, then the others.
         self.resume(owner, 0)?;
+        if self.debug {
+            let st: Vec<(Pid, bool, bool)> = self.threads.iter().map(|(&t, th)| (t, th.running, th.pending.is_some())).collect();
+            eprintln!("ffirec: debug: released {owner}; threads (tid, running, pending): {st:?}");
+        }
         self.release_others()
     }
 

@@ -52,17 +52,42 @@ fn install_handlers() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 500_000 };
-    let it = libc::itimerval { it_interval: tv, it_value: tv };
-    // SAFETY: setitimer reads one itimerval.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
 }
 
-fn stop_timer() {
-    let zero = libc::timeval { tv_sec: 0, tv_usec: 0 };
-    let it = libc::itimerval { it_interval: zero, it_value: zero };
-    // SAFETY: setitimer reads one itimerval.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+/// A 0.5 s periodic SIGALRM aimed at this thread (the one in `waitpid`):
+/// a process-directed signal could land on the trace writer's thread and
+/// never interrupt the wait.
+struct Ticker(Option<libc::timer_t>);
+
+impl Ticker {
+    fn start() -> Ticker {
+        // SAFETY: sigevent is plain data; zeroed is a valid start.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGALRM;
+        // SAFETY: gettid has no preconditions.
+        sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        // SAFETY: timer_t is a pointer-sized handle the kernel fills.
+        let mut id: libc::timer_t = unsafe { std::mem::zeroed() };
+        // SAFETY: timer_create reads `sev` and writes `id`.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) } < 0 {
+            return Ticker(None);
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 500_000_000 };
+        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+        // SAFETY: `id` is the timer just created; timer_settime reads `spec`.
+        unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
+        Ticker(Some(id))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            // SAFETY: deleting the timer we created.
+            unsafe { libc::timer_delete(id) };
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +99,8 @@ pub(crate) struct Thread {
     pub pending: Option<Stop>,
     /// Past its PTRACE_EVENT_EXIT stop.
     pub exiting: bool,
+    /// Syscall-stop bookkeeping (foreign-mode syscalls into guarded memory).
+    pub sys: crate::syscalls::SysState,
 }
 
 impl Thread {
@@ -126,6 +153,9 @@ pub(crate) struct Tracer {
     pub moved: Vec<(u64, u64)>,
     /// PROT_NONE mappings the program itself had when guards went on.
     pub none_at_entry: Vec<(u64, u64)>,
+    pub warned_syscalls: std::collections::HashSet<u64>,
+    /// FFIREC_DEBUG set: print every stop.
+    pub debug: bool,
     /// Forked children not yet seen stopped (pid → was vfork).
     pub forks: std::collections::HashMap<Pid, bool>,
     /// Children that stopped before their parent's fork event.
@@ -227,6 +257,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         announced_none: false,
         moved: Vec::new(),
         none_at_entry: Vec::new(),
+        warned_syscalls: std::collections::HashSet::new(),
+        debug: std::env::var_os("FFIREC_DEBUG").is_some(),
         forks: std::collections::HashMap::new(),
         early_children: std::collections::HashMap::new(),
         tramp: crate::fault::Trampolines::default(),
@@ -237,8 +269,9 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         return Err(e);
     }
     install_handlers();
+    let ticker = Ticker::start();
     let result = t.run();
-    stop_timer();
+    drop(ticker);
     if result.is_err() {
         let _ = sys::kill(pid, libc::SIGKILL);
     }
@@ -332,7 +365,7 @@ impl Tracer {
     }
 
     pub fn resume(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
-        sys::cont(tid, sig)?;
+        self.resume_tracee(tid, sig)?;
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = true;
         }
@@ -340,6 +373,9 @@ impl Tracer {
     }
 
     pub(crate) fn handle(&mut self, stop: Stop) -> Result<(), Error> {
+        if self.debug {
+            eprintln!("ffirec: debug: {stop:?} owner={:?} foreign_mode={}", self.owner, self.foreign_mode);
+        }
         self.drain_allocs()?;
         let tid = stop.tid();
         if let Some(t) = self.threads.get_mut(&tid) {
@@ -373,7 +409,8 @@ impl Tracer {
         }
         match stop {
             Stop::Exited { .. } | Stop::Killed { .. } => Ok(()),
-            Stop::Interrupt { tid } | Stop::Syscall { tid } => self.resume(tid, 0),
+            Stop::Interrupt { tid } => self.resume(tid, 0),
+            Stop::Syscall { tid } => self.on_syscall_stop(tid),
             Stop::Group { tid, .. } => {
                 sys::listen(tid).or_else(|_| sys::cont(tid, 0))?;
                 if let Some(t) = self.threads.get_mut(&tid) {

@@ -72,6 +72,10 @@ pub fn cont(tid: Pid, sig: i32) -> Result<(), Error> {
     ptrace_simple(libc::PTRACE_CONT, "PTRACE_CONT", tid, 0, sig as usize).map(drop)
 }
 
+pub fn syscall(tid: Pid, sig: i32) -> Result<(), Error> {
+    ptrace_simple(libc::PTRACE_SYSCALL, "PTRACE_SYSCALL", tid, 0, sig as usize).map(drop)
+}
+
 pub fn singlestep(tid: Pid, sig: i32) -> Result<(), Error> {
     ptrace_simple(libc::PTRACE_SINGLESTEP, "PTRACE_SINGLESTEP", tid, 0, sig as usize).map(drop)
 }
