@@ -223,7 +223,7 @@ fn pointer_values(out: &mut [Vec<PtrLoad>], seq: u64, tid: u32, ip: u64, addr: u
     }
     let mut off = ((8 - addr % 8) % 8) as usize;
     while off + 8 <= bytes.len() {
-        push(addr + off as u64, &bytes[off..off + 8]);
+        push(addr.wrapping_add(off as u64), &bytes[off..off + 8]);
         off += 8;
     }
 }

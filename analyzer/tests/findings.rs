@@ -499,3 +499,52 @@ fn handled_host_fault_is_not_a_crash_but_one_in_a_call_is() {
     let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.at.short(), f.first_event)).collect();
     assert_eq!(got, vec![(Kind::Crash, "foo+0x30".to_string(), 2)]);
 }
+
+#[test]
+fn odd_events_do_not_panic() {
+    let top = u64::MAX - 0x800;
+    let mut regs = ffirec_format::Regs { rip: LIB_FOO, ..Default::default() };
+    regs.gpr[ffirec_format::Regs::RDI] = top;
+    let p = write(
+        "odd",
+        false,
+        vec![
+            ret(7),
+            free(0x1234),
+            Event::Alloc {
+                tid: TID,
+                func: ffirec_format::AllocFn::Mmap,
+                ptr: top,
+                size: u64::MAX,
+                old_ptr: 0,
+                caller: 0,
+                domain: Domain::Host,
+                zeroed: true,
+            },
+            alloc(HEAP, 0, Domain::Host),
+            Event::Map { tid: TID, addr: top, len: u64::MAX, prot: 0, flags: 0, domain: Domain::Host },
+            Event::Protect { tid: TID, addr: 0, len: 0, prot: 0 },
+            Event::Unmap { tid: TID, addr: 0, len: u64::MAX },
+            Event::HostWrite { tid: TID, addr: top, len: u64::MAX },
+            Event::InitUnknown { addr: 0, len: 0 },
+            call(0, [top, HEAP, 0, 0, 0, 0]),
+            access(LIB_FOO + 0x10, STORE16, top, &[]),
+            access(LIB_FOO + 0x10, LOAD32, u64::MAX - 8, &[0xff; 32]),
+            access(LIB_FOO + 0x10, LOAD8, HEAP, &top.to_le_bytes()),
+            // Not an instruction.
+            Event::Access { tid: TID, code: vec![0x0f, 0x0b], regs, fault_addr: 0, data: vec![], vregs: vec![] },
+            Event::SyscallAccess {
+                tid: TID,
+                nr: 0,
+                args: [0; 6],
+                ret: 0,
+                ranges: vec![ffirec_format::SyscallRange { addr: top, len: u64::MAX, write: true }],
+            },
+            ret(0),
+            ret(0),
+        ],
+        3,
+    );
+    let r = run(&p, 2);
+    assert_eq!(r.calls.len(), 1);
+}

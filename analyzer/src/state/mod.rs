@@ -280,7 +280,7 @@ impl Timeline {
                     // Anything still live under the new block was freed unseen.
                     let end = ptr.saturating_add(size);
                     let mut stale: Vec<u32> =
-                        self.live.range(ptr..end.max(ptr + 1)).map(|(_, &id)| id).collect();
+                        self.live.range(ptr..end.max(ptr.saturating_add(1))).map(|(_, &id)| id).collect();
                     if let Some((_, &id)) = self.live.range(..ptr).next_back() {
                         if self.allocs[id as usize].end() > ptr {
                             stale.push(id);

@@ -94,7 +94,7 @@ impl Shadow {
     pub fn page(&mut self, page: u64, live: &BTreeMap<u64, u32>, allocs: &[AllocInfo]) -> &mut PageShadow {
         self.pages.entry(page).or_insert_with(|| {
             let mut p = Box::new(PageShadow { init: [0; WORDS], unknown: [0; WORDS] });
-            let (ps, pe) = (page * PAGE, page * PAGE + PAGE);
+            let (ps, pe) = (page * PAGE, (page * PAGE).saturating_add(PAGE));
             // Allocations overlapping the page: the last one starting before
             // it, and every one starting inside it.
             let before = live.range(..ps).next_back().map(|(_, &id)| id);
@@ -117,7 +117,7 @@ impl Shadow {
             return;
         }
         let apply = |page: u64, p: &mut PageShadow| {
-            let (ps, pe) = (page * PAGE, page * PAGE + PAGE);
+            let (ps, pe) = (page * PAGE, (page * PAGE).saturating_add(PAGE));
             let (s, e) = ((start.max(ps) - ps) as usize, (end.min(pe) - ps) as usize);
             set_bits(&mut p.init, s, e, zeroed);
             set_bits(&mut p.unknown, s, e, false);

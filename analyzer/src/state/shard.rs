@@ -209,7 +209,7 @@ impl Shard {
                 self.seen_alloc = true;
                 self.last_alloc = None;
                 // A new block ends the "freed" state of whatever it reuses.
-                let (base, end) = (a.base, a.end().max(a.base + 1));
+                let (base, end) = (a.base, a.end().max(a.base.saturating_add(1)));
                 let reused: Vec<u64> = self
                     .freed
                     .range(..end)
@@ -246,24 +246,42 @@ impl Shard {
         }
     }
 
-    /// Marks owned bytes initialised (`init`) or unknown.
+    /// Marks owned bytes initialised (`init`) or unknown. Only bytes inside
+    /// live allocations have a state, so only those are marked.
     fn mark(&mut self, addr: u64, len: u64, init: bool, ctx: &Ctx) {
         let end = addr.saturating_add(len);
-        let mut cur = addr;
-        while cur < end {
-            let page = cur / PAGE;
-            let pe = end.min((page + 1) * PAGE);
-            if self.owns(cur) {
-                let p = self.shadow.page(page, &self.live, ctx.allocs);
-                let (s, e) = ((cur - page * PAGE) as usize, (pe - page * PAGE) as usize);
-                if init {
-                    set_bits(&mut p.init, s, e, true);
-                    set_bits(&mut p.unknown, s, e, false);
-                } else {
-                    set_bits(&mut p.unknown, s, e, true);
-                }
+        let mut parts: Vec<(u64, u64)> = Vec::new();
+        if let Some((_, &id)) = self.live.range(..addr).next_back() {
+            if let Some(a) = ctx.allocs.get(id as usize) {
+                parts.push((addr, end.min(a.end())));
             }
-            cur = pe;
+        }
+        for (_, &id) in self.live.range(addr..end) {
+            if let Some(a) = ctx.allocs.get(id as usize) {
+                parts.push((a.base, end.min(a.end())));
+            }
+        }
+        for (s, e) in parts {
+            // Nonsense sizes (beyond 64 GiB) in a damaged trace are ignored.
+            if e <= s || (e - s) / PAGE > 1 << 24 {
+                continue;
+            }
+            let mut cur = s;
+            while cur < e {
+                let page = cur / PAGE;
+                let pe = e.min((page + 1).saturating_mul(PAGE));
+                if self.owns(cur) {
+                    let p = self.shadow.page(page, &self.live, ctx.allocs);
+                    let (bs, be) = ((cur - page * PAGE) as usize, (pe - page * PAGE) as usize);
+                    if init {
+                        set_bits(&mut p.init, bs, be, true);
+                        set_bits(&mut p.unknown, bs, be, false);
+                    } else {
+                        set_bits(&mut p.unknown, bs, be, true);
+                    }
+                }
+                cur = pe;
+            }
         }
     }
 
@@ -348,7 +366,7 @@ impl Shard {
         a.flags & (WRITE | SYSCALL) == 0
             && matches!(a.size, 16 | 32 | 64)
             && ctx.modules.find(a.ip).is_some_and(|s| s.domain == Domain::Neutral)
-            && self.overlaps_live(a.addr, a.addr + u64::from(a.size), ctx)
+            && self.overlaps_live(a.addr, a.addr.saturating_add(u64::from(a.size)), ctx)
     }
 
     fn overlaps_live(&self, s: u64, e: u64, ctx: &Ctx) -> bool {
