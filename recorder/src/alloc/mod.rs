@@ -6,7 +6,22 @@
 //! shim writes to. The recorder starts the tracee with [`AllocTracker::env`],
 //! and calls [`AllocTracker::drain`] whenever it likes — from a ptrace stop or
 //! from its own thread — to turn records into `Alloc`/`Free`/`Unmap` events in
-//! the order the program made the calls.
+//! the order each process made the calls.
+//!
+//! What becomes which event: every allocation function → `Alloc` (`zeroed`
+//! for `calloc` and anonymous `mmap`; `old_ptr` for `realloc`/`mremap`);
+//! `free` and `realloc(p, 0)` → `Free`; `munmap` of a whole anonymous mapping
+//! the shim saw created → `Free`, of part of one → `Unmap` of exactly that
+//! part; file mappings → nothing. `caller` is the return address of the call
+//! (for C++ `new`, inside libstdc++). The ring file holds two rings: the
+//! first traced process owns the primary one (unlocked reservations while it
+//! is single-threaded), every other process shares the second; order is exact
+//! within a process, and a forked child's events come after the parent's fork.
+//!
+//! Limits: a malloc replacement already in `LD_PRELOAD` comes first and hides
+//! the C allocator from the shim (`mmap` is still seen); threads made with a
+//! raw `clone` (not `pthread_create`) in the primary process, or a child made
+//! with a raw `clone`/`_Fork` that allocates without exec, can corrupt a record.
 //!
 //! # Contract with the ptrace recorder
 //! - Call [`AllocTracker::set_tracer_present`]`(true)` once the tracee is
@@ -39,6 +54,10 @@
 //!   for the library's internal accesses (`--guard-foreign`), or turn the
 //!   arena off with [`AllocTracker::set_foreign_arena`]. Anonymous `mmap`s made
 //!   in foreign mode are not moved: their `Alloc` events say `Domain::Foreign`.
+//!   To keep it unguarded, add [`AllocTracker::foreign_arena`]'s start to the
+//!   addresses whose mappings are never guarded (one line in the guard set):
+//!   measured on a zlib streaming program, 135 616 → 27 faults per call with
+//!   identical host-buffer accesses.
 //! - After the last tracee process has exited, call
 //!   [`AllocTracker::drain_final`]: it also skips slots a killed thread
 //!   reserved but never committed.
