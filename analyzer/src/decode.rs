@@ -69,6 +69,27 @@ pub(crate) struct ChunkRecs {
     pub decode_errors: Vec<DecodeFailure>,
 }
 
+impl ChunkRecs {
+    pub(crate) fn empty() -> Self {
+        ChunkRecs {
+            accesses: vec![Vec::new(); SHARDS],
+            ptr_loads: vec![Vec::new(); SHARDS],
+            control: Vec::new(),
+            access_events: 0,
+            decode_errors: Vec::new(),
+        }
+    }
+
+    /// Empties every list, keeping the memory.
+    pub(crate) fn clear(&mut self) {
+        self.accesses.iter_mut().for_each(Vec::clear);
+        self.ptr_loads.iter_mut().for_each(Vec::clear);
+        self.control.clear();
+        self.access_events = 0;
+        self.decode_errors.clear();
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DecodeFailure {
     pub seq: u64,
@@ -120,12 +141,13 @@ impl Decoder {
     }
 
     /// Reads chunk `index` of `trace` and turns it into records.
-    pub(crate) fn chunk(&mut self, trace: &Trace, index: usize) -> Result<ChunkRecs, Error> {
+    /// `out` is an emptied record set to fill (recycled: no fresh memory per chunk).
+    pub(crate) fn chunk(&mut self, trace: &Trace, index: usize, out: ChunkRecs) -> Result<ChunkRecs, Error> {
         let first = trace.chunks().get(index).map_or(0, |c| c.first_event);
         let t0 = std::time::Instant::now();
         let events = trace.read_chunk(index)?;
         let t1 = std::time::Instant::now();
-        let r = self.records(first, &events);
+        let r = self.records_into(first, &events, out);
         let t2 = std::time::Instant::now();
         drop(events);
         let t3 = std::time::Instant::now();
@@ -137,14 +159,16 @@ impl Decoder {
 
     /// Turns events numbered from `first` into records.
     pub(crate) fn records(&mut self, first: u64, events: &[Event]) -> ChunkRecs {
+        self.records_into(first, events, ChunkRecs::empty())
+    }
+
+    /// As [`Decoder::records`], filling the emptied `out`.
+    pub(crate) fn records_into(&mut self, first: u64, events: &[Event], mut out: ChunkRecs) -> ChunkRecs {
+        out.clear();
         let per_shard = events.len() / SHARDS + events.len() / (4 * SHARDS) + 16;
-        let mut out = ChunkRecs {
-            accesses: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
-            ptr_loads: vec![Vec::new(); SHARDS],
-            control: Vec::new(),
-            access_events: 0,
-            decode_errors: Vec::new(),
-        };
+        for v in &mut out.accesses {
+            v.reserve(per_shard);
+        }
         for (seq, ev) in (first..).zip(events.iter()) {
             match ev {
                 &Event::Access { tid, ref code, ref regs, ref data, ref vregs, .. } => {

@@ -121,14 +121,17 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let mut t_feed = 0f64;
     // One decode cache per worker thread, kept across batches.
     let workers = rayon::current_num_threads().max(1);
+    // Record sets of replayed batches are reused for the next ones.
+    let pool: Mutex<Vec<decode::ChunkRecs>> = Mutex::new(Vec::new());
     let decoders: Vec<Mutex<decode::Decoder>> = (0..workers).map(|_| Mutex::new(decode::Decoder::default())).collect();
     let decode_batch = |start: usize| -> Result<Vec<decode::ChunkRecs>, Error> {
         (start..n.min(start + BATCH))
             .into_par_iter()
             .map(|i| {
                 let w = rayon::current_thread_index().unwrap_or(0) % workers;
+                let out = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(decode::ChunkRecs::empty);
                 let mut d = decoders[w].lock().unwrap_or_else(|e| e.into_inner());
-                d.chunk(trace, i)
+                d.chunk(trace, i, out)
             })
             .collect()
     };
@@ -156,6 +159,7 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
         if let Some(pb) = &pb {
             pb.inc(recs.len() as u64);
         }
+        pool.lock().unwrap_or_else(|e| e.into_inner()).extend(recs);
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
