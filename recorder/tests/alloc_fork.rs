@@ -90,3 +90,38 @@ fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
     assert_eq!(mine.len(), 5);
     assert_eq!(tracker.primary_pid(), Some(parent));
 }
+
+#[test]
+fn alloc_fork_exec_keeps_the_primary_ring_and_the_order() {
+    let exe = fixture("alloc_exec");
+    let mut tracker = AllocTracker::new().unwrap();
+    let out = wait(spawn(&exe, &[], &tracker.env()));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let (l1, l2) = (lines.next().unwrap(), lines.next().unwrap());
+    let field = |l: &str, name: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")[..]))
+            .unwrap()
+            .to_owned()
+    };
+    let (p, q) = (hex(&field(l1, "p")), hex(&field(l2, "q")));
+    let pid: u32 = field(l2, "pid").parse().unwrap();
+    let (t1, t2) = (text_range(l1), text_range(l2));
+    let mut events = vec![];
+    tracker.drain_final(|e| events.push(e));
+    let mine: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| {
+            caller(e).is_some_and(|c| (t1.0..t1.1).contains(&c) || (t2.0..t2.1).contains(&c))
+        })
+        .filter_map(|e| match *e {
+            Event::Alloc { tid, ptr, size, .. } if tid == pid => Some((ptr, size)),
+            Event::Free { tid, ptr, .. } if tid == pid => Some((ptr, 0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mine, vec![(p, 11), (q, 22), (q, 0)]);
+    assert_eq!(tracker.primary_pid(), Some(pid));
+}
