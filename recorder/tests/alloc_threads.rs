@@ -144,3 +144,53 @@ fn alloc_threads_dropping_the_tracker_never_hangs_the_program() {
     assert!(shimmed.status.success());
     assert_eq!(native.stdout, shimmed.stdout);
 }
+
+#[test]
+fn alloc_threads_background_drain_delivers_everything_in_order() {
+    use ffirec_recorder::alloc::BackgroundDrain;
+    let exe = fixture("alloc_threads");
+    let tracker = AllocTracker::with_capacity(256).unwrap();
+    let env = tracker.env();
+    // A small buffer bound: the background thread often has to pause.
+    let bg = BackgroundDrain::start(tracker, 1000).unwrap();
+    let mut child = spawn(&exe, &[], &env);
+    let mut events = vec![];
+    let mut takes = 0;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        bg.take(|e| events.push(e));
+        takes += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let out = wait(child);
+    assert!(status.success(), "{out:?}");
+    bg.take_final(|e| events.push(e));
+    assert!(takes > 1);
+    let stats = bg.stats();
+    assert_eq!(stats.reserved, stats.consumed, "{stats:?}");
+    assert_eq!((stats.dropped, stats.skipped), (0, 0), "{stats:?}");
+    let (lo, hi) = text_range(&String::from_utf8(out.stderr).unwrap());
+    let mine: Vec<&Event> = events
+        .iter()
+        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
+        .collect();
+    assert_eq!(mine.len(), THREADS * 2 * PAIRS as usize);
+    let mut per_tid: BTreeMap<u32, Vec<&Event>> = BTreeMap::new();
+    for e in &mine {
+        per_tid.entry(e.tid().unwrap()).or_default().push(e);
+    }
+    for (tid, evs) in per_tid {
+        for (i, pair) in evs.chunks(2).enumerate() {
+            let Event::Alloc { ptr, size, .. } = *pair[0] else {
+                panic!("tid {tid} pair {i}: {:?}", pair[0])
+            };
+            assert_eq!(size, 16 + i as u64 % 64, "tid {tid} pair {i}");
+            assert!(
+                matches!(*pair[1], Event::Free { ptr: p, .. } if p == ptr),
+                "tid {tid} pair {i}"
+            );
+        }
+    }
+}

@@ -58,12 +58,18 @@
 //!   addresses whose mappings are never guarded (one line in the guard set):
 //!   measured on a zlib streaming program, 135 616 → 27 faults per call with
 //!   identical host-buffer accesses.
+//! - Draining only at ptrace stops makes the tracee wait for every record's
+//!   conversion; [`BackgroundDrain`] drains from a thread and hands the events
+//!   over, in order, at the recorder's stops.
 //! - After the last tracee process has exited, call
 //!   [`AllocTracker::drain_final`]: it also skips slots a killed thread
 //!   reserved but never committed.
 
+mod background;
 mod convert;
 mod ring;
+
+pub use background::BackgroundDrain;
 
 use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
