@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::findings::{Finding, Kind, Relation};
 use crate::report::{func_name, CallFootprint, Report};
+use crate::decode::Decoder;
 use crate::symbols::ModuleMap;
 
 /// `schema` value of the JSON diff.
@@ -157,6 +158,14 @@ pub struct TargetDiff {
     pub no_longer_read: Vec<[u64; 2]>,
     pub newly_written: Vec<[u64; 2]>,
     pub no_longer_written: Vec<[u64; 2]>,
+    /// Bytes newly read / no longer read only by the vector loads of C-runtime
+    /// string routines (`strlen`, `memchr`, …), which read whole aligned
+    /// blocks past a terminator: where the blocks end depends on the heap
+    /// address, so these are shown but never counted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overread_newly_read: Vec<[u64; 2]>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overread_no_longer_read: Vec<[u64; 2]>,
     /// `[old, new]` bytes read and written, for `other` targets whose counts changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_read: Option<[u64; 2]>,
@@ -309,6 +318,9 @@ impl Place {
     }
 }
 
+/// Per call: `(symbol, module stem)` → (module file name, instruction offsets).
+type CodeMap = BTreeMap<(String, String), (String, BTreeSet<u64>)>;
+
 struct Side<'a> {
     report: &'a Report,
     modules: &'a [Module],
@@ -319,7 +331,10 @@ struct Side<'a> {
     calls: BTreeMap<CallKey, usize>,
     key_of_call: HashMap<u64, CallKey>,
     /// Per call number: `(symbol, module stem)` → (module file name, offsets).
-    code: HashMap<u64, BTreeMap<(String, String), (String, BTreeSet<u64>)>>,
+    code: HashMap<u64, CodeMap>,
+    /// Per call number: absolute ranges read by vector loads of C-runtime
+    /// string routines (they read whole blocks past a terminator).
+    overreads: HashMap<u64, Vec<(u64, u64)>>,
 }
 
 impl<'a> Side<'a> {
@@ -336,6 +351,7 @@ impl<'a> Side<'a> {
             calls: BTreeMap::new(),
             key_of_call: HashMap::new(),
             code: HashMap::new(),
+            overreads: HashMap::new(),
         };
         // Allocations: site + ordinal.
         let mut site_of: HashMap<u64, String> = HashMap::new();
@@ -367,7 +383,7 @@ impl<'a> Side<'a> {
             side.key_of_call.insert(c.call, key.clone());
             side.calls.insert(key, i);
         }
-        side.code = side.code_locations(input.trace)?;
+        side.code_locations(input.trace)?;
         Ok(side)
     }
 
@@ -381,15 +397,16 @@ impl<'a> Side<'a> {
         })
     }
 
-    /// One pass over the access events: which functions touched memory in which call.
-    #[allow(clippy::type_complexity)]
-    fn code_locations(
-        &self,
-        trace: &Trace,
-    ) -> Result<HashMap<u64, BTreeMap<(String, String), (String, BTreeSet<u64>)>>, DiffError> {
-        let mut out: HashMap<u64, BTreeMap<(String, String), (String, BTreeSet<u64>)>> = HashMap::new();
+    /// One pass over the access events: which functions touched memory in
+    /// which call, and which bytes string routines read with vector loads.
+    fn code_locations(&mut self, trace: &Trace) -> Result<(), DiffError> {
+        let mut out: HashMap<u64, CodeMap> = HashMap::new();
+        let mut overreads: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
         let mut stacks: HashMap<u32, Vec<u64>> = HashMap::new();
         let mut places: HashMap<u64, Option<(String, String, String, u64)>> = HashMap::new();
+        let mut string_code: HashMap<u64, bool> = HashMap::new();
+        let mut decoder = Decoder::default();
+        let mut scratch: Vec<ffirec_decode::MemAccess> = Vec::new();
         for index in 0..trace.chunks().len() {
             for ev in trace.read_chunk(index)?.iter() {
                 match ev {
@@ -401,9 +418,22 @@ impl<'a> Side<'a> {
                             }
                         }
                     }
-                    Event::Access { tid, regs, .. } => {
+                    Event::Access { tid, regs, code, vregs, .. } => {
                         let Some(&call) = stacks.get(tid).and_then(|s| s.last()) else { continue };
                         let ip = regs.rip;
+                        let is_string = *string_code.entry(ip).or_insert_with(|| {
+                            self.place(ip).is_some_and(|p| p.domain == Domain::Neutral && p.symbol.as_deref().is_none_or(is_string_routine))
+                        });
+                        if is_string {
+                            scratch.clear();
+                            if decoder.decoded(ip, code).and_then(|d| d.accesses_into(regs, vregs, &mut scratch)).is_ok() {
+                                for a in &scratch {
+                                    if a.rw == ffirec_decode::Rw::Read && matches!(a.size, 16 | 32 | 64) {
+                                        overreads.entry(call).or_default().push((a.addr, a.addr.saturating_add(a.size)));
+                                    }
+                                }
+                            }
+                        }
                         let place = places
                             .entry(ip)
                             .or_insert_with(|| {
@@ -421,7 +451,9 @@ impl<'a> Side<'a> {
                 }
             }
         }
-        Ok(out)
+        self.code = out;
+        self.overreads = overreads.into_iter().map(|(k, v)| (k, normalize(v))).collect();
+        Ok(())
     }
 
     fn alloc_label(&self, id: u32) -> String {
@@ -439,7 +471,10 @@ impl<'a> Side<'a> {
         if let Some((_, ids)) = self.by_base.range(..=v).next_back() {
             for &id in ids.iter().rev() {
                 let Some(a) = self.report.all_allocations.get(id as usize) else { continue };
-                let live = at_event.map_or(true, |e| a.born <= e && a.freed.map_or(true, |f| f > e));
+                let live = match at_event {
+                    None => true,
+                    Some(e) => a.born <= e && a.freed.is_none_or(|f| f > e),
+                };
                 if live && (a.contains(v) || (a.size == 0 && v == a.base)) {
                     let s = format!("{}+{}", self.alloc_label(id), v - a.base);
                     return (s.clone(), s);
@@ -466,13 +501,21 @@ impl<'a> Side<'a> {
         let mut out = BTreeMap::new();
         for t in &c.touched {
             let ranges = |r: &[[u64; 2]]| r.iter().map(|&[s, e]| (s, e)).collect::<Vec<_>>();
+            let mut overread = Vec::new();
             let (key, label, size, counted) = match (t.target.as_str(), t.alloc, &t.module) {
                 ("alloc", Some(id), _) => {
                     let Some(k) = self.alloc_keys.get(id as usize) else { continue };
                     let a = self.report.all_allocations.get(id as usize);
                     let size = a.map_or(0, |a| a.size);
+                    if let (Some(a), Some(v)) = (a, self.overreads.get(&c.call)) {
+                        overread = v
+                            .iter()
+                            .filter(|&&(_, e)| e > a.base)
+                            .map(|&(s, e)| (s.max(a.base) - a.base, e - a.base))
+                            .collect();
+                    }
                     // The library's own allocations: their layout is its business.
-                    let host = a.map_or(true, |a| a.domain != Domain::Foreign);
+                    let host = !a.is_some_and(|a| a.domain == Domain::Foreign);
                     (TargetKey::Alloc(k.clone()), self.alloc_label(id), size, host)
                 }
                 ("module", _, Some(m)) => {
@@ -482,6 +525,7 @@ impl<'a> Side<'a> {
                 _ => (TargetKey::Other, "unattributed memory".to_string(), 0, true),
             };
             let n = Norm {
+                overread,
                 label,
                 args: t.args.clone(),
                 size,
@@ -623,6 +667,8 @@ struct FindingKey {
 }
 
 struct Norm {
+    /// Bytes (relative) read by string routines' vector loads.
+    overread: Vec<(u64, u64)>,
     label: String,
     args: Vec<u8>,
     size: u64,
@@ -631,6 +677,13 @@ struct Norm {
     bytes_read: u64,
     bytes_written: u64,
     counted: bool,
+}
+
+/// C-runtime routines that scan for a terminator a vector block at a time.
+/// (A stripped libc has no names for its internal variants: there every
+/// C-runtime vector load qualifies, as in the analyzer's over-read rule.)
+fn is_string_routine(symbol: &str) -> bool {
+    ["str", "stp", "wcs", "memchr", "memrchr", "rawmemchr", "wmemchr"].iter().any(|p| symbol.trim_start_matches('_').starts_with(p))
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -693,6 +746,30 @@ fn normalize(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     normalize(a.iter().chain(b.iter()).copied().collect())
+}
+
+/// Splits `diff` (bytes one side read and the other not) into (counted,
+/// over-read noise). Noise: a range shorter than one 64-byte block that only
+/// string-routine vector loads read, and that continues a range the other
+/// side read — the same scan, ending at another block boundary.
+fn split_overread(diff: &[(u64, u64)], overread: &[(u64, u64)], other: &[(u64, u64)]) -> (Vec<[u64; 2]>, Vec<[u64; 2]>) {
+    let plain = pairs(&subtract(diff, overread));
+    let cand = subtract(diff, &plain);
+    let mut counted: Vec<(u64, u64)> = plain;
+    let mut noise = Vec::new();
+    for [s, e] in cand {
+        let continues = other.iter().any(|&(os, oe)| oe == s || os == e);
+        if e - s < 64 && continues {
+            noise.push([s, e]);
+        } else {
+            counted.push((s, e));
+        }
+    }
+    (normalize(counted).into_iter().map(|(s, e)| [s, e]).collect(), noise)
+}
+
+fn pairs(r: &[[u64; 2]]) -> Vec<(u64, u64)> {
+    r.iter().map(|&[s, e]| (s, e)).collect()
 }
 
 /// `a \ b`, both sorted and merged.
@@ -863,6 +940,7 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
     let (to, tn) = (o.touched(oc), n.touched(nc));
     let keys: BTreeSet<&TargetKey> = to.keys().chain(tn.keys()).collect();
     let empty = Norm {
+        overread: Vec::new(),
         label: String::new(),
         args: Vec::new(),
         size: 0,
@@ -895,6 +973,8 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             no_longer_read: Vec::new(),
             newly_written: Vec::new(),
             no_longer_written: Vec::new(),
+            overread_newly_read: Vec::new(),
+            overread_no_longer_read: Vec::new(),
             bytes_read: None,
             bytes_written: None,
             counted,
@@ -915,8 +995,10 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
                     t.size = Some([ea.size, eb.size]);
                 }
             }
-            t.newly_read = subtract(&eb.read, &ea.read);
-            t.no_longer_read = subtract(&ea.read, &eb.read);
+            let newly_read = pairs(&subtract(&eb.read, &ea.read));
+            let no_longer_read = pairs(&subtract(&ea.read, &eb.read));
+            (t.newly_read, t.overread_newly_read) = split_overread(&newly_read, &eb.overread, &ea.read);
+            (t.no_longer_read, t.overread_no_longer_read) = split_overread(&no_longer_read, &ea.overread, &eb.read);
             t.newly_written = subtract(&eb.written, &ea.written);
             t.no_longer_written = subtract(&ea.written, &eb.written);
             t.size.is_some()
@@ -925,8 +1007,10 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
                 || !t.newly_written.is_empty()
                 || !t.no_longer_written.is_empty()
         };
-        if changed {
-            if counted {
+        let over = !t.overread_newly_read.is_empty() || !t.overread_no_longer_read.is_empty();
+        if changed || over {
+            t.counted = changed && counted;
+            if t.counted {
                 differences += 1;
             } else {
                 *noise += 1;
@@ -950,7 +1034,7 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             _ if oo != no => "moved",
             _ => continue,
         };
-        let unsymbolised = |m: &BTreeMap<(String, String), (String, BTreeSet<u64>)>| {
+        let unsymbolised = |m: &CodeMap| {
             m.keys().any(|(sym, st)| sym == "?" && *st == ck.1)
         };
         let counted = change != "moved" && !unsymbolised(co) && !unsymbolised(cn);
@@ -1071,6 +1155,11 @@ impl Diff {
                 ] {
                     if !list.is_empty() {
                         let _ = writeln!(o, "  {} {verb} {} of {what}{tail}", sign(sg), ranges(list));
+                    }
+                }
+                for (list, sg) in [(&t.overread_newly_read, '+'), (&t.overread_no_longer_read, '-')] {
+                    if !list.is_empty() {
+                        let _ = writeln!(o, "  ~{sg} read {} of {what} (not counted: string routine over-read)", ranges(list));
                     }
                 }
                 if let Some([a, b]) = t.bytes_read {
