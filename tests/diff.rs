@@ -96,7 +96,7 @@ fn diff_v1_v2_text_reports_exactly_the_four_changes() {
         "call diffv_scan#0 (thread 0) [OLD call 3, NEW call 3]",
         "  + code diffv_checksum (libdiffv.so) accessed memory at +0x?",
         "new findings:",
-        "+ out_of_bounds: read of 1 byte 0 bytes past the end of alloc main+0x?#0 (malloc 16) in call diffv_sum#0 (thread 0), at diffv_sum+0x? (libdiffv.so)",
+        "+ out_of_bounds: read of 1 byte just past the end of alloc main+0x?#0 (malloc 16) in call diffv_sum#0 (thread 0), at diffv_sum+0x? (libdiffv.so)",
         "fixed findings: none",
         "5 differences: 4 calls changed, 0 only in OLD, 0 only in NEW, 1 new finding, 0 fixed (3 changes not counted)",
     ];
@@ -206,7 +206,7 @@ fn diff_v2_v1_reports_the_finding_fixed_and_the_reverse_ranges() {
     ] {
         assert!(lines.iter().any(|l| l == want), "missing {want:?} in:\n{text}");
     }
-    assert!(lines.iter().any(|l| l.starts_with("- out_of_bounds: read of 1 byte 0 bytes past the end")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("- out_of_bounds: read of 1 byte just past the end")), "{text}");
 }
 
 #[test]

@@ -595,6 +595,7 @@ impl<'a> Side<'a> {
                 let rel = match a.relation {
                     Relation::Inside => format!("at offset {}", a.distance),
                     Relation::Freed => format!("at offset {} (freed)", a.distance),
+                    Relation::After if a.distance == 0 => "just past the end".to_string(),
                     Relation::After => format!("{} byte{} past the end", a.distance, plural(a.distance)),
                     Relation::Before => format!("{} byte{} before the start", a.distance, plural(a.distance)),
                 };
