@@ -377,8 +377,11 @@ static char *g_arena_bump;
 static char *g_arena_class_free[ARENA_CLASSES]; /* link at block + 8 */
 static struct arena_large *g_arena_large;        /* node at block + 8 */
 
+/* Only a process whose arena mapping succeeded owns that range: elsewhere
+ * whatever lives there (the program's own mapping) is not ours to route. */
 static inline int in_arena(const void *p) {
-    return (uint64_t)(uintptr_t)p - g_arena_lo < g_arena_len;
+    return UNLIKELY((uint64_t)(uintptr_t)p - g_arena_lo < g_arena_len) &&
+           atomic_load_explicit(&g_arena_state, memory_order_acquire) == AR_MAPPED;
 }
 
 static void arena_lock(void) {

@@ -209,3 +209,58 @@ fn alloc_arena_exhausted_falls_back_to_the_heap() {
     });
     assert_eq!(big, Some(Domain::Foreign));
 }
+
+#[test]
+fn alloc_arena_range_taken_by_the_program_falls_back_to_the_heap() {
+    let exe = fixture("alloc_arena_taken");
+    let mut tracker = AllocTracker::new().unwrap();
+    let arena = tracker.foreign_arena().unwrap();
+    let start = format!("{:#x}", arena.start);
+    let mut child = spawn(&exe, &[&start], &tracker.env());
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut events = vec![];
+    let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
+    // Foreign mode only once the program's page is mapped (its malloc(7)).
+    while !events
+        .iter()
+        .any(|e| matches!(e, Event::Alloc { size: 7, tid, .. } if *tid == pid))
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tracker.drain(|e| events.push(e));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tracker.set_foreign_tid(pid);
+    stdin.write_all(b"x").unwrap();
+    while !events
+        .iter()
+        .any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid))
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tracker.drain(|e| events.push(e));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tracker.set_foreign_tid(0);
+    stdin.write_all(b"x").unwrap();
+    let out = wait(child);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("mine=mine"), "{stdout}");
+    let p = hex(stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("p="))
+        .unwrap());
+    assert!(
+        !arena.contains(&p),
+        "{p:#x} in the arena range the program owns"
+    );
+    tracker.drain_final(|e| events.push(e));
+    let domain = events.iter().find_map(|e| match *e {
+        Event::Alloc { ptr, domain, .. } if ptr == p => Some(domain),
+        _ => None,
+    });
+    assert_eq!(domain, Some(Domain::Foreign));
+    assert!(events
+        .iter()
+        .any(|e| matches!(*e, Event::Free { ptr, domain: Domain::Host, .. } if ptr == p)));
+}
