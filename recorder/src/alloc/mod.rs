@@ -142,7 +142,7 @@ pub enum Error {
     BadShim,
 }
 
-/// Counters of the ring, for reports and tests.
+/// Counters of the rings (summed over both), for reports and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RingStats {
     /// Sequence numbers reserved by producers so far.
@@ -364,8 +364,10 @@ impl AllocTracker {
         }
     }
 
-    /// Consumes every committed record, in sequence order, passing the events
-    /// they stand for to `f`; stops at the first slot not yet committed.
+    /// Consumes every committed record, passing the events they stand for to
+    /// `f` in the order each process made its calls (the primary ring first,
+    /// then the shared one; a forked child's records wait for its parent's
+    /// fork point); stops in each ring at the first slot not yet committed.
     /// Returns the number of events produced.
     pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
         self.drain_inner(&mut f, false)
