@@ -299,3 +299,16 @@ fn record_foreign_syscalls_on_guarded_buffers() {
         .collect();
     assert_eq!(sys, vec![(1, 23, vec![(msg, 23, false)]), (0, 13, vec![(inp, 13, true)])]);
 }
+
+#[test]
+fn record_libc_string_routines_on_host_strings() {
+    // SIMD string routines read whole aligned blocks, so they may read past
+    // the terminator (within the block): check what must be there.
+    let r = scenario("string", "string");
+    let b = bytes(&r.events());
+    let (a, d) = (r.addr("a"), r.addr("d"));
+    let read_a = ranges_in(&b.read, a, 300);
+    assert!(read_a.first().is_some_and(|&(s, e)| s == 0 && e >= 201), "{read_a:?}");
+    assert_eq!(ranges_in(&b.written, d, 300), vec![(1, 199)]);
+    assert_eq!(ranges_in(&b.written, a, 300), vec![]);
+}
