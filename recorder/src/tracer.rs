@@ -645,6 +645,12 @@ impl Tracer {
     /// Reads the maps and adds every object not seen yet.
     pub fn scan_modules(&mut self, announce: bool) -> Result<Vec<usize>, Error> {
         let maps = crate::maps::read(self.pid)?;
+        // Objects unloaded since the last scan (dlclose): forget them, so no
+        // protection batch ever touches whatever is mapped there next.
+        self.modules.retain(|l| {
+            l.module.path == "[vdso]"
+                || l.text.iter().all(|t| maps.iter().any(|m| m.path == l.module.path && m.start <= t.start && t.start < m.end))
+        });
         let mut added = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
         for m in &maps {
@@ -655,7 +661,7 @@ impl Tracer {
             seen.push(&m.path);
             let group: Vec<&crate::maps::Mapping> = maps.iter().filter(|x| x.path == m.path).collect();
             let lo = group.iter().map(|g| g.start).min().unwrap_or(m.start);
-            if self.modules.iter().any(|l| l.module.path == m.path && l.text.iter().chain(&l.loads).any(|t| t.start <= lo + self.page * 4096 && lo <= t.end)) {
+            if self.modules.iter().any(|l| l.module.path == m.path && l.loads.iter().chain(&l.text).any(|t| t.start <= lo && lo < t.end)) {
                 continue;
             }
             let data = if m.path == "[vdso]" {
