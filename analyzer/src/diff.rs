@@ -149,6 +149,9 @@ pub struct TargetDiff {
     pub site: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u64>,
+    /// Rank of the thread that allocated it (`alloc` targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u32>,
     /// Arguments (0-based) that pointed into the allocation at entry (NEW's, else OLD's).
     pub args: Vec<u8>,
     /// `[old, new]` allocation size when it changed.
@@ -265,7 +268,21 @@ impl CallKey {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct AllocKey {
     site: String,
+    /// Rank of the allocating thread: concurrent threads allocating from one
+    /// site race for the order, each thread's own order is stable.
+    thread: u32,
     ordinal: u64,
+}
+
+impl AllocKey {
+    /// `main+0x2a#0`, `worker+0x10#1@t2` (thread shown when not the first).
+    fn name(&self) -> String {
+        if self.thread == 0 {
+            format!("{}#{}", self.site, self.ordinal)
+        } else {
+            format!("{}#{}@t{}", self.site, self.ordinal, self.thread)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -353,9 +370,14 @@ impl<'a> Side<'a> {
             code: HashMap::new(),
             overreads: HashMap::new(),
         };
-        // Allocations: site + ordinal.
+        // Threads: rank of the tid among every thread that called the
+        // library or allocated (tids grow in creation order).
+        let tids: BTreeSet<u32> =
+            report.calls.iter().map(|c| c.tid).chain(report.all_allocations.iter().map(|a| a.tid)).collect();
+        let rank: HashMap<u32, u32> = tids.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
+        // Allocations: site + thread + ordinal.
         let mut site_of: HashMap<u64, String> = HashMap::new();
-        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut counts: HashMap<(String, u32), u64> = HashMap::new();
         for (id, a) in report.all_allocations.iter().enumerate() {
             let site = match site_of.get(&a.caller) {
                 Some(s) => s.clone(),
@@ -365,14 +387,13 @@ impl<'a> Side<'a> {
                     s
                 }
             };
-            let n = counts.entry(site.clone()).or_default();
-            side.alloc_keys.push(AllocKey { site, ordinal: *n });
+            let thread = rank.get(&a.tid).copied().unwrap_or(0);
+            let n = counts.entry((site.clone(), thread)).or_default();
+            side.alloc_keys.push(AllocKey { site, thread, ordinal: *n });
             *n += 1;
             side.by_base.entry(a.base).or_default().push(id as u32);
         }
         // Calls: thread rank, symbol, ordinal.
-        let tids: BTreeSet<u32> = report.calls.iter().map(|c| c.tid).collect();
-        let rank: HashMap<u32, u32> = tids.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
         let mut ordinals: HashMap<(u32, String), u32> = HashMap::new();
         for (i, c) in report.calls.iter().enumerate() {
             let thread = rank.get(&c.tid).copied().unwrap_or(0);
@@ -459,8 +480,8 @@ impl<'a> Side<'a> {
     fn alloc_label(&self, id: u32) -> String {
         let Some(k) = self.alloc_keys.get(id as usize) else { return format!("alloc#{id}") };
         match self.report.all_allocations.get(id as usize) {
-            Some(a) => format!("alloc {}#{} ({} {})", k.site, k.ordinal, func_name(a.func), a.size),
-            None => format!("alloc {}#{}", k.site, k.ordinal),
+            Some(a) => format!("alloc {} ({} {})", k.name(), func_name(a.func), a.size),
+            None => format!("alloc {}", k.name()),
         }
     }
 
@@ -968,6 +989,7 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             label: shown.label.clone(),
             site: None,
             ordinal: None,
+            thread: None,
             args: shown.args.clone(),
             size: None,
             newly_read: Vec::new(),
@@ -992,6 +1014,7 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             if let TargetKey::Alloc(ak) = key {
                 t.site = Some(ak.site.clone());
                 t.ordinal = Some(ak.ordinal);
+                t.thread = Some(ak.thread);
                 if a.is_some() && b.is_some() && ea.size != eb.size {
                     t.size = Some([ea.size, eb.size]);
                 }
