@@ -32,6 +32,12 @@ pub enum FailOn {
 /// OLD had not (see --fail-on), 2 error (unreadable trace, or traces of
 /// different programs or foreign libraries without --force).
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Exit codes:
+  0  no behavioural difference (changes shown with ~ are noise and do not count)
+  1  differences
+  2  error: unreadable trace, or traces of different programs or foreign libraries (see --force)
+  3  NEW has findings OLD had not (--fail-on findings, the default); any difference with --fail-on any")]
 pub struct DiffArgs {
     /// The trace of the old version.
     #[arg(value_name = "OLD")]
@@ -60,7 +66,10 @@ pub fn run(args: DiffArgs) -> ExitCode {
             let mut msg = format!("ffirec: error: {e}");
             let mut src = e.source();
             while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
+                let s_text = s.to_string();
+                if !msg.contains(&s_text) {
+                    msg.push_str(&format!(": {s_text}"));
+                }
                 src = s.source();
             }
             eprintln!("{msg}");
