@@ -538,3 +538,112 @@ impl Tracer {
         self.program_signal(tid, signal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
+
+    fn decode_all(code: &[u8], ip: u64) -> Vec<iced_x86::Instruction> {
+        let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while d.can_decode() {
+            let i = d.decode();
+            let jmp_abs = i.mnemonic() == Mnemonic::Jmp && i.op0_kind() == OpKind::Memory;
+            out.push(i);
+            if jmp_abs {
+                break; // followed by the 8-byte target, not code
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn slot_relocates_rip_relative_and_touches_no_flags() {
+        // add qword ptr [rip+0x100], 1 at `ip`: 48 83 05 00 01 00 00 01
+        let ip = 0x7f00_0000_1000u64;
+        let code = [0x48, 0x83, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01];
+        let instr = Decoder::with_ip(64, &code, ip, DecoderOptions::NONE).decode();
+        let target = instr.memory_displacement64();
+        let (slot, data) = (0x7f00_1000_0000u64, 0x7f00_1004_0000u64);
+        let k = 2;
+        let bytes = build_slot(slot, data, 329, k, &instr).expect("slot");
+        let ins = decode_all(&bytes, slot);
+        let syscalls = ins.iter().filter(|i| i.mnemonic() == Mnemonic::Syscall).count();
+        assert_eq!(syscalls, 2 * k);
+        // Exactly one instruction writes flags: the relocated `add`. (`syscall`
+        // masks rflags in the kernel, and sysret restores them from r11.)
+        let flag_writers: Vec<_> = ins.iter().filter(|i| i.mnemonic() != Mnemonic::Syscall && i.rflags_modified() != 0).collect();
+        assert_eq!(flag_writers.len(), 1);
+        let add = flag_writers[0];
+        assert_eq!(add.mnemonic(), Mnemonic::Add);
+        assert!(add.is_ip_rel_memory_operand());
+        assert_eq!(add.ip_rel_memory_address(), target, "RIP-relative operand must still reach the original data");
+        // Nothing but the relocated instruction touches memory outside our data area.
+        for i in &ins {
+            if i.op_count() > 0 && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.mnemonic() != Mnemonic::Jmp {
+                let a = i.ip_rel_memory_address();
+                assert!(*i == *add || (a >= data && a < data + 0x10000), "{i:?} touches {a:#x}");
+            }
+        }
+        // Ends with jmp [rip+0] and the address of the next original instruction.
+        let last = ins.last().expect("instructions");
+        assert_eq!(last.mnemonic(), Mnemonic::Jmp);
+        let tail = &bytes[bytes.len() - 8..];
+        assert_eq!(u64::from_le_bytes(tail.try_into().unwrap()), ip + code.len() as u64);
+        // The registers the syscalls clobber are saved before and restored after.
+        let stores = ins.iter().filter(|i| i.mnemonic() == Mnemonic::Mov && i.op0_kind() == OpKind::Memory).count();
+        let loads_of_saves = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Mov && i.op1_kind() == OpKind::Memory && i.ip_rel_memory_address() >= data + TRAMP_SAVE)
+            .count();
+        assert_eq!(stores, 2 * CLOBBERED.len());
+        assert_eq!(loads_of_saves, 2 * CLOBBERED.len());
+    }
+
+    #[test]
+    fn slot_refuses_out_of_reach_rip_relative() {
+        // More than 2 GiB away and not expressible as a 32-bit absolute address.
+        let ip = 0x5555_0000_1000u64;
+        let code = [0x48, 0x83, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01];
+        let instr = Decoder::with_ip(64, &code, ip, DecoderOptions::NONE).decode();
+        assert!(build_slot(0x7f00_1000_0000, 0x7f00_1004_0000, 329, 1, &instr).is_none());
+    }
+
+    #[test]
+    fn xsave_views_and_zero_upper() {
+        let l = XsaveLayout { avx: 576, opmask: 1088, zmm_hi256: 1152, hi16_zmm: 1664 };
+        let mut x = vec![0xaau8; 2688];
+        x[512..520].copy_from_slice(&0u64.to_le_bytes()); // every component in init state
+        assert_eq!(l.get(&x, VecRegKind::Ymm, 3), vec![0u8; 32], "init state reads as zero");
+        let v: Vec<u8> = (0..64).collect();
+        assert!(l.set(&mut x, VecRegKind::Zmm, 3, &v, true));
+        assert_eq!(l.get(&x, VecRegKind::Zmm, 3), v);
+        assert_eq!(l.get(&x, VecRegKind::Xmm, 3), v[..16].to_vec());
+        // VEX 16-byte load into xmm3: the upper bytes of ymm3/zmm3 become zero.
+        assert!(l.set(&mut x, VecRegKind::Xmm, 3, &[7u8; 16], true));
+        let z = l.get(&x, VecRegKind::Zmm, 3);
+        assert_eq!(&z[..16], &[7u8; 16]);
+        assert!(z[16..].iter().all(|&b| b == 0));
+        // Legacy SSE load (movdqu): upper bytes keep their values.
+        assert!(l.set(&mut x, VecRegKind::Zmm, 4, &v, true));
+        assert!(l.set(&mut x, VecRegKind::Xmm, 4, &[9u8; 16], false));
+        let z = l.get(&x, VecRegKind::Zmm, 4);
+        assert_eq!(&z[..16], &[9u8; 16]);
+        assert_eq!(&z[16..], &v[16..]);
+        // movq load (8 bytes): bytes 8..16 zeroed, upper kept (legacy).
+        assert!(l.set(&mut x, VecRegKind::Xmm, 4, &[1u8; 8], false));
+        let z = l.get(&x, VecRegKind::Zmm, 4);
+        assert_eq!(&z[..8], &[1u8; 8]);
+        assert_eq!(&z[8..16], &[0u8; 8]);
+        assert_eq!(&z[16..], &v[16..]);
+        // zmm16+ live in the Hi16_ZMM component.
+        assert!(l.set(&mut x, VecRegKind::Ymm, 17, &[5u8; 32], true));
+        let z = l.get(&x, VecRegKind::Zmm, 17);
+        assert_eq!(&z[..32], &[5u8; 32]);
+        assert!(z[32..].iter().all(|&b| b == 0));
+        // Opmask registers.
+        assert!(l.set(&mut x, VecRegKind::K, 2, &0x1234u64.to_le_bytes(), false));
+        assert_eq!(l.get(&x, VecRegKind::K, 2), 0x1234u64.to_le_bytes().to_vec());
+    }
+}
