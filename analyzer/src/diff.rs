@@ -489,7 +489,9 @@ impl<'a> Side<'a> {
     fn value(&self, raw: &str, at_event: Option<u64>) -> (String, String) {
         let Some(v) = parse_hex(raw) else { return (raw.to_string(), raw.to_string()) };
         // Into an allocation live when the call returned?
-        if let Some((_, ids)) = self.by_base.range(..=v).next_back() {
+        // The nearest few bases below: a later, smaller block may sit between
+        // `v` and the base of the block that contains it.
+        for (_, ids) in self.by_base.range(..=v).rev().take(16) {
             for &id in ids.iter().rev() {
                 let Some(a) = self.report.all_allocations.get(id as usize) else { continue };
                 let live = match at_event {
