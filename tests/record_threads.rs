@@ -57,3 +57,40 @@ fn record_blocked_call_releases_held_threads() {
         .collect();
     assert_eq!(gaps, vec![GapReason::Blocked]);
 }
+
+#[test]
+fn record_concurrent_callers_are_serialised() {
+    let p = prog();
+    let r = record("concurrent", &p, &["concurrent"], &["--lib", "librecfx.so"]);
+    let nat = native(&p, &["concurrent"]);
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    let ev = r.events();
+    // 4 threads x 20 calls x 32 longs; each call's accesses come from its own thread,
+    // and calls never interleave (one foreign call at a time).
+    let mut open: Option<(u32, u64)> = None;
+    let mut per_thread = std::collections::BTreeMap::new();
+    for e in &ev {
+        match e {
+            Event::Call { tid, call, .. } => {
+                assert!(open.is_none(), "call {call} on {tid} started while {open:?} was running");
+                open = Some((*tid, *call));
+            }
+            Event::Return { tid, call, .. } => {
+                assert_eq!(open, Some((*tid, *call)));
+                open = None;
+            }
+            Event::Access { tid, .. } => {
+                assert_eq!(open.map(|o| o.0), Some(*tid), "access outside its thread's call");
+                *per_thread.entry(*tid).or_insert(0u64) += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(per_thread.len(), 4);
+    assert!(per_thread.values().all(|&n| n == 20 * 32), "{per_thread:?}");
+    let b = bytes(&ev);
+    for i in 0..4 {
+        assert_eq!(ranges_in(&b.read, r.addr(&format!("buf{i}")), 256), vec![(0, 256)]);
+    }
+}
