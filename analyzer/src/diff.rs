@@ -1,25 +1,32 @@
 //! `ffirec diff`: what changed between two recordings of one program, run
 //! against two versions of a library (or with two inputs).
 //!
-//! Addresses differ between runs (ASLR, allocation order, another library
-//! layout), so both [`Report`]s are first normalised:
-//! - a **call** is (thread, symbol, ordinal among that thread's calls to the
-//!   symbol); threads are numbered by rank of their tid among the threads
-//!   that made foreign calls (tids grow in creation order);
-//! - an **allocation** is (site, ordinal among all allocations from that
-//!   site): the site is the allocation call's return address as
-//!   `symbol+offset` in host and C-runtime code, and as `symbol` alone in the
-//!   foreign library (its offsets change with every build);
-//! - an **access** is (allocation, offset range, read/write), merged per call;
-//! - a **code location** is `symbol (module)`; its offsets are shown, but a
-//!   change of offsets alone is noise, not a difference;
-//! - a **return value** pointing into an allocation becomes `alloc+offset`,
-//!   into a module `symbol+offset`; heap addresses never appear raw.
+//! Principal items: [`diff`] (two [`DiffInput`]s — a trace and its
+//! [`Report`] each — → [`Diff`]), rendered as `+`/`-` text or as JSON
+//! (`ffirec.diff/1`, documented in `analyzer/DIFF_SCHEMA.md`).
 //!
-//! Bytes read by C-runtime vector string routines past a terminator are not
-//! findings (the analyzer already drops them), so they never show as new or
-//! fixed findings. The JSON form (`ffirec.diff/1`) is documented in
-//! `analyzer/DIFF_SCHEMA.md`.
+//! Addresses differ between runs (ASLR, allocation order, another library
+//! layout), so both reports are first normalised:
+//! - a **thread** is the rank of its tid among the threads that called the
+//!   library or allocated (tids grow in creation order);
+//! - a **call** is (thread, symbol, ordinal among that thread's calls to the
+//!   symbol); loader glue (`_fini`, …) and unnamed targets are named after
+//!   their caller;
+//! - an **allocation** is (site, thread, ordinal): the site is the
+//!   allocation call's return address as `symbol+offset` in host and
+//!   C-runtime code, and as `symbol` alone in the foreign library (its
+//!   offsets change with every build);
+//! - an **access** is (allocation, offset range, read/write), merged per
+//!   call — the analyzer's [`CallFootprint`]s, reused as they are;
+//! - a **code location** is `symbol (module)`, from one extra pass over the
+//!   access events; a change of offsets alone is noise, not a difference;
+//! - a **return value** pointing into an allocation becomes
+//!   `alloc …+offset`, into a module `symbol+offset`; heap addresses never
+//!   appear raw.
+//!
+//! Noise — shown, never counted: instruction offsets, the foreign library's
+//! own memory, and bytes that C-runtime string routines' vector loads read
+//! past a terminator up to a block boundary that moves with the heap address.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -28,9 +35,9 @@ use std::path::Path;
 use ffirec_format::{Domain, Event, Module, Trace};
 use serde::Serialize;
 
+use crate::decode::Decoder;
 use crate::findings::{Finding, Kind, Relation};
 use crate::report::{func_name, CallFootprint, Report};
-use crate::decode::Decoder;
 use crate::symbols::ModuleMap;
 
 /// `schema` value of the JSON diff.
