@@ -130,3 +130,21 @@ fn record_forked_child_runs_untraced_with_real_protections() {
     assert_eq!(ranges_in(&bytes(&ev).read, r.addr("buf"), 32), vec![(0, 16)]);
     assert_eq!(ev.iter().filter(|e| matches!(e, ffirec_format::Event::Fork { .. })).count(), 1);
 }
+
+#[test]
+fn record_neutral_pattern_and_path_glob() {
+    let prog = common::program("rec_host");
+    // --neutral takes the library out of the default foreign set.
+    let r = record("cli_neutral", &prog, &["sum"], &["--neutral", "librecfx*"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    assert_eq!(ev.iter().filter(|e| matches!(e, ffirec_format::Event::Call { .. })).count(), 0);
+    assert!(!r.stderr.contains("ffirec: foreign:"), "{}", r.stderr);
+    // A pattern with a slash matches the full path.
+    let glob = format!("{}/librecfx.*", common::fixtures_out().display());
+    let r = record("cli_glob", &prog, &["sum"], &["--lib", &glob]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    assert_eq!(host_calls(&r.trace(), &ev), vec!["sum_ints"]);
+    assert_eq!(ranges_in(&bytes(&ev).read, r.addr("buf"), 64), vec![(0, 40)]);
+}
