@@ -284,6 +284,23 @@ fn diff_refuses_same_recording_other_program_and_bad_files() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: the traces are of different programs"));
 
+    // The same program, recorded with another --lib pattern.
+    let trace = dir.join("pattern.ffr");
+    let rec = common::run(
+        common::ffirec()
+            .args(["record", "-q", "--lib", "libdiffv*", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(common::program("diff_host")),
+        common::TIMEOUT,
+    );
+    assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
+    let out = diff(&t.v1, &trace, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"different --lib patterns: OLD ["libdiffv.so"], NEW ["libdiffv*"]"#), "{err}");
+    assert_eq!(diff(&t.v1, &trace, &["--force"]).status.code(), Some(0));
+
     // Not a trace.
     let junk = dir.join("junk.ffr");
     std::fs::write(&junk, b"not a trace").unwrap();

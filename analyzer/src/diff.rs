@@ -1286,6 +1286,22 @@ mod tests {
     }
 
     #[test]
+    fn overread_noise_only_continues_the_other_sides_scan() {
+        // OLD's strlen read up to 128, NEW's block ended at 112.
+        let (counted, noise) = split_overread(&[(112, 128)], &[(96, 128)], &[(0, 112)]);
+        assert_eq!((counted, noise), (vec![], vec![[112, 128]]));
+        // Not adjacent to what the other side read: counted.
+        let (counted, noise) = split_overread(&[(140, 150)], &[(128, 160)], &[(0, 112)]);
+        assert_eq!((counted, noise), (vec![[140, 150]], vec![]));
+        // A whole block or more: counted.
+        let (counted, noise) = split_overread(&[(112, 176)], &[(96, 192)], &[(0, 112)]);
+        assert_eq!((counted, noise), (vec![[112, 176]], vec![]));
+        // Partly read by other code: that part counts.
+        let (counted, noise) = split_overread(&[(112, 130)], &[(112, 128)], &[(0, 112)]);
+        assert_eq!((counted, noise), (vec![[128, 130]], vec![[112, 128]]));
+    }
+
+    #[test]
     fn stems_join_versions() {
         assert_eq!(stem("libz.so.1.2.13"), "libz.so");
         assert_eq!(stem("libz.so.1"), "libz.so");
