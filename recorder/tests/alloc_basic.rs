@@ -139,3 +139,35 @@ fn alloc_basic_bad_capacity_is_an_error() {
     assert!(AllocTracker::with_capacity(1000).is_err());
     assert!(AllocTracker::with_capacity(8).is_err());
 }
+
+#[test]
+fn alloc_basic_stale_directories_of_dead_recorders_are_swept() {
+    // A pid that no longer exists: a child we have reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale_tmp = std::env::temp_dir().join(format!(
+        "ffirec-{dead}-{}",
+        "0123456789abcdef0123456789abcdef"
+    ));
+    let stale_shm = std::path::Path::new("/dev/shm").join(format!(
+        "ffirec-{dead}-{}",
+        "fedcba9876543210fedcba9876543210"
+    ));
+    // Not ours by name: must survive.
+    let other = std::env::temp_dir().join(format!("ffirec-{dead}-not-a-uuid"));
+    for d in [&stale_tmp, &stale_shm, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("ring"), b"x").unwrap();
+    }
+    let tracker = AllocTracker::new().unwrap();
+    let alive = std::path::Path::new("/proc")
+        .join(dead.to_string())
+        .exists();
+    if !alive {
+        assert!(!stale_tmp.exists() && !stale_shm.exists());
+    }
+    assert!(other.exists());
+    std::fs::remove_dir_all(&other).unwrap();
+    assert!(tracker.shim_path().exists());
+}

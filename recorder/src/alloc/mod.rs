@@ -237,6 +237,10 @@ impl AllocTracker {
             uuid::Uuid::new_v4().simple()
         );
         let shim_dir = private_dir(&std::env::temp_dir(), &name)?;
+        // A recorder killed outright (SIGKILL) cannot remove its files: do it
+        // for it the next time.
+        sweep_stale(&std::env::temp_dir(), &shim_dir);
+        sweep_stale(Path::new("/dev/shm"), &shim_dir);
         let mut dirs = vec![shim_dir.clone()];
         // The ring lives on tmpfs when there is one: no writeback of a hot file.
         let shm = Path::new("/dev/shm");
@@ -479,6 +483,37 @@ fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Error> {
             source,
         })?;
     Ok(path)
+}
+
+/// Removes `ffirec-PID-UUID` directories in `parent` left by a tracker whose
+/// process no longer exists, if they belong to the owner of `ours`.
+fn sweep_stale(parent: &Path, ours: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(ours).map(|m| m.uid()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((pid, id)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ffirec-"))
+            .and_then(|r| r.split_once('-'))
+        else {
+            continue;
+        };
+        let is_ours = id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && pid.parse::<u32>().is_ok();
+        if !is_ours || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        if entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The value of the flush-trap symbol in the shim's dynamic symbol table.
