@@ -1,7 +1,8 @@
 //! `ffirec diff` on calls and return values: `libdiffcalls.c` as v1 and v2
 //! (`-DV2`). v2 returns other integers, a pointer one byte further into a
-//! host buffer, and makes the host call `dc_step` once more; the heap block
-//! `dc_alloc` returns lies elsewhere in each run but is the same allocation.
+//! host buffer, makes the host call `dc_step` once more, and loads a host
+//! pointer it was not given (a new exposure); the heap block `dc_alloc`
+//! returns lies elsewhere in each run but is the same allocation.
 
 mod common;
 
@@ -36,7 +37,7 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
     let old = record(&dir, "v1.ffr", None, 0);
     let new = record(&dir, "v2.ffr", v2.parent(), 0);
     let out = common::run(common::ffirec().arg("diff").arg(&old).arg(&new).args(["--format", "json"]), common::TIMEOUT);
-    assert_eq!(out.status.code(), Some(1), "differences, no new finding: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "a new exposure is a new finding: {}", String::from_utf8_lossy(&out.stderr));
     let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(j["only_in_old"], json!([]));
     let only = &j["only_in_new"];
@@ -53,7 +54,8 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
         .map(|c| (c["name"].as_str().unwrap_or("?").to_string(), c["ret"].clone()))
         .collect();
     let site = |v: &Value| v.as_str().map(|s| s.to_string()).unwrap_or_default();
-    assert_eq!(rets.len(), 3, "{rets:?}");
+    assert_eq!(rets.len(), 4, "{rets:?}");
+    assert_eq!(rets[3], ("dc_peek#0".into(), Value::Null));
     assert_eq!(rets[0], ("dc_version#0".into(), json!({"old": "1", "new": "2", "counted": true})));
     assert_eq!(rets[2], ("dc_steps#0".into(), json!({"old": "2", "new": "3", "counted": true})));
     // A pointer into the host's calloc(16): offset 3 -> 4, never the raw address.
@@ -65,9 +67,28 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
     assert!(!rets.iter().any(|(name, _)| name == "dc_alloc#0"));
     assert_eq!(
         j["summary"],
-        json!({"differences": 4, "matched_calls": 9, "changed_calls": 3, "only_in_old": 0, "only_in_new": 1,
-               "new_findings": 0, "fixed_findings": 0, "noise": 0})
+        json!({"differences": 7, "matched_calls": 10, "changed_calls": 4, "only_in_old": 0, "only_in_new": 1,
+               "new_findings": 1, "fixed_findings": 0, "noise": 1})
     );
+    // dc_peek: the holder's pointer field [8,16) and the first byte of the
+    // block it points to are newly read; that block was never an argument.
+    let peek = &j["calls"][3];
+    let mem: Vec<(Value, Value, Value)> = peek["memory"]
+        .as_array()
+        .expect("memory")
+        .iter()
+        .map(|m| (m["newly_read"].clone(), m["args"].clone(), json!(m["label"].as_str().unwrap_or("?").ends_with("(malloc 16)"))))
+        .collect();
+    let mut mem = mem;
+    mem.sort_by_key(|m| m.0.to_string());
+    assert_eq!(mem, vec![(json!([[0, 1]]), json!([]), json!(false)), (json!([[8, 16]]), json!([0]), json!(true))]);
+    let f = &j["new_findings"];
+    assert_eq!(f.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (f[0]["kind"].as_str(), f[0]["call"].as_str(), f[0]["relation"].as_str(), f[0]["distance"].as_u64()),
+        (Some("exposed_pointer"), Some("dc_peek#0"), Some("inside"), Some(0))
+    );
+    assert!(f[0]["allocation"].as_str().is_some_and(|l| l.ends_with("#0 (calloc 24)")), "{f:#}");
     // The text form.
     let out = common::run(common::ffirec().arg("diff").arg(&old).arg(&new), common::TIMEOUT);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -76,7 +97,7 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
         "  calls to dc_step: 2 -> 3",
         "  ! returned 1 -> 2",
         "  ! returned 2 -> 3",
-        "4 differences: 3 calls changed, 0 only in OLD, 1 only in NEW, 0 new findings, 0 fixed (0 changes not counted)",
+        "7 differences: 4 calls changed, 0 only in OLD, 1 only in NEW, 1 new finding, 0 fixed (1 change not counted)",
     ] {
         assert!(text.lines().any(|l| l == want), "missing {want:?} in:\n{text}");
     }

@@ -1250,12 +1250,13 @@ impl Diff {
             }
         }
         let _ = writeln!(o);
+        let noise = format!("{} change{} not counted", s.noise, if s.noise == 1 { "" } else { "s" });
         if s.differences == 0 {
-            let _ = writeln!(o, "no behavioural differences ({} changes not counted)", s.noise);
+            let _ = writeln!(o, "no behavioural differences ({noise})");
         } else {
             let _ = writeln!(
                 o,
-                "{} difference{}: {} call{} changed, {} only in OLD, {} only in NEW, {} new finding{}, {} fixed ({} changes not counted)",
+                "{} difference{}: {} call{} changed, {} only in OLD, {} only in NEW, {} new finding{}, {} fixed ({noise})",
                 s.differences,
                 if s.differences == 1 { "" } else { "s" },
                 s.changed_calls,
@@ -1265,7 +1266,6 @@ impl Diff {
                 s.new_findings,
                 if s.new_findings == 1 { "" } else { "s" },
                 s.fixed_findings,
-                s.noise
             );
         }
         o
