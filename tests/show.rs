@@ -2,6 +2,7 @@
 //! (`ana_host` + `libanafx.so`): one snapshot per mode, with addresses,
 //! thread ids and the first full register dump normalised. Snapshots live in
 //! `tests/fixtures/show_*.txt`; `SHOW_BLESS=1 cargo test --test show` rewrites them.
+#![allow(clippy::unwrap_used)] // test code
 
 mod common;
 

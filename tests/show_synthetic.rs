@@ -4,6 +4,7 @@
 //! Instruction bytes are GNU as output (`as` + `objdump -d -M intel`):
 //!   48 8b 07      mov rax, [rdi]
 //!   f3 0f 7f 07   movdqu [rdi], xmm0
+#![allow(clippy::unwrap_used)] // test code
 
 mod common;
 
@@ -149,7 +150,7 @@ fn show_at_agrees_with_analyze_uninit_finding() {
     let (code, view, err) = ffirec(&["show", "--at", &(first - 1).to_string(), "--memory", &spec], &trace);
     assert_eq!(code, 0, "{err}");
     assert_eq!(marks(&view), "U".repeat(size as usize), "{view}");
-    assert!(view.contains(&format!("  +0..+16  uninitialised  alloc#0[16,32)  no recorded write since birth (event 0)")), "{view}");
+    assert!(view.contains("  +0..+16  uninitialised  alloc#0[16,32)  no recorded write since birth (event 0)"), "{view}");
 
     // The whole block: [0,16) written by event 2 (fill's store), the rest never written.
     let (_, view, _) = ffirec(&["show", "--at", "6", "--memory", "alloc0+0:64"], &trace);

@@ -61,6 +61,10 @@ pub struct ShowArgs {
     /// Do not look up file:line in the modules' debug information.
     #[arg(long)]
     pub no_dwarf: bool,
+    /// Write straight to the terminal instead of through $PAGER (default
+    /// `less -FRX`; a pager is only used when stdout is a terminal).
+    #[arg(long)]
+    pub no_pager: bool,
 }
 
 pub fn run(args: ShowArgs) -> ExitCode {
@@ -83,17 +87,55 @@ fn show(args: &ShowArgs) -> Result<(), ShowError> {
         _ => ShowMode::From(args.from.unwrap_or(0)),
     };
     let stdout = io::stdout();
+    let tty = stdout.is_terminal();
     let color = match args.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        Color::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
     };
     let opts = ShowOptions { mode, count: args.count, tid: args.tid, color, dwarf: !args.no_dwarf };
-    let mut out = BufWriter::new(stdout.lock());
-    ffirec_analyzer::show(&trace, &opts, &mut out)?;
-    out.flush()?;
+    let mut pager = if tty && !args.no_pager { Pager::spawn() } else { None };
+    let result = match pager.as_mut().and_then(|p| p.child.stdin.take()) {
+        Some(stdin) => {
+            let mut out = BufWriter::new(stdin);
+            ffirec_analyzer::show(&trace, &opts, &mut out).and_then(|()| Ok(out.flush()?))
+        }
+        None => {
+            let mut out = BufWriter::new(stdout.lock());
+            ffirec_analyzer::show(&trace, &opts, &mut out).and_then(|()| Ok(out.flush()?))
+        }
+    };
+    if let Some(mut p) = pager {
+        // The user quitting the pager early is not an error.
+        let _ = p.child.wait();
+    }
+    result?;
     if let ffirec_format::Completeness::Truncated { events, .. } = trace.completeness() {
         eprintln!("ffirec: warning: {} is truncated; showing the {events} events recovered", args.trace.display());
     }
     Ok(())
+}
+
+/// `$PAGER` (default `less` with `LESS=FRX`: quit if one screen, keep
+/// colours, no screen clearing) reading our output.
+struct Pager {
+    child: std::process::Child,
+}
+
+impl Pager {
+    fn spawn() -> Option<Pager> {
+        let pager = std::env::var("PAGER").unwrap_or_else(|_| "less".into());
+        let mut words = pager.split_whitespace();
+        let prog = words.next()?;
+        if prog == "cat" {
+            return None;
+        }
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(words).stdin(std::process::Stdio::piped());
+        if std::env::var_os("LESS").is_none() {
+            cmd.env("LESS", "FRX");
+        }
+        // No pager installed: write to the terminal directly.
+        cmd.spawn().ok().map(|child| Pager { child })
+    }
 }

@@ -148,8 +148,7 @@ impl<'e, 'a> Lister<'e, 'a> {
             Event::SyscallAccess { nr, ret, ranges, .. } => {
                 writeln!(out, "{IND}syscall {nr} = {ret}")?;
                 for r in ranges {
-                    let (verb, s) = if r.write { ("kernel wrote", st.write("kernel wrote")) } else { ("kernel read", st.read("kernel read")) };
-                    let _ = verb;
+                    let s = if r.write { st.write("kernel wrote") } else { st.read("kernel read") };
                     writeln!(out, "{IND}{s} {} bytes at {:#x} {}", r.len, r.addr, self.at(r.addr))?;
                 }
             }
@@ -302,7 +301,7 @@ pub(crate) fn run(
             if until.is_some_and(|u| seq > u) || count.is_some_and(|c| printed >= c) {
                 return Ok(printed);
             }
-            if seq >= from && tid.map_or(true, |t| ev.tid() == Some(t)) {
+            if seq >= from && tid.is_none_or(|t| ev.tid() == Some(t)) {
                 lister.render(seq, ev, out)?;
                 printed += 1;
             } else {

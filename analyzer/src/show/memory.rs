@@ -256,13 +256,22 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         Freed(u32),
         In(u32, ByteInit),
     }
+    // Freed blocks overlapping the range, latest first.
+    let freed: Vec<(u32, u64, u64)> = tl
+        .allocs
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, a)| a.freed.is_some() && a.base < end && a.end() > start)
+        .map(|(id, a)| (id as u32, a.base, a.end()))
+        .collect();
     let mut state = Vec::with_capacity(len);
     for addr in start..end {
         let s = &mut r.shards[decode::shard_of(addr)];
         state.push(match s.byte_state(addr, &ctx) {
             Some((id, b)) => B::In(id, b),
-            None => match tl.allocs.iter().rposition(|a| a.freed.is_some() && a.contains(addr)) {
-                Some(id) => B::Freed(id as u32),
+            None => match freed.iter().find(|&&(_, b, e)| addr >= b && addr < e) {
+                Some(&(id, _, _)) => B::Freed(id),
                 None => B::Outside,
             },
         });
@@ -276,9 +285,9 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         let n = (len - line).min(16);
         let mut hex = String::new();
         let mut marks = String::new();
-        for i in line..line + n {
-            let v = w.value[i].map_or("--".to_string(), |b| format!("{b:02x}"));
-            let (m, bad) = match state[i] {
+        for (value, byte) in w.value[line..line + n].iter().zip(&state[line..line + n]) {
+            let v = value.map_or("--".to_string(), |b| format!("{b:02x}"));
+            let (m, bad) = match byte {
                 B::In(_, ByteInit::Init) => ('I', false),
                 B::In(_, ByteInit::Uninit) => ('U', true),
                 B::In(_, ByteInit::Unknown) => ('?', false),

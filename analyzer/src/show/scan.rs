@@ -92,11 +92,9 @@ pub(crate) fn replay_start(chunks: &mut Chunks, from: u64, tids: &HashSet<Tid>) 
                 continue;
             }
             match *ev {
-                Event::Call { call, .. } => {
-                    if want.get(&tid).map_or(true, |&w| w == call) {
-                        pending.remove(&tid);
-                        want.remove(&tid);
-                    }
+                Event::Call { call, .. } if want.get(&tid).is_none_or(|&w| w == call) => {
+                    pending.remove(&tid);
+                    want.remove(&tid);
                 }
                 Event::Return { .. } | Event::ThreadStart { .. } if !want.contains_key(&tid) => {
                     pending.remove(&tid);
