@@ -312,3 +312,13 @@ fn record_libc_string_routines_on_host_strings() {
     assert_eq!(ranges_in(&b.written, d, 300), vec![(1, 199)]);
     assert_eq!(ranges_in(&b.written, a, 300), vec![]);
 }
+
+#[test]
+fn record_signal_on_an_alternate_stack_in_the_heap() {
+    // The owner's sigaltstack is carved out of the guard set: the kernel
+    // must be able to write the signal frame there during the call.
+    let r = scenario("altstack", "altstack");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let b = bytes(&r.events());
+    assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 8)]);
+}

@@ -50,6 +50,8 @@ pub const CODE_LEN: u64 = 256 << 10;
 pub const DATA_LEN: u64 = 256 << 10;
 /// Offset in the code area where trampoline slots begin.
 pub const SLOTS_OFF: u64 = 0x1000;
+/// Data-area scratch for the remote `sigaltstack` query.
+const ALTSTACK_OFF: u64 = 0xa000;
 /// Batch table: entries of 32 bytes at the start of the data area.
 const TABLE_ENTRIES: usize = 1024;
 
@@ -222,7 +224,15 @@ impl Tracer {
     /// data, our own pages and vvar/vdso.
     pub fn compute_guards(&mut self, owner: Pid, owner_regs: &RawRegs) -> Result<Vec<GuardRange>, Error> {
         let maps = crate::maps::read(self.pid)?;
-        let mut keep: Vec<u64> = vec![owner_regs.rsp, owner_regs.fs_base];
+        // The owner's alternate signal stack: a signal delivered on it
+        // during the call must find it writable (it may sit in the heap, so
+        // only its own pages are carved out, below).
+        let alt = self.altstack_of(owner, owner_regs)?;
+        let on_alt = alt.is_some_and(|(sp, n)| owner_regs.rsp >= sp && owner_regs.rsp <= sp + n);
+        let mut keep: Vec<u64> = vec![owner_regs.fs_base];
+        if !on_alt {
+            keep.push(owner_regs.rsp);
+        }
         let others: Vec<Pid> = self.threads.keys().copied().filter(|&t| t != owner).collect();
         for t in others {
             if let Ok(r) = sys::getregs(t) {
@@ -241,7 +251,53 @@ impl Tracer {
                 _ => out.push(GuardRange { start: m.start, end: m.end, prot: m.prot }),
             }
         }
+        if let Some((sp, size)) = alt {
+            let page = self.page;
+            let (a, b) = (sp & !(page - 1), (sp + size + page - 1) & !(page - 1));
+            let mut cut = Vec::with_capacity(out.len() + 1);
+            for g in out {
+                if g.end <= a || b <= g.start {
+                    cut.push(g);
+                    continue;
+                }
+                if g.start < a {
+                    cut.push(GuardRange { start: g.start, end: a, prot: g.prot });
+                }
+                if b < g.end {
+                    cut.push(GuardRange { start: b, end: g.end, prot: g.prot });
+                }
+            }
+            out = cut;
+        }
         Ok(out)
+    }
+
+    /// The thread's `sigaltstack` (its base address), asked once per thread
+    /// with a remote `sigaltstack(NULL, &old)` and cached.
+    fn altstack_of(&mut self, tid: Pid, regs: &RawRegs) -> Result<Option<(u64, u64)>, Error> {
+        if let Some(t) = self.threads.get(&tid) {
+            if let Some(cached) = t.altstack {
+                return Ok(cached);
+            }
+        }
+        let Some(inj) = self.inject else { return Ok(None) };
+        let out = inj.data + ALTSTACK_OFF;
+        let r = self.remote_syscall(tid, regs, libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
+        let mut ss = [0u8; 24];
+        let found = if r == 0 && self.mem.read(RemoteAddr(out), &mut ss).is_ok() {
+            let sp = u64::from_le_bytes(ss[0..8].try_into().unwrap_or([0; 8]));
+            let flags = i32::from_le_bytes(ss[8..12].try_into().unwrap_or([0; 4]));
+            let size = u64::from_le_bytes(ss[16..24].try_into().unwrap_or([0; 8]));
+            (flags & libc::SS_DISABLE == 0 && sp != 0).then_some((sp, size))
+        } else {
+            None
+        };
+        // The registers the remote syscall clobbered are restored by the caller.
+        sys::setregs(tid, regs)?;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.altstack = Some(found);
+        }
+        Ok(found)
     }
 
     /// A foreign-mode fault outside the guard set on a PROT_NONE anonymous

@@ -101,6 +101,8 @@ pub(crate) struct Thread {
     pub exiting: bool,
     /// Syscall-stop bookkeeping (foreign-mode syscalls into guarded memory).
     pub sys: crate::syscalls::SysState,
+    /// Base of the thread's alternate signal stack, once asked (None inside: none set).
+    pub altstack: Option<Option<(u64, u64)>>,
 }
 
 impl Thread {

@@ -397,6 +397,7 @@ impl AllocTracker {
         let publish_every = (self.map.capacity() / 4).max(1);
         let mut events = 0;
         let mut since_publish = 0;
+        let mut holes = 0;
         loop {
             let tail = self.tails[ring];
             match self.map.read(ring, tail) {
@@ -410,7 +411,15 @@ impl AllocTracker {
                     }
                     events += self.model.convert(&rec, f);
                 }
-                None if skip_holes && tail < self.map.head(ring) => self.skipped += 1,
+                // The ring is shared memory a broken tracee may scribble on:
+                // never trust its head for more than two rings' worth of holes.
+                None if skip_holes
+                    && tail < self.map.head(ring)
+                    && holes < 2 * self.map.capacity() =>
+                {
+                    holes += 1;
+                    self.skipped += 1;
+                }
                 None => break,
             }
             self.tails[ring] = tail + 1;
