@@ -30,6 +30,36 @@ pub enum SysState {
     InSyscall { nr: u64, args: [u64; 6], open: Vec<(u64, u64, u32)>, ranges: Vec<SyscallRange>, known: bool },
 }
 
+/// Syscalls whose arguments the kernel never dereferences (their register
+/// values may be stale pointers: opening pages for them would only add noise).
+const NO_USER_MEMORY: &[i64] = &[
+    libc::SYS_close,
+    libc::SYS_lseek,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_munmap,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sched_yield,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_dup,
+    libc::SYS_dup2,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_kill,
+    libc::SYS_fcntl,
+    libc::SYS_getuid,
+    libc::SYS_getgid,
+    libc::SYS_geteuid,
+    libc::SYS_getegid,
+    libc::SYS_gettid,
+    libc::SYS_tkill,
+    libc::SYS_exit_group,
+    libc::SYS_tgkill,
+    libc::SYS_pkey_mprotect,
+];
+
 /// Memory a syscall's arguments name: (ranges, whether the syscall is modelled).
 fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<SyscallRange>, bool) {
     let r = |addr: u64, len: u64, write: bool| SyscallRange { addr, len, write };
@@ -147,7 +177,7 @@ impl Tracer {
             }
         }
         let mut unknown = false;
-        if !known {
+        if !known && !NO_USER_MEMORY.contains(&(nr as i64)) {
             // Any argument pointing into guarded memory: open its whole range.
             for &a in &args {
                 if let Some(g) = self.guard_of(a).copied() {
