@@ -323,3 +323,92 @@ fn show_from_inside_a_call_longer_than_the_scan_says_so() {
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("   99000  tid 100  in a call entered before event 92000 (not scanned)\n"), "{text}");
 }
+
+#[test]
+fn show_crash_lists_the_crashing_threads_last_events() {
+    let dir = common::scratch("show_crash_synthetic");
+    let path = dir.join("crash.ffr");
+    let mut w = TraceWriter::create(&path, header(true)).unwrap();
+    modules(&mut w);
+    let alloc = |tid, ptr| Event::Alloc {
+        tid,
+        func: AllocFn::Malloc,
+        ptr,
+        size: 64,
+        old_ptr: 0,
+        caller: HOST + 0x1020,
+        domain: Domain::Host,
+        zeroed: true,
+    };
+    w.push(alloc(TID, BUF)).unwrap(); // 0
+    w.push(call(0, 1, [BUF, 0, 0, 0, 0, 0])).unwrap(); // 1
+    w.push(access(LIB + 0x1110, LOAD, BUF, 0, vec![0; 8])).unwrap(); // 2
+    w.push(alloc(200, BUF + 0x100)).unwrap(); // 3: another thread
+    w.push(access(LIB + 0x1110, LOAD, BUF + 8, 0, vec![0; 8])).unwrap(); // 4
+    w.push(access(LIB + 0x1110, LOAD, BUF + 16, 0, vec![0; 8])).unwrap(); // 5
+    let mut regs = Regs { rip: LIB + 0x1110, rflags: 0x246, ..Regs::default() };
+    regs.gpr[Regs::RSP] = 0x7ffc_0000_0ff0;
+    w.push(Event::Signal { tid: TID, signo: 11, code: 1, addr: 0, regs, code_bytes: LOAD.to_vec(), fatal: true }).unwrap(); // 6
+    w.push(Event::Exit { pid: 1, status: ExitStatus::Signal(11) }).unwrap(); // 7
+    w.finish(Summary::default()).unwrap();
+
+    let (code, text, err) = ffirec(&["show", "--crash", "--count", "2", "--no-dwarf"], &path);
+    assert_eq!(code, 0, "{err}");
+    let expected = "\
+# crash at event 6 in thread 100; the thread's events before it:
+       4  tid 100  #0 sum() called from main+0x40 (host)
+          at sum+0x10 (libsyn.so): mov rax, [rdi]
+          read 8 bytes at 0x555560000018 alloc#0+8 (malloc 64 at main+0x20) = 00 00 00 00 00 00 00 00
+          regs changed: rdi 0x555560000010->0x555560000018
+       5  tid 100  #0 sum() called from main+0x40 (host)
+          at sum+0x10 (libsyn.so): mov rax, [rdi]
+          read 8 bytes at 0x555560000020 alloc#0+16 (malloc 64 at main+0x20) = 00 00 00 00 00 00 00 00
+          regs changed: rdi 0x555560000018->0x555560000020
+       6  tid 100  #0 sum() called from main+0x40 (host)
+          signal 11 (SIGSEGV) code 1, fault address 0x0 no allocation, fatal
+          at sum+0x10 (libsyn.so): mov rax, [rdi]
+          regs changed: rdi 0x555560000020->0x0
+";
+    assert_eq!(text, expected);
+    // --tid lists one thread only, from the event asked for.
+    let (_, text, _) = ffirec(&["show", "--from", "1", "--tid", "200", "--no-dwarf"], &path);
+    assert_eq!(text, "       3  tid 200  host\n          malloc(64) = 0x555560000110 -> alloc#1, host at main+0x20 (host), zero-filled\n");
+}
+
+#[test]
+fn show_context_through_a_callback_after_a_jump() {
+    let dir = common::scratch("show_callback");
+    let path = dir.join("callback.ffr");
+    // One event per chunk, so the jump's replay cannot start at event 0.
+    let opts = WriterOptions { events_per_chunk: 1, ..WriterOptions::default() };
+    let mut w = TraceWriter::with_options(&path, header(true), opts).unwrap();
+    modules(&mut w);
+    for i in 0..20u64 {
+        let ptr = 0x5555_7000_0000 + 0x100 * i;
+        w.push(Event::Alloc { tid: 300, func: AllocFn::Malloc, ptr, size: 16, old_ptr: 0, caller: HOST + 0x1020, domain: Domain::Host, zeroed: false })
+            .unwrap();
+    }
+    w.push(call(0, 0, [0; 6])).unwrap(); // 20
+    w.push(Event::Callback { tid: TID, call: 0, target: HOST + 0x1100, args: [16, 0, 0, 0, 0, 0], rsp: 0x7ffc_0000_0f00, return_addr: LIB + 0x1020 })
+        .unwrap(); // 21
+    w.push(Event::Alloc { tid: TID, func: AllocFn::Malloc, ptr: BUF, size: 16, old_ptr: 0, caller: HOST + 0x1110, domain: Domain::Host, zeroed: false })
+        .unwrap(); // 22
+    w.push(Event::CallbackReturn { tid: TID, call: 0, rax: BUF }).unwrap(); // 23
+    w.push(access(LIB + 0x1030, STORE16, BUF, 0, vec![])).unwrap(); // 24
+    w.push(Event::Return { tid: TID, call: 0, rax: 0, rdx: 0 }).unwrap(); // 25
+    w.finish(Summary::default()).unwrap();
+
+    let (code, text, err) = ffirec(&["show", "--from", "22", "--count", "3", "--no-dwarf"], &path);
+    assert_eq!(code, 0, "{err}");
+    let headers: Vec<&str> = text.lines().filter(|l| !l.starts_with("          ")).collect();
+    assert_eq!(
+        headers,
+        vec![
+            "# replayed from event 20: allocations born before it are not known; others are named alloc@BIRTH_EVENT",
+            "      22  tid 100  #0 fill() called from main+0x40 (host)",
+            "      23  tid 100  #0 fill() called from main+0x40 (host)",
+            "      24  tid 100  #0 fill() called from main+0x40 (host)",
+        ]
+    );
+    assert!(text.contains("          write 16 bytes at 0x555560000010 alloc@22+0 (malloc 16 at main+0x110)\n"), "{text}");
+}
