@@ -155,3 +155,31 @@ fn show_memory_at_off_by_one() {
     assert_eq!(marks.len(), 16, "{text}");
     assert!(marks.ends_with("......"), "{text}");
 }
+
+#[test]
+fn show_memory_agrees_with_analyze_on_recorded_uninit_scenario() {
+    // ana_host uninit: malloc(64), memset 16 bytes, sum_bytes reads 32.
+    let trace = record("show_memory_vs_analyze", "uninit", 0);
+    let out = common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let call = &report["calls"][0];
+    assert_eq!(call["symbol"], "sum_bytes");
+    let first = call["first_event"].as_u64().unwrap();
+    let marks = |text: &str| -> String {
+        text.lines().filter(|l| l.starts_with("0x")).filter_map(|l| l.split_whitespace().last()).collect()
+    };
+    let view = show(&trace, &["--at", &first.to_string(), "--memory", "alloc0+0:32"]);
+    if report["trace"]["track_host_init"] == true {
+        // Host writes tracked: memset's 16 bytes initialised, the next 16 are
+        // exactly analyze's finding.
+        let f = &report["findings"][0];
+        assert_eq!((f["kind"].as_str(), f["allocation"]["distance"].as_u64(), f["size"].as_u64()), (Some("uninit"), Some(16), Some(16)));
+        assert_eq!(marks(&view), format!("{}{}", "I".repeat(16), "U".repeat(16)), "{view}");
+    } else {
+        // Untracked host writes: analyze reports no finding and 32 bytes of
+        // unknown state read; show has the same 32 bytes unknown.
+        assert_eq!(report["summary"]["findings"], 0);
+        assert_eq!(report["summary"]["unknown_bytes"], 32);
+        assert_eq!(marks(&view), "?".repeat(32), "{view}");
+    }
+}

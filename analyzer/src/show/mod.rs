@@ -297,3 +297,26 @@ impl SymbolResolver for SymTable {
         (address < *end).then(|| SymbolResult::with_str(*start, name.as_str()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_specs() {
+        let cases: [(&str, Result<MemSpec, &str>); 9] = [
+            ("0x7f0000001000:32", Ok(MemSpec { addr: MemAddr::Abs(0x7f00_0000_1000), len: 32 })),
+            ("7f0000001000", Ok(MemSpec { addr: MemAddr::Abs(0x7f00_0000_1000), len: DEFAULT_MEMORY_LEN })),
+            ("alloc3+16:8", Ok(MemSpec { addr: MemAddr::Alloc { id: 3, offset: 16 }, len: 8 })),
+            ("alloc#3+0x10:0x20", Ok(MemSpec { addr: MemAddr::Alloc { id: 3, offset: 16 }, len: 32 })),
+            ("alloc0", Ok(MemSpec { addr: MemAddr::Alloc { id: 0, offset: 0 }, len: DEFAULT_MEMORY_LEN })),
+            ("allocx+1", Err("bad allocation number in `allocx+1` (want allocN+OFF)")),
+            ("alloc1+y", Err("bad offset `y` in `alloc1+y`")),
+            ("0x10:0", Err("length must be 1..=1048576, got 0")),
+            ("zz:4", Err("bad address `zz` (want hex, or allocN+OFF)")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<MemSpec>(), want.map_err(String::from), "{text}");
+        }
+    }
+}
