@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 
+use rayon::prelude::*;
+
 use ffirec_decode::{MemAccess, Rw};
 use ffirec_format::{Event, Trace};
 
@@ -45,46 +47,61 @@ fn control_only(first: u64, events: &[Event]) -> ChunkRecs {
 /// What a replay keeps.
 trait Filter {
     /// Decode this chunk's accesses at all?
-    fn decode(&mut self, first: u64, last: u64) -> bool;
-    fn access(&mut self, r: &AccessRec, tl: &Timeline) -> bool;
+    fn decode(&self, first: u64, last: u64) -> bool;
+    /// Keep this access (called on worker threads).
+    fn access(&self, r: &AccessRec) -> bool;
     fn ptr_load(&mut self, p: &PtrLoad, tl: &Timeline) -> bool;
     /// Sees each chunk's events after the filter ran.
     fn chunk(&mut self, _first: u64, _events: &[Event], _recs: &ChunkRecs) {}
 }
 
-/// Replays events `0..=upto`.
-fn replay(trace: &Trace, mm: &ModuleMap, upto: u64, f: &mut dyn Filter) -> Result<Replay, ShowError> {
+/// Replays events `0..=upto`. Chunks are read and their accesses decoded
+/// and filtered in parallel, a few at a time (bounded memory); the timeline
+/// and the shards then consume them in order.
+fn replay<F: Filter + Sync>(trace: &Trace, mm: &ModuleMap, upto: u64, f: &mut F) -> Result<Replay, ShowError> {
     let mut tl = Timeline::new(trace.header().policy.track_host_init);
     let mut shards: Vec<Shard> = (0..SHARDS).map(Shard::new).collect();
-    let mut decoder = Decoder::default();
     let mut ops = Vec::new();
     if trace.event_count() == 0 {
         return Ok(Replay { tl, shards });
     }
     let last_chunk = scan::chunk_of(trace, upto.min(trace.event_count() - 1))?;
-    for ci in 0..=last_chunk {
-        let info = trace.chunks()[ci];
-        let events = trace.read_chunk(ci)?;
-        let last = info.first_event + u64::from(info.events).saturating_sub(1);
-        let mut recs = if f.decode(info.first_event, last) {
-            decoder.records(info.first_event, &events)
-        } else {
-            control_only(info.first_event, &events)
-        };
-        recs.control.retain(|(s, _)| *s <= upto);
-        ops.clear();
-        tl.feed(&recs.control, &mut ops);
-        for v in &mut recs.accesses {
-            v.retain(|r| r.seq <= upto && f.access(r, &tl));
+    let batch = (2 * rayon::current_num_threads()).clamp(2, 8);
+    let mut next = 0;
+    while next <= last_chunk {
+        let end = (next + batch).min(last_chunk + 1);
+        let filter: &F = f;
+        let decoded: Vec<Result<(u64, Vec<Event>, ChunkRecs), ShowError>> = (next..end)
+            .into_par_iter()
+            .map(|ci| {
+                let info = trace.chunks()[ci];
+                let events = trace.read_chunk(ci)?;
+                let last = info.first_event + u64::from(info.events).saturating_sub(1);
+                let mut recs = if filter.decode(info.first_event, last) {
+                    Decoder::default().records(info.first_event, &events)
+                } else {
+                    control_only(info.first_event, &events)
+                };
+                for v in &mut recs.accesses {
+                    v.retain(|r| r.seq <= upto && filter.access(r));
+                }
+                recs.control.retain(|(s, _)| *s <= upto);
+                Ok((info.first_event, events, recs))
+            })
+            .collect();
+        for d in decoded {
+            let (first, events, mut recs) = d?;
+            ops.clear();
+            tl.feed(&recs.control, &mut ops);
+            for v in &mut recs.ptr_loads {
+                v.retain(|p| p.seq <= upto && f.ptr_load(p, &tl));
+            }
+            f.chunk(first, &events, &recs);
+            drop(events);
+            let ctx = Ctx { allocs: &tl.allocs, modules: mm };
+            shards.par_iter_mut().for_each(|s| s.run(&ops, std::slice::from_ref(&recs), &ctx));
         }
-        for v in &mut recs.ptr_loads {
-            v.retain(|p| p.seq <= upto && f.ptr_load(p, &tl));
-        }
-        f.chunk(info.first_event, &events, &recs);
-        let ctx = Ctx { allocs: &tl.allocs, modules: mm };
-        for s in &mut shards {
-            s.run(&ops, std::slice::from_ref(&recs), &ctx);
-        }
+        next = end;
     }
     Ok(Replay { tl, shards })
 }
@@ -148,11 +165,10 @@ impl RangeWatch {
 }
 
 impl Filter for RangeWatch {
-    fn decode(&mut self, _first: u64, _last: u64) -> bool {
+    fn decode(&self, _first: u64, _last: u64) -> bool {
         true
     }
-    fn access(&mut self, r: &AccessRec, tl: &Timeline) -> bool {
-        let _ = tl;
+    fn access(&self, r: &AccessRec) -> bool {
         self.overlaps(r.addr, r.addr + u64::from(r.size))
     }
     fn ptr_load(&mut self, p: &PtrLoad, tl: &Timeline) -> bool {
@@ -400,10 +416,10 @@ struct CallWindow {
 }
 
 impl Filter for CallWindow {
-    fn decode(&mut self, first: u64, last: u64) -> bool {
+    fn decode(&self, first: u64, last: u64) -> bool {
         last >= self.enter && first <= self.exit
     }
-    fn access(&mut self, r: &AccessRec, _tl: &Timeline) -> bool {
+    fn access(&self, r: &AccessRec) -> bool {
         r.seq >= self.enter && r.seq <= self.exit
     }
     fn ptr_load(&mut self, p: &PtrLoad, _tl: &Timeline) -> bool {
