@@ -197,7 +197,7 @@ fn show_call_lists_events_args_return_and_footprint() {
     let (code, text, err) = ffirec(&["show", "--call", "1", "--no-dwarf"], &trace);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "# call #1 sum(0x555560000010, 0x20, 0x0, 0x0, 0x0, 0x0) called from main+0x41 (host), thread 100, events 4..=9, returned rax=0x10 rdx=0x0 at event 9");
+    assert_eq!(lines[0], "# call #1 sum(0x555560000010, 0x20, 0x0, 0x0, 0x0, 0x0) called from main+0x41 (host), thread 100, entered at event 4");
     let headers: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("       ")  && !l.starts_with("        ")).collect();
     assert_eq!(headers.len(), 6, "{text}");
     assert!(text.contains("       7  tid 100  #1 sum() called from main+0x41 (host)\n          at sum+0x10 (libsyn.so): mov rax, [rdi]\n          read 8 bytes at 0x555560000020 alloc#0+16 (malloc 64 at main+0x20) = 00 00 00 00 00 00 00 00\n          regs changed: rdi 0x555560000018->0x555560000020\n"), "{text}");
@@ -205,6 +205,22 @@ fn show_call_lists_events_args_return_and_footprint() {
     assert_eq!(
         tail,
         vec!["# footprint of call #1:", "  arg 0 = 0x555560000010 -> alloc#0 (malloc 64 at main+0x20)+0: read [0,32) (32 bytes), wrote nothing"]
+    );
+    assert!(text.contains("\n# returned rax=0x10 rdx=0x0 at event 9\n# footprint"), "{text}");
+    // --count limits the listing, not the footprint.
+    let (_, text, _) = ffirec(&["show", "--call", "1", "--count", "2", "--no-dwarf"], &trace);
+    let headers: Vec<&str> = text.lines().filter(|l| !l.starts_with("          ")).collect();
+    assert_eq!(
+        headers,
+        vec![
+            "# call #1 sum(0x555560000010, 0x20, 0x0, 0x0, 0x0, 0x0) called from main+0x41 (host), thread 100, entered at event 4",
+            "       4  tid 100  #1 sum() called from main+0x41 (host)",
+            "       5  tid 100  #1 sum() called from main+0x41 (host)",
+            "# (first 2 events of the call's thread shown; --count to change)",
+            "# returned rax=0x10 rdx=0x0 at event 9",
+            "# footprint of call #1:",
+            "  arg 0 = 0x555560000010 -> alloc#0 (malloc 64 at main+0x20)+0: read [0,32) (32 bytes), wrote nothing",
+        ]
     );
     // The same numbers as analyze's footprint for that call.
     let report = analyze(&trace);

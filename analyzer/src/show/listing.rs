@@ -49,6 +49,13 @@ impl<'e, 'a> Lister<'e, 'a> {
         }
     }
 
+    /// A lister continuing from `tl`, a timeline fed from event 0.
+    pub fn with_timeline(env: &'e Env<'a>, tl: Timeline) -> Self {
+        let mut l = Lister::new(env, &Start { event: 0, unresolved: HashSet::new() });
+        l.tl = tl;
+        l
+    }
+
     /// Applies `ev` to the replayed state without printing it.
     pub fn feed(&mut self, seq: u64, ev: &Event) {
         match ev {

@@ -8,7 +8,7 @@
 //! matter (those touching the range; those made during the call), and
 //! decoding instructions only in chunks where such accesses can be.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use rayon::prelude::*;
@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use ffirec_decode::{MemAccess, Rw};
 use ffirec_format::{Event, Trace};
 
-use super::listing::{self, Lister};
-use super::scan::{self, Chunks, Start};
+use super::listing::Lister;
+use super::scan::{self, Chunks};
 use super::{Env, MemAddr, MemSpec, ShowError};
 use crate::decode::{self, AccessRec, ChunkRecs, Decoder, PtrLoad, SHARDS};
 use crate::state::{ByteInit, Ctx, RangeSet, Shard, Target, Timeline};
@@ -106,8 +106,13 @@ fn replay<F: Filter + Sync>(trace: &Trace, mm: &ModuleMap, upto: u64, f: &mut F)
     Ok(Replay { tl, shards })
 }
 
-/// Feeds only the timeline, until `stop` says so; returns it.
-fn timeline_until(trace: &Trace, mut stop: impl FnMut(&Timeline) -> bool) -> Result<Timeline, ShowError> {
+/// Feeds only the timeline with the control events that come before the
+/// first one `stop` accepts; returns it and that event (`None`: no such event).
+#[allow(clippy::type_complexity)]
+fn timeline_before(
+    trace: &Trace,
+    mut stop: impl FnMut(&Timeline, &Event) -> bool,
+) -> Result<(Timeline, Option<(u64, Event)>), ShowError> {
     let mut tl = Timeline::new(trace.header().policy.track_host_init);
     let mut ops = Vec::new();
     for ci in 0..trace.chunks().len() {
@@ -115,14 +120,14 @@ fn timeline_until(trace: &Trace, mut stop: impl FnMut(&Timeline) -> bool) -> Res
         let events = trace.read_chunk(ci)?;
         let recs = control_only(first, &events);
         for c in recs.control.chunks(1) {
+            if stop(&tl, &c[0].1) {
+                return Ok((tl, Some(c[0].clone())));
+            }
             ops.clear();
             tl.feed(c, &mut ops);
-            if stop(&tl) {
-                return Ok(tl);
-            }
         }
     }
-    Ok(tl)
+    Ok((tl, None))
 }
 
 /// Last write and last known value of each byte of the range.
@@ -237,7 +242,7 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
     let start = match spec.addr {
         MemAddr::Abs(a) => a,
         MemAddr::Alloc { id, offset } => {
-            let tl = timeline_until(trace, |tl| tl.allocs.len() > id as usize)?;
+            let (tl, _) = timeline_before(trace, |tl, _| tl.allocs.len() > id as usize)?;
             match tl.allocs.get(id as usize) {
                 Some(a) if a.born <= at => a.base.saturating_add(offset),
                 _ => {
@@ -431,41 +436,62 @@ impl Filter for CallWindow {
 /// footprint per argument allocation.
 pub(crate) fn call(env: &Env, n: u64, count: Option<usize>, out: &mut dyn Write) -> Result<(), ShowError> {
     let trace = env.trace;
-    let tl = timeline_until(trace, |tl| tl.calls.iter().any(|c| c.call == n && c.exit_seq.is_some()))?;
-    let Some(idx) = tl.calls.iter().position(|c| c.call == n) else {
+    // The timeline up to the call's entry (control events only), so
+    // allocations keep the ordinals analyze gives them.
+    let (tl, found) = timeline_before(trace, |_, ev| matches!(*ev, Event::Call { call, .. } if call == n))?;
+    let Some((enter, Event::Call { tid, target, module, symbol, args, return_addr, .. })) = found else {
         return Err(ShowError::NoCall { call: n, calls: tl.calls.len() as u64 });
     };
-    let c = tl.calls[idx].clone();
-    let last_event = trace.event_count().saturating_sub(1);
-    let exit = c.exit_seq.unwrap_or(last_event);
-
-    let args: Vec<String> = c.args.iter().map(|a| format!("{a:#x}")).collect();
-    let ret = match c.ret {
-        Some((rax, rdx)) => format!("returned rax={rax:#x} rdx={rdx:#x} at event {exit}"),
-        None => "did not return in the trace".into(),
-    };
-    let sym = env.syms.symbol_name(c.module, c.symbol).unwrap_or_else(|| env.syms.locate(c.target).short());
+    let sym = env.syms.symbol_name(module, symbol).unwrap_or_else(|| env.syms.locate(target).short());
+    let shown_args: Vec<String> = args.iter().map(|a| format!("{a:#x}")).collect();
     writeln!(
         out,
-        "# call #{n} {sym}({}) called from {}, thread {}, events {}..={exit}, {ret}",
-        args.join(", "),
-        env.loc(c.return_addr),
-        c.tid,
-        c.enter_seq
+        "# call #{n} {sym}({}) called from {}, thread {tid}, entered at event {enter}",
+        shown_args.join(", "),
+        env.loc(return_addr),
     )?;
 
-    // The events, with allocations named as analyze names them (replay from 0).
+    // The thread's events until the call returns.
     let mut chunks = Chunks::new(trace);
-    let start = Start { event: 0, unresolved: HashSet::new() };
-    let mut l = Lister::new(env, &start);
-    let shown = listing::run(&mut l, &mut chunks, 0, c.enter_seq, Some(exit), count, Some(c.tid), out)?;
-    if count.is_some_and(|k| shown >= k) {
-        writeln!(out, "# (first {shown} events of the call shown; --count to change)")?;
+    let mut l = Lister::with_timeline(env, tl);
+    let mut shown = 0usize;
+    let mut exit = None;
+    'chunks: for ci in scan::chunk_of(trace, enter)?..trace.chunks().len() {
+        let first = chunks.first_event(ci);
+        let events = chunks.get(ci)?;
+        for (seq, ev) in (first..).zip(events.iter()) {
+            if seq < enter {
+                continue;
+            }
+            if ev.tid() == Some(tid) && count.is_none_or(|k| shown < k) {
+                l.render(seq, ev, out)?;
+                shown += 1;
+            } else {
+                l.feed(seq, ev);
+            }
+            if matches!(*ev, Event::Return { call, .. } if call == n) {
+                exit = Some(seq);
+                break 'chunks;
+            }
+        }
     }
+    if count.is_some_and(|k| shown >= k) {
+        writeln!(out, "# (first {shown} events of the call's thread shown; --count to change)")?;
+    }
+    let Some(idx) = l.tl.calls.iter().position(|c| c.call == n) else {
+        return Err(ShowError::NoCall { call: n, calls: l.tl.calls.len() as u64 });
+    };
+    match (l.tl.calls[idx].ret, exit) {
+        (Some((rax, rdx)), Some(e)) => writeln!(out, "# returned rax={rax:#x} rdx={rdx:#x} at event {e}")?,
+        _ => writeln!(out, "# did not return in the trace")?,
+    }
+    let exit = exit.unwrap_or(trace.event_count().saturating_sub(1));
+    let c = l.tl.calls[idx].clone();
+    drop(l);
 
     // Footprint, from the analyzer's shards over the call's accesses.
     let mm = ModuleMap::new(trace.modules());
-    let r = replay(trace, &mm, exit, &mut CallWindow { enter: c.enter_seq, exit })?;
+    let r = replay(trace, &mm, exit, &mut CallWindow { enter, exit })?;
     let idx = idx as u32;
     let mut fp: BTreeMap<Target, (RangeSet, RangeSet)> = BTreeMap::new();
     for s in &r.shards {
