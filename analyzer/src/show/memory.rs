@@ -44,6 +44,9 @@ fn control_only(first: u64, events: &[Event]) -> ChunkRecs {
     }
 }
 
+/// A chunk read by a worker: first event, events, filtered records.
+type ReadChunk = (u64, Vec<Event>, ChunkRecs);
+
 /// What a replay keeps.
 trait Filter {
     /// Decode this chunk's accesses at all?
@@ -71,7 +74,7 @@ fn replay<F: Filter + Sync>(trace: &Trace, mm: &ModuleMap, upto: u64, f: &mut F)
     while next <= last_chunk {
         let end = (next + batch).min(last_chunk + 1);
         let filter: &F = f;
-        let decoded: Vec<Result<(u64, Vec<Event>, ChunkRecs), ShowError>> = (next..end)
+        let decoded: Vec<Result<ReadChunk, ShowError>> = (next..end)
             .into_par_iter()
             .map(|ci| {
                 let info = trace.chunks()[ci];
