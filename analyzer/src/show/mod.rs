@@ -159,6 +159,8 @@ impl<'a> Env<'a> {
         let resolver = Box::new(SymTable::new(trace.modules()));
         let mut f = IntelFormatter::with_options(Some(resolver), None);
         f.options_mut().set_space_after_operand_separator(true);
+        f.options_mut().set_hex_prefix("0x");
+        f.options_mut().set_hex_suffix("");
         Env {
             trace,
             syms: Symbolizer::new(trace.modules(), mm, opts.dwarf),
