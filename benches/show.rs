@@ -99,7 +99,7 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 }
 
 fn show_to_vec(trace: &Trace, mode: ShowMode, count: usize) -> Vec<u8> {
-    let opts = ShowOptions { mode, count: Some(count), tid: None, color: false, dwarf: false };
+    let opts = ShowOptions { mode, count: Some(count), tid: None, color: false, dwarf: false, full_replay: false };
     let mut out = Vec::new();
     show(trace, &opts, &mut out).unwrap();
     out

@@ -323,6 +323,10 @@ fn show_from_jumps_by_chunk_index_with_call_context() {
           regs changed: rax 0xc6->0xc7 rdi 0x555560000640->0x555560000648
 ";
     assert_eq!(text, expected);
+    // --full-replay: the same events, with the allocation known.
+    let (_, text, _) = ffirec(&["show", "--from", "150500", "--count", "1", "--no-dwarf", "--full-replay"], &trace);
+    assert!(text.starts_with("  150500  tid 100  #150 sum() called from main+0xd6 (host)\n"), "{text}");
+    assert!(text.contains("read 8 bytes at 0x555560000640 alloc#0+1584 (malloc 1048576 at main+0x20)"), "{text}");
     // Near the start the replay begins at event 0: analyze's ordinals.
     let (_, text, _) = ffirec(&["show", "--from", "1005", "--count", "1", "--no-dwarf"], &trace);
     assert!(text.starts_with("    1005  tid 100  #1 sum() called from main+0x41 (host)\n"), "{text}");
@@ -338,6 +342,8 @@ fn show_from_inside_a_call_longer_than_the_scan_says_so() {
     let (code, text, err) = ffirec(&["show", "--from", "99000", "--count", "1", "--no-dwarf"], &trace);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("   99000  tid 100  in a call entered before event 92000 (not scanned)\n"), "{text}");
+    let (_, text, _) = ffirec(&["show", "--from", "99000", "--count", "1", "--no-dwarf", "--full-replay"], &trace);
+    assert!(text.starts_with("   99000  tid 100  #0 sum() called from main+0x40 (host)\n"), "{text}");
 }
 
 #[test]
@@ -427,4 +433,14 @@ fn show_context_through_a_callback_after_a_jump() {
         ]
     );
     assert!(text.contains("          write 16 bytes at 0x555560000010 alloc@22+0 (malloc 16 at main+0x110)\n"), "{text}");
+}
+
+#[test]
+fn show_rejects_a_file_that_is_not_a_trace() {
+    let dir = common::scratch("show_not_a_trace");
+    let path = dir.join("junk.ffr");
+    std::fs::write(&path, b"hello, not a trace").unwrap();
+    let (code, out, err) = ffirec(&["show", "--from", "0"], &path);
+    assert_eq!((code, out.as_str(), err.lines().count()), (2, "", 1), "{err}");
+    assert!(err.starts_with(&format!("ffirec: error: {}: ", path.display())), "{err}");
 }

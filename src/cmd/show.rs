@@ -58,6 +58,10 @@ pub struct ShowArgs {
     /// Colour output.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: Color,
+    /// Listings: replay from event 0 instead of jumping, so allocations born
+    /// long before EVENT keep their analyze numbers (reads every chunk before it).
+    #[arg(long)]
+    pub full_replay: bool,
     /// Do not look up file:line in the modules' debug information.
     #[arg(long)]
     pub no_dwarf: bool,
@@ -93,7 +97,7 @@ fn show(args: &ShowArgs) -> Result<(), ShowError> {
         Color::Never => false,
         Color::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
     };
-    let opts = ShowOptions { mode, count: args.count, tid: args.tid, color, dwarf: !args.no_dwarf };
+    let opts = ShowOptions { mode, count: args.count, tid: args.tid, color, dwarf: !args.no_dwarf, full_replay: args.full_replay };
     let mut pager = if tty && !args.no_pager { Pager::spawn() } else { None };
     let result = match pager.as_mut().and_then(|p| p.child.stdin.take()) {
         Some(stdin) => {

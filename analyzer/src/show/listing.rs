@@ -349,7 +349,7 @@ pub(crate) fn from(env: &Env, from: u64, count: usize, tid: Option<Tid>, out: &m
             set
         }
     };
-    let start = scan::replay_start(&mut chunks, from, &tids)?;
+    let start = if env.full_replay { Start { event: 0, unresolved: HashSet::new() } } else { scan::replay_start(&mut chunks, from, &tids)? };
     let mut l = Lister::new(env, &start);
     if !l.ordinals {
         writeln!(
@@ -372,7 +372,7 @@ pub(crate) fn crash(env: &Env, count: usize, out: &mut dyn Write) -> Result<(), 
     let Some((seq, tid)) = scan::find_crash(&mut chunks)? else { return Err(ShowError::NoCrash) };
     let first = scan::back_events_of(&mut chunks, seq, tid, count)?;
     let tids: HashSet<Tid> = [tid].into_iter().collect();
-    let start = scan::replay_start(&mut chunks, first, &tids)?;
+    let start = if env.full_replay { Start { event: 0, unresolved: HashSet::new() } } else { scan::replay_start(&mut chunks, first, &tids)? };
     let mut l = Lister::new(env, &start);
     writeln!(out, "# crash at event {seq} in thread {tid}; the thread's events before it:")?;
     run(&mut l, &mut chunks, start.event, first, Some(seq), None, Some(tid), out)?;

@@ -112,6 +112,10 @@ pub struct ShowOptions {
     pub color: bool,
     /// Look up `file:line` in the modules' DWARF when their files are present.
     pub dwarf: bool,
+    /// Listings replay from event 0 instead of jumping: every allocation gets
+    /// its `analyze` number and every thread its call context, for a read of
+    /// all chunks before the first event shown.
+    pub full_replay: bool,
 }
 
 /// Default number of events listed by `--from` and `--crash`.
@@ -151,6 +155,8 @@ pub(crate) struct Env<'a> {
     pub trace: &'a Trace,
     pub syms: Symbolizer<'a>,
     pub style: Style,
+    /// Listings replay from event 0 (see [`ShowOptions::full_replay`]).
+    pub full_replay: bool,
     disasm: std::cell::RefCell<IntelFormatter>,
 }
 
@@ -165,6 +171,7 @@ impl<'a> Env<'a> {
             trace,
             syms: Symbolizer::new(trace.modules(), mm, opts.dwarf),
             style: Style { on: opts.color },
+            full_replay: opts.full_replay,
             disasm: std::cell::RefCell::new(f),
         }
     }
