@@ -183,3 +183,50 @@ fn show_memory_agrees_with_analyze_on_recorded_uninit_scenario() {
         assert_eq!(marks(&view), "?".repeat(32), "{view}");
     }
 }
+
+#[test]
+fn show_concurrent_threads_each_listed_in_their_own_call() {
+    // rec_threads concurrent: 4 threads, each 20 x lib_loop_sum(own 32-long buffer).
+    let prog = common::program("rec_threads");
+    let dir = common::scratch("show_threads");
+    let trace = dir.join("trace.ffr");
+    let out = common::run(
+        common::ffirec().args(["record", "-q", "--lib", "librecfx.so", "-o"]).arg(&trace).arg("--").arg(&prog).arg("concurrent"),
+        common::TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let call_tid: std::collections::HashMap<u64, u64> = report["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["call"].as_u64().unwrap(), c["tid"].as_u64().unwrap()))
+        .collect();
+
+    let text = show(&trace, &["--count", "1000000", "--no-dwarf"]);
+    // Per thread: accesses listed, each inside a call of that same thread.
+    let mut per_tid: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() < 4 || w[1] != "tid" || !lines.get(i + 1).is_some_and(|n| n.trim_start().starts_with("at lib_loop_sum+")) {
+            continue;
+        }
+        let tid: u64 = w[2].parse().unwrap();
+        let call: u64 = w[3].strip_prefix('#').and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no call context: {l}"));
+        assert_eq!(call_tid[&call], tid, "{l}");
+        *per_tid.entry(tid).or_default() += 1;
+    }
+    assert_eq!(per_tid.values().copied().collect::<Vec<_>>(), vec![640; 4], "{per_tid:?}");
+
+    // --tid: only that thread, from the event asked for.
+    let &tid = per_tid.keys().nth(2).unwrap();
+    let only = show(&trace, &["--from", "100", "--count", "50", "--tid", &tid.to_string(), "--no-dwarf"]);
+    let headers: Vec<&str> = only.lines().filter(|l| l.split_whitespace().nth(1) == Some("tid")).collect();
+    assert_eq!(headers.len(), 50, "{only}");
+    for h in &headers {
+        let w: Vec<&str> = h.split_whitespace().collect();
+        assert!(w[0].parse::<u64>().unwrap() >= 100 && w[2] == tid.to_string(), "{h}");
+    }
+}
