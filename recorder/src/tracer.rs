@@ -1,6 +1,8 @@
 //! The recorder's state and its wait loop: every stop is dispatched from here
-//! to the boundary logic (this file), the guard machinery (`guard`) or the
-//! fault path (`fault`).
+//! to the boundary crossings (`domain`), thread holding (`process`), the
+//! guard machinery (`guard`), the fault path (`fault`) or syscall handling
+//! (`syscalls`). Also here: program image setup (entry breakpoint, module
+//! scan, the ld.so `r_brk` breakpoint for dlopen) and the program's own signals.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -623,9 +625,7 @@ impl Tracer {
             code_bytes: code[..n].to_vec(),
             fatal,
         })?;
-        if fatal && self.foreign_mode {
-            // Let it die with the protections it faulted under; nothing to restore.
-        }
+        // A fatal one kills it with the protections it faulted under: nothing to restore.
         self.resume(tid, signal)
     }
 
