@@ -444,3 +444,32 @@ fn show_rejects_a_file_that_is_not_a_trace() {
     assert_eq!((code, out.as_str(), err.lines().count()), (2, "", 1), "{err}");
     assert!(err.starts_with(&format!("ffirec: error: {}: ", path.display())), "{err}");
 }
+
+#[test]
+fn show_symbolises_rip_relative_operands() {
+    // `mov rax, [rip+0x1000]` (48 8b 05 00 10 00 00, GNU as) at libsyn+0x1110
+    // reads libsyn+0x2117: 0x17 bytes into the data symbol `table`.
+    let dir = common::scratch("show_rip_relative");
+    let path = dir.join("rip.ffr");
+    let mut w = TraceWriter::create(&path, header(true)).unwrap();
+    w.add_module(Module {
+        pid: 1,
+        path: "/nonexistent/libsyn.so".into(),
+        build_id: vec![],
+        base: LIB,
+        segments: vec![Segment { start: LIB, len: 0x3000, prot: 5, file_offset: 0 }],
+        domain: Domain::Foreign,
+        symbols: vec![
+            Symbol { name: "sum".into(), addr: 0x1100, size: 0x100 },
+            Symbol { name: "table".into(), addr: 0x2100, size: 0x40 },
+        ],
+    })
+    .unwrap();
+    w.push(access(LIB + 0x1110, &[0x48, 0x8b, 0x05, 0x00, 0x10, 0x00, 0x00], 0, 0, vec![7; 8])).unwrap();
+    w.finish(Summary::default()).unwrap();
+    let (code, text, err) = ffirec(&["show", "--no-dwarf"], &path);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[1], "          at sum+0x10 (libsyn.so): mov rax, [table+0x17]");
+    assert_eq!(lines[2], "          read 8 bytes at 0x7f0000002117 table+0x17 (libsyn.so) = 07 07 07 07 07 07 07 07");
+}

@@ -245,6 +245,7 @@ impl<'a> Env<'a> {
         }
         let l = self.syms.locate(addr);
         match (&l.module, l.module_offset) {
+            (Some(m), Some(_)) if l.symbol.is_some() => format!("{} ({m})", l.short()),
             (Some(m), Some(off)) => format!("{m}+{off:#x}"),
             _ if ordinals => "no allocation".into(),
             _ => "no allocation born in the replayed part".into(),
