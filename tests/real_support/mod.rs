@@ -238,25 +238,43 @@ pub fn lackey(test: &str, prog: &Path, args: &[&str]) -> (Output, String) {
     (out, text)
 }
 
-/// `[start, end)` of every allocation made in foreign mode (the library's own
-/// memory), whether or not it was freed later, including the 16-byte malloc
-/// chunk header before it (which `free`, run by the library, reads).
-pub fn foreign_allocs(events: &[Event]) -> Vec<(u64, u64)> {
-    events
+/// Merged `[start, end)` ranges of the host's own memory that a library has
+/// no business touching unless handed it: every allocation made in host mode
+/// (freed or not) and the writable segments of the main executable. Stacks
+/// are not included (`call [m]` through guarded memory pushes a return
+/// address), nor the library's own allocations and allocator internals.
+pub fn host_memory(trace: &Trace, events: &[Event]) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Alloc { ptr, size, domain: ffirec_format::Domain::Foreign, .. } => Some((ptr.saturating_sub(16), ptr.saturating_add(*size))),
+            Event::Alloc { ptr, size, domain: ffirec_format::Domain::Host, .. } if *size > 0 => Some((*ptr, ptr.saturating_add(*size))),
             _ => None,
         })
-        .collect()
+        .collect();
+    if let Some(main) = trace.modules().first() {
+        v.extend(main.segments.iter().filter(|s| s.prot & 2 != 0).map(|s| (s.start, s.start + s.len)));
+    }
+    v.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in v {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
 
-/// The bytes of `set` that lie in none of `buffers` (`(base, len)`) and in none
-/// of `allocs` (`[start, end)`), merged into absolute ranges.
-pub fn stray(set: &BTreeSet<u64>, buffers: &[(u64, u64)], allocs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+/// The bytes of `set` inside `host` (merged, sorted ranges from
+/// [`host_memory`]) but in none of `buffers` (`(base, len)`), merged into
+/// absolute ranges: what the library touched of the host's that it was not
+/// handed.
+pub fn stray(set: &BTreeSet<u64>, buffers: &[(u64, u64)], host: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &a in set {
-        if buffers.iter().any(|&(b, n)| a >= b && a < b + n) || allocs.iter().any(|&(s, e)| a >= s && a < e) {
+        let i = host.partition_point(|&(s, _)| s <= a);
+        let in_host = i > 0 && a < host[i - 1].1;
+        if !in_host || buffers.iter().any(|&(b, n)| a >= b && a < b + n) {
             continue;
         }
         match out.last_mut() {
@@ -265,4 +283,37 @@ pub fn stray(set: &BTreeSet<u64>, buffers: &[(u64, u64)], allocs: &[(u64, u64)])
         }
     }
     out
+}
+
+/// Builds `tests/fixtures/NAME.c` as the shared library `libNAME.so` (soname
+/// `libNAME.so`) in the fixture output directory, or `None` with a note.
+pub fn build_lib(name: &str) -> Option<PathBuf> {
+    let src = common::fixtures_src().join(format!("{name}.c"));
+    let out = common::fixtures_out().join(format!("lib{name}.so"));
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let ok = Command::new(&cc)
+        .args(["-O0", "-g", "-Wall", "-fPIC", "-shared"])
+        .arg(format!("-Wl,-soname,lib{name}.so"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("note: cannot build lib{name}.so; test skipped");
+        return None;
+    }
+    std::fs::rename(&tmp, &out).expect("install fixture library");
+    Some(out)
+}
+
+/// Index of the module whose file name starts with `prefix`.
+pub fn module_named(trace: &Trace, prefix: &str) -> usize {
+    trace
+        .modules()
+        .iter()
+        .position(|m| Path::new(&m.path).file_name().is_some_and(|f| f.to_string_lossy().starts_with(prefix)))
+        .unwrap_or_else(|| panic!("no module {prefix}*: {:?}", trace.modules().iter().map(|m| &m.path).collect::<Vec<_>>()))
 }

@@ -1,0 +1,187 @@
+//! Real system libraries driven by small C hosts (`tests/fixtures/real_*.c`):
+//! libsqlite3, libxml2, libcrypto and libffi. Each test checks that the
+//! program's stdout and exit status are the same with and without ffirec and
+//! asserts the exact bytes of the host's buffers the library read and wrote.
+//! A test whose library or headers are missing prints a note and passes.
+
+mod common;
+mod real_support;
+mod record_support;
+
+use real_support::{call_bytes, host_memory, named, one, stray, union, CallBytes};
+use record_support::{native, ranges_in, record, Recorded};
+
+/// (read, written) offsets into `[base, base+len)` touched by `c`.
+fn rw(c: &CallBytes, base: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    (ranges_in(&c.read, base, len), ranges_in(&c.written, base, len))
+}
+
+/// Asserts no call touched a byte of the host's heap blocks or globals
+/// outside `buffers`.
+fn assert_no_stray(r: &Recorded, calls: &[CallBytes], buffers: &[(u64, u64)]) {
+    let allocs = host_memory(&r.trace(), &r.events());
+    let (all_r, all_w) = union(calls);
+    assert_eq!(stray(&all_r, buffers, &allocs), vec![], "host bytes read outside the buffers");
+    assert_eq!(stray(&all_w, buffers, &allocs), vec![], "host bytes written outside the buffers");
+}
+
+const NONE: Vec<(u64, u64)> = Vec::new();
+
+#[test]
+fn real_sqlite_static_binds_read_exactly_the_bound_bytes() {
+    let Some(prog) = real_support::build("real_sqlite", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_sqlite", &prog, &[], &["--lib", "libsqlite3.so.0"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(
+        r.stdout,
+        "0 abcdefghijklmnopqrstuvwxyzabcdefghijk 300 00070E15\n\
+         1 hijklmnopqrstuvwxyzabcdefghijklmnopqr 300 1F262D34\n\
+         2 opqrstuvwxyzabcdefghijklmnopqrstuvwxy 300 3E454C53\n"
+    );
+    let (text, blob, tlen, blen, rows) = (r.addr("text"), r.addr("blob"), r.addr("tlen"), r.addr("blen"), r.addr("rows"));
+    let calls = call_bytes(&r.trace(), &r.events());
+    // Binding with SQLITE_STATIC only stores the pointer ...
+    for name in ["sqlite3_bind_text", "sqlite3_bind_blob"] {
+        let binds = named(&calls, name);
+        assert_eq!(binds.len() as u64, rows, "{name} calls");
+        for c in binds {
+            assert_eq!(rw(c, text, tlen * rows), (NONE, NONE), "{name} touched text");
+            assert_eq!(rw(c, blob, blen * rows), (NONE, NONE), "{name} touched blob");
+        }
+    }
+    // ... the INSERT's step reads exactly row r's bytes, once, and writes none.
+    let steps: Vec<&CallBytes> = named(&calls, "sqlite3_step").into_iter().filter(|c| !rw(c, text, tlen * rows).0.is_empty()).collect();
+    assert_eq!(steps.len() as u64, rows, "steps that read the text buffer");
+    for (row, c) in (0..rows).zip(&steps) {
+        assert_eq!(rw(c, text, tlen * rows), (vec![(row * tlen, (row + 1) * tlen)], NONE), "row {row} text");
+        assert_eq!(rw(c, blob, blen * rows), (vec![(row * blen, (row + 1) * blen)], NONE), "row {row} blob");
+    }
+    // No other call touched the buffers; nothing else of the host's either.
+    let others: Vec<&CallBytes> = calls.iter().filter(|c| !steps.iter().any(|s| s.call == c.call)).collect();
+    for c in &others {
+        assert_eq!(rw(c, text, tlen * rows), (NONE, NONE), "call {} {} touched text", c.call, c.name);
+        assert_eq!(rw(c, blob, blen * rows), (NONE, NONE), "call {} {} touched blob", c.call, c.name);
+    }
+    assert_no_stray(&r, &calls, &[(text, tlen * rows), (blob, blen * rows)]);
+}
+
+#[test]
+fn real_libxml2_read_memory_reads_exactly_len_bytes() {
+    let Some(prog) = real_support::build("real_xml", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_xml", &prog, &[], &["--lib", "libxml2.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "item hello\nitem world\nroot=root items=2\n");
+    let (buf, len) = (r.addr("buf"), r.addr("len"));
+    assert_eq!(len, 90);
+    let calls = call_bytes(&r.trace(), &r.events());
+    // The parser reads [0, len) and not one of the 16 bytes after it (no
+    // terminator scan); it writes nothing of the host's.
+    let c = one(&calls, "xmlReadMemory");
+    assert_eq!(rw(c, buf, len + 16), (vec![(0, len)], NONE));
+    for c in calls.iter().filter(|c| c.name != "xmlReadMemory") {
+        assert_eq!(rw(c, buf, len + 16), (NONE, NONE), "call {} {} touched buf", c.call, c.name);
+    }
+    // Besides buf, the only host memory libxml2 touched is the program's
+    // copy-relocated `xmlFree` pointer (8 bytes of our .bss), read when
+    // freeing; nothing of the host's is written.
+    let host = host_memory(&r.trace(), &r.events());
+    let (all_r, all_w) = union(&calls);
+    let xmlfree = r.addr("xmlfree");
+    assert_eq!(stray(&all_r, &[(buf, len + 16)], &host), vec![(xmlfree, xmlfree + 8)], "host bytes read outside buf");
+    assert_eq!(stray(&all_w, &[(buf, len + 16)], &host), NONE, "host bytes written outside buf");
+    let readers: Vec<&str> = calls.iter().filter(|c| c.read.contains(&xmlfree)).map(|c| c.name.as_str()).collect();
+    eprintln!("calls reading xmlFree: {readers:?}");
+}
+
+#[test]
+fn real_libcrypto_sha256_reads_input_writes_32_bytes() {
+    let Some(prog) = real_support::build("real_sha256", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_sha256", &prog, &[], &["--lib", "libcrypto.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "ok=1 len=32 e883b510c2a532513fd6a63a80b413de18dbed2c090e7ecd1dc515a8ee9096cd\n");
+    let (input, md, n) = (r.addr("in"), r.addr("md"), r.addr("n"));
+    let calls = call_bytes(&r.trace(), &r.events());
+    let c = one(&calls, "EVP_Digest");
+    assert_eq!(c.rax, 1);
+    assert_eq!(rw(c, input, n), (vec![(0, n)], NONE), "EVP_Digest on the input");
+    assert_eq!(rw(c, md, 64), (NONE, vec![(0, 32)]), "EVP_Digest on the digest buffer");
+    for c in calls.iter().filter(|c| c.name != "EVP_Digest") {
+        assert_eq!((rw(c, input, n), rw(c, md, 64)), ((NONE, NONE), (NONE, NONE)), "call {} {} touched a buffer", c.call, c.name);
+    }
+    assert_no_stray(&r, &calls, &[(input, n), (md, 64)]);
+}
+
+/// The libffi host: `fx_sum` in libreal_ffi_target.so called through `ffi_call`.
+fn ffi_prog() -> Option<std::path::PathBuf> {
+    let lib = real_support::build_lib("real_ffi_target")?;
+    let dir = lib.parent().expect("fixture dir").display().to_string();
+    real_support::build("real_ffi", &[&format!("-L{dir}"), "-lreal_ffi_target", &format!("-Wl,-rpath,{dir}")])
+}
+
+const FFI_OUT: &str = "sum=65 sq: 49 16 1 4 25 64 121 196 289 400\n";
+
+/// Records the libffi host with `opts`; returns the run and the host calls
+/// (those returning into the main executable or into libffi).
+fn ffi_record(test: &str, opts: &[&str]) -> Option<(Recorded, Vec<CallBytes>, ffirec_format::Trace)> {
+    let prog = ffi_prog()?;
+    let nat = native(&prog, &[]);
+    let r = record(test, &prog, &[], opts);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, FFI_OUT);
+    let trace = r.trace();
+    let calls = call_bytes(&trace, &r.events());
+    Some((r, calls, trace))
+}
+
+/// With `--lib` naming only the target library, libffi is host code: the
+/// call recorded is `fx_sum` itself (returning into libffi), with exactly the
+/// target's accesses; libffi's reads of the argument block are not foreign.
+/// Declaring libffi neutral gives the same trace. This is what a user asking
+/// "what does fx_sum do to my memory" wants.
+#[test]
+fn real_libffi_call_with_libffi_as_host_or_neutral() {
+    for (test, opts) in [
+        ("real_ffi_host", vec!["--lib", "libreal_ffi_target.so"]),
+        ("real_ffi_neutral", vec!["--lib", "libreal_ffi_target.so", "--neutral", "libffi.so*"]),
+    ] {
+        let Some((r, calls, trace)) = ffi_record(test, &opts) else { return };
+        let (v, sq, vals, avalues, n) = (r.addr("v"), r.addr("sq"), r.addr("vals"), r.addr("avalues"), r.addr("n"));
+        let ffi = &trace.modules()[real_support::module_named(&trace, "libffi.so")];
+        let c = one(&calls, "fx_sum");
+        assert!(ffi.contains(c.return_addr), "{test}: fx_sum should return into libffi, returns to {:#x}", c.return_addr);
+        assert_eq!(c.rax, 65, "{test}");
+        assert_eq!([c.args[0], c.args[1], c.args[2]], [v, n, sq], "{test}: arguments as passed by libffi");
+        assert_eq!(rw(c, v, 4 * n), (vec![(0, 4 * n)], NONE), "{test}: v");
+        assert_eq!(rw(c, sq, 4 * n), (NONE, vec![(0, 4 * n)]), "{test}: sq");
+        // -O0: v[i] is loaded three times (the sum, both factors), sq[i] stored once.
+        assert_eq!(c.accesses, 4 * n, "{test}: accesses");
+        let (all_r, all_w) = union(&calls);
+        assert_eq!(ranges_in(&all_r, vals, 24), NONE, "{test}: libffi's argument reads are not the library's");
+        assert_eq!(ranges_in(&all_r, avalues, 24), NONE, "{test}: libffi's argument reads are not the library's");
+        assert_no_stray(&r, &calls, &[(v, 4 * n), (sq, 4 * n)]);
+        assert!(all_w.iter().all(|&a| a >= sq && a < sq + 4 * n), "{test}: writes outside sq");
+    }
+}
+
+/// With no `--lib`, libffi is foreign too (it is not part of the C runtime):
+/// the host's call is `ffi_call`, and the bytes it read include libffi's own
+/// reads of the pointer array and the argument values.
+#[test]
+fn real_libffi_call_with_libffi_foreign_by_default() {
+    let Some((r, calls, _trace)) = ffi_record("real_ffi_default", &[]) else { return };
+    let (v, sq, vals, avalues, n) = (r.addr("v"), r.addr("sq"), r.addr("vals"), r.addr("avalues"), r.addr("n"));
+    assert!(r.stderr.contains("libffi.so"), "libffi should be listed as foreign:\n{}", r.stderr);
+    assert_eq!(named(&calls, "fx_sum").len(), 0, "foreign-to-foreign calls are not boundaries");
+    let c = one(&calls, "ffi_call");
+    assert_eq!(rw(c, v, 4 * n), (vec![(0, 4 * n)], NONE));
+    assert_eq!(rw(c, sq, 4 * n), (NONE, vec![(0, 4 * n)]));
+    // The three pointers of avalues[], and the values they point to: v and sq
+    // (8 bytes each) and n (4 bytes at offset 16; the padding is not read).
+    assert_eq!(rw(c, avalues, 24), (vec![(0, 24)], NONE));
+    assert_eq!(rw(c, vals, 24), (vec![(0, 20)], NONE));
+    let prep = one(&calls, "ffi_prep_cif");
+    assert_eq!((rw(prep, v, 4 * n), rw(prep, vals, 24)), ((NONE, NONE), (NONE, NONE)));
+}
