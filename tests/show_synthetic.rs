@@ -473,3 +473,14 @@ fn show_symbolises_rip_relative_operands() {
     assert_eq!(lines[1], "          at sum+0x10 (libsyn.so): mov rax, [table+0x17]");
     assert_eq!(lines[2], "          read 8 bytes at 0x7f0000002117 table+0x17 (libsyn.so) = 07 07 07 07 07 07 07 07");
 }
+
+#[test]
+fn show_at_module_data_is_named_by_symbol() {
+    // Host module memory (inside `main`, no allocation) is named by symbol.
+    let dir = common::scratch("show_at_module");
+    let trace = uninit_trace(&dir, true);
+    let (code, view, err) = ffirec(&["show", "--at", "3", "--memory", &format!("{:#x}:4", HOST + 0x1010)], &trace);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(marks(&view), "....", "{view}");
+    assert!(view.contains("  +0..+4  outside  main+0x10 (host+0x1010)  no recorded write\n"), "{view}");
+}

@@ -358,7 +358,15 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
                 let base = tl.allocs.get(id as usize).map_or(s, |a| a.base);
                 (st.bad("freed"), format!("{}[{},{})", env.alloc_name(tl, id, true), s - base, e - base))
             }
-            B::Outside => ("outside".to_string(), "no live allocation".to_string()),
+            B::Outside => {
+                let l = env.syms.locate(s);
+                let place = match (&l.module, l.module_offset) {
+                    (Some(m), Some(off)) if l.symbol.is_some() => format!("{} ({m}+{off:#x})", l.short()),
+                    (Some(m), Some(off)) => format!("{m}+{off:#x}"),
+                    _ => "no live allocation".to_string(),
+                };
+                ("outside".to_string(), place)
+            }
         };
         let born = match state[i] {
             B::In(id, _) | B::Freed(id) => tl.allocs.get(id as usize).map(|a| (a.born, a.zeroed)),

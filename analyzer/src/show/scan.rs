@@ -16,7 +16,7 @@ use super::ShowError;
 pub(crate) const MAX_BACK_CHUNKS: usize = 8;
 /// When the scan ends this close to the start, replay from event 0 instead,
 /// so allocations get their `analyze` ordinals (`alloc#N`).
-pub(crate) const EXACT_PREFIX_CHUNKS: usize = 16;
+pub(crate) const EXACT_PREFIX_CHUNKS: usize = 4;
 
 /// The chunk holding event `seq`.
 pub(crate) fn chunk_of(trace: &Trace, seq: u64) -> Result<usize, ShowError> {
