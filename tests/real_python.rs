@@ -1,0 +1,171 @@
+//! The Python interpreter as the host: `python3 -c` programs using the zlib
+//! and sqlite3 modules (the interpreter and its extension modules are host
+//! code, the system's libz/libsqlite3 foreign), and ctypes calling libz on
+//! `create_string_buffer`s. Each records exactly what it does natively
+//! (stdout and exit status), with exact call counts and byte ranges.
+//! Skipped (with a note) when no python3 with zlib, sqlite3 and ctypes runs.
+
+mod common;
+mod real_support;
+mod record_support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use real_support::{call_bytes, named, one, CallBytes};
+use record_support::{native, ranges_in, record};
+
+/// A real python3 binary (not a wrapper script such as a pyenv shim: a shell
+/// that execs python is a different test) with zlib, sqlite3 and ctypes.
+fn python() -> Option<PathBuf> {
+    static P: OnceLock<Option<PathBuf>> = OnceLock::new();
+    P.get_or_init(|| {
+        let ok = |p: &str| real_support::have(p, &["-c", "import zlib, sqlite3, ctypes"]);
+        if ok("/usr/bin/python3") {
+            return Some(PathBuf::from("/usr/bin/python3"));
+        }
+        let exe = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().ok()?;
+        let exe = String::from_utf8_lossy(&exe.stdout).trim().to_string();
+        if !exe.is_empty() && ok(&exe) {
+            return Some(PathBuf::from(exe));
+        }
+        eprintln!("note: no python3 with zlib, sqlite3 and ctypes; test skipped");
+        None
+    })
+    .clone()
+}
+
+const NONE: Vec<(u64, u64)> = Vec::new();
+
+/// (read, written) offsets of `c` into `[base, base+len)`.
+fn rw(c: &CallBytes, base: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    (ranges_in(&c.read, base, len), ranges_in(&c.written, base, len))
+}
+
+const ZLIB_PY: &str = "import sys, zlib
+d = bytes(range(256)) * 40
+c = zlib.compress(d, 6)
+print(len(c), zlib.crc32(d), zlib.decompress(c) == d)
+sys.exit(3)
+";
+
+#[test]
+fn real_python_zlib_module_output_and_calls() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", ZLIB_PY]);
+    assert_eq!(nat.status.code(), Some(3));
+    let r = record("real_python_zlib", &py, &["-c", ZLIB_PY], &["--lib", "libz.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "372 3150855069 True\n");
+    let calls = call_bytes(&r.trace(), &r.events());
+    for (name, count) in [("deflateInit2_", 1), ("deflate", 1), ("deflateEnd", 1), ("crc32", 1), ("inflateInit2_", 1), ("inflate", 1), ("inflateEnd", 1)] {
+        assert_eq!(named(&calls, name).len(), count, "calls to {name}");
+    }
+    // crc32(0, d, 10240): exactly d's 10240 bytes, not its trailing NUL.
+    let crc = one(&calls, "crc32");
+    let (d, n) = (crc.args[1], crc.args[2]);
+    assert_eq!(n, 10240);
+    assert_eq!(crc.rax, 3_150_855_069);
+    assert_eq!(rw(crc, d, n + 1), (vec![(0, n)], NONE), "crc32 on d");
+    // deflate consumed the same bytes of d, once, and wrote none of them.
+    assert_eq!(rw(one(&calls, "deflate"), d, n + 1), (vec![(0, n)], NONE), "deflate on d");
+    for name in ["inflate", "deflateInit2_", "deflateEnd", "inflateInit2_", "inflateEnd"] {
+        assert_eq!(rw(one(&calls, name), d, n + 1), (NONE, NONE), "{name} touched d");
+    }
+}
+
+const SQLITE_PY: &str = "import sqlite3, zlib
+db = sqlite3.connect(':memory:')
+db.execute('create table t(a integer, b text, c blob)')
+for i in range(5):
+    db.execute('insert into t values (?, ?, ?)', (i, 'row-%d-' % i + 'xyz' * i, zlib.compress(b'x' * (i * 100 + 1))))
+db.commit()
+for a, b, c in db.execute('select a, b, c from t order by a'):
+    print(a, b, len(c), len(zlib.decompress(c)))
+print(zlib.crc32(b'hello'))
+";
+
+/// `import zlib, sqlite3` recorded once with libz foreign and once with
+/// libsqlite3 foreign (loaded by `dlopen` when the `_sqlite3` extension is
+/// imported): output as native, exact call counts, and with libsqlite3 the
+/// bytes of each bound text/blob read exactly by the bind call (Python binds
+/// with SQLITE_TRANSIENT, so sqlite copies them there).
+#[test]
+fn real_python_zlib_and_sqlite3_modules() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", SQLITE_PY]);
+    assert!(nat.status.success(), "native run failed: {}", String::from_utf8_lossy(&nat.stderr));
+
+    let r = record("real_python_sqlite_z", &py, &["-c", SQLITE_PY], &["--lib", "libz.so.1"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let calls = call_bytes(&r.trace(), &r.events());
+    for (name, count) in [("deflate", 5), ("inflate", 5), ("crc32", 1)] {
+        assert_eq!(named(&calls, name).len(), count, "libz: calls to {name}");
+    }
+    assert!(calls.iter().all(|c| !c.name.starts_with("sqlite3_")), "libz run recorded sqlite calls");
+
+    let r = record("real_python_sqlite_s", &py, &["-c", SQLITE_PY], &["--lib", "libsqlite3.so.0"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let calls = call_bytes(&r.trace(), &r.events());
+    for (name, count) in [("sqlite3_open_v2", 1), ("sqlite3_bind_text", 5), ("sqlite3_bind_blob", 5), ("sqlite3_close_v2", 1)] {
+        assert_eq!(named(&calls, name).len(), count, "libsqlite3: calls to {name}");
+    }
+    assert!(calls.iter().all(|c| !c.name.starts_with("deflate") && !c.name.starts_with("inflate")), "libsqlite3 run recorded zlib calls");
+    // sqlite3_bind_text(stmt, i, ptr, len, SQLITE_TRANSIENT) and bind_blob:
+    // exactly [0, len) of the argument is read (not the terminating NUL).
+    // (Python frees the temporary objects, so later calls may see other
+    // objects at the same addresses.)
+    for name in ["sqlite3_bind_text", "sqlite3_bind_blob"] {
+        for (i, b) in named(&calls, name).into_iter().enumerate() {
+            let (ptr, len) = (b.args[2], b.args[3]);
+            assert!(len > 0, "{name} #{i}: length {len}");
+            assert_eq!(rw(b, ptr, len + 1), (vec![(0, len)], NONE), "{name} #{i} on its argument");
+        }
+    }
+    let texts: Vec<u64> = named(&calls, "sqlite3_bind_text").iter().map(|c| c.args[3]).collect();
+    assert_eq!(texts, vec![6, 9, 12, 15, 18], "text lengths ('row-i-' + 'xyz' * i)");
+}
+
+const CTYPES_PY: &str = "import ctypes, sys
+z = ctypes.CDLL('libz.so.1')
+n = 5000
+src = ctypes.create_string_buffer(bytes((i * 7 + i // 300) & 0xff for i in range(n)), n)
+cap = z.compressBound(ctypes.c_ulong(n))
+dst = ctypes.create_string_buffer(cap)
+back = ctypes.create_string_buffer(n)
+dlen = ctypes.c_ulong(cap)
+sys.stderr.write('src=%#x\\ndst=%#x\\nback=%#x\\ncap=%#x\\n' % (ctypes.addressof(src), ctypes.addressof(dst), ctypes.addressof(back), cap))
+rc = z.compress2(dst, ctypes.byref(dlen), src, ctypes.c_ulong(n), 6)
+sys.stderr.write('clen=%#x\\n' % dlen.value)
+blen = ctypes.c_ulong(n)
+rc2 = z.uncompress(back, ctypes.byref(blen), dst, dlen)
+print(rc, dlen.value, rc2, blen.value, back.raw == src.raw)
+";
+
+/// ctypes (through libffi, host code here) calling libz's compress2 and
+/// uncompress on `create_string_buffer` buffers: exact byte sets.
+#[test]
+fn real_python_ctypes_compress2_uncompress_exact_bytes() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", CTYPES_PY]);
+    let r = record("real_python_ctypes", &py, &["-c", CTYPES_PY], &["--lib", "libz.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "0 382 0 5000 True\n");
+    let (src, dst, back, cap, clen) = (r.addr("src"), r.addr("dst"), r.addr("back"), r.addr("cap"), r.addr("clen"));
+    let n = 5000;
+    let calls = call_bytes(&r.trace(), &r.events());
+    let c = one(&calls, "compress2");
+    assert_eq!(c.args[0], dst, "compress2's first argument is dst's buffer");
+    assert_eq!(c.rax, 0);
+    assert_eq!(rw(c, src, n), (vec![(0, n)], NONE), "compress2 on src");
+    assert_eq!(rw(c, dst, cap), (NONE, vec![(0, clen)]), "compress2 on dst");
+    assert_eq!(rw(c, back, n), (NONE, NONE), "compress2 on back");
+    let u = one(&calls, "uncompress");
+    assert_eq!(u.rax, 0);
+    assert_eq!(rw(u, src, n), (NONE, NONE), "uncompress on src");
+    assert_eq!(rw(u, dst, cap), (vec![(0, clen)], NONE), "uncompress on dst");
+    // The output is written once and read back (window copies, adler32).
+    assert_eq!(rw(u, back, n), (vec![(0, n)], vec![(0, n)]), "uncompress on back");
+    assert_eq!(named(&calls, "compressBound").len(), 1);
+}
