@@ -484,3 +484,17 @@ fn show_at_module_data_is_named_by_symbol() {
     assert_eq!(marks(&view), "....", "{view}");
     assert!(view.contains("  +0..+4  outside  main+0x10 (host+0x1010)  no recorded write\n"), "{view}");
 }
+
+#[test]
+fn show_reads_a_truncated_trace_and_warns() {
+    let dir = common::scratch("show_truncated");
+    let trace = uninit_trace(&dir, true);
+    // Cut into the trailer: the reader recovers the chunks by scanning.
+    let bytes = std::fs::read(&trace).unwrap();
+    let cut = dir.join("cut.ffr");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let (code, text, err) = ffirec(&["show", "--from", "10", "--no-dwarf"], &cut);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text.lines().next(), Some("      10  tid 100  host"));
+    assert_eq!(err, format!("ffirec: warning: {} is truncated; showing the 12 events recovered\n", cut.display()));
+}

@@ -16,17 +16,23 @@ pub enum Color {
     Never,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  ffirec show t.ffr --from 1200 --count 10       events 1200..1209 (jumps via the chunk index)
+  ffirec show t.ffr --call 3                     foreign call #3: its events, return value, footprint
+  ffirec show t.ffr --crash --count 30           the crash and the 30 events of its thread before it
+  ffirec show t.ffr --at 1234 --memory alloc5+16:32
+                                                 bytes 16..48 of alloc#5 after event 1234
+
+In the --at view each byte is I (initialised), U (never written: a read is an
+uninitialised read), ? (unknown: untracked host writes), F (freed) or . (outside
+every live allocation), as `ffirec analyze` judges it at that point.";
+
 /// Replay a trace event by event: the instruction, the access and the
 /// allocation it hit, changed registers, call context; one call with its
 /// footprint; the crash; or the reconstructed state of memory at an event.
-///
-/// Examples:
-///   ffirec show t.ffr --from 1200 --count 10
-///   ffirec show t.ffr --call 3
-///   ffirec show t.ffr --crash
-///   ffirec show t.ffr --at 1234 --memory alloc5+16:32
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES)]
 pub struct ShowArgs {
     /// The trace (.ffr).
     #[arg(value_name = "TRACE")]
