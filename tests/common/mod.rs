@@ -7,6 +7,7 @@
 //!   `// fixture: libs=a,b cflags=-mavx2` names the libraries it links against
 //!   (each built first, found at run time through an rpath) and extra flags.
 //!   Library sources may carry the same line for their own extra flags.
+//!
 //! Outputs go to `$CARGO_TARGET_TMPDIR/fixtures`, built once per test process
 //! and replaced atomically, so concurrently running test binaries never see a
 //! half-written file.
@@ -71,13 +72,12 @@ fn cc() -> String {
 }
 
 fn compile(args: &[String], out: &Path) {
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let status = Command::new(cc())
-        .args(args)
-        .arg("-o")
-        .arg(&tmp)
-        .status()
-        .expect("run cc");
+    // Unique per process and per call: test threads of one binary may build
+    // the same fixture at once, and other test binaries may too.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_extension(format!("tmp{}-{n}", std::process::id()));
+    let status = Command::new(cc()).args(args).arg("-o").arg(&tmp).status().expect("run cc");
     assert!(status.success(), "fixture build failed: cc {}", args.join(" "));
     std::fs::rename(&tmp, out).expect("install fixture");
 }
@@ -117,6 +117,10 @@ pub fn library_variant(name: &str, variant: &str, extra: &[&str]) -> PathBuf {
 
 /// Builds host program `tests/fixtures/NAME.c` and the libraries it names.
 pub fn program(name: &str) -> PathBuf {
+    // One build at a time per process, so two tests asking for the same
+    // fixture build it once.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     {
         let map = built().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.get(&format!("exe:{name}")) {
