@@ -37,16 +37,11 @@ fn show(trace: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Hex numbers of 5+ digits become `0x…`, thread and process ids `T`/`P`,
-/// and the first register dump of a thread (whose small values the C
-/// runtime leaves behind) is cut.
+/// Hex numbers of 5+ digits become `0x…`, thread and process ids `N`,
+/// loaded pointer values `<pointer>`.
 fn normalise(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        let line = match line.split_once("regs (first snapshot of this thread):") {
-            Some((pre, _)) => format!("{pre}regs (first snapshot of this thread): …"),
-            None => line.to_string(),
-        };
         let mut words = Vec::new();
         let mut prev = "";
         for w in line.split(' ') {

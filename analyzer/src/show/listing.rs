@@ -8,6 +8,7 @@ use std::io::Write;
 
 use ffirec_decode::{MemAccess, Rw};
 use ffirec_format::{Event, Regs, Tid};
+use iced_x86::{InstructionInfoFactory, Register};
 
 use super::scan::{self, Chunks, Start};
 use super::{Env, ShowError};
@@ -113,7 +114,7 @@ impl<'e, 'a> Lister<'e, 'a> {
                     }
                     Err(e) => writeln!(out, "{IND}fault at {fault_addr:#x} {}: {}", self.at(*fault_addr), st.bad(&e.to_string()))?,
                 }
-                self.regs_changed(*tid, regs, out)?;
+                self.regs_changed(*tid, regs, code, out)?;
             }
             Event::Call { call, args, return_addr, .. } => {
                 writeln!(out, "{IND}enter #{call} from {}", self.env.loc(*return_addr))?;
@@ -168,7 +169,7 @@ impl<'e, 'a> Lister<'e, 'a> {
                     self.at(*addr)
                 )?;
                 self.instruction(regs.rip, code_bytes, out)?;
-                self.regs_changed(*tid, regs, out)?;
+                self.regs_changed(*tid, regs, code_bytes, out)?;
             }
             Event::Gap { reason, detail, .. } => writeln!(out, "{IND}{} ({reason:?}, detail {detail:#x})", st.bad("gap: not traced"))?,
             Event::ThreadStart { pid, parent, .. } => writeln!(out, "{IND}thread started in process {pid} by {parent}")?,
@@ -240,7 +241,9 @@ impl<'e, 'a> Lister<'e, 'a> {
         Ok(())
     }
 
-    fn regs_changed(&self, tid: Tid, regs: &Regs, out: &mut dyn Write) -> Result<(), ShowError> {
+    /// Registers that changed since the thread's previous snapshot; for its
+    /// first one, the general registers the instruction uses, `rsp` and `rip`.
+    fn regs_changed(&mut self, tid: Tid, regs: &Regs, code: &[u8], out: &mut dyn Write) -> Result<(), ShowError> {
         let st = self.env.style;
         let named = |r: &Regs| -> Vec<(&'static str, u64)> {
             let mut v: Vec<(&'static str, u64)> = GPR.iter().copied().zip(r.gpr).collect();
@@ -259,12 +262,48 @@ impl<'e, 'a> Lister<'e, 'a> {
                 writeln!(out, "{IND}regs changed: {}", st.dim(&text))?;
             }
             None => {
-                let all: Vec<String> = named(regs).into_iter().map(|(n, v)| format!("{n}={v:#x}")).collect();
-                writeln!(out, "{IND}regs (first snapshot of this thread): {}", st.dim(&all.join(" ")))?;
+                let mut used: Vec<usize> = match self.decoder.decoded(regs.rip, code) {
+                    Ok(d) => InstructionInfoFactory::new()
+                        .info(d.instruction())
+                        .used_registers()
+                        .iter()
+                        .filter_map(|u| gpr_index(u.register().full_register()))
+                        .collect(),
+                    Err(_) => (0..16).collect(),
+                };
+                used.push(Regs::RSP);
+                used.sort_unstable();
+                used.dedup();
+                let mut shown: Vec<String> = used.iter().map(|&i| format!("{}={:#x}", GPR[i], regs.gpr[i])).collect();
+                shown.push(format!("rip={:#x}", regs.rip));
+                writeln!(out, "{IND}regs (first snapshot of this thread): {}", st.dim(&shown.join(" ")))?;
             }
         }
         Ok(())
     }
+}
+
+/// Index into `Regs::gpr` of a 64-bit general register.
+fn gpr_index(r: Register) -> Option<usize> {
+    const ORDER: [Register; 16] = [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RBX,
+        Register::RSP,
+        Register::RBP,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+        Register::R12,
+        Register::R13,
+        Register::R14,
+        Register::R15,
+    ];
+    ORDER.iter().position(|&g| g == r)
 }
 
 pub(crate) fn signal_name(signo: i32) -> &'static str {
