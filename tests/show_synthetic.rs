@@ -543,3 +543,23 @@ fn show_two_operand_instruction_lists_both_accesses_and_feeds_at() {
     let rows: Vec<&str> = view.lines().filter(|l| l.starts_with("0x")).collect();
     assert!(rows[0].contains("+0     00 00 00 00 00 00 00 00 -- -- -- -- -- -- -- --  IIIIIIIIIIIIIIII"), "{view}");
 }
+
+#[test]
+fn show_store_values_come_from_the_registers() {
+    // `mov [rdi], rax` (48 89 07, GNU as) with rax = 0x1122334455667788.
+    let dir = common::scratch("show_store_value");
+    let path = dir.join("store.ffr");
+    let mut w = TraceWriter::create(&path, header(true)).unwrap();
+    modules(&mut w);
+    w.push(Event::Alloc { tid: TID, func: AllocFn::Malloc, ptr: BUF, size: 16, old_ptr: 0, caller: HOST + 0x1020, domain: Domain::Host, zeroed: false })
+        .unwrap();
+    w.push(call(0, 0, [BUF, 0, 0, 0, 0, 0])).unwrap();
+    w.push(access(LIB + 0x1030, &[0x48, 0x89, 0x07], BUF + 4, 0x1122_3344_5566_7788, vec![])).unwrap();
+    w.push(Event::Return { tid: TID, call: 0, rax: 0, rdx: 0 }).unwrap();
+    w.finish(Summary::default()).unwrap();
+    let (_, text, _) = ffirec(&["show", "--from", "2", "--count", "1", "--no-dwarf"], &path);
+    assert!(text.contains("          write 8 bytes at 0x555560000014 alloc#0+4 (malloc 16 at main+0x20) := 88 77 66 55 44 33 22 11\n"), "{text}");
+    let (_, view, _) = ffirec(&["show", "--at", "3", "--memory", "alloc0", "--no-dwarf"], &path);
+    let row = view.lines().find(|l| l.starts_with("0x")).unwrap();
+    assert!(row.ends_with("+0     -- -- -- -- 88 77 66 55 44 33 22 11 -- -- -- --  UUUUIIIIIIIIUUUU"), "{view}");
+}

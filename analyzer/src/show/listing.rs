@@ -107,9 +107,16 @@ impl<'e, 'a> Lister<'e, 'a> {
                     .decoded(regs.rip, code)
                     .and_then(|d| d.accesses_into(regs, vregs, &mut self.scratch))
                     .map(|()| std::mem::take(&mut self.scratch));
+                // A GPR/immediate store: its value is known from the registers.
+                let stored = self
+                    .decoder
+                    .decoded(regs.rip, code)
+                    .ok()
+                    .and_then(|d| d.emulation().copied())
+                    .and_then(|e| Some((e.address(regs), e.size(), e.store_value(regs)?)));
                 match res {
                     Ok(accs) => {
-                        self.accesses(&accs, data, out)?;
+                        self.accesses(&accs, data, stored, out)?;
                         self.scratch = accs;
                     }
                     Err(e) => writeln!(out, "{IND}fault at {fault_addr:#x} {}: {}", self.at(*fault_addr), st.bad(&e.to_string()))?,
@@ -203,7 +210,13 @@ impl<'e, 'a> Lister<'e, 'a> {
         Ok(())
     }
 
-    fn accesses(&self, accs: &[MemAccess], data: &[u8], out: &mut dyn Write) -> Result<(), ShowError> {
+    fn accesses(
+        &self,
+        accs: &[MemAccess],
+        data: &[u8],
+        stored: Option<(u64, usize, u64)>,
+        out: &mut dyn Write,
+    ) -> Result<(), ShowError> {
         let st = self.env.style;
         let mut off = 0usize;
         for a in accs {
@@ -220,6 +233,8 @@ impl<'e, 'a> Lister<'e, 'a> {
                     bytes = format!(" = {}", d.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
                 }
                 off = off.saturating_add(n);
+            } else if let Some((_, size, v)) = stored.filter(|&(addr, size, _)| addr == a.addr && size as u64 == a.size) {
+                bytes = format!(" := {}", v.to_le_bytes()[..size.min(8)].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
             }
             let unit = if a.size == 1 { "byte" } else { "bytes" };
             writeln!(out, "{IND}{verb} {} {unit} at {:#x} {}{maybe}{}", a.size, a.addr, self.at(a.addr), st.dim(&bytes))?;

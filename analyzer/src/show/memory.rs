@@ -221,6 +221,14 @@ impl Filter for RangeWatch {
                                 self.wrote(s, e, seq, regs.rip, Writer::Instruction);
                             }
                         }
+                        // GPR/immediate stores: the written value is known.
+                        let stored = self.decoder.decoded(regs.rip, code).ok().and_then(|d| d.emulation().copied());
+                        if let Some((addr, v)) = stored.and_then(|em| Some((em.address(regs), em.store_value(regs)?.to_le_bytes()))) {
+                            let n = stored.map_or(0, |em| em.size()).min(8);
+                            for i in self.bytes(addr, addr.saturating_add(n as u64)) {
+                                self.value[i] = v.get((self.start + i as u64 - addr) as usize).copied();
+                            }
+                        }
                     }
                     self.scratch = accs;
                 }
@@ -303,7 +311,7 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
 
     writeln!(out, "# memory [{start:#x},{end:#x}) ({len} bytes) after event {at}")?;
     writeln!(out, "# state: I initialised, U never written (uninitialised), ? unknown, F freed, . outside every live allocation")?;
-    writeln!(out, "# values: hex where a recorded read saw the byte after its last write, -- otherwise")?;
+    writeln!(out, "# values: hex where a recorded read saw the byte, or a store's register/immediate wrote it, after its last write; -- otherwise")?;
     let mut line = 0usize;
     while line < len {
         let n = (len - line).min(16);
