@@ -17,6 +17,9 @@ pub enum Format {
 /// Analyse a trace: uninitialised reads, out-of-bounds, use-after-free,
 /// exposed pointers, and what every foreign call read and wrote.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Exit codes: 0 no findings; 1 findings (or --error-exitcode N); 2 usage error or \
+unreadable/corrupt trace. A truncated trace is analysed as far as it was recovered (the report \
+and stderr say so) and exits by its findings.")]
 pub struct AnalyzeArgs {
     /// The trace (.ffr) to analyse.
     #[arg(value_name = "TRACE")]
