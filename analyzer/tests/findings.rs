@@ -548,3 +548,23 @@ fn odd_events_do_not_panic() {
     let r = run(&p, 2);
     assert_eq!(r.calls.len(), 1);
 }
+
+#[test]
+fn write_to_relro_made_read_only_by_mprotect() {
+    let p = write(
+        "relro",
+        true,
+        vec![
+            Event::Protect { tid: TID, addr: PROG_DATA, len: 0x800, prot: 1 },
+            alloc(HEAP, 8, Domain::Host),
+            call(0, [0; 6]),
+            access(LIB_FOO + 0x60, STORE8, PROG_DATA + 0x10, &[]),
+            access(LIB_FOO + 0x60, STORE8, PROG_DATA + 0x810, &[]),
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 1);
+    let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.addr.as_str())).collect();
+    assert_eq!(got, vec![(Kind::ReadOnlyWrite, "0x600010")]);
+}

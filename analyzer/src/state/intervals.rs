@@ -155,19 +155,37 @@ impl RegionMap {
         }
     }
 
-    /// Changes the protection of the mapped parts of `[start, end)`.
+    /// Changes the protection of `[start, end)`. Parts no Map event
+    /// described (module segments, memory mapped before tracing) become
+    /// host regions with no known flags.
     pub fn protect(&mut self, start: u64, end: u64, prot: u32) {
-        let parts: Vec<(u64, Region)> = self
+        if start >= end {
+            return;
+        }
+        let mut parts: Vec<(u64, Region)> = self
             .map
             .range(..end)
             .rev()
             .take_while(|(_, r)| r.end > start)
             .map(|(&s, &r)| (s, r))
             .collect();
+        parts.reverse();
+        let mut cur = start;
+        let mut new = Vec::new();
         for (s, r) in parts {
             let (ps, pe) = (s.max(start), r.end.min(end));
-            self.remove(ps, pe);
-            self.map.insert(ps, Region { end: pe, prot, ..r });
+            if ps > cur {
+                new.push((cur, Region { end: ps, prot, flags: 0, host: true }));
+            }
+            new.push((ps, Region { end: pe, prot, ..r }));
+            cur = pe;
+        }
+        if cur < end {
+            new.push((cur, Region { end, prot, flags: 0, host: true }));
+        }
+        self.remove(start, end);
+        for (s, r) in new {
+            self.map.insert(s, r);
         }
     }
 }
@@ -212,8 +230,12 @@ mod tests {
         assert_eq!(m.get(0x1fff).map(|(s, r)| (s, r.end, r.prot)), Some((0x1000, 0x2000, 3)));
         assert_eq!(m.get(0x2000).map(|(s, r)| (s, r.end, r.prot)), Some((0x2000, 0x3000, 1)));
         assert_eq!(m.get(0x3000).map(|(s, r)| (s, r.end, r.prot)), Some((0x3000, 0x5000, 3)));
+        m.protect(0x4800, 0x6000, 0);
+        assert_eq!(m.get(0x47ff).map(|(s, r)| (s, r.end, r.prot, r.flags)), Some((0x3000, 0x4800, 3, 0x22)));
+        assert_eq!(m.get(0x4800).map(|(s, r)| (s, r.end, r.prot, r.flags)), Some((0x4800, 0x5000, 0, 0x22)));
+        assert_eq!(m.get(0x5000).map(|(s, r)| (s, r.end, r.prot, r.flags)), Some((0x5000, 0x6000, 0, 0)));
         m.remove(0x2800, 0x3800);
         assert!(m.get(0x2800).is_none() && m.get(0x37ff).is_none());
-        assert_eq!(m.get(0x3800).map(|(s, r)| (s, r.end)), Some((0x3800, 0x5000)));
+        assert_eq!(m.get(0x3800).map(|(s, r)| (s, r.end)), Some((0x3800, 0x4800)));
     }
 }

@@ -482,7 +482,10 @@ impl Shard {
         if let Some(seg) = ctx.modules.find(s) {
             let se = e.min(seg.end);
             self.touch(call, Target::Module(seg.module), s.wrapping_sub(seg.bias), se.wrapping_sub(seg.bias), a.flags);
-            if write && seg.prot & PROT_WRITE == 0 && seg.domain == Domain::Host {
+            // The protection now: an mprotect seen in the trace (RELRO, say)
+            // overrides the segment's as mapped.
+            let prot = self.regions.get(s).map_or(seg.prot, |(_, r)| r.prot);
+            if write && prot & PROT_WRITE == 0 && seg.domain == Domain::Host {
                 self.piece(Kind::ReadOnlyWrite, a, call, s, se, NO_ALLOC);
             }
             return se;
