@@ -251,23 +251,20 @@ impl Tracer {
                 _ => out.push(GuardRange { start: m.start, end: m.end, prot: m.prot }),
             }
         }
+        // Carved out page-exactly (they may share a mapping with guarded
+        // memory): the owner's alternate signal stack, and the foreign arena
+        // (the library's own allocations: guarding them costs a fault per
+        // access of its internal state and answers nobody's question).
+        let page = self.page;
+        let mut carve: Vec<(u64, u64)> = Vec::with_capacity(2);
         if let Some((sp, size)) = alt {
-            let page = self.page;
-            let (a, b) = (sp & !(page - 1), (sp + size + page - 1) & !(page - 1));
-            let mut cut = Vec::with_capacity(out.len() + 1);
-            for g in out {
-                if g.end <= a || b <= g.start {
-                    cut.push(g);
-                    continue;
-                }
-                if g.start < a {
-                    cut.push(GuardRange { start: g.start, end: a, prot: g.prot });
-                }
-                if b < g.end {
-                    cut.push(GuardRange { start: b, end: g.end, prot: g.prot });
-                }
-            }
-            out = cut;
+            carve.push((sp & !(page - 1), (sp + size + page - 1) & !(page - 1)));
+        }
+        if let Some(arena) = self.arena {
+            carve.push(arena);
+        }
+        for (a, b) in carve {
+            out = carve_out(out, a, b);
         }
         Ok(out)
     }
@@ -307,7 +304,8 @@ impl Tracer {
     pub fn adopt_moved(&mut self, addr: u64) -> Result<bool, Error> {
         let maps = crate::maps::read(self.pid)?;
         let Some(m) = maps.iter().find(|m| m.contains(addr)) else { return Ok(false) };
-        if m.prot != 0 || m.shared || !m.path.is_empty() || self.none_at_entry.contains(&(m.start, m.end)) {
+        let in_arena = self.arena.is_some_and(|(a, b)| m.start < b && a < m.end);
+        if m.prot != 0 || m.shared || !m.path.is_empty() || in_arena || self.none_at_entry.contains(&(m.start, m.end)) {
             return Ok(false);
         }
         let g = GuardRange { start: m.start, end: m.end, prot: PROT_R | PROT_W };
@@ -345,5 +343,38 @@ impl Tracer {
             }
         }
         true
+    }
+}
+
+/// `guards` minus `[a, b)`.
+fn carve_out(guards: Vec<GuardRange>, a: u64, b: u64) -> Vec<GuardRange> {
+    let mut cut = Vec::with_capacity(guards.len() + 1);
+    for g in guards {
+        if g.end <= a || b <= g.start {
+            cut.push(g);
+            continue;
+        }
+        if g.start < a {
+            cut.push(GuardRange { start: g.start, end: a, prot: g.prot });
+        }
+        if b < g.end {
+            cut.push(GuardRange { start: b, end: g.end, prot: g.prot });
+        }
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carve_out_splits_and_drops() {
+        let g = |start, end| GuardRange { start, end, prot: 3 };
+        let guards = vec![g(0x1000, 0x3000), g(0x4000, 0x8000), g(0x9000, 0xa000)];
+        assert_eq!(carve_out(guards.clone(), 0x5000, 0x6000), vec![g(0x1000, 0x3000), g(0x4000, 0x5000), g(0x6000, 0x8000), g(0x9000, 0xa000)]);
+        assert_eq!(carve_out(guards.clone(), 0x2000, 0x9800), vec![g(0x1000, 0x2000), g(0x9800, 0xa000)]);
+        assert_eq!(carve_out(guards.clone(), 0x3000, 0x4000), guards);
+        assert_eq!(carve_out(guards, 0, u64::MAX), vec![]);
     }
 }

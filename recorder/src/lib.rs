@@ -54,6 +54,11 @@ pub struct Options {
     pub pin_cpu: bool,
     /// Suppress ffirec's informational stderr lines (warnings still print).
     pub quiet: bool,
+    /// Guard the library's own allocations too (`--guard-foreign`): the
+    /// foreign arena is turned off, so foreign-mode allocations come from the
+    /// program's heap and every access the library makes to them is recorded.
+    /// Default: they come from the arena, which is never guarded.
+    pub guard_foreign: bool,
 }
 
 impl Options {
@@ -71,6 +76,7 @@ impl Options {
             output: PathBuf::from(format!("ffirec-{name}.ffr")),
             pin_cpu: true,
             quiet: false,
+            guard_foreign: false,
         }
     }
 }

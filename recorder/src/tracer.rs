@@ -148,6 +148,9 @@ pub(crate) struct Tracer {
     pub first_image: bool,
     pub warned_batch: bool,
     pub alloc: Option<crate::alloc::AllocTracker>,
+    /// The foreign arena, never guarded (None with `--guard-foreign` or
+    /// without allocation tracking).
+    pub arena: Option<(u64, u64)>,
     /// `rip` at the alloc shim's flush trap (after its int3).
     pub shim_trap: Option<u64>,
     /// Syscall the trampolines use to change protections.
@@ -176,7 +179,13 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
     if !env.iter().any(|(k, _)| k == "LD_BIND_NOW") {
         env.push(("LD_BIND_NOW".into(), "1".into()));
     }
-    let alloc = match crate::alloc::AllocTracker::new() {
+    // --guard-foreign: no arena, so the library's allocations share the
+    // guarded heap with the program's, as they would natively.
+    let alloc_opts = crate::alloc::AllocOptions {
+        foreign_arena: if opts.guard_foreign { None } else { Some(crate::alloc::DEFAULT_ARENA) },
+        ..crate::alloc::AllocOptions::default()
+    };
+    let alloc = match crate::alloc::AllocTracker::with_options(alloc_opts) {
         Ok(a) => Some(a),
         Err(e) => {
             eprintln!("ffirec: warning: allocation tracking disabled: {e}");
@@ -217,7 +226,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
             foreign: policy.foreign.clone(),
             neutral: policy.neutral.clone(),
             track_host_init: false,
-            guard_foreign: false,
+            guard_foreign: opts.guard_foreign,
         },
     };
     let sink = match Sink::create(&opts.output, header) {
@@ -255,6 +264,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         xsave_layout: crate::fault::XsaveLayout::detect(),
         first_image: true,
         warned_batch: false,
+        arena: alloc.as_ref().and_then(|a| a.foreign_arena()).map(|r| (r.start, r.end)),
         alloc,
         shim_trap: None,
         protect_nr: libc::SYS_mprotect as u32,

@@ -22,6 +22,11 @@ pub struct RecordArgs {
     /// Do not pin the recorder and the traced thread to one CPU during foreign calls.
     #[arg(long)]
     pub no_pin: bool,
+    /// Also guard the memory the library allocates for itself (its internal
+    /// state): every access to it is recorded, at a fault each. By default
+    /// such allocations come from a separate arena that is never guarded.
+    #[arg(long)]
+    pub guard_foreign: bool,
     /// Only print warnings and the summary line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -44,6 +49,7 @@ pub fn run(args: RecordArgs) -> ExitCode {
     }
     opts.pin_cpu = !args.no_pin;
     opts.quiet = args.quiet;
+    opts.guard_foreign = args.guard_foreign;
     match ffirec_recorder::record(opts) {
         Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
         Err(e) => {
