@@ -185,3 +185,42 @@ fn real_libffi_call_with_libffi_foreign_by_default() {
     let prep = one(&calls, "ffi_prep_cif");
     assert_eq!((rw(prep, v, 4 * n), rw(prep, vals, 24)), ((NONE, NONE), (NONE, NONE)));
 }
+
+/// zlib's gz* layer in transparent mode: the library makes write(2) and
+/// read(2) syscalls on the host's guarded heap buffers. They must work (same
+/// output, same file) and be recorded: gzwrite reads exactly out[0, n), gzread
+/// writes exactly in[0, n) (its first 8 KiB copied from zlib's own buffer, the
+/// rest read(2) straight into ours).
+#[test]
+fn real_zlib_gz_transparent_io_syscalls_on_host_buffers() {
+    let Some(prog) = real_support::build("real_gzio", &[]) else { return };
+    let nat_dir = common::scratch("real_gzio_native");
+    let nat = native(&prog, &[&nat_dir.display().to_string()]);
+    let dir = common::scratch("real_gzio_files");
+    let r = record("real_gzio", &prog, &[&dir.display().to_string()], &["--lib", "libz.so.1"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "w=100000 c1=0 r=100000 direct=1 c2=0 same=1\n");
+    assert_eq!(std::fs::read(dir.join("plain.bin")).expect("written file"), std::fs::read(nat_dir.join("plain.bin")).expect("native file"));
+    let (out, input, n) = (r.addr("out"), r.addr("in"), r.addr("n"));
+    let events = r.events();
+    // The kernel's side, as SyscallAccess events on our buffers.
+    let sys: Vec<(u64, u64, u64, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::SyscallAccess { nr, ranges, .. } => Some(ranges.iter().map(move |g| (*nr, g.addr, g.len, g.write))),
+            _ => None,
+        })
+        .flatten()
+        .filter(|&(_, a, _, _)| (a >= out && a < out + n) || (a >= input && a < input + n))
+        .map(|(nr, a, len, w)| if a >= input && a < input + n { (nr, a - input, len, w) } else { (nr, a - out, len, w) })
+        .collect();
+    assert_eq!(sys, vec![(1, 0, n, false), (0, 8192, n - 8192, true)], "write(out, n), then read(in + 8192, n - 8192)");
+    let calls = call_bytes(&r.trace(), &events);
+    let w = one(&calls, "gzwrite");
+    assert_eq!((rw(w, out, n), rw(w, input, n)), ((vec![(0, n)], NONE), (NONE, NONE)), "gzwrite");
+    let g = one(&calls, "gzread");
+    assert_eq!((rw(g, out, n), rw(g, input, n)), ((NONE, NONE), (NONE, vec![(0, n)])), "gzread");
+    for c in calls.iter().filter(|c| c.name != "gzwrite" && c.name != "gzread") {
+        assert_eq!((rw(c, out, n), rw(c, input, n)), ((NONE, NONE), (NONE, NONE)), "call {} {}", c.call, c.name);
+    }
+}
