@@ -169,3 +169,97 @@ fn real_python_ctypes_compress2_uncompress_exact_bytes() {
     assert_eq!(rw(u, back, n), (vec![(0, n)], vec![(0, n)]), "uncompress on back");
     assert_eq!(named(&calls, "compressBound").len(), 1);
 }
+
+const THREADS_PY: &str = "import threading, zlib
+res = {}
+def work(k):
+    d = bytes((i * k + i // 77) & 0xff for i in range(1000))
+    c = zlib.compress(d, 6)
+    res[k] = (len(c), zlib.crc32(d), zlib.decompress(c) == d)
+ts = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
+for t in ts: t.start()
+for t in ts: t.join()
+for k in sorted(res): print(k, *res[k])
+";
+
+/// Four Python threads compressing concurrently (the zlib module releases
+/// the GIL around deflate/inflate): output as native, and each worker
+/// thread's seven zlib calls recorded once each on its own thread; each
+/// crc32 reads exactly its thread's 1000 bytes.
+#[test]
+fn real_python_threads_calling_zlib() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", THREADS_PY]);
+    let r = record("real_python_threads", &py, &["-c", THREADS_PY], &["--lib", "libz.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let calls = call_bytes(&r.trace(), &r.events());
+    let names = ["deflateInit2_", "deflate", "deflateEnd", "crc32", "inflateInit2_", "inflate", "inflateEnd"];
+    let events = r.events();
+    let tid_of: std::collections::BTreeMap<u64, u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
+            _ => None,
+        })
+        .collect();
+    let mut per_tid: std::collections::BTreeMap<u32, Vec<&str>> = std::collections::BTreeMap::new();
+    for c in calls.iter().filter(|c| names.contains(&c.name.as_str())) {
+        per_tid.entry(tid_of[&c.call]).or_default().push(c.name.as_str());
+    }
+    assert_eq!(per_tid.len(), 4, "worker threads that called zlib: {per_tid:?}");
+    for (tid, mut v) in per_tid {
+        v.sort_unstable();
+        let mut want = names.to_vec();
+        want.sort_unstable();
+        assert_eq!(v, want, "thread {tid}'s calls");
+    }
+    for c in named(&calls, "crc32") {
+        assert_eq!(c.args[2], 1000);
+        assert_eq!(rw(c, c.args[1], 1001), (vec![(0, 1000)], NONE), "crc32 call {}", c.call);
+    }
+}
+
+const CALLBACK_PY: &str = "import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+n = 8
+v = (ctypes.c_int * n)(*range(3, 3 + n))
+out = (ctypes.c_int * n)()
+seen = []
+def f(x):
+    seen.append(x)
+    return x * x + 1
+cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(f)
+lib.fx_apply.restype = ctypes.c_long
+sys.stderr.write('v=%#x\\nout=%#x\\n' % (ctypes.addressof(v), ctypes.addressof(out)))
+print(lib.fx_apply(cb, v, n, out), list(out), seen)
+";
+
+/// ctypes calling a C library that calls back into Python (a libffi
+/// closure) for each element: output as native, 8 Callback events returning
+/// x*x+1, and the library's own accesses exactly v[0, 8) read, out[0, 8)
+/// written and read back.
+#[test]
+fn real_python_ctypes_callback_into_python() {
+    let Some(py) = python() else { return };
+    let Some(lib) = real_support::build_lib("real_cb_target") else { return };
+    let lib = lib.display().to_string();
+    let nat = native(&py, &["-c", CALLBACK_PY, &lib]);
+    let r = record("real_python_callback", &py, &["-c", CALLBACK_PY, &lib], &["--lib", "libreal_cb_target.so"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "388 [10, 17, 26, 37, 50, 65, 82, 101] [3, 4, 5, 6, 7, 8, 9, 10]\n");
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let c = one(&calls, "fx_apply");
+    assert_eq!(c.rax, 388);
+    let rets: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::CallbackReturn { call, rax, .. } if *call == c.call => Some(*rax & 0xffff_ffff),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rets, vec![10, 17, 26, 37, 50, 65, 82, 101], "callback results");
+    let (v, out) = (r.addr("v"), r.addr("out"));
+    assert_eq!(rw(c, v, 32), (vec![(0, 32)], NONE), "v");
+    assert_eq!(rw(c, out, 32), (vec![(0, 32)], vec![(0, 32)]), "out");
+}
