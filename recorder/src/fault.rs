@@ -139,15 +139,21 @@ impl Tracer {
                 }
             }
         }
-        let data = self.read_data(&self.ranges);
-        self.sink.push(Event::Access {
-            tid: tid as u32,
-            code: code[..len].to_vec(),
-            regs,
-            fault_addr,
-            data,
-            vregs,
-        })?;
+        // The shim names the foreign thread while it runs inside malloc/free/
+        // realloc: such a fault is the allocator's (see `Counters::allocator_accesses`).
+        if self.alloc.as_ref().is_some_and(|a| a.in_allocator(tid as u32)) {
+            self.sink.counters.allocator_accesses += 1;
+        } else {
+            let data = self.read_data(&self.ranges);
+            self.sink.push(Event::Access {
+                tid: tid as u32,
+                code: code[..len].to_vec(),
+                regs,
+                fault_addr,
+                data,
+                vregs,
+            })?;
+        }
         if let Some(emu) = emulation {
             if self.emulate(tid, raw, regs, &emu, next_ip)? {
                 self.sink.counters.emulated += 1;

@@ -14,8 +14,14 @@ use crate::Error;
 pub struct Counters {
     /// Every ptrace stop the recorder waited for.
     pub ptrace_stops: u64,
-    /// Data faults on guarded pages (one per recorded Access).
+    /// Data faults on guarded pages: one per recorded Access, plus the
+    /// allocator's own (`allocator_accesses`).
     pub faults: u64,
+    /// Faults the foreign thread took inside the C allocator (glibc's own
+    /// accesses on the library's behalf: chunk headers of a host pointer it
+    /// frees, realloc's copy). Performed, counted, never recorded as Access:
+    /// they are not the library's accesses and must never become findings.
+    pub allocator_accesses: u64,
     /// Stops spent on data faults (the fault stop itself plus any extra).
     pub fault_stops: u64,
     pub calls: u64,
@@ -39,6 +45,7 @@ impl Counters {
         [
             ("ptrace_stops", self.ptrace_stops),
             ("faults", self.faults),
+            ("allocator_accesses", self.allocator_accesses),
             ("fault_stops", self.fault_stops),
             ("calls", self.calls),
             ("callbacks", self.callbacks),
