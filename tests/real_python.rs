@@ -263,3 +263,93 @@ fn real_python_ctypes_callback_into_python() {
     assert_eq!(rw(c, v, 32), (vec![(0, 32)], NONE), "v");
     assert_eq!(rw(c, out, 32), (vec![(0, 32)], vec![(0, 32)]), "out");
 }
+
+const CRASH_PY: &str = "import ctypes
+z = ctypes.CDLL('libz.so.1')
+print('before', flush=True)
+z.crc32(0, ctypes.c_void_p(16), 100)
+print('after')
+";
+
+/// A genuine crash inside the real library (crc32 on address 16): python
+/// dies of SIGSEGV as natively, ffirec exits 139, and the trace ends with the
+/// fatal Signal event at the faulting load (0x10 + 0x20) inside the call.
+#[test]
+fn real_python_ctypes_crash_inside_libz() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", CRASH_PY]);
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(nat.status.signal(), Some(11), "native run should die of SIGSEGV");
+    }
+    let r = record("real_python_crash", &py, &["-c", CRASH_PY], &["--lib", "libz.so*"]);
+    assert_eq!(r.code(), 139, "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "before\n");
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    assert_eq!(calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["crc32"]);
+    let sig: Vec<(i32, u64, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Signal { signo, addr, fatal, .. } => Some((*signo, *addr, *fatal)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sig, vec![(11, 0x30, true)]);
+    assert!(
+        matches!(events.last(), Some(ffirec_format::Event::Exit { status: ffirec_format::ExitStatus::Signal(11), .. })),
+        "last event: {:?}",
+        events.last()
+    );
+}
+
+const SIGNAL_PY: &str = "import ctypes, signal, sys
+z = ctypes.CDLL('libz.so.1')
+z.crc32.restype = ctypes.c_ulong
+hits = [0]
+def h(s, f): hits[0] += 1
+signal.signal(signal.SIGALRM, h)
+n = 100000
+buf = ctypes.create_string_buffer(bytes((i * 7) & 0xff for i in range(n)), n)
+sys.stderr.write('buf=%#x\\nhandler_hits_are_timing=1\\n' % ctypes.addressof(buf))
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+c = z.crc32(0, buf, n)
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print(c)
+";
+
+/// SIGALRM every 1 ms while libz's crc32 runs on a ctypes buffer: every
+/// signal delivered inside the call runs Python's C-level handler as a
+/// callback into host code (host mode), the call still reads exactly
+/// [0, n) with one Access per 8-byte load (none lost or repeated), and the
+/// result is the native one.
+#[test]
+fn real_python_sigalrm_during_libz_call() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", SIGNAL_PY]);
+    let r = record("real_python_sigalrm", &py, &["-c", SIGNAL_PY], &["--lib", "libz.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "246350163\n");
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let c = one(&calls, "crc32");
+    let (buf, n) = (r.addr("buf"), 100_000);
+    assert_eq!(rw(c, buf, n + 1), (vec![(0, n)], NONE));
+    assert_eq!(c.accesses, n / 8, "one access per 8-byte load");
+    // Signals while inside the call, and the callbacks they caused.
+    let (mut inside, mut signals, mut callbacks) = (false, 0, 0);
+    for e in &events {
+        match e {
+            ffirec_format::Event::Call { call, .. } if *call == c.call => inside = true,
+            ffirec_format::Event::Return { call, .. } if *call == c.call => inside = false,
+            ffirec_format::Event::Signal { signo: 14, .. } if inside => signals += 1,
+            ffirec_format::Event::Callback { call, .. } if *call == c.call => callbacks += 1,
+            _ => {}
+        }
+    }
+    eprintln!("SIGALRMs inside crc32: {signals}");
+    // 12 500 recorded faults take far longer than 1 ms, even at the ceiling.
+    assert!(signals >= 1, "no SIGALRM arrived during the call");
+    assert_eq!(callbacks, signals, "each SIGALRM inside the call runs the host's handler as a callback");
+}
