@@ -12,6 +12,7 @@
 //! in parallel (`state::Shard`); pieces become findings (`findings`), get
 //! symbols and `file:line` (`symbols`), and are rendered (`report`). The
 //! shard layout is fixed, so the output does not depend on `--threads`.
+//! `FFIREC_ANALYZE_TIMING=1` prints each stage's time on stderr.
 
 mod decode;
 mod diff;
