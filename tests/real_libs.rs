@@ -224,3 +224,29 @@ fn real_zlib_gz_transparent_io_syscalls_on_host_buffers() {
         assert_eq!((rw(c, out, n), rw(c, input, n)), ((NONE, NONE), (NONE, NONE)), "call {} {}", c.call, c.name);
     }
 }
+
+/// A real foreign call that blocks on another host thread: gzread on a pipe
+/// that a host thread fills (after its own deflate). No deadlock: the
+/// blocked call is recorded as a Blocked gap, the writer's foreign calls run
+/// meanwhile, and after the gap the guards are back: gzread's writes to dst
+/// are exactly [0, n), the writer's deflate read exactly src[0, n) and wrote
+/// exactly z[0, zlen).
+#[test]
+fn real_zlib_gzread_blocked_on_pipe_filled_by_host_thread() {
+    let Some(prog) = real_support::build("real_gzpipe", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_gzpipe", &prog, &[], &["--lib", "libz.so.1"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "got=30000 same=1\n");
+    let (src, dst, n, z, zlen) = (r.addr("src"), r.addr("dst"), r.addr("n"), r.addr("z"), r.addr("zlen"));
+    let events = r.events();
+    let blocked = events.iter().filter(|e| matches!(e, ffirec_format::Event::Gap { reason: ffirec_format::GapReason::Blocked, .. })).count();
+    assert!(blocked >= 1, "the blocked gzread should be recorded as a gap");
+    let calls = call_bytes(&r.trace(), &events);
+    let (gr, gw) = union(named(&calls, "gzread"));
+    assert_eq!((ranges_in(&gr, dst, n), ranges_in(&gw, dst, n)), (NONE, vec![(0, n)]), "gzread on dst");
+    let d = one(&calls, "deflate");
+    assert_eq!(rw(d, src, n), (vec![(0, n)], NONE), "writer's deflate on src");
+    assert_eq!(rw(d, z, zlen + 64), (NONE, vec![(0, zlen)]), "writer's deflate on z");
+    assert_eq!(ranges_in(&gr, src, n), NONE);
+}
