@@ -108,3 +108,53 @@ fn real_zlib_stream_matches_valgrind_lackey() {
         }
     }
 }
+
+/// Eight host threads, each running compress2 then uncompress on its own
+/// heap buffers concurrently: output as native; per thread exactly one call
+/// of each on its own tid, touching exactly its own buffers' bytes and none
+/// of the other threads'.
+#[test]
+fn real_zlib_eight_threads_compress2_uncompress() {
+    let Some(prog) = real_support::build("real_zlib_threads", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_zlib_threads", &prog, &[], &["--lib", "libz.so.1"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let tid_of: std::collections::BTreeMap<u64, u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
+            _ => None,
+        })
+        .collect();
+    let n = 3000;
+    let bufs: Vec<[(u64, u64); 3]> = (0..8)
+        .map(|k| [(r.addr(&format!("src{k}")), n), (r.addr(&format!("dst{k}")), r.addr(&format!("cap{k}"))), (r.addr(&format!("back{k}")), n)])
+        .collect();
+    let mut tids = std::collections::BTreeSet::new();
+    for k in 0..8 {
+        let [(src, _), (dst, cap), (back, _)] = bufs[k];
+        let clen = r.addr(&format!("clen{k}"));
+        let c: Vec<_> = named(&calls, "compress2").into_iter().filter(|c| c.args[0] == dst).collect();
+        let u: Vec<_> = named(&calls, "uncompress").into_iter().filter(|c| c.args[0] == back).collect();
+        assert_eq!((c.len(), u.len()), (1, 1), "thread {k}: one compress2 and one uncompress");
+        let (c, u) = (c[0], u[0]);
+        assert_eq!(tid_of[&c.call], tid_of[&u.call], "thread {k}: both calls on one tid");
+        tids.insert(tid_of[&c.call]);
+        let rw = |x: &real_support::CallBytes, b: u64, l: u64| (ranges_in(&x.read, b, l), ranges_in(&x.written, b, l));
+        let none: Vec<(u64, u64)> = vec![];
+        assert_eq!(rw(c, src, n), (vec![(0, n)], none.clone()), "thread {k}: compress2 on src");
+        assert_eq!(rw(c, dst, cap), (none.clone(), vec![(0, clen)]), "thread {k}: compress2 on dst");
+        assert_eq!(rw(u, dst, cap), (vec![(0, clen)], none.clone()), "thread {k}: uncompress on dst");
+        assert_eq!(rw(u, back, n), (vec![(0, n)], vec![(0, n)]), "thread {k}: uncompress on back");
+        for (j, other) in bufs.iter().enumerate().filter(|&(j, _)| j != k) {
+            for &(b, l) in other {
+                for x in [c, u] {
+                    assert_eq!(rw(x, b, l), (none.clone(), none.clone()), "thread {k}'s {} touched thread {j}'s buffer", x.name);
+                }
+            }
+        }
+    }
+    assert_eq!(tids.len(), 8, "eight distinct threads");
+}
