@@ -250,3 +250,44 @@ fn real_zlib_gzread_blocked_on_pipe_filled_by_host_thread() {
     assert_eq!(rw(d, z, zlen + 64), (NONE, vec![(0, zlen)]), "writer's deflate on z");
     assert_eq!(ranges_in(&gr, src, n), NONE);
 }
+
+/// Real libpng encoding host rows to memory through a host write callback
+/// and decoding them back through a host read callback. With only libpng
+/// foreign, the zlib it uses is host code (its calls are callbacks, and its
+/// calls back into libpng's allocator are new calls); with libz foreign too
+/// they are one domain. Either way: png_write_image reads exactly the image
+/// rows, png_read_image writes exactly the output rows, the PNG bytes in the
+/// host's buffer are touched only by the host's callbacks (9 writes, 9 reads).
+#[test]
+fn real_libpng_write_and_read_through_host_callbacks() {
+    let Some(prog) = real_support::build("real_png", &[]) else { return };
+    let nat = native(&prog, &[]);
+    for (test, opts) in [("real_png", vec!["--lib", "libpng16.so*"]), ("real_png_z", vec!["--lib", "libpng16.so*", "--lib", "libz.so.1"])] {
+        let r = record(test, &prog, &[], &opts);
+        real_support::assert_same_as_native(&nat, &r);
+        assert_eq!(r.stdout, "png=112 bytes writes=9 reads=9 same=1\n");
+        let (img, out, size, mem, len) = (r.addr("img"), r.addr("out"), r.addr("size"), r.addr("mem"), r.addr("pnglen"));
+        let events = r.events();
+        let calls = call_bytes(&r.trace(), &events);
+        let w = one(&calls, "png_write_image");
+        assert_eq!((rw(w, img, size), rw(w, out, size)), ((vec![(0, size)], NONE), (NONE, NONE)), "{test}: png_write_image");
+        let rd = one(&calls, "png_read_image");
+        assert_eq!((rw(rd, img, size), rw(rd, out, size)), ((NONE, NONE), (NONE, vec![(0, size)])), "{test}: png_read_image");
+        for c in calls.iter().filter(|c| c.call != w.call && c.call != rd.call) {
+            assert_eq!((rw(c, img, size), rw(c, out, size)), ((NONE, NONE), (NONE, NONE)), "{test}: call {} {}", c.call, c.name);
+        }
+        let (all_r, all_w) = union(&calls);
+        assert_eq!((ranges_in(&all_r, mem, 4096), ranges_in(&all_w, mem, 4096)), (NONE, NONE), "{test}: the library touched the PNG buffer ({len} bytes)");
+        let targets = |f: u64| events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if *target == f)).count();
+        assert_eq!((targets(r.addr("wr")), targets(r.addr("rd"))), (9, 9), "{test}: callbacks into the host's write/read functions");
+        // libpng's calls into zlib: callbacks into host code, or nothing.
+        let trace = r.trace();
+        let z = &trace.modules()[real_support::module_named(&trace, "libz.so")];
+        let into_zlib = events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if z.contains(*target))).count();
+        if opts.len() == 2 {
+            assert!(into_zlib > 0, "{test}: libpng's zlib calls should be callbacks into host code");
+        } else {
+            assert_eq!(into_zlib, 0, "{test}: zlib is foreign too");
+        }
+    }
+}
