@@ -11,7 +11,8 @@
 //!
 //! A calibration run at 64 KiB predicts the recording time; when 1 MiB would
 //! take longer than the budget (`FFIREC_BENCH_E2E_BUDGET_S`, default 120 s per
-//! recording) the input is halved until it fits, and the bench says so.
+//! recording) the input is halved until it fits, and the bench says so; when
+//! one recording is predicted to take over a minute, one round instead of three.
 //!
 //! Run: `cargo bench --bench e2e` (`FFIREC_BENCH_ZLIB_KIB=N` fixes the input
 //! size, `FFIREC_BENCH_ROUNDS=R` the rounds). Needs zlib's headers
@@ -102,7 +103,7 @@ fn main() {
         kib
     });
     let explicit_rounds = std::env::var("FFIREC_BENCH_ROUNDS").is_ok();
-    let rounds = if !explicit_rounds && predicted > 30.0 { 1 } else { support::rounds(3) };
+    let rounds = if !explicit_rounds && predicted > 60.0 { 1 } else { support::rounds(3) };
     let valgrind = has_valgrind();
     if !valgrind {
         println!("  valgrind not found: memcheck row skipped (apt-get install valgrind)");
