@@ -28,6 +28,7 @@ fn main() {
     let (mut native_ns, mut rec_ns) = (u64::MAX, u64::MAX);
     let (mut native_wall, mut rec_wall) = (Duration::MAX, Duration::MAX);
     let mut events = (0, 0);
+    let mut recorder_counters = String::new();
     for _ in 0..rounds {
         let (out, wall) = support::run_ok(std::process::Command::new(&prog).arg(n.to_string()), Duration::from_secs(60));
         native_ns = native_ns.min(support::stderr_value(&out, "loop_ns"));
@@ -43,6 +44,13 @@ fn main() {
         let t = Trace::open(&trace).expect("open alloc trace");
         let s = t.summary().expect("complete trace");
         events = (s.counter("events.alloc").unwrap_or(0), s.counter("events.free").unwrap_or(0));
+        recorder_counters = s
+            .counters
+            .iter()
+            .filter(|(k, v)| *v != 0 && !k.starts_with("events.") && !k.ends_with("_ns"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
     }
     let ratio = rec_ns as f64 / native_ns as f64;
     println!("  {:<16} {:>12} {:>14} {:>12}", "", "loop time", "ns per pair", "run wall");
@@ -55,5 +63,6 @@ fn main() {
         events.0,
         events.1
     );
+    println!("  recorder counters (last run): {recorder_counters}");
     println!("  load after: {}", support::load());
 }
