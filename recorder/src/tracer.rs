@@ -784,6 +784,7 @@ impl Tracer {
         let sink = &mut self.sink;
         let moved = &mut self.moved;
         let guarding = self.foreign_mode;
+        let arena = self.arena;
         let mut err = None;
         a.drain(|e| {
             // A guarded block moved by realloc/mremap keeps PROT_NONE at its
@@ -793,8 +794,11 @@ impl Tracer {
                     moved.push((ptr, size));
                 }
             }
-            if let Err(x) = sink.push(e) {
-                err.get_or_insert(x);
+            let unknown = untracked_init(arena, &e);
+            for ev in std::iter::once(e).chain(unknown) {
+                if let Err(x) = sink.push(ev) {
+                    err.get_or_insert(x);
+                }
             }
         });
         err.map_or(Ok(()), Err)
@@ -803,10 +807,14 @@ impl Tracer {
     pub(crate) fn drain_final(&mut self) -> Result<(), Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(()) };
         let sink = &mut self.sink;
+        let arena = self.arena;
         let mut err = None;
         a.drain_final(|e| {
-            if let Err(x) = sink.push(e) {
-                err.get_or_insert(x);
+            let unknown = untracked_init(arena, &e);
+            for ev in std::iter::once(e).chain(unknown) {
+                if let Err(x) = sink.push(ev) {
+                    err.get_or_insert(x);
+                }
             }
         });
         err.map_or(Ok(()), Err)
@@ -816,6 +824,19 @@ impl Tracer {
         if let Some(a) = &self.alloc {
             a.set_foreign_tid(tid as u32);
         }
+    }
+}
+
+/// A block served from the unguarded foreign arena: the library's writes to
+/// it are not recorded, so its bytes' state is unknown from its allocation
+/// on (an `InitUnknown` right after the `Alloc`), never "uninitialised".
+/// Zeroed blocks stay exact: every byte is initialised whoever writes it.
+fn untracked_init(arena: Option<(u64, u64)>, e: &Event) -> Option<Event> {
+    match *e {
+        Event::Alloc { ptr, size, zeroed: false, .. } if size > 0 && arena.is_some_and(|(a, b)| ptr >= a && ptr < b) => {
+            Some(Event::InitUnknown { addr: ptr, len: size })
+        }
+        _ => None,
     }
 }
 
