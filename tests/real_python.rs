@@ -353,3 +353,41 @@ fn real_python_sigalrm_during_libz_call() {
     assert!(signals >= 1, "no SIGALRM arrived during the call");
     assert_eq!(callbacks, signals, "each SIGALRM inside the call runs the host's handler as a callback");
 }
+
+const HASH_XML_PY: &str = "import hashlib, xml.etree.ElementTree as ET
+d = bytes(range(256)) * 100
+print(hashlib.sha256(d).hexdigest(), hashlib.md5(d).hexdigest())
+r = ET.fromstring('<a><b x=\"1\">hi</b><b x=\"2\">yo</b></a>')
+print([(b.get('x'), b.text) for b in r])
+";
+
+/// hashlib (libcrypto) and ElementTree (libexpat) from Python, each recorded
+/// with its library foreign: output as native; the two digests' updates read
+/// exactly the 25 600 bytes of d; XML_Parse reads exactly the document.
+#[test]
+fn real_python_hashlib_and_expat() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", HASH_XML_PY]);
+    assert_eq!(
+        String::from_utf8_lossy(&nat.stdout),
+        "22c27b021752596140145a93194d9cdf33b0b1b454f50fd1b430491eb3eb3cb9 c73a756d7c65cb6991030bff87439016\n[('1', 'hi'), ('2', 'yo')]\n"
+    );
+    let r = record("real_python_hashlib", &py, &["-c", HASH_XML_PY], &["--lib", "libcrypto.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let calls = call_bytes(&r.trace(), &r.events());
+    let updates: Vec<&CallBytes> = named(&calls, "EVP_DigestUpdate").into_iter().filter(|c| c.args[2] == 25600).collect();
+    assert_eq!(updates.len(), 2, "sha256 and md5 updates of d");
+    assert_eq!(updates[0].args[1], updates[1].args[1], "both hash the same buffer");
+    for c in updates {
+        assert_eq!(rw(c, c.args[1], 25601), (vec![(0, 25600)], NONE), "EVP_DigestUpdate call {}", c.call);
+    }
+
+    let r = record("real_python_expat", &py, &["-c", HASH_XML_PY], &["--lib", "libexpat.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let calls = call_bytes(&r.trace(), &r.events());
+    let parses: Vec<&CallBytes> = named(&calls, "XML_Parse").into_iter().filter(|c| c.args[2] > 0).collect();
+    assert_eq!(parses.len(), 1, "one XML_Parse with data");
+    let (s, len) = (parses[0].args[1], parses[0].args[2]);
+    assert_eq!(len, 37);
+    assert_eq!(rw(parses[0], s, len + 1), (vec![(0, len)], NONE), "XML_Parse on the document");
+}
