@@ -391,3 +391,44 @@ fn real_python_hashlib_and_expat() {
     assert_eq!(len, 37);
     assert_eq!(rw(parses[0], s, len + 1), (vec![(0, len)], NONE), "XML_Parse on the document");
 }
+
+/// The same crash with Python's faulthandler on: the program's own SIGSEGV
+/// handler (on its heap-allocated alternate stack) runs as a callback in
+/// host mode, prints the Python traceback, and re-raises: exit 139 as
+/// natively, the trace shows the non-fatal fault at 0x30, the handler's
+/// callback, then the fatal re-raised SIGSEGV.
+#[test]
+fn real_python_faulthandler_handles_crash_inside_libz() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-X", "faulthandler", "-c", CRASH_PY]);
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(nat.status.signal(), Some(11), "native run should die of SIGSEGV");
+    }
+    let nat_err = String::from_utf8_lossy(&nat.stderr);
+    assert!(nat_err.starts_with("Fatal Python error: Segmentation fault\n"), "{nat_err}");
+    let r = record("real_python_faulthandler", &py, &["-X", "faulthandler", "-c", CRASH_PY], &["--lib", "libz.so*"]);
+    assert_eq!(r.code(), 139, "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout, "before\n");
+    // The program's own stderr, without ffirec's lines and the thread address.
+    let prog_err = |s: &str| -> Vec<String> {
+        s.lines().filter(|l| !l.starts_with("ffirec:") && !l.starts_with("Current thread")).map(String::from).collect()
+    };
+    assert_eq!(prog_err(&r.stderr), prog_err(&nat_err), "faulthandler's report differs");
+    let events = r.events();
+    let kinds: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Call { .. } => Some("call".to_string()),
+            ffirec_format::Event::Signal { signo, addr, fatal, .. } => Some(format!("signal {signo} {addr:#x} fatal={fatal}")),
+            ffirec_format::Event::Callback { args, .. } => Some(format!("callback({})", args[0])),
+            ffirec_format::Event::Exit { status, .. } => Some(format!("exit {}", status.shell_code())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds[0], "call");
+    assert_eq!(kinds[1], "signal 11 0x30 fatal=false");
+    assert_eq!(kinds[2], "callback(11)", "the handler runs as a callback: {kinds:?}");
+    assert!(kinds[3].starts_with("signal 11 ") && kinds[3].ends_with("fatal=true"), "re-raised: {kinds:?}");
+    assert_eq!(kinds[4..], ["exit 139".to_string()]);
+}
