@@ -255,7 +255,7 @@ impl Tracer {
                 self.pop_frame(tid)?;
                 match f.kind {
                     FrameKind::Foreign => {
-                        self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
+                        self.push_return(tid, f.call, regs.rax, regs.rdx)?;
                         if self.threads.get(&tid).is_some_and(Thread::in_foreign) {
                             sys::setregs(tid, &regs)?;
                             return self.resume(tid, 0);
@@ -302,7 +302,7 @@ impl Tracer {
             }
             self.pop_frame(tid)?;
             match f.kind {
-                FrameKind::Foreign => self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax, rdx: 0 })?,
+                FrameKind::Foreign => self.push_return(tid, f.call, rax, 0)?,
                 FrameKind::Callback => self.sink.push(Event::CallbackReturn { tid: tid as u32, call: f.call, rax })?,
             }
         }
@@ -318,7 +318,7 @@ impl Tracer {
         if (regs.rip == f.return_addr && rsp == f.entry_rsp + 8) || rsp > f.entry_rsp {
             let is_ret = regs.rip == f.return_addr && rsp == f.entry_rsp + 8;
             self.pop_frame(tid)?;
-            self.sink.push(Event::Return { tid: tid as u32, call: f.call, rax: regs.rax, rdx: regs.rdx })?;
+            self.push_return(tid, f.call, regs.rax, regs.rdx)?;
             if !is_ret {
                 self.pop_unwound(tid, rsp, regs.rax)?;
             }
@@ -336,6 +336,9 @@ impl Tracer {
         let call = self.threads.get(&tid).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
         let return_addr = self.mem.read_u64(RemoteAddr(regs.rsp)).unwrap_or(0);
         let r = sys::to_regs(&regs);
+        for a in r.args() {
+            self.arena_blocks.export(a);
+        }
         self.sink.counters.callbacks += 1;
         self.sink.push(Event::Callback {
             tid: tid as u32,

@@ -68,6 +68,64 @@ impl Injected {
     }
 }
 
+/// Live blocks of the foreign arena, and those the host holds (returned by a
+/// foreign call, passed to a callback, or reallocated by the host): their
+/// pages are guarded during foreign calls, so what the library does to
+/// memory it handed out stays recorded. The rest of the arena never is.
+#[derive(Debug, Default)]
+pub struct ArenaBlocks {
+    live: std::collections::BTreeMap<u64, u64>,
+    exported: std::collections::BTreeSet<u64>,
+}
+
+impl ArenaBlocks {
+    /// Follows an allocation event (`arena`: the unguarded arena's range).
+    pub fn on_event(&mut self, arena: (u64, u64), e: &ffirec_format::Event) {
+        use ffirec_format::{Domain, Event};
+        match *e {
+            Event::Alloc { ptr, size, old_ptr, domain, .. } => {
+                let was_exported = old_ptr != 0 && self.exported.remove(&old_ptr);
+                if old_ptr != 0 {
+                    self.live.remove(&old_ptr);
+                }
+                if ptr >= arena.0 && ptr < arena.1 && size > 0 {
+                    self.live.insert(ptr, size);
+                    if was_exported || domain == Domain::Host {
+                        self.exported.insert(ptr);
+                    }
+                }
+            }
+            Event::Free { ptr, .. } => {
+                self.live.remove(&ptr);
+                self.exported.remove(&ptr);
+            }
+            _ => {}
+        }
+    }
+
+    /// `value` reached host code (a return value or callback argument): if
+    /// it is the start of a live arena block, the host now holds that block.
+    pub fn export(&mut self, value: u64) {
+        if self.live.contains_key(&value) {
+            self.exported.insert(value);
+        }
+    }
+
+    /// Page-rounded, merged ranges of the blocks the host holds.
+    fn pages(&self, page: u64) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &p in &self.exported {
+            let Some(&n) = self.live.get(&p) else { continue };
+            let (a, b) = (p & !(page - 1), (p.saturating_add(n) + page - 1) & !(page - 1));
+            match out.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        out
+    }
+}
+
 /// A host range made `PROT_NONE`, with the protection to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardRange {
@@ -266,6 +324,14 @@ impl Tracer {
         for (a, b) in carve {
             out = carve_out(out, a, b);
         }
+        if self.arena.is_some() {
+            // Arena blocks the host holds are guarded after all (the arena is
+            // one private read-write mapping).
+            for (a, b) in self.arena_blocks.pages(page) {
+                let i = out.partition_point(|g| g.start < a);
+                out.insert(i, GuardRange { start: a, end: b, prot: PROT_R | PROT_W });
+            }
+        }
         Ok(out)
     }
 
@@ -367,6 +433,28 @@ fn carve_out(guards: Vec<GuardRange>, a: u64, b: u64) -> Vec<GuardRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ffirec_format::{AllocFn, Domain, Event};
+
+    #[test]
+    fn arena_blocks_the_host_holds() {
+        let arena = (0x6f00_0000_0000, 0x6f00_4000_0000);
+        let alloc = |ptr, size, old_ptr, domain| Event::Alloc { tid: 1, func: AllocFn::Malloc, ptr, size, old_ptr, caller: 0, domain, zeroed: false };
+        let mut b = ArenaBlocks::default();
+        b.on_event(arena, &alloc(0x6f00_0000_0010, 16, 0, Domain::Foreign));
+        b.on_event(arena, &alloc(0x6f00_0000_1ff0, 0x20, 0, Domain::Foreign));
+        b.on_event(arena, &alloc(0x6f00_0000_5010, 16, 0, Domain::Foreign));
+        b.on_event(arena, &alloc(0x5555_0000_0010, 16, 0, Domain::Foreign));
+        assert_eq!(b.pages(4096), vec![]);
+        b.export(0x6f00_0000_0010);
+        b.export(0x6f00_0000_1ff0);
+        b.export(0x6f00_0000_0011); // not a block start
+        b.export(0x5555_0000_0010); // not in the arena
+        assert_eq!(b.pages(4096), vec![(0x6f00_0000_0000, 0x6f00_0000_3000)]);
+        // A host realloc keeps it held; a free drops it; the host's own arena realloc exports.
+        b.on_event(arena, &alloc(0x6f00_0000_8010, 64, 0x6f00_0000_0010, Domain::Host));
+        b.on_event(arena, &Event::Free { tid: 1, ptr: 0x6f00_0000_1ff0, caller: 0, domain: Domain::Host });
+        assert_eq!(b.pages(4096), vec![(0x6f00_0000_8000, 0x6f00_0000_9000)]);
+    }
 
     #[test]
     fn carve_out_splits_and_drops() {

@@ -151,6 +151,8 @@ pub(crate) struct Tracer {
     /// The foreign arena, never guarded (None with `--guard-foreign` or
     /// without allocation tracking).
     pub arena: Option<(u64, u64)>,
+    /// Arena blocks, and which of them the host holds (guarded in calls).
+    pub arena_blocks: crate::guard::ArenaBlocks,
     /// `rip` at the alloc shim's flush trap (after its int3).
     pub shim_trap: Option<u64>,
     /// Syscall the trampolines use to change protections.
@@ -265,6 +267,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         first_image: true,
         warned_batch: false,
         arena: alloc.as_ref().and_then(|a| a.foreign_arena()).map(|r| (r.start, r.end)),
+        arena_blocks: crate::guard::ArenaBlocks::default(),
         alloc,
         shim_trap: None,
         protect_nr: libc::SYS_mprotect as u32,
@@ -494,6 +497,7 @@ impl Tracer {
                 self.modules.clear();
                 self.inject = None;
                 self.tramp = crate::fault::Trampolines::default();
+                self.arena_blocks = crate::guard::ArenaBlocks::default();
                 self.ret_bps.clear();
                 self.rbrk_bp = None;
                 self.decode.clear();
@@ -785,8 +789,12 @@ impl Tracer {
         let moved = &mut self.moved;
         let guarding = self.foreign_mode;
         let arena = self.arena;
+        let blocks = &mut self.arena_blocks;
         let mut err = None;
         a.drain(|e| {
+            if let Some(r) = arena {
+                blocks.on_event(r, &e);
+            }
             // A guarded block moved by realloc/mremap keeps PROT_NONE at its
             // new address; remember it so the return restores it too.
             if let Event::Alloc { func: AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap, ptr, size, old_ptr, .. } = e {
@@ -818,6 +826,12 @@ impl Tracer {
             }
         });
         err.map_or(Ok(()), Err)
+    }
+
+    /// Pushes a foreign call's `Return`; a returned arena block is now the host's.
+    pub(crate) fn push_return(&mut self, tid: Pid, call: u64, rax: u64, rdx: u64) -> Result<(), Error> {
+        self.arena_blocks.export(rax);
+        self.sink.push(Event::Return { tid: tid as u32, call, rax, rdx })
     }
 
     pub(crate) fn set_foreign_tid(&self, tid: Pid) {
