@@ -8,13 +8,9 @@ mod common;
 mod real_support;
 mod record_support;
 
-use real_support::{call_bytes, host_memory, named, one, stray, union, CallBytes};
+use real_support::{call_bytes, host_memory, named, one, rw, stray, union, CallBytes};
 use record_support::{native, ranges_in, record, Recorded};
 
-/// (read, written) offsets into `[base, base+len)` touched by `c`.
-fn rw(c: &CallBytes, base: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-    (ranges_in(&c.read, base, len), ranges_in(&c.written, base, len))
-}
 
 /// Asserts no call touched a byte of the host's heap blocks or globals
 /// outside `buffers`.

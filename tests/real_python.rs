@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use real_support::{call_bytes, named, one, CallBytes};
-use record_support::{native, ranges_in, record};
+use real_support::{call_bytes, named, one, rw, CallBytes};
+use record_support::{native, record};
 
 /// A real python3 binary (not a wrapper script such as a pyenv shim: a shell
 /// that execs python is a different test) with zlib, sqlite3 and ctypes.
@@ -38,10 +38,6 @@ fn python() -> Option<PathBuf> {
 
 const NONE: Vec<(u64, u64)> = Vec::new();
 
-/// (read, written) offsets of `c` into `[base, base+len)`.
-fn rw(c: &CallBytes, base: u64, len: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-    (ranges_in(&c.read, base, len), ranges_in(&c.written, base, len))
-}
 
 const ZLIB_PY: &str = "import sys, zlib
 d = bytes(range(256)) * 40

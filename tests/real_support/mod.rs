@@ -167,6 +167,14 @@ fn tid_key(tid: &ffirec_format::Tid) -> u32 {
     *tid
 }
 
+/// Offsets into a buffer, merged into `[start, end)` ranges.
+pub type Ranges = Vec<(u64, u64)>;
+
+/// (read, written) offsets of `c` into `[base, base+len)`.
+pub fn rw(c: &CallBytes, base: u64, len: u64) -> (Ranges, Ranges) {
+    (crate::record_support::ranges_in(&c.read, base, len), crate::record_support::ranges_in(&c.written, base, len))
+}
+
 /// Calls named `name`, in order.
 pub fn named<'a>(calls: &'a [CallBytes], name: &str) -> Vec<&'a CallBytes> {
     calls.iter().filter(|c| c.name == name).collect()
