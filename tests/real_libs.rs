@@ -8,7 +8,7 @@ mod common;
 mod real_support;
 mod record_support;
 
-use real_support::{call_bytes, host_memory, named, one, rw, stray, union, CallBytes};
+use real_support::{call_bytes, host_memory, named, one, rw, stray, union, CallBytes, Ranges};
 use record_support::{native, ranges_in, record, Recorded};
 
 
@@ -337,5 +337,52 @@ fn real_libcrypto_aes_gcm_exact_bytes_and_lackey() {
                 c.name
             );
         }
+    }
+}
+
+/// A library call whose OpenMP region runs on four threads, three of them
+/// created by libgomp (host code: only the library is foreign) during the
+/// call. The outlined loop body runs as one foreign call per thread, each
+/// on its own static chunk of 1000 elements: exactly v[k*1000, (k+1)*1000)
+/// read twice per element and out[...) written once; the program's output
+/// is unchanged and no thread deadlocks.
+#[test]
+fn real_openmp_threads_created_inside_a_foreign_call() {
+    let Some(lib) = real_support::build_lib("real_omp_target") else { return };
+    let dir = lib.parent().expect("fixture dir").display().to_string();
+    let Some(prog) = real_support::build("real_omp", &[&format!("-L{dir}"), "-lreal_omp_target", &format!("-Wl,-rpath,{dir}")]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_omp", &prog, &[], &["--lib", "libreal_omp_target.so"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "191149 382298\n");
+    let (v, out, n) = (r.addr("v"), r.addr("out"), r.addr("n"));
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let outer = one(&calls, "fx_par_sum");
+    assert_eq!(outer.rax, 191_149);
+    let starts = events.iter().filter(|e| matches!(e, ffirec_format::Event::ThreadStart { .. })).count();
+    assert_eq!(starts, 3, "libgomp's three worker threads");
+    let tid_of: std::collections::BTreeMap<u64, u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
+            _ => None,
+        })
+        .collect();
+    // Every call that touched v: one per thread, each its own chunk.
+    let mut chunks: Vec<(u64, u32, Ranges, Ranges, u64)> = calls
+        .iter()
+        .filter(|c| !rw(c, v, 4 * n).0.is_empty())
+        .map(|c| (rw(c, v, 4 * n).0[0].0, tid_of[&c.call], rw(c, v, 4 * n).0, rw(c, out, 4 * n).1, c.accesses))
+        .collect();
+    chunks.sort_unstable();
+    assert_eq!(chunks.len(), 4, "one loop-body call per thread: {chunks:?}");
+    let tids: std::collections::BTreeSet<u32> = chunks.iter().map(|c| c.1).collect();
+    assert_eq!(tids.len(), 4, "four distinct threads");
+    for (k, (_, tid, vr, ow, accesses)) in chunks.into_iter().enumerate() {
+        let k = k as u64;
+        assert_eq!(vr, vec![(4000 * k, 4000 * (k + 1))], "thread {tid}: v chunk");
+        assert_eq!(ow, vec![(4000 * k, 4000 * (k + 1))], "thread {tid}: out chunk");
+        assert_eq!(accesses, 3000, "thread {tid}: two loads and a store per element");
     }
 }

@@ -294,7 +294,8 @@ pub fn stray(set: &BTreeSet<u64>, buffers: &[(u64, u64)], host: &[(u64, u64)]) -
 }
 
 /// Builds `tests/fixtures/NAME.c` as the shared library `libNAME.so` (soname
-/// `libNAME.so`) in the fixture output directory, or `None` with a note.
+/// `libNAME.so`, `cflags=`/`ldflags=` as for programs) in the fixture output
+/// directory, or `None` with a note.
 pub fn build_lib(name: &str) -> Option<PathBuf> {
     let src = common::fixtures_src().join(format!("{name}.c"));
     let out = common::fixtures_out().join(format!("lib{name}.so"));
@@ -302,8 +303,10 @@ pub fn build_lib(name: &str) -> Option<PathBuf> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let ok = Command::new(&cc)
         .args(["-O0", "-g", "-Wall", "-fPIC", "-shared"])
+        .args(spec_words(&src, "cflags="))
         .arg(format!("-Wl,-soname,lib{name}.so"))
         .arg(&src)
+        .args(spec_words(&src, "ldflags="))
         .arg("-o")
         .arg(&tmp)
         .status()
