@@ -428,3 +428,28 @@ fn real_python_faulthandler_handles_crash_inside_libz() {
     assert!(kinds[3].starts_with("signal 11 ") && kinds[3].ends_with("fatal=true"), "re-raised: {kinds:?}");
     assert_eq!(kinds[4..], ["exit 139".to_string()]);
 }
+
+/// The interpreter reached through exec: `sh -c 'exec env PY -c …'` (as a
+/// pyenv shim or a `#!/usr/bin/env python3` script does). ffirec follows the
+/// two execs in the same process, so the result is the same as recording
+/// python directly: exit status 3, one call of each, crc32 reads exactly d.
+#[test]
+fn real_python_through_sh_and_env_execs() {
+    let Some(py) = python() else { return };
+    let py = py.display().to_string();
+    let args = ["-c", "exec env \"$0\" -c \"$1\"", py.as_str(), ZLIB_PY];
+    let nat = native(std::path::Path::new("/bin/sh"), &args);
+    assert_eq!(nat.status.code(), Some(3));
+    let r = record("real_python_execs", std::path::Path::new("/bin/sh"), &args, &["--lib", "libz.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "372 3150855069 True\n");
+    let events = r.events();
+    let execs = events.iter().filter(|e| matches!(e, ffirec_format::Event::Exec { .. })).count();
+    assert_eq!(execs, 2, "sh -> env -> python");
+    let calls = call_bytes(&r.trace(), &events);
+    for name in ["deflate", "crc32", "inflate"] {
+        assert_eq!(named(&calls, name).len(), 1, "calls to {name}");
+    }
+    let crc = one(&calls, "crc32");
+    assert_eq!(rw(crc, crc.args[1], crc.args[2] + 1), (vec![(0, 10240)], NONE));
+}
