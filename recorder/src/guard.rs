@@ -318,13 +318,16 @@ impl Tracer {
         if let Some((sp, size)) = alt {
             carve.push((sp & !(page - 1), (sp + size + page - 1) & !(page - 1)));
         }
-        if let Some(arena) = self.arena {
+        // Only where the shim's arena mapping is: a process whose arena
+        // could not be mapped may have program memory in that range.
+        let arena = self.arena.filter(|&(a, _)| maps.iter().any(|m| m.start == a && !m.is_file() && !m.shared));
+        if let Some(arena) = arena {
             carve.push(arena);
         }
         for (a, b) in carve {
             out = carve_out(out, a, b);
         }
-        if self.arena.is_some() {
+        if arena.is_some() {
             // Arena blocks the host holds are guarded after all (the arena is
             // one private read-write mapping).
             for (a, b) in self.arena_blocks.pages(page) {
