@@ -386,3 +386,43 @@ fn real_openmp_threads_created_inside_a_foreign_call() {
         assert_eq!(accesses, 3000, "thread {tid}: two loads and a store per element");
     }
 }
+
+/// Six host threads hashing concurrently with libcrypto (its locks and
+/// lazy initialisation race for real): output as native; per thread exactly
+/// five EVP_Digest calls on its own tid, each reading exactly its input
+/// [0, 5000) and writing exactly its digest [0, 32), and none of another
+/// thread's buffers.
+#[test]
+fn real_libcrypto_six_threads_sha256() {
+    let Some(prog) = real_support::build("real_sha256_threads", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_sha256_threads", &prog, &[], &["--lib", "libcrypto.so*"]);
+    real_support::assert_same_as_native(&nat, &r);
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let tid_of: std::collections::BTreeMap<u64, u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
+            _ => None,
+        })
+        .collect();
+    let bufs: Vec<(u64, u64)> = (0..6).map(|k| (r.addr(&format!("in{k}")), r.addr(&format!("md{k}")))).collect();
+    let digests = named(&calls, "EVP_Digest");
+    assert_eq!(digests.len(), 30);
+    let mut tids = std::collections::BTreeSet::new();
+    for (k, &(input, md)) in bufs.iter().enumerate() {
+        let mine: Vec<&CallBytes> = digests.iter().copied().filter(|c| c.args[0] == input).collect();
+        assert_eq!(mine.len(), 5, "thread {k}: five digests");
+        let t: std::collections::BTreeSet<u32> = mine.iter().map(|c| tid_of[&c.call]).collect();
+        assert_eq!(t.len(), 1, "thread {k}: all on one tid");
+        tids.extend(t);
+        for c in mine {
+            assert_eq!((rw(c, input, 5000), rw(c, md, 32)), ((vec![(0, 5000)], NONE), (NONE, vec![(0, 32)])), "thread {k}: call {}", c.call);
+            for (j, &(oi, om)) in bufs.iter().enumerate().filter(|&(j, _)| j != k) {
+                assert_eq!((rw(c, oi, 5000), rw(c, om, 32)), ((NONE, NONE), (NONE, NONE)), "thread {k} touched thread {j}'s buffers");
+            }
+        }
+    }
+    assert_eq!(tids.len(), 6);
+}
