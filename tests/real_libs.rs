@@ -426,3 +426,36 @@ fn real_libcrypto_six_threads_sha256() {
     }
     assert_eq!(tids.len(), 6);
 }
+
+/// libsqlite3 calling back into the host: a user SQL function called 40
+/// times (and each time calling sqlite3_value_int / sqlite3_result_int back
+/// into the library: calls nested in callbacks) and one exec row callback.
+/// sqlite3_exec reads the heap query text including its terminating NUL
+/// (it was given no length), and the host table the callback reads is never
+/// the library's access.
+#[test]
+fn real_sqlite_user_function_and_row_callbacks() {
+    let Some(prog) = real_support::build("real_sqlite_callbacks", &[]) else { return };
+    let nat = native(&prog, &[]);
+    let r = record("real_sqlite_callbacks", &prog, &[], &["--lib", "libsqlite3.so.0"]);
+    real_support::assert_same_as_native(&nat, &r);
+    assert_eq!(r.stdout, "15190 20 3390\nrc=0 fn_calls=40 rows=1\n");
+    let (weights, q, qlen, weight, row) = (r.addr("weights"), r.addr("q"), r.addr("qlen"), r.addr("weight"), r.addr("row"));
+    let events = r.events();
+    let calls = call_bytes(&r.trace(), &events);
+    let exec = one(&calls, "sqlite3_exec");
+    assert_eq!(rw(exec, q, qlen + 16), (vec![(0, qlen + 1)], NONE), "sqlite3_exec on the query text");
+    let callbacks = |f: u64| {
+        events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { call, target, .. } if *call == exec.call && *target == f)).count()
+    };
+    assert_eq!((callbacks(weight), callbacks(row)), (40, 1), "callbacks into weight() and row()");
+    let trace = r.trace();
+    let main = &trace.modules()[0];
+    for name in ["sqlite3_value_int", "sqlite3_result_int"] {
+        let nested = named(&calls, name);
+        assert_eq!(nested.len(), 40, "{name} calls");
+        assert!(nested.iter().all(|c| main.contains(c.return_addr)), "{name} is called from the host's callback");
+    }
+    let (all_r, all_w) = union(&calls);
+    assert_eq!((ranges_in(&all_r, weights, 64), ranges_in(&all_w, weights, 64)), (NONE, NONE), "weights are read by host code only");
+}
