@@ -11,8 +11,10 @@ const AFTER_HELP: &str = "\
 Exit codes:
   record            the program's own exit status (128+N when signal N killed it);
                     125 ffirec itself failed, 126 program not executable, 127 program not found
-  other commands    0 success, 1 findings or differences, 2 usage error or unreadable/corrupt trace,
-                    3 (diff) NEW has findings OLD had not, 4 trace truncated (recovered part was processed)";
+  other commands    0 success, 1 findings (analyze) or differences (diff), 2 usage error or
+                    unreadable/corrupt trace, 3 (diff) NEW has findings OLD had not,
+                    4 (dump) trace truncated: everything recovered was printed
+                    (analyze and show process a truncated trace's recovered part and say so)";
 
 #[derive(Parser)]
 #[command(name = "ffirec", version, about = "What did that library do to my memory?", after_help = AFTER_HELP)]

@@ -127,17 +127,6 @@ pub enum Error {
     Format(#[from] ffirec_format::Error),
 }
 
-impl Error {
-    /// The exit status `ffirec record` should use for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::NotFound { .. } => 127,
-            Error::NotExecutable { .. } => 126,
-            _ => 125,
-        }
-    }
-}
-
 /// Runs the program under the recorder and writes the trace.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn record(options: Options) -> Result<Outcome, Error> {

@@ -60,7 +60,11 @@ pub fn run(args: RecordArgs) -> ExitCode {
                 src = s.source();
             }
             eprintln!("{msg}");
-            ExitCode::from(e.exit_code())
+            ExitCode::from(match e {
+                ffirec_recorder::Error::NotFound { .. } => exit::NOT_FOUND,
+                ffirec_recorder::Error::NotExecutable { .. } => exit::NOT_EXECUTABLE,
+                _ => exit::RECORD_FAILED,
+            })
         }
     }
 }
