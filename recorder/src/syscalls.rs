@@ -25,9 +25,9 @@ pub enum SysState {
     #[default]
     Idle,
     /// Pages were opened while the syscall was skipped; it re-executes at `rip - 2`.
-    Prepared { rip: u64, nr: u64, open: Vec<(u64, u64, u32)>, ranges: Vec<SyscallRange>, known: bool },
+    Prepared { rip: u64, nr: u64, open: Vec<(u64, u64, u32)>, ranges: Vec<Touch>, known: bool },
     /// Between syscall entry and exit.
-    InSyscall { nr: u64, args: [u64; 6], open: Vec<(u64, u64, u32)>, ranges: Vec<SyscallRange>, known: bool },
+    InSyscall { nr: u64, args: [u64; 6], open: Vec<(u64, u64, u32)>, ranges: Vec<Touch>, known: bool },
 }
 
 /// Syscalls whose arguments the kernel never dereferences (their register
@@ -60,33 +60,237 @@ const NO_USER_MEMORY: &[i64] = &[
     libc::SYS_pkey_mprotect,
 ];
 
+/// When a range of a modelled syscall was really touched, judged at exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Touched whatever the outcome (the kernel reads its inputs first).
+    Always,
+    /// Written only when the call succeeded (`ret >= 0`).
+    OnSuccess,
+    /// Transfer buffers: cut to the first `ret` bytes, counted across all
+    /// `UpToRet` ranges in order.
+    UpToRet,
+    /// Written only when the call was interrupted (`nanosleep`'s `rem`).
+    OnInterrupt,
+}
+
+/// One range a syscall may touch, and when it counts as touched.
+#[derive(Debug, Clone, Copy)]
+pub struct Touch {
+    pub range: SyscallRange,
+    pub when: When,
+}
+
+const STAT_SIZE: u64 = 144;
+const STATX_SIZE: u64 = 256;
+const TIMESPEC_SIZE: u64 = 16;
+const MSGHDR_SIZE: u64 = 56;
+/// The kernel's `struct termios` (asm-generic: 4 flags, c_line, 19 c_cc),
+/// what `TCGETS` copies; glibc's 60-byte struct is filled from it in user space.
+const KTERMIOS_SIZE: u64 = 36;
+const PATH_MAX: usize = 4096;
+
+fn word(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
 /// Memory a syscall's arguments name: (ranges, whether the syscall is modelled).
-fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<SyscallRange>, bool) {
-    let r = |addr: u64, len: u64, write: bool| SyscallRange { addr, len, write };
-    let iov = |base: u64, cnt: u64, write: bool| -> Vec<SyscallRange> {
+fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) {
+    let r = |addr: u64, len: u64, write: bool, when: When| Touch { range: SyscallRange { addr, len, write }, when };
+    let iov = |base: u64, cnt: u64, write: bool| -> Vec<Touch> {
         let cnt = cnt.min(1024) as usize;
         let mut buf = vec![0u8; cnt * 16];
-        if t.mem.read_partial(RemoteAddr(base), &mut buf) != buf.len() {
+        if base == 0 || t.mem.read_partial(RemoteAddr(base), &mut buf) != buf.len() {
             return Vec::new();
         }
-        buf.chunks_exact(16)
-            .map(|c| {
-                let b = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
-                let l = u64::from_le_bytes(c[8..].try_into().unwrap_or([0; 8]));
-                r(b, l, write)
-            })
-            .collect()
+        let mut out = vec![r(base, buf.len() as u64, false, When::Always)];
+        out.extend(buf.chunks_exact(16).map(|c| r(word(c, 0), word(c, 8), write, When::UpToRet)));
+        out
     };
+    // A NUL-terminated string argument: read through its terminator.
+    let path = |addr: u64| -> Vec<Touch> {
+        if addr == 0 {
+            return Vec::new();
+        }
+        let mut done = 0usize;
+        let mut chunk = [0u8; 256];
+        while done < PATH_MAX {
+            let n = t.mem.read_partial(RemoteAddr(addr + done as u64), &mut chunk);
+            if let Some(i) = chunk[..n].iter().position(|&c| c == 0) {
+                return vec![r(addr, (done + i + 1) as u64, false, When::Always)];
+            }
+            if n < chunk.len() {
+                break;
+            }
+            done += n;
+        }
+        // Unreadable or longer than PATH_MAX: the kernel reads at most PATH_MAX.
+        vec![r(addr, (done.max(1)) as u64, false, When::Always)]
+    };
+    let opt = |addr: u64, len: u64, write: bool, when: When| -> Vec<Touch> {
+        if addr == 0 {
+            Vec::new()
+        } else {
+            vec![r(addr, len, write, when)]
+        }
+    };
+    let v = match nr as i64 {
+        libc::SYS_read | libc::SYS_pread64 => vec![r(a[1], a[2], true, When::UpToRet)],
+        libc::SYS_write | libc::SYS_pwrite64 => vec![r(a[1], a[2], false, When::UpToRet)],
+        libc::SYS_readv | libc::SYS_preadv | libc::SYS_preadv2 => iov(a[1], a[2], true),
+        libc::SYS_writev | libc::SYS_pwritev | libc::SYS_pwritev2 => iov(a[1], a[2], false),
+        libc::SYS_getrandom => vec![r(a[0], a[1], true, When::UpToRet)],
+        libc::SYS_recvfrom => {
+            let mut v = vec![r(a[1], a[2], true, When::UpToRet)];
+            if a[4] != 0 && a[5] != 0 {
+                let mut l = [0u8; 4];
+                let len = if t.mem.read_partial(RemoteAddr(a[5]), &mut l) == 4 { u32::from_le_bytes(l) } else { 0 };
+                v.push(r(a[5], 4, false, When::Always));
+                v.push(r(a[4], u64::from(len), true, When::OnSuccess));
+                v.push(r(a[5], 4, true, When::OnSuccess));
+            }
+            v
+        }
+        libc::SYS_sendto => {
+            let mut v = vec![r(a[1], a[2], false, When::UpToRet)];
+            v.extend(opt(a[4], a[5] & 0xffff_ffff, false, When::Always));
+            v
+        }
+        libc::SYS_recvmsg | libc::SYS_sendmsg => {
+            let recv = nr as i64 == libc::SYS_recvmsg;
+            let mut h = [0u8; MSGHDR_SIZE as usize];
+            if a[1] == 0 || t.mem.read_partial(RemoteAddr(a[1]), &mut h) != h.len() {
+                return (Vec::new(), true);
+            }
+            let (name, namelen) = (word(&h, 0), word(&h, 8) & 0xffff_ffff);
+            let (iovp, iovlen) = (word(&h, 16), word(&h, 24));
+            let (ctl, ctllen) = (word(&h, 32), word(&h, 40));
+            let mut v = vec![r(a[1], MSGHDR_SIZE, false, When::Always)];
+            v.extend(iov(iovp, iovlen, recv));
+            if recv {
+                // Upper bounds: the kernel stores the actual lengths back into the header.
+                v.extend(opt(name, namelen, true, When::OnSuccess));
+                v.extend(opt(ctl, ctllen, true, When::OnSuccess));
+                v.push(r(a[1] + 8, 4, true, When::OnSuccess));
+                v.push(r(a[1] + 40, 12, true, When::OnSuccess));
+            } else {
+                v.extend(opt(name, namelen, false, When::Always));
+                v.extend(opt(ctl, ctllen, false, When::Always));
+            }
+            v
+        }
+        libc::SYS_fstat => vec![r(a[1], STAT_SIZE, true, When::OnSuccess)],
+        libc::SYS_stat | libc::SYS_lstat => {
+            let mut v = path(a[0]);
+            v.push(r(a[1], STAT_SIZE, true, When::OnSuccess));
+            v
+        }
+        libc::SYS_newfstatat => {
+            let mut v = path(a[1]);
+            v.push(r(a[2], STAT_SIZE, true, When::OnSuccess));
+            v
+        }
+        libc::SYS_statx => {
+            let mut v = path(a[1]);
+            v.push(r(a[4], STATX_SIZE, true, When::OnSuccess));
+            v
+        }
+        libc::SYS_getcwd => vec![r(a[0], a[1], true, When::UpToRet)],
+        libc::SYS_open
+        | libc::SYS_creat
+        | libc::SYS_access
+        | libc::SYS_unlink
+        | libc::SYS_mkdir
+        | libc::SYS_rmdir
+        | libc::SYS_chdir => path(a[0]),
+        libc::SYS_openat | libc::SYS_faccessat | libc::SYS_faccessat2 | libc::SYS_unlinkat | libc::SYS_mkdirat => {
+            path(a[1])
+        }
+        libc::SYS_readlink => {
+            let mut v = path(a[0]);
+            v.push(r(a[1], a[2], true, When::UpToRet));
+            v
+        }
+        libc::SYS_clock_gettime | libc::SYS_clock_getres => opt(a[1], TIMESPEC_SIZE, true, When::OnSuccess),
+        libc::SYS_gettimeofday => opt(a[0], TIMESPEC_SIZE, true, When::OnSuccess),
+        libc::SYS_nanosleep => {
+            let mut v = vec![r(a[0], TIMESPEC_SIZE, false, When::Always)];
+            v.extend(opt(a[1], TIMESPEC_SIZE, true, When::OnInterrupt));
+            v
+        }
+        libc::SYS_clock_nanosleep => {
+            let mut v = vec![r(a[2], TIMESPEC_SIZE, false, When::Always)];
+            if a[1] & libc::TIMER_ABSTIME as u64 == 0 {
+                v.extend(opt(a[3], TIMESPEC_SIZE, true, When::OnInterrupt));
+            }
+            v
+        }
+        libc::SYS_futex => futex(a),
+        libc::SYS_ioctl => match a[1] & 0xffff_ffff {
+            0x5401 => vec![r(a[2], KTERMIOS_SIZE, true, When::OnSuccess)], // TCGETS
+            0x5402..=0x5404 => vec![r(a[2], KTERMIOS_SIZE, false, When::Always)], // TCSETS/W/F
+            0x540f => vec![r(a[2], 4, true, When::OnSuccess)],             // TIOCGPGRP
+            0x5410 => vec![r(a[2], 4, false, When::Always)],               // TIOCSPGRP
+            0x5413 => vec![r(a[2], 8, true, When::OnSuccess)],             // TIOCGWINSZ
+            0x5414 => vec![r(a[2], 8, false, When::Always)],               // TIOCSWINSZ
+            0x541b => vec![r(a[2], 4, true, When::OnSuccess)],             // FIONREAD
+            0x5421 | 0x5452 => vec![r(a[2], 4, false, When::Always)],      // FIONBIO, FIOASYNC
+            _ => return (Vec::new(), false),
+        },
+        _ => return (Vec::new(), false),
+    };
+    (v, true)
+}
+
+/// `futex(uaddr, op, val, timeout|val2, uaddr2, val3)`.
+fn futex(a: [u64; 6]) -> Vec<Touch> {
+    let r = |addr: u64, len: u64, write: bool, when: When| Touch { range: SyscallRange { addr, len, write }, when };
+    let cmd = a[1] & 0x7f;
+    let mut v = vec![r(a[0], 4, false, When::Always)];
+    // FUTEX_LOCK_PI, UNLOCK_PI, TRYLOCK_PI, LOCK_PI2 store the owner's tid.
+    if matches!(cmd, 6 | 7 | 8 | 13) {
+        v.push(r(a[0], 4, true, When::OnSuccess));
+    }
+    // WAIT, LOCK_PI, WAIT_BITSET, WAIT_REQUEUE_PI, LOCK_PI2: a[3] is a timespec.
+    if matches!(cmd, 0 | 6 | 9 | 11 | 13) && a[3] != 0 {
+        v.push(r(a[3], TIMESPEC_SIZE, false, When::Always));
+    }
+    // REQUEUE, CMP_REQUEUE, WAKE_OP, WAIT_REQUEUE_PI, CMP_REQUEUE_PI: a second futex word.
+    if matches!(cmd, 3 | 4 | 5 | 11 | 12) {
+        v.push(r(a[4], 4, false, When::Always));
+        if cmd == 5 {
+            v.push(r(a[4], 4, true, When::OnSuccess));
+        }
+    }
+    v
+}
+
+/// Conventional short names for warnings.
+fn name_of(nr: u64) -> &'static str {
     match nr as i64 {
-        libc::SYS_read | libc::SYS_pread64 => (vec![r(a[1], a[2], true)], true),
-        libc::SYS_write | libc::SYS_pwrite64 => (vec![r(a[1], a[2], false)], true),
-        libc::SYS_readv | libc::SYS_preadv | libc::SYS_preadv2 => (iov(a[1], a[2], true), true),
-        libc::SYS_writev | libc::SYS_pwritev | libc::SYS_pwritev2 => (iov(a[1], a[2], false), true),
-        libc::SYS_getrandom => (vec![r(a[0], a[1], true)], true),
-        libc::SYS_recvfrom => (vec![r(a[1], a[2], true)], true),
-        libc::SYS_sendto => (vec![r(a[1], a[2], false)], true),
-        libc::SYS_fstat => (vec![r(a[1], std::mem::size_of::<libc::stat>() as u64, true)], true),
-        _ => (Vec::new(), false),
+        libc::SYS_futex => "futex",
+        libc::SYS_ioctl => "ioctl",
+        libc::SYS_poll => "poll",
+        libc::SYS_ppoll => "ppoll",
+        libc::SYS_select => "select",
+        libc::SYS_pselect6 => "pselect6",
+        libc::SYS_epoll_wait => "epoll_wait",
+        libc::SYS_epoll_ctl => "epoll_ctl",
+        libc::SYS_rt_sigaction => "rt_sigaction",
+        libc::SYS_rt_sigprocmask => "rt_sigprocmask",
+        libc::SYS_prctl => "prctl",
+        libc::SYS_uname => "uname",
+        libc::SYS_sysinfo => "sysinfo",
+        libc::SYS_getdents64 => "getdents64",
+        libc::SYS_socket => "socket",
+        libc::SYS_connect => "connect",
+        libc::SYS_bind => "bind",
+        libc::SYS_accept4 => "accept4",
+        libc::SYS_clone => "clone",
+        libc::SYS_clone3 => "clone3",
+        libc::SYS_wait4 => "wait4",
+        libc::SYS_execve => "execve",
+        _ => "?",
     }
 }
 
@@ -172,6 +376,7 @@ impl Tracer {
             }
         };
         for r in &ranges {
+            let r = r.range;
             if r.len > 0 {
                 add(r.addr, r.addr.saturating_add(r.len), &mut open, &self.guards);
             }
@@ -195,7 +400,8 @@ impl Tracer {
             self.sink.push(Event::Gap { tid: tid as u32, reason: GapReason::UnknownSyscall, detail: nr })?;
             if self.warned_syscalls.insert(nr) {
                 eprintln!(
-                    "ffirec: warning: foreign code made syscall {nr} with a pointer into guarded memory; its pages were opened for the call and what the kernel did there is not recorded"
+                    "ffirec: warning: foreign code made syscall {nr} ({}) with a pointer into guarded memory; its pages were opened for the call and what the kernel did there is not recorded",
+                    name_of(nr)
                 );
             }
         }
@@ -211,19 +417,86 @@ impl Tracer {
     }
 }
 
-/// What the kernel actually did, given the return value: reads into
-/// buffers are cut to the bytes returned, nothing on failure.
-fn actual(ranges: &[SyscallRange], ret: i64) -> Vec<SyscallRange> {
-    if ret < 0 {
+/// What the kernel actually did, given the return value: transfer buffers
+/// are cut to the bytes returned, outputs only on success, inputs always
+/// (unless the call failed with `EFAULT`: then nothing is known).
+fn actual(touches: &[Touch], ret: i64) -> Vec<SyscallRange> {
+    if ret == -i64::from(libc::EFAULT) {
         return Vec::new();
     }
-    let mut left = ret as u64;
-    ranges
+    // EINTR, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK.
+    let interrupted = matches!(ret, -4 | -512 | -513 | -514 | -516);
+    let mut left = ret.max(0) as u64;
+    touches
         .iter()
-        .filter_map(|r| {
-            let len = r.len.min(left);
-            left -= len;
-            (len > 0).then_some(SyscallRange { addr: r.addr, len, write: r.write })
+        .filter_map(|t| {
+            let r = t.range;
+            let len = match t.when {
+                When::Always => r.len,
+                When::OnSuccess => {
+                    if ret >= 0 {
+                        r.len
+                    } else {
+                        0
+                    }
+                }
+                When::OnInterrupt => {
+                    if interrupted {
+                        r.len
+                    } else {
+                        0
+                    }
+                }
+                When::UpToRet => {
+                    let len = if ret >= 0 { r.len.min(left) } else { 0 };
+                    left -= len;
+                    len
+                }
+            };
+            (len > 0 && r.addr != 0).then_some(SyscallRange { addr: r.addr, len, write: r.write })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(addr: u64, len: u64, write: bool, when: When) -> Touch {
+        Touch { range: SyscallRange { addr, len, write }, when }
+    }
+
+    #[test]
+    fn actual_cuts_transfers_and_keeps_inputs() {
+        let v =
+            [t(0x100, 56, false, When::Always), t(0x200, 10, true, When::UpToRet), t(0x300, 10, true, When::UpToRet)];
+        let got: Vec<(u64, u64, bool)> = actual(&v, 13).iter().map(|r| (r.addr, r.len, r.write)).collect();
+        assert_eq!(got, vec![(0x100, 56, false), (0x200, 10, true), (0x300, 3, true)]);
+        let got: Vec<(u64, u64, bool)> = actual(&v, -2).iter().map(|r| (r.addr, r.len, r.write)).collect();
+        assert_eq!(got, vec![(0x100, 56, false)]);
+        assert!(actual(&v, -14).is_empty());
+    }
+
+    #[test]
+    fn actual_outputs_on_success_and_interrupt() {
+        let v = [
+            t(0x100, 16, false, When::Always),
+            t(0x200, 16, true, When::OnInterrupt),
+            t(0x300, 144, true, When::OnSuccess),
+        ];
+        let got: Vec<(u64, u64, bool)> = actual(&v, -4).iter().map(|r| (r.addr, r.len, r.write)).collect();
+        assert_eq!(got, vec![(0x100, 16, false), (0x200, 16, true)]);
+        let got: Vec<(u64, u64, bool)> = actual(&v, 0).iter().map(|r| (r.addr, r.len, r.write)).collect();
+        assert_eq!(got, vec![(0x100, 16, false), (0x300, 144, true)]);
+    }
+
+    #[test]
+    fn futex_wake_op_touches_both_words() {
+        let v = futex([0x1000, 5 | 128, 1, 1, 0x2000, 0]);
+        let got: Vec<(u64, u64, bool)> = v.iter().map(|t| (t.range.addr, t.range.len, t.range.write)).collect();
+        assert_eq!(got, vec![(0x1000, 4, false), (0x2000, 4, false), (0x2000, 4, true)]);
+        let v = futex([0x1000, 128, 0, 0x3000, 0, 0]);
+        let got: Vec<(u64, u64, bool)> = v.iter().map(|t| (t.range.addr, t.range.len, t.range.write)).collect();
+        assert_eq!(got, vec![(0x1000, 4, false), (0x3000, 16, false)]);
+    }
 }

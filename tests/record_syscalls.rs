@@ -1,0 +1,66 @@
+//! Foreign-mode syscalls on guarded host memory: exact SyscallAccess ranges
+//! relative to the host's buffers, no Gap, output identical to a native run.
+
+mod common;
+mod record_support;
+
+use ffirec_format::Event;
+use record_support::{native, record, Recorded};
+
+fn host() -> std::path::PathBuf {
+    static HOST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| common::program("sys_host")).clone()
+}
+
+fn scenario(test: &str, name: &str) -> Recorded {
+    let prog = host();
+    let r = record(test, &prog, &[name], &["--lib", "libsysfx.so"]);
+    let nat = native(&prog, &[name]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout), "stdout differs under ffirec; stderr:\n{}", r.stderr);
+    assert_eq!(r.out.status.code(), nat.status.code(), "exit status differs; stderr:\n{}", r.stderr);
+    r
+}
+
+type Sys = (u64, i64, Vec<(u64, u64, bool)>);
+
+fn syscalls(ev: &[Event]) -> Vec<Sys> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::SyscallAccess { nr, ret, ranges, .. } => {
+                Some((*nr, *ret, ranges.iter().map(|x| (x.addr, x.len, x.write)).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn record_stat_getcwd_clock_openat_futex_on_host_buffers() {
+    let r = scenario("sys_calls", "calls");
+    let ev = r.events();
+    let (path, st, cwd, ts, word) = (r.addr("path"), r.addr("st"), r.addr("cwd"), r.addr("ts"), r.addr("word"));
+    let cwd_len = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("getcwd "))
+        .and_then(|l| l.split_once(' '))
+        .map(|(n, _)| n.parse::<i64>().unwrap())
+        .unwrap();
+    let fd = 3; // the first free descriptor
+    let path_len = "/tmp/../usr".len() as u64 + 1;
+    assert_eq!(
+        syscalls(&ev),
+        vec![
+            (libc::SYS_newfstatat as u64, 0, vec![(path, path_len, false), (st, 144, true)]),
+            (libc::SYS_getcwd as u64, cwd_len, vec![(cwd, cwd_len as u64, true)]),
+            (libc::SYS_clock_gettime as u64, 0, vec![(ts, 16, true)]),
+            (libc::SYS_openat as u64, fd, vec![(path, path_len, false)]),
+            (libc::SYS_futex as u64, 0, vec![(word, 4, false)]),
+        ],
+        "stderr:\n{}",
+        r.stderr
+    );
+    let gaps = ev.iter().filter(|e| matches!(e, Event::Gap { .. })).count();
+    assert_eq!(gaps, 0, "stderr:\n{}", r.stderr);
+    assert!(!r.stderr.contains("warning"), "stderr:\n{}", r.stderr);
+}
