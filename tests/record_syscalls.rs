@@ -1,11 +1,12 @@
 //! Foreign-mode syscalls on guarded host memory: exact SyscallAccess ranges
-//! relative to the host's buffers, no Gap, output identical to a native run.
+//! relative to the host's buffers, no Gap, output identical to a native run;
+//! executable anonymous memory is never guarded.
 
 mod common;
 mod record_support;
 
 use ffirec_format::Event;
-use record_support::{native, record, Recorded};
+use record_support::{bytes, native, ranges_in, record, Recorded};
 
 fn host() -> std::path::PathBuf {
     static HOST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -63,4 +64,30 @@ fn record_stat_getcwd_clock_openat_futex_on_host_buffers() {
     let gaps = ev.iter().filter(|e| matches!(e, Event::Gap { .. })).count();
     assert_eq!(gaps, 0, "stderr:\n{}", r.stderr);
     assert!(!r.stderr.contains("warning"), "stderr:\n{}", r.stderr);
+}
+
+#[test]
+fn record_executable_anonymous_page_is_not_guarded() {
+    let r = scenario("sys_exec", "exec");
+    assert_eq!(r.stdout, "1276\n47\n");
+    let ev = r.events();
+    let page = r.addr("page");
+    let at_rip: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Access { fault_addr, regs, .. } if *fault_addr == regs.rip => Some(*fault_addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at_rip, Vec::<u64>::new());
+    let faults_in_page = ev
+        .iter()
+        .filter(|e| matches!(e, Event::Access { fault_addr, .. } if (page..page + 4096).contains(fault_addr)))
+        .count();
+    assert_eq!(faults_in_page, 0);
+    let b = bytes(&ev);
+    assert_eq!(ranges_in(&b.read, page, 4096), vec![]);
+    assert_eq!(ranges_in(&b.written, page, 4096), vec![]);
+    // The heap buffer next to it is guarded as usual: the int read is recorded.
+    assert_eq!(ranges_in(&b.read, r.addr("heap"), 16), vec![(0, 4)]);
 }

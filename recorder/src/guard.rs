@@ -6,7 +6,7 @@
 //! ([`GuardRange::prot`]) and of each text mapping (`Loaded::text`) and
 //! restores them on the way back to host mode.
 
-use crate::maps::{Mapping, PROT_R, PROT_W};
+use crate::maps::{Mapping, PROT_R, PROT_W, PROT_X};
 use crate::process::Stop;
 use crate::sys::{self, Pid, RawRegs, RemoteAddr};
 use crate::tracer::Tracer;
@@ -384,7 +384,9 @@ impl Tracer {
     }
 
     fn guardable(&self, m: &Mapping, keep: &[u64]) -> bool {
-        if m.prot & PROT_W == 0 || m.shared {
+        // Executable anonymous memory is code (libffi/ctypes closures, JIT
+        // stubs): guarding it would fault on every instruction fetch there.
+        if m.prot & PROT_W == 0 || m.prot & PROT_X != 0 || m.shared {
             return false;
         }
         if self.inject.is_some_and(|i| i.contains(m.start)) {
