@@ -67,6 +67,42 @@ fn record_stat_getcwd_clock_openat_futex_on_host_buffers() {
 }
 
 #[test]
+fn record_sendmsg_recvmsg_ioctl_nanosleep_futex_wake_op_on_host_buffers() {
+    let r = scenario("sys_msg", "msg");
+    assert_eq!(r.stdout, "sendmsg 11\nfionread 0 11\nrecvmsg 11 hello world flags=0\nnanosleep 0\nwake_op 0 1\n");
+    let ev = r.events();
+    let a = |n: &str| r.addr(n);
+    assert_eq!(
+        syscalls(&ev),
+        vec![
+            (
+                libc::SYS_sendmsg as u64,
+                11,
+                vec![(a("hdr"), 56, false), (a("iov"), 32, false), (a("a"), 5, false), (a("b"), 6, false)]
+            ),
+            (libc::SYS_ioctl as u64, 0, vec![(a("avail"), 4, true)]),
+            (
+                libc::SYS_recvmsg as u64,
+                11,
+                vec![
+                    (a("hdr2"), 56, false),
+                    (a("iov2"), 32, false),
+                    (a("r1"), 4, true),
+                    (a("r2"), 7, true),
+                    (a("hdr2") + 8, 4, true),
+                    (a("hdr2") + 40, 12, true),
+                ]
+            ),
+            (libc::SYS_nanosleep as u64, 0, vec![(a("req"), 16, false)]),
+            (libc::SYS_futex as u64, 0, vec![(a("w1"), 4, false), (a("w2"), 4, false), (a("w2"), 4, true)]),
+        ],
+        "stderr:\n{}",
+        r.stderr
+    );
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Gap { .. })).count(), 0, "stderr:\n{}", r.stderr);
+}
+
+#[test]
 fn record_executable_anonymous_page_is_not_guarded() {
     let r = scenario("sys_exec", "exec");
     assert_eq!(r.stdout, "1276\n47\n");
