@@ -103,6 +103,38 @@ fn record_sendmsg_recvmsg_ioctl_nanosleep_futex_wake_op_on_host_buffers() {
 }
 
 #[test]
+fn record_uname_pipe2_poll_sigprocmask_sysinfo_epoll_getdents_on_host_buffers() {
+    let r = scenario("sys_misc", "misc");
+    let dents: i64 = r.stdout.lines().find_map(|l| l.strip_prefix("getdents64 ")).unwrap().parse().unwrap();
+    assert!(dents > 0 && dents <= 4096, "{}", r.stdout);
+    assert_eq!(
+        r.stdout,
+        format!(
+            "uname 0 1\npipe2 0\npoll 2 1 4\nsigprocmask 0\nsysinfo 0\nepoll_ctl 0\nepoll_wait 1 77\ngetdents64 {dents}\n"
+        )
+    );
+    let ev = r.events();
+    let a = |n: &str| r.addr(n);
+    let nr = |x: i64| x as u64;
+    assert_eq!(
+        syscalls(&ev),
+        vec![
+            (nr(libc::SYS_uname), 0, vec![(a("uts"), 390, true)]),
+            (nr(libc::SYS_pipe2), 0, vec![(a("fds"), 8, true)]),
+            (nr(libc::SYS_poll), 2, vec![(a("pfd"), 16, false), (a("pfd") + 6, 2, true), (a("pfd") + 14, 2, true)]),
+            (nr(libc::SYS_rt_sigprocmask), 0, vec![(a("set"), 8, false), (a("old"), 8, true)]),
+            (nr(libc::SYS_sysinfo), 0, vec![(a("si"), 112, true)]),
+            (nr(libc::SYS_epoll_ctl), 0, vec![(a("ev"), 12, false)]),
+            (nr(libc::SYS_epoll_wait), 1, vec![(a("evs"), 12, true)]),
+            (nr(libc::SYS_getdents64), dents, vec![(a("dents"), dents as u64, true)]),
+        ],
+        "stderr:\n{}",
+        r.stderr
+    );
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Gap { .. })).count(), 0, "stderr:\n{}", r.stderr);
+}
+
+#[test]
 fn record_executable_anonymous_page_is_not_guarded() {
     let r = scenario("sys_exec", "exec");
     assert_eq!(r.stdout, "1276\n47\n");

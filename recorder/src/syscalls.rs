@@ -70,6 +70,8 @@ pub enum When {
     /// Transfer buffers: cut to the first `ret` bytes, counted across all
     /// `UpToRet` ranges in order.
     UpToRet,
+    /// Arrays the kernel fills with `ret` records of this size (`epoll_wait`).
+    Records(u64),
     /// Written only when the call was interrupted (`nanosleep`'s `rem`).
     OnInterrupt,
 }
@@ -89,6 +91,12 @@ const MSGHDR_SIZE: u64 = 56;
 /// what `TCGETS` copies; glibc's 60-byte struct is filled from it in user space.
 const KTERMIOS_SIZE: u64 = 36;
 const PATH_MAX: usize = 4096;
+const STATFS_SIZE: u64 = 120;
+const UTSNAME_SIZE: u64 = 390;
+const SYSINFO_SIZE: u64 = 112;
+/// The kernel's `struct sigaction` with an 8-byte mask (handler, flags, restorer, mask).
+const KSIGACTION_SIZE: u64 = 32;
+const EPOLL_EVENT_SIZE: u64 = 12;
 
 fn word(b: &[u8], off: usize) -> u64 {
     b.get(off..off + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
@@ -226,6 +234,73 @@ fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) {
             v
         }
         libc::SYS_futex => futex(a),
+        libc::SYS_openat2 => {
+            let mut v = path(a[1]);
+            v.push(r(a[2], a[3], false, When::Always));
+            v
+        }
+        libc::SYS_readlinkat => {
+            let mut v = path(a[1]);
+            v.push(r(a[2], a[3], true, When::UpToRet));
+            v
+        }
+        libc::SYS_statfs => {
+            let mut v = path(a[0]);
+            v.push(r(a[1], STATFS_SIZE, true, When::OnSuccess));
+            v
+        }
+        libc::SYS_fstatfs => vec![r(a[1], STATFS_SIZE, true, When::OnSuccess)],
+        libc::SYS_uname => vec![r(a[0], UTSNAME_SIZE, true, When::OnSuccess)],
+        libc::SYS_sysinfo => vec![r(a[0], SYSINFO_SIZE, true, When::OnSuccess)],
+        libc::SYS_pipe | libc::SYS_pipe2 => vec![r(a[0], 8, true, When::OnSuccess)],
+        libc::SYS_socketpair => vec![r(a[3], 8, true, When::OnSuccess)],
+        libc::SYS_getdents64 => vec![r(a[1], a[2], true, When::UpToRet)],
+        libc::SYS_poll | libc::SYS_ppoll => {
+            let n = a[1].min(1 << 16);
+            let mut v = vec![r(a[0], n * 8, false, When::Always)];
+            // Only each entry's `revents` is stored back.
+            v.extend((0..n).map(|i| r(a[0] + i * 8 + 6, 2, true, When::OnSuccess)));
+            if nr as i64 == libc::SYS_ppoll {
+                v.extend(opt(a[2], TIMESPEC_SIZE, false, When::Always));
+                v.extend(opt(a[3], a[4], false, When::Always));
+            }
+            v
+        }
+        libc::SYS_rt_sigprocmask => {
+            let mut v = opt(a[1], a[3], false, When::Always);
+            v.extend(opt(a[2], a[3], true, When::OnSuccess));
+            v
+        }
+        libc::SYS_rt_sigaction => {
+            let size = KSIGACTION_SIZE - 8 + a[3];
+            let mut v = opt(a[1], size, false, When::Always);
+            v.extend(opt(a[2], size, true, When::OnSuccess));
+            v
+        }
+        libc::SYS_connect | libc::SYS_bind => vec![r(a[1], a[2] & 0xffff_ffff, false, When::Always)],
+        libc::SYS_setsockopt => opt(a[3], a[4] & 0xffff_ffff, false, When::Always),
+        libc::SYS_getsockname | libc::SYS_getpeername | libc::SYS_accept | libc::SYS_accept4 | libc::SYS_getsockopt => {
+            // (buffer, length pointer): the buffer is written up to the length given.
+            let (buf, lenp) = if nr as i64 == libc::SYS_getsockopt { (a[3], a[4]) } else { (a[1], a[2]) };
+            if lenp == 0 {
+                Vec::new()
+            } else {
+                let mut l = [0u8; 4];
+                let len = if t.mem.read_partial(RemoteAddr(lenp), &mut l) == 4 { u32::from_le_bytes(l) } else { 0 };
+                let mut v = vec![r(lenp, 4, false, When::Always)];
+                v.extend(opt(buf, u64::from(len), true, When::OnSuccess));
+                v.push(r(lenp, 4, true, When::OnSuccess));
+                v
+            }
+        }
+        libc::SYS_epoll_ctl => opt(a[3], EPOLL_EVENT_SIZE, false, When::Always),
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait => {
+            let mut v = vec![r(a[1], (a[2] & 0xffff_ffff) * EPOLL_EVENT_SIZE, true, When::Records(EPOLL_EVENT_SIZE))];
+            if nr as i64 == libc::SYS_epoll_pwait {
+                v.extend(opt(a[4], a[5], false, When::Always));
+            }
+            v
+        }
         libc::SYS_ioctl => match a[1] & 0xffff_ffff {
             0x5401 => vec![r(a[2], KTERMIOS_SIZE, true, When::OnSuccess)], // TCGETS
             0x5402..=0x5404 => vec![r(a[2], KTERMIOS_SIZE, false, When::Always)], // TCSETS/W/F
@@ -443,6 +518,13 @@ fn actual(touches: &[Touch], ret: i64) -> Vec<SyscallRange> {
                 When::OnInterrupt => {
                     if interrupted {
                         r.len
+                    } else {
+                        0
+                    }
+                }
+                When::Records(size) => {
+                    if ret >= 0 {
+                        r.len.min((ret as u64).saturating_mul(size))
                     } else {
                         0
                     }
