@@ -135,6 +135,37 @@ fn record_uname_pipe2_poll_sigprocmask_sysinfo_epoll_getdents_on_host_buffers() 
 }
 
 #[test]
+fn record_stat_lstat_statx_fstat_clock_nanosleep_tcgets_tiocgwinsz_on_host_buffers() {
+    let r = scenario("sys_files", "files");
+    assert_eq!(
+        r.stdout,
+        "stat 0\nlstat 0\nstatx 0\nfstat 0\nclock_nanosleep 0\ntcgets 0 tail=1\ntiocgwinsz 0\n",
+        "stderr:\n{}",
+        r.stderr
+    );
+    let ev = r.events();
+    let a = |n: &str| r.addr(n);
+    let nr = |x: i64| x as u64;
+    let path = (a("path"), "/tmp/../usr".len() as u64 + 1, false);
+    assert_eq!(
+        syscalls(&ev),
+        vec![
+            (nr(libc::SYS_stat), 0, vec![path, (a("st"), 144, true)]),
+            (nr(libc::SYS_lstat), 0, vec![path, (a("st2"), 144, true)]),
+            (nr(libc::SYS_statx), 0, vec![path, (a("sx"), 256, true)]),
+            (nr(libc::SYS_fstat), 0, vec![(a("st3"), 144, true)]),
+            (nr(libc::SYS_clock_nanosleep), 0, vec![(a("req"), 16, false)]),
+            // The kernel's struct termios is 36 bytes (glibc's 60-byte one is filled from it).
+            (nr(libc::SYS_ioctl), 0, vec![(a("tio"), 36, true)]),
+            (nr(libc::SYS_ioctl), 0, vec![(a("ws"), 8, true)]),
+        ],
+        "stderr:\n{}",
+        r.stderr
+    );
+    assert_eq!(ev.iter().filter(|e| matches!(e, Event::Gap { .. })).count(), 0, "stderr:\n{}", r.stderr);
+}
+
+#[test]
 fn record_executable_anonymous_page_is_not_guarded() {
     let r = scenario("sys_exec", "exec");
     assert_eq!(r.stdout, "1276\n47\n");
