@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use ffirec_decode::{Decoded, MemAccess, Rw};
-use ffirec_format::{Event, Trace};
+use ffirec_format::{AccessRef, Event, EventRef, Trace};
 
 use crate::Error;
 
@@ -23,9 +23,8 @@ pub(crate) fn shard_of(addr: u64) -> usize {
 }
 
 /// Thread time per stage, for `FFIREC_ANALYZE_TIMING` (summed over workers).
-pub(crate) static READ_NS: AtomicU64 = AtomicU64::new(0);
+/// Reading a chunk and turning its events into records (one pass).
 pub(crate) static REC_NS: AtomicU64 = AtomicU64::new(0);
-pub(crate) static DROP_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Record flags.
 pub(crate) const READ: u8 = 1;
@@ -140,21 +139,20 @@ impl Decoder {
         }
     }
 
-    /// Reads chunk `index` of `trace` and turns it into records.
+    /// Reads chunk `index` of `trace` and turns it into records, visiting
+    /// the events in place (no owned `Event` per access).
     /// `out` is an emptied record set to fill (recycled: no fresh memory per chunk).
-    pub(crate) fn chunk(&mut self, trace: &Trace, index: usize, out: ChunkRecs) -> Result<ChunkRecs, Error> {
-        let first = trace.chunks().get(index).map_or(0, |c| c.first_event);
+    pub(crate) fn chunk(&mut self, trace: &Trace, index: usize, mut out: ChunkRecs) -> Result<ChunkRecs, Error> {
+        let events = trace.chunks().get(index).map_or(0, |c| c.events as usize);
+        prepare(&mut out, events);
         let t0 = std::time::Instant::now();
-        let events = trace.read_chunk(index)?;
-        let t1 = std::time::Instant::now();
-        let r = self.records_into(first, &events, out);
-        let t2 = std::time::Instant::now();
-        drop(events);
-        let t3 = std::time::Instant::now();
-        READ_NS.fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
-        REC_NS.fetch_add((t2 - t1).as_nanos() as u64, Relaxed);
-        DROP_NS.fetch_add((t3 - t2).as_nanos() as u64, Relaxed);
-        Ok(r)
+        trace.visit_chunk(index, |seq, ev| match ev {
+            EventRef::Access(a) => self.access(&mut out, seq, &a),
+            EventRef::Other(e) => other(&mut out, seq, e),
+        })?;
+        // Reading and decoding interleave now: all of it counts as `records`.
+        REC_NS.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        Ok(out)
     }
 
     /// Turns events numbered from `first` into records.
@@ -164,42 +162,55 @@ impl Decoder {
 
     /// As [`Decoder::records`], filling the emptied `out`.
     pub(crate) fn records_into(&mut self, first: u64, events: &[Event], mut out: ChunkRecs) -> ChunkRecs {
-        out.clear();
-        let per_shard = events.len() / SHARDS + events.len() / (4 * SHARDS) + 16;
-        for v in &mut out.accesses {
-            v.reserve(per_shard);
-        }
+        prepare(&mut out, events.len());
         for (seq, ev) in (first..).zip(events.iter()) {
             match ev {
-                &Event::Access { tid, ref code, ref regs, ref data, ref vregs, .. } => {
-                    out.access_events += 1;
-                    let mut scratch = std::mem::take(&mut self.scratch);
-                    scratch.clear();
-                    let res = self
-                        .decoded(regs.rip, code)
-                        .and_then(|d| d.accesses_into(regs, vregs, &mut scratch));
-                    match res {
-                        Ok(()) => push_accesses(&mut out, seq, tid, regs.rip, &scratch, data),
-                        Err(e) => out.decode_errors.push(DecodeFailure {
-                            seq,
-                            ip: regs.rip,
-                            reason: e.to_string(),
-                        }),
-                    }
-                    self.scratch = scratch;
+                &Event::Access { tid, ref code, ref regs, fault_addr, ref data, ref vregs } => {
+                    let a = AccessRef { tid, code, regs, fault_addr, data, vregs };
+                    self.access(&mut out, seq, &a);
                 }
-                &Event::SyscallAccess { tid, nr, ref ranges, .. } => {
-                    for r in ranges {
-                        let flags = SYSCALL | if r.write { WRITE } else { READ };
-                        split(&mut out.accesses, seq, tid, nr, r.addr, r.len, flags);
-                    }
-                    out.control.push((seq, ev.clone()));
-                }
-                other => out.control.push((seq, other.clone())),
+                other_ev => other(&mut out, seq, other_ev.clone()),
             }
         }
         out
     }
+
+    /// Decodes one access into records.
+    fn access(&mut self, out: &mut ChunkRecs, seq: u64, a: &AccessRef<'_>) {
+        out.access_events += 1;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let rip = a.regs.rip;
+        let res = self.decoded(rip, a.code).and_then(|d| d.accesses_into(a.regs, a.vregs, &mut scratch));
+        match res {
+            Ok(()) => push_accesses(out, seq, a.tid, rip, &scratch, a.data),
+            Err(e) => out.decode_errors.push(DecodeFailure { seq, ip: rip, reason: e.to_string() }),
+        }
+        self.scratch = scratch;
+    }
+}
+
+/// Empties `out` and makes room for a chunk of `events` events.
+fn prepare(out: &mut ChunkRecs, events: usize) {
+    out.clear();
+    // `events` may come from an untrusted chunk header: capped.
+    let events = events.min(1 << 20);
+    let per_shard = events / SHARDS + events / (4 * SHARDS) + 16;
+    for v in &mut out.accesses {
+        v.reserve(per_shard);
+    }
+}
+
+/// A non-access event: passed on as a control event (syscall ranges also
+/// become access records).
+fn other(out: &mut ChunkRecs, seq: u64, ev: Event) {
+    if let Event::SyscallAccess { tid, nr, ref ranges, .. } = ev {
+        for r in ranges {
+            let flags = SYSCALL | if r.write { WRITE } else { READ };
+            split(&mut out.accesses, seq, tid, nr, r.addr, r.len, flags);
+        }
+    }
+    out.control.push((seq, ev));
 }
 
 fn push_accesses(out: &mut ChunkRecs, seq: u64, tid: u32, ip: u64, accs: &[MemAccess], data: &[u8]) {

@@ -226,10 +226,8 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let report = report::build(gathered, &syms, &opts.suppressions);
     if timing {
         eprintln!(
-            "ffirec analyze timing: pipeline {t_loop:.3}s wall (thread time: read_chunk {:.3}s, records {:.3}s, drop events {:.3}s, shards {:.3}s), timeline {t_feed:.3}s, gather+report {:.3}s",
-            decode::READ_NS.swap(0, Relaxed) as f64 / 1e9,
+            "ffirec analyze timing: pipeline {t_loop:.3}s wall (thread time: read+records {:.3}s, shards {:.3}s), timeline {t_feed:.3}s, gather+report {:.3}s",
             decode::REC_NS.swap(0, Relaxed) as f64 / 1e9,
-            decode::DROP_NS.swap(0, Relaxed) as f64 / 1e9,
             state::SHARD_NS.swap(0, Relaxed) as f64 / 1e9,
             t_gather.elapsed().as_secs_f64()
         );

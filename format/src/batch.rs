@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::event::{Event, Regs, Tid, VecReg};
+use crate::event::{AccessRef, Event, EventRef, Regs, Tid, VecReg};
 use crate::wire::{self, WAccessVReg, WEvent, WRegs};
 
 /// Kind byte of every event (index into [`crate::EVENT_KINDS`]; frozen).
@@ -270,10 +270,15 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Decodes a validated archived batch back into events, reading the columns
-/// in place. Any inconsistency is an error message (the caller wraps it into
-/// `Error::Corrupt` with the chunk number).
-pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
+/// Decodes a validated archived batch, handing each event to `f` with its
+/// index in the batch, in order, reading the columns in place: an access
+/// borrows its instruction and data bytes from the archive and its registers
+/// from a local, nothing is allocated per access (except for the rare
+/// extended registers). Any inconsistency is an error message (the caller
+/// wraps it into `Error::Corrupt` with the chunk number); some checks (e.g.
+/// trailing column bytes) can only fail after every event was visited, so on
+/// error the caller must discard whatever `f` saw.
+pub fn visit(b: &ArchivedBatch, mut f: impl FnMut(usize, EventRef<'_>)) -> Result<(), String> {
     let ip_addr = b.ip_addr.as_slice();
     let ip_code_len = b.ip_code_len.as_slice();
     let ip_code = b.ip_code.as_slice();
@@ -300,8 +305,7 @@ pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
     let mut others = b.others.iter();
     let mut threads = Threads::default();
     let kinds = b.kinds.as_slice();
-    // Capacity from an untrusted count: capped, the vector grows as events decode.
-    let mut out = Vec::with_capacity(kinds.len().min(1 << 16));
+    let mut vr: Vec<VecReg> = Vec::new();
     let mut accesses: u32 = 0;
     for (n, &k) in kinds.iter().enumerate() {
         if k != KIND_ACCESS {
@@ -310,7 +314,7 @@ pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
             if wire_kind_id(&w) != k {
                 return Err(format!("event {n}: kind column says {k}, stored event is {}", wire_kind_id(&w)));
             }
-            out.push(wire::event_from(w).map_err(|e| format!("event {n}: {e}"))?);
+            f(n, EventRef::Other(wire::event_from(w).map_err(|e| format!("event {n}: {e}"))?));
             continue;
         }
         let tid = u32::try_from(tid_s.get()?).map_err(|_| format!("event {n}: thread id out of range"))?;
@@ -321,8 +325,7 @@ pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
         };
         let code = ip_code
             .get(code_off..code_off + code_len.to_native() as usize)
-            .ok_or_else(|| format!("event {n}: instruction bytes out of range"))?
-            .to_vec();
+            .ok_or_else(|| format!("event {n}: instruction bytes out of range"))?;
         let st = threads.get(tid);
         st.fault = st.fault.wrapping_add(unzigzag(fault_s.get()?));
         let mask = mask_s.get()?;
@@ -337,13 +340,15 @@ pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
             }
         }
         st.regs = now;
+        let fault_addr = st.fault;
         let dlen = dlen_s.get()?;
-        let data = data_s.take(dlen)?.to_vec();
-        let mut vr = Vec::new();
+        let data = data_s.take(dlen)?;
+        vr.clear();
         while let Some(v) = vregs.next_if(|v| v.access.to_native() == accesses) {
             vr.push(VecReg { kind: wire::vreg_kind_from(v.kind)?, index: v.index, bytes: v.bytes.as_slice().to_vec() });
         }
-        out.push(Event::Access { tid, code, regs: wire_regs(&now), fault_addr: st.fault, data, vregs: vr });
+        let regs = wire_regs(&now);
+        f(n, EventRef::Access(AccessRef { tid, regs: &regs, code, fault_addr, data, vregs: &vr }));
         accesses += 1;
     }
     for s in [&tid_s, &ip_s, &fault_s, &mask_s, &regs_s, &dlen_s, &data_s] {
@@ -355,7 +360,7 @@ pub fn decode(b: &ArchivedBatch) -> Result<Vec<Event>, String> {
     if others.next().is_some() {
         return Err("stored events left over after the kind column".into());
     }
-    Ok(out)
+    Ok(())
 }
 
 fn wire_regs(w: &WRegs) -> Regs {

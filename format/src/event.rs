@@ -306,3 +306,53 @@ impl Event {
         }
     }
 }
+
+/// An [`Event::Access`] borrowed from a chunk being read
+/// ([`crate::Trace::visit_chunk`]): the same fields, without owning them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRef<'a> {
+    pub tid: Tid,
+    /// Instruction bytes at `regs.rip` (1–15 bytes).
+    pub code: &'a [u8],
+    /// Registers at the fault, before the instruction ran.
+    pub regs: &'a Regs,
+    /// `si_addr` of the fault.
+    pub fault_addr: u64,
+    /// The bytes the instruction was about to read.
+    pub data: &'a [u8],
+    /// Extended registers needed to compute the operands (usually none).
+    pub vregs: &'a [VecReg],
+}
+
+impl AccessRef<'_> {
+    /// The owned [`Event::Access`].
+    pub fn to_event(&self) -> Event {
+        Event::Access {
+            tid: self.tid,
+            code: self.code.to_vec(),
+            regs: *self.regs,
+            fault_addr: self.fault_addr,
+            data: self.data.to_vec(),
+            vregs: self.vregs.to_vec(),
+        }
+    }
+}
+
+/// One event handed out by [`crate::Trace::visit_chunk`]: accesses (the bulk
+/// of a trace) borrowed, every other kind owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRef<'a> {
+    Access(AccessRef<'a>),
+    /// Any kind but [`Event::Access`].
+    Other(Event),
+}
+
+impl EventRef<'_> {
+    /// The owned event.
+    pub fn into_event(self) -> Event {
+        match self {
+            EventRef::Access(a) => a.to_event(),
+            EventRef::Other(e) => e,
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! Principal types: [`Event`] (what happened), [`TraceWriter`] (append events
 //! from the recorder's hot path; compression and I/O run on a background
 //! thread), [`Trace`] (memory-mapped, validating reader whose chunks decode
-//! independently, so analysis can run them in parallel).
+//! independently, so analysis can run them in parallel; `Trace::visit_chunk`
+//! hands out accesses borrowed in place, `Trace::read_chunk` owned events).
 //!
 //! Hidden: the on-disk layout (chunk headers, the columnar batch encoding with
 //! deduplicated instruction bytes and per-thread register deltas, footer,
@@ -79,7 +80,7 @@ mod writer;
 
 pub use error::Error;
 pub use event::{
-    AllocFn, Domain, Event, ExitStatus, GapReason, Regs, SyscallRange, Tid, VecReg, VecRegKind,
+    AccessRef, AllocFn, Domain, Event, EventRef, ExitStatus, GapReason, Regs, SyscallRange, Tid, VecReg, VecRegKind,
     EVENT_KINDS,
 };
 pub use meta::{Header, Module, Policy, Segment, Summary, Symbol};

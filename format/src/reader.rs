@@ -16,7 +16,7 @@ use crate::layout::{
     TRAILER_LEN, VERSION,
 };
 use crate::wire::{self, WFooter, WHeader, WModule};
-use crate::{Error, Event, Header, Module, Summary};
+use crate::{Error, Event, EventRef, Header, Module, Summary};
 
 /// Where one chunk of events lies and what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +153,27 @@ impl Trace {
     }
 
     /// Decompresses, checks and decodes chunk `index`. Independent of every
-    /// other chunk, so callers may run these in parallel.
+    /// other chunk, so callers may run these in parallel. A thin wrapper over
+    /// [`Trace::visit_chunk`] that collects owned events.
     pub fn read_chunk(&self, index: usize) -> Result<Vec<Event>, Error> {
+        // Capacity from an untrusted count: capped, the vector grows as events decode.
+        let cap = self.chunks.get(index).map_or(0, |c| c.events as usize).min(1 << 16);
+        let mut out = Vec::with_capacity(cap);
+        self.visit_chunk(index, |_, e| out.push(e.into_event()))?;
+        Ok(out)
+    }
+
+    /// Decompresses and checks chunk `index` exactly as [`Trace::read_chunk`]
+    /// does, then hands every event to `f` with its event number, in order,
+    /// without building owned events: an access borrows its bytes from the
+    /// decompressed chunk ([`EventRef::Access`]), so nothing is allocated per
+    /// access (only for its rare extended registers); the other kinds come
+    /// owned ([`EventRef::Other`]).
+    ///
+    /// Some damage (e.g. bytes left over in a column) is only detectable
+    /// after the last event, so `f` may have seen events of a chunk for which
+    /// this then returns `Err`: discard whatever it gathered in that case.
+    pub fn visit_chunk(&self, index: usize, mut f: impl FnMut(u64, EventRef<'_>)) -> Result<(), Error> {
         let corrupt = |reason: String| Error::Corrupt { chunk: index, reason };
         let (Some(info), Some(&crc)) = (self.chunks.get(index), self.crcs.get(index)) else {
             return Err(corrupt(format!("no such chunk (the trace has {})", self.chunks.len())));
@@ -175,7 +194,8 @@ impl Trace {
                 batch.kinds.len()
             )));
         }
-        batch::decode(batch).map_err(corrupt)
+        let first = info.first_event;
+        batch::visit(batch, |n, e| f(first.wrapping_add(n as u64), e)).map_err(corrupt)
     }
 
     /// Every event with its number, in order.
