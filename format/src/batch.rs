@@ -231,6 +231,7 @@ impl<'a> Stream<'a> {
         Stream { bytes, pos: 0, name }
     }
 
+    #[inline]
     fn get(&mut self) -> Result<u64, String> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
