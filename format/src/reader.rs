@@ -184,18 +184,25 @@ impl Trace {
             .as_slice()
             .get(start..start.saturating_add(info.compressed_len as usize))
             .ok_or_else(|| corrupt("payload beyond the end of the file".into()))?;
-        let raw = unpack(payload, info.raw_len, crc).map_err(corrupt)?;
-        let batch = rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw)
-            .map_err(|e| corrupt(format!("invalid archive: {e}")))?;
-        if batch.kinds.len() != info.events as usize {
-            return Err(corrupt(format!(
-                "chunk header says {} events, payload holds {}",
-                info.events,
-                batch.kinds.len()
-            )));
+        // The thread's buffer (a fresh one if `f` reads chunks itself).
+        let mut raw = CHUNK_BUF.with(|c| c.take()).unwrap_or_default();
+        let res = unpack_into(payload, info.raw_len, crc, &mut raw).and_then(|()| {
+            let batch = rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw)
+                .map_err(|e| format!("invalid archive: {e}"))?;
+            if batch.kinds.len() != info.events as usize {
+                return Err(format!(
+                    "chunk header says {} events, payload holds {}",
+                    info.events,
+                    batch.kinds.len()
+                ));
+            }
+            let first = info.first_event;
+            batch::visit(batch, |n, e| f(first.wrapping_add(n as u64), e))
+        });
+        if raw.capacity() <= KEEP_BUF {
+            CHUNK_BUF.with(|c| c.set(Some(raw)));
         }
-        let first = info.first_event;
-        batch::visit(batch, |n, e| f(first.wrapping_add(n as u64), e)).map_err(corrupt)
+        res.map_err(corrupt)
     }
 
     /// Every event with its number, in order.
@@ -420,6 +427,13 @@ fn chunk_header_at(data: &[u8], at: usize) -> Option<Result<ChunkHeader, layout:
 /// exactly `raw_len` bytes (more is rejected by zstd — the buffer is the
 /// bound — and less by us).
 fn unpack(payload: &[u8], raw_len: u32, crc: u32) -> Result<rkyv::util::AlignedVec, String> {
+    let mut out = rkyv::util::AlignedVec::<16>::new();
+    unpack_into(payload, raw_len, crc, &mut out)?;
+    Ok(out)
+}
+
+/// As [`unpack`], into `out` (emptied first; its memory is reused).
+fn unpack_into(payload: &[u8], raw_len: u32, crc: u32, out: &mut rkyv::util::AlignedVec) -> Result<(), String> {
     if crc32fast::hash(payload) != crc {
         return Err("payload checksum mismatch".into());
     }
@@ -433,13 +447,22 @@ fn unpack(payload: &[u8], raw_len: u32, crc: u32) -> Result<rkyv::util::AlignedV
         Ok(Some(n)) => return Err(format!("zstd frame holds {n} bytes, header says {raw_len}")),
         Ok(None) | Err(_) => return Err("not a zstd frame with a declared size".into()),
     }
-    let mut out = rkyv::util::AlignedVec::<16>::with_capacity(raw_len as usize);
+    out.clear();
     out.resize(raw_len as usize, 0);
     let n = zstd::bulk::decompress_to_buffer(payload, &mut out[..]).map_err(|e| format!("zstd: {e}"))?;
     if n != raw_len as usize {
         return Err(format!("decompressed to {n} bytes, header says {raw_len}"));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Decompressed chunks up to this size keep their buffer for the thread's
+/// next chunk (fresh pages for every chunk cost page faults, which two
+/// threads decoding at once make contend).
+const KEEP_BUF: usize = 16 << 20;
+
+thread_local! {
+    static CHUNK_BUF: std::cell::Cell<Option<rkyv::util::AlignedVec>> = const { std::cell::Cell::new(None) };
 }
 
 /// Validated rkyv access, then deserialization.
