@@ -296,6 +296,10 @@ impl Tracer {
             if let Ok(r) = sys::getregs(t) {
                 keep.push(r.rsp);
                 keep.push(r.fs_base);
+            } else if let Some((sp, fs)) = self.threads.get(&t).and_then(|th| th.exit_regs) {
+                // Running past its exit stop: its stack and TCB must stay writable.
+                keep.push(sp);
+                keep.push(fs);
             }
         }
         let mut out: Vec<GuardRange> = Vec::new();

@@ -101,6 +101,11 @@ pub(crate) struct Thread {
     pub pending: Option<Stop>,
     /// Past its PTRACE_EVENT_EXIT stop.
     pub exiting: bool,
+    /// `rsp` and `fs_base` at the PTRACE_EVENT_EXIT stop. An exiting thread
+    /// keeps running (it cannot be held), so the guard set must still leave
+    /// its stack and TCB alone: the kernel's CLONE_CHILD_CLEARTID write and
+    /// futex wake land there, and pthread_join waits for them.
+    pub exit_regs: Option<(u64, u64)>,
     /// Syscall-stop bookkeeping (foreign-mode syscalls into guarded memory).
     pub sys: crate::syscalls::SysState,
     /// Base of the thread's alternate signal stack, once asked (None inside: none set).
@@ -510,8 +515,10 @@ impl Tracer {
                 Ok(())
             }
             libc::PTRACE_EVENT_EXIT => {
+                let regs = sys::getregs(tid).ok().map(|r| (r.rsp, r.fs_base));
                 if let Some(t) = self.threads.get_mut(&tid) {
                     t.exiting = true;
+                    t.exit_regs = regs;
                 }
                 if self.owner == Some(tid) {
                     // Leaving through exit/exit_group inside a foreign call.
