@@ -797,6 +797,7 @@ impl Tracer {
         let guarding = self.foreign_mode;
         let arena = self.arena;
         let blocks = &mut self.arena_blocks;
+        let guards = &self.guards;
         let mut err = None;
         a.drain(|e| {
             if let Some(r) = arena {
@@ -809,7 +810,7 @@ impl Tracer {
                     moved.push((ptr, size));
                 }
             }
-            let unknown = untracked_init(arena, &e);
+            let unknown = untracked_init(arena, &e).or_else(|| unguarded_foreign_block(guarding, guards, &e));
             for ev in std::iter::once(e).chain(unknown) {
                 if let Err(x) = sink.push(ev) {
                     err.get_or_insert(x);
@@ -859,6 +860,26 @@ fn untracked_init(arena: Option<(u64, u64)>, e: &Event) -> Option<Event> {
         }
         _ => None,
     }
+}
+
+/// A block allocated during a foreign call on pages that were not guarded
+/// when the call began (fresh heap or a new mapping, e.g. with
+/// `--guard-foreign`): the library's writes to it during this call are not
+/// recorded, so its state is unknown from here on, never "uninitialised".
+fn unguarded_foreign_block(guarding: bool, guards: &[GuardRange], e: &Event) -> Option<Event> {
+    let Event::Alloc { ptr, size, zeroed: false, .. } = *e else { return None };
+    if !guarding || size == 0 {
+        return None;
+    }
+    let end = ptr.saturating_add(size);
+    let mut pos = ptr;
+    while pos < end {
+        match guards.iter().find(|g| g.start <= pos && pos < g.end) {
+            Some(g) => pos = g.end,
+            None => return Some(Event::InitUnknown { addr: ptr, len: size }),
+        }
+    }
+    None
 }
 
 /// Whether `signal` will kill the process: no handler and not ignored, and
