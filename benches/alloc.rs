@@ -30,7 +30,8 @@ fn main() {
     let mut events = (0, 0);
     let mut recorder_counters = String::new();
     for _ in 0..rounds {
-        let (out, wall) = support::run_ok(std::process::Command::new(&prog).arg(n.to_string()), Duration::from_secs(60));
+        let (out, wall) =
+            support::run_ok(std::process::Command::new(&prog).arg(n.to_string()), Duration::from_secs(60));
         native_ns = native_ns.min(support::stderr_value(&out, "loop_ns"));
         native_wall = native_wall.min(wall);
         let native_stdout = out.stdout;
@@ -55,7 +56,12 @@ fn main() {
     let ratio = rec_ns as f64 / native_ns as f64;
     println!("  {:<16} {:>12} {:>14} {:>12}", "", "loop time", "ns per pair", "run wall");
     for (label, ns, wall) in [("native", native_ns, native_wall), ("ffirec record", rec_ns, rec_wall)] {
-        println!("  {label:<16} {:>9.1} ms {:>14.1} {:>9.0} ms", ns as f64 / 1e6, ns as f64 / n as f64, support::ms(wall));
+        println!(
+            "  {label:<16} {:>9.1} ms {:>14.1} {:>9.0} ms",
+            ns as f64 / 1e6,
+            ns as f64 / n as f64,
+            support::ms(wall)
+        );
     }
     println!(
         "  overhead: {ratio:.2}x native (target <= 3x: {}); trace has {} alloc and {} free events",

@@ -38,7 +38,12 @@ fn generate(path: &std::path::Path, accesses: u64) -> u64 {
         command: vec!["bench".into()],
         start_time_ns: 0,
         page_size: 4096,
-        policy: Policy { foreign: vec!["libbench.so".into()], neutral: vec![], track_host_init: true, guard_foreign: false },
+        policy: Policy {
+            foreign: vec!["libbench.so".into()],
+            neutral: vec![],
+            track_host_init: true,
+            guard_foreign: false,
+        },
     };
     let mut w = TraceWriter::create(path, header).unwrap();
     w.add_module(Module {
@@ -135,7 +140,11 @@ fn main() {
     let t = Instant::now();
     let n = generate(&path, accesses);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!("generated {n} access events in {:.1}s ({size} bytes, {:.2} B/event)", t.elapsed().as_secs_f64(), size as f64 / n as f64);
+    println!(
+        "generated {n} access events in {:.1}s ({size} bytes, {:.2} B/event)",
+        t.elapsed().as_secs_f64(),
+        size as f64 / n as f64
+    );
     let trace = Trace::open(&path).unwrap();
     let events = trace.event_count();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -60,7 +60,11 @@ fn main() {
         rate(rec_ns),
         rec_ns as f64 / 1e3 / n as f64
     );
-    println!("  slowdown per call: {:.0}x; whole recorded run {:.0} ms wall", rec_ns as f64 / native_ns as f64, support::ms(rec_wall));
+    println!(
+        "  slowdown per call: {:.0}x; whole recorded run {:.0} ms wall",
+        rec_ns as f64 / native_ns as f64,
+        support::ms(rec_wall)
+    );
     println!(
         "  recorder counters (last run): {calls} calls, {:.2} ptrace stops/call, {:.2} guard batches/call, {:.2} ranges/batch, {accesses} accesses",
         stops as f64 / calls.max(1) as f64,

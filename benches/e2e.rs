@@ -126,11 +126,7 @@ fn main() {
         assert!(text.contains("round trip ok"), "native round trip failed: {text}");
 
         let (out, wall) = record(&prog, kib, &trace);
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            text,
-            "program stdout differs under ffirec record"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), text, "program stdout differs under ffirec record");
         rec = rec.min(wall);
 
         let mut cmd = support::ffirec();
@@ -156,7 +152,10 @@ fn main() {
 
     let st = trace_stats(&trace);
     let x = |d: Duration| d.as_secs_f64() / native.as_secs_f64();
-    println!("  stdout identical natively, under ffirec and under memcheck: {}", String::from_utf8_lossy(&native_stdout).lines().next().unwrap_or(""));
+    println!(
+        "  stdout identical natively, under ffirec and under memcheck: {}",
+        String::from_utf8_lossy(&native_stdout).lines().next().unwrap_or("")
+    );
     println!("  {:<34} {:>11} {:>10}", "", "wall", "x native");
     let ana_label = format!("ffirec analyze ({threads} threads)");
     let rows = [("native", native), ("ffirec record --lib libz.so.1", rec), (ana_label.as_str(), ana)];

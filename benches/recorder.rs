@@ -47,7 +47,8 @@ fn ceiling(n: u64, pinned: bool) -> f64 {
         unsafe {
             libc::ptrace(libc::PTRACE_TRACEME, 0, 0usize, 0usize);
             libc::raise(libc::SIGSTOP);
-            let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            let page =
+                libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
             for _ in 0..n {
                 // mov rax, [rdi]: 3 bytes (48 8b 07); the tracer skips it.
                 std::arch::asm!("mov rax, [rdi]", in("rdi") page, out("rax") _);

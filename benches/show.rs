@@ -26,10 +26,17 @@ fn generate(path: &std::path::Path, events: u64, per_call: u64) {
         command: vec!["bench".into()],
         start_time_ns: 0,
         page_size: 4096,
-        policy: Policy { foreign: vec!["libbench.so".into()], neutral: vec![], track_host_init: true, guard_foreign: false },
+        policy: Policy {
+            foreign: vec!["libbench.so".into()],
+            neutral: vec![],
+            track_host_init: true,
+            guard_foreign: false,
+        },
     };
     let mut w = TraceWriter::create(path, header).unwrap();
-    for (name, base, domain) in [("/nonexistent/host", HOST, Domain::Host), ("/nonexistent/libbench.so", LIB, Domain::Foreign)] {
+    for (name, base, domain) in
+        [("/nonexistent/host", HOST, Domain::Host), ("/nonexistent/libbench.so", LIB, Domain::Foreign)]
+    {
         w.add_module(Module {
             pid: 1,
             path: name.into(),
@@ -37,7 +44,11 @@ fn generate(path: &std::path::Path, events: u64, per_call: u64) {
             base,
             segments: vec![Segment { start: base, len: 0x4000, prot: 5, file_offset: 0 }],
             domain,
-            symbols: vec![Symbol { name: if domain == Domain::Host { "main".into() } else { "work".into() }, addr: 0x1000, size: 0x1000 }],
+            symbols: vec![Symbol {
+                name: if domain == Domain::Host { "main".into() } else { "work".into() },
+                addr: 0x1000,
+                size: 0x1000,
+            }],
         })
         .unwrap();
     }
@@ -74,8 +85,15 @@ fn generate(path: &std::path::Path, events: u64, per_call: u64) {
             regs.rip = LIB + 0x1010;
             regs.gpr[Regs::RDI] = BUF + 8 * (k % 8000);
             regs.gpr[Regs::RCX] = k;
-            w.push(Event::Access { tid: TID, code: LOAD.to_vec(), regs, fault_addr: regs.gpr[Regs::RDI], data: vec![1; 8], vregs: vec![] })
-                .unwrap();
+            w.push(Event::Access {
+                tid: TID,
+                code: LOAD.to_vec(),
+                regs,
+                fault_addr: regs.gpr[Regs::RDI],
+                data: vec![1; 8],
+                vregs: vec![],
+            })
+            .unwrap();
             n += 1;
             k += 1;
         }
@@ -116,7 +134,12 @@ fn main() {
     println!("generated {events} events (calls of 1000 events) in {:.1}s", t.elapsed().as_secs_f64());
 
     let (open, trace) = time(1, || Trace::open(&path).unwrap());
-    println!("open: {:.2} ms, {} chunks of ≤{} events", open.as_secs_f64() * 1e3, trace.chunks().len(), trace.chunks()[0].events);
+    println!(
+        "open: {:.2} ms, {} chunks of ≤{} events",
+        open.as_secs_f64() * 1e3,
+        trace.chunks().len(),
+        trace.chunks()[0].events
+    );
 
     let (jump, out) = time(5, || show_to_vec(&trace, ShowMode::From(target), 20));
     let text = String::from_utf8(out).unwrap();
@@ -133,7 +156,11 @@ fn main() {
     );
 
     let (at, _) = time(1, || {
-        show_to_vec(&trace, ShowMode::Memory { at: target, range: MemSpec { addr: MemAddr::Alloc { id: 0, offset: 0 }, len: 64 } }, 20)
+        show_to_vec(
+            &trace,
+            ShowMode::Memory { at: target, range: MemSpec { addr: MemAddr::Alloc { id: 0, offset: 0 }, len: 64 } },
+            20,
+        )
     });
     println!("--at {target} --memory alloc0+0:64 (replays the prefix): {:.0} ms", at.as_secs_f64() * 1e3);
 

@@ -18,7 +18,12 @@ fn header() -> Header {
         command: vec!["./prog".into()],
         start_time_ns: 0,
         page_size: 4096,
-        policy: Policy { foreign: vec!["libfoo.so".into()], neutral: vec![], track_host_init: true, guard_foreign: false },
+        policy: Policy {
+            foreign: vec!["libfoo.so".into()],
+            neutral: vec![],
+            track_host_init: true,
+            guard_foreign: false,
+        },
     }
 }
 
@@ -61,7 +66,14 @@ fn events(off: u64) -> Vec<Event> {
             rsp: 0x7ffd_0000_0000,
             return_addr: 0x40_2000,
         },
-        Event::Access { tid: 1, code: vec![0x0f, 0xb6, 0x07], regs, fault_addr: HEAP + off, data: vec![0], vregs: vec![] },
+        Event::Access {
+            tid: 1,
+            code: vec![0x0f, 0xb6, 0x07],
+            regs,
+            fault_addr: HEAP + off,
+            data: vec![0],
+            vregs: vec![],
+        },
         Event::Return { tid: 1, call: 0, rax: 0, rdx: 0 },
     ]
 }

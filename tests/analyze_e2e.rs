@@ -77,8 +77,9 @@ fn analyse_expecting(test: &str, scenario: &str, status: i32) -> Analysed {
         .filter_map(|(k, v)| Some((k.to_string(), u64::from_str_radix(v.trim(), 16).ok()?)))
         .collect();
     let out = common::run(common::ffirec().args(["analyze", "--format", "json"]).arg(&trace), common::TIMEOUT);
-    let json: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("analyze output is not JSON ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr)));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("analyze output is not JSON ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr))
+    });
     assert_eq!(json["schema"], "ffirec.report/1");
     Analysed { json, code: out.status.code().unwrap_or(-1), trace, addrs }
 }
@@ -94,14 +95,20 @@ fn analyze_host_malloc64_16_written_32_read() {
     let id = a.alloc_id(buf);
     let c = a.call("sum_bytes");
     let t = &c["touched"][0];
-    assert_eq!((t["alloc"].as_u64(), &t["read"], &t["written"]), (Some(id), &serde_json::json!([[0, 32]]), &serde_json::json!([])));
+    assert_eq!(
+        (t["alloc"].as_u64(), &t["read"], &t["written"]),
+        (Some(id), &serde_json::json!([[0, 32]]), &serde_json::json!([]))
+    );
     assert_eq!(t["args"], serde_json::json!([0]));
     if a.json["trace"]["track_host_init"] == true {
         // Host writes tracked: the 16 bytes memset wrote are initialised, the next 16 are not.
         assert_eq!(kinds(&a), vec!["uninit"]);
         let f = &a.findings()[0];
         assert_eq!((f["addr"].as_str(), f["size"].as_u64()), (Some(format!("{:#x}", buf + 16).as_str()), Some(16)));
-        assert_eq!((f["allocation"]["relation"].as_str(), f["allocation"]["distance"].as_u64()), (Some("inside"), Some(16)));
+        assert_eq!(
+            (f["allocation"]["relation"].as_str(), f["allocation"]["distance"].as_u64()),
+            (Some("inside"), Some(16))
+        );
         assert_eq!(a.code, 1);
     } else {
         // Today's recorder does not track host writes: the host bytes are unknown, never reported.
@@ -120,7 +127,10 @@ fn analyze_off_by_one_after_malloc10() {
     assert_eq!(f["addr"], format!("{:#x}", buf + 10));
     assert_eq!((f["size"].as_u64(), f["count"].as_u64(), f["read"].as_bool()), (Some(1), Some(1), Some(true)));
     let al = &f["allocation"];
-    assert_eq!((al["relation"].as_str(), al["distance"].as_u64(), al["size"].as_u64()), (Some("after"), Some(0), Some(10)));
+    assert_eq!(
+        (al["relation"].as_str(), al["distance"].as_u64(), al["size"].as_u64()),
+        (Some("after"), Some(0), Some(10))
+    );
     assert_eq!(al["id"].as_u64(), Some(a.alloc_id(buf)));
     assert_eq!(f["at"]["symbol"], "sum_off_by_one");
     assert_eq!(f["at"]["module"], "libanafx.so");
@@ -156,8 +166,14 @@ fn analyze_linked_list_next_pointer_exposes_node() {
     assert_eq!(f["addr"], format!("{:#x}", na + 8));
     let ex = &a.call("list_sum")["exposed"];
     assert_eq!(ex.as_array().map(|v| v.len()), Some(2), "{ex:#}");
-    assert_eq!((ex[0]["via"].as_str(), ex[0]["alloc"].as_u64(), ex[0]["arg"].as_u64()), (Some("argument"), Some(ida), Some(0)));
-    assert_eq!((ex[1]["via"].as_str(), ex[1]["alloc"].as_u64(), ex[1]["from_alloc"].as_u64()), (Some("load"), Some(idb), Some(ida)));
+    assert_eq!(
+        (ex[0]["via"].as_str(), ex[0]["alloc"].as_u64(), ex[0]["arg"].as_u64()),
+        (Some("argument"), Some(ida), Some(0))
+    );
+    assert_eq!(
+        (ex[1]["via"].as_str(), ex[1]["alloc"].as_u64(), ex[1]["from_alloc"].as_u64()),
+        (Some("load"), Some(idb), Some(ida))
+    );
     assert_eq!(a.code, 1);
 }
 
@@ -184,13 +200,17 @@ fn analyze_foreign_allocation_never_freed() {
 fn analyze_threads_1_and_2_identical_and_dump_accesses() {
     let a = analyse("analyze_threads", "oob");
     let run = |threads: &str| {
-        common::run(common::ffirec().args(["analyze", "--format", "json", "--threads", threads]).arg(&a.trace), common::TIMEOUT)
-            .stdout
+        common::run(
+            common::ffirec().args(["analyze", "--format", "json", "--threads", threads]).arg(&a.trace),
+            common::TIMEOUT,
+        )
+        .stdout
     };
     assert!(run("1") == run("2"), "JSON differs between --threads 1 and 2");
     let out = common::run(common::ffirec().args(["dump", "--accesses"]).arg(&a.trace), common::TIMEOUT);
     assert_eq!(out.status.code(), Some(0));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let buf = a.addr("buf");
     let addrs: Vec<String> = (0..=10).map(|i| format!("{:#x}", buf + i)).collect();
     assert_eq!(lines.iter().map(|l| l["addr"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>(), addrs);

@@ -53,9 +53,8 @@ fn diff(old: &Path, new: &Path, extra: &[&str]) -> Output {
 }
 
 fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("diff output is not JSON ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("diff output is not JSON ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// Text lines that carry differences, with `+0x…` offsets (compiler-dependent) blanked.
@@ -114,7 +113,10 @@ fn diff_v1_v2_json_schema_and_exact_ranges() {
     assert_eq!((j["old"]["findings"].as_u64(), j["new"]["findings"].as_u64()), (Some(0), Some(1)));
     assert_eq!(j["old"]["foreign"], json!(["libdiffv.so"]));
     assert_eq!(j["warnings"], json!([]));
-    assert_eq!((j["only_in_old"].clone(), j["only_in_new"].clone(), j["call_counts"].clone()), (json!([]), json!([]), json!([])));
+    assert_eq!(
+        (j["only_in_old"].clone(), j["only_in_new"].clone(), j["call_counts"].clone()),
+        (json!([]), json!([]), json!([]))
+    );
     assert_eq!(j["fixed_findings"], json!([]));
     assert_eq!(
         j["summary"],
@@ -131,21 +133,35 @@ fn diff_v1_v2_json_schema_and_exact_ranges() {
     // (a) one byte past the end of the 16-byte buffer.
     let m = &calls[0]["memory"];
     assert_eq!(m.as_array().map(Vec::len), Some(1));
-    assert_eq!((m[0]["target"].as_str(), m[0]["args"].clone(), m[0]["ordinal"].as_u64()), (Some("alloc"), json!([0]), Some(0)));
+    assert_eq!(
+        (m[0]["target"].as_str(), m[0]["args"].clone(), m[0]["ordinal"].as_u64()),
+        (Some("alloc"), json!([0]), Some(0))
+    );
     assert!(m[0]["site"].as_str().is_some_and(|s| s.starts_with("main+0x")), "{m:#}");
     assert_eq!(
-        (m[0]["newly_read"].clone(), m[0]["no_longer_read"].clone(), m[0]["newly_written"].clone(), m[0]["no_longer_written"].clone()),
+        (
+            m[0]["newly_read"].clone(),
+            m[0]["no_longer_read"].clone(),
+            m[0]["newly_written"].clone(),
+            m[0]["no_longer_written"].clone()
+        ),
         (json!([[16, 17]]), json!([]), json!([]), json!([]))
     );
     assert_eq!(m[0]["counted"], true);
     // (b) struct field b ([8,16)) newly written.
     let m = &calls[1]["memory"];
     assert_eq!(m.as_array().map(Vec::len), Some(1));
-    assert_eq!((m[0]["newly_written"].clone(), m[0]["newly_read"].clone(), m[0]["args"].clone()), (json!([[8, 16]]), json!([]), json!([0])));
+    assert_eq!(
+        (m[0]["newly_written"].clone(), m[0]["newly_read"].clone(), m[0]["args"].clone()),
+        (json!([[8, 16]]), json!([]), json!([0]))
+    );
     // (c) third argument no longer read.
     let m = &calls[2]["memory"];
     assert_eq!(m.as_array().map(Vec::len), Some(1));
-    assert_eq!((m[0]["no_longer_read"].clone(), m[0]["newly_read"].clone(), m[0]["args"].clone()), (json!([[0, 8]]), json!([]), json!([2])));
+    assert_eq!(
+        (m[0]["no_longer_read"].clone(), m[0]["newly_read"].clone(), m[0]["args"].clone()),
+        (json!([[0, 8]]), json!([]), json!([2]))
+    );
     assert!(m[0]["label"].as_str().is_some_and(|l| l.ends_with("#0 (malloc 8)")), "{m:#}");
     // (d) the library's own helper now touches memory during diffv_scan; no memory change.
     assert_eq!(calls[3]["memory"], json!([]));
@@ -172,7 +188,10 @@ fn diff_v1_v2_json_schema_and_exact_ranges() {
     );
     assert_eq!((f[0]["relation"].as_str(), f[0]["distance"].as_u64()), (Some("after"), Some(0)));
     assert!(f[0]["allocation"].as_str().is_some_and(|l| l.ends_with("#0 (malloc 16)")), "{f:#}");
-    assert!(f[0]["at"].as_str().is_some_and(|l| l.starts_with("diffv_sum+0x") && l.ends_with("(libdiffv.so)")), "{f:#}");
+    assert!(
+        f[0]["at"].as_str().is_some_and(|l| l.starts_with("diffv_sum+0x") && l.ends_with("(libdiffv.so)")),
+        "{f:#}"
+    );
 }
 
 /// Every hex number in the diff is an offset into a module, never a heap address.
@@ -229,9 +248,16 @@ fn diff_v1_v1_other_heap_addresses_is_empty() {
     let base = |trace: &Path| {
         let out = common::run(common::ffirec().args(["analyze", "--format", "json"]).arg(trace), common::TIMEOUT);
         let j = json_of(&out);
-        let c = j["calls"].as_array().expect("calls").iter().find(|c| c["symbol"] == "diffv_sum").cloned().expect("diffv_sum");
+        let c = j["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .find(|c| c["symbol"] == "diffv_sum")
+            .cloned()
+            .expect("diffv_sum");
         let id = c["touched"][0]["alloc"].as_u64().expect("alloc");
-        j["allocations"].as_array().expect("allocations").iter().find(|a| a["id"] == id).expect("allocation")["base"].clone()
+        j["allocations"].as_array().expect("allocations").iter().find(|a| a["id"] == id).expect("allocation")["base"]
+            .clone()
     };
     assert_ne!(base(&t.v1), base(&t.v1b));
 

@@ -43,7 +43,12 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
     let only = &j["only_in_new"];
     assert_eq!(only.as_array().map(Vec::len), Some(1));
     assert_eq!(
-        (only[0]["name"].as_str(), only[0]["thread"].as_u64(), only[0]["bytes_read"].as_u64(), only[0]["bytes_written"].as_u64()),
+        (
+            only[0]["name"].as_str(),
+            only[0]["thread"].as_u64(),
+            only[0]["bytes_read"].as_u64(),
+            only[0]["bytes_written"].as_u64()
+        ),
         (Some("dc_step#2"), Some(0), Some(4), Some(4))
     );
     assert_eq!(j["call_counts"], json!([{"symbol": "dc_step", "old": 2, "new": 3}]));
@@ -77,7 +82,13 @@ fn diff_calls_only_in_new_counts_and_normalised_return_values() {
         .as_array()
         .expect("memory")
         .iter()
-        .map(|m| (m["newly_read"].clone(), m["args"].clone(), json!(m["label"].as_str().unwrap_or("?").ends_with("(malloc 16)"))))
+        .map(|m| {
+            (
+                m["newly_read"].clone(),
+                m["args"].clone(),
+                json!(m["label"].as_str().unwrap_or("?").ends_with("(malloc 16)")),
+            )
+        })
         .collect();
     let mut mem = mem;
     mem.sort_by_key(|m| m.0.to_string());
@@ -113,7 +124,10 @@ fn diff_string_overread_moved_by_heap_alignment_is_noise() {
     let mut noisy = Vec::new();
     for pad in 1..=3 {
         let other = record(&dir, &format!("pad{pad}.ffr"), None, pad);
-        let out = common::run(common::ffirec().arg("diff").arg(&base).arg(&other).args(["--format", "json"]), common::TIMEOUT);
+        let out = common::run(
+            common::ffirec().arg("diff").arg(&base).arg(&other).args(["--format", "json"]),
+            common::TIMEOUT,
+        );
         assert_eq!(out.status.code(), Some(0), "pad {pad}: {}", String::from_utf8_lossy(&out.stdout));
         let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
         assert_eq!(j["summary"]["differences"], 0, "pad {pad}: {j:#}");

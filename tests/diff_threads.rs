@@ -63,13 +63,27 @@ fn diff_threads_match_per_thread() {
         .filter(|c| c["symbol"] == "diffv_sum")
         .map(|c| {
             let m = &c["memory"][0];
-            (c["thread"].as_u64().unwrap(), c["name"].as_str().unwrap().to_string(), m["newly_read"].clone(), m["label"].as_str().unwrap().to_string())
+            (
+                c["thread"].as_u64().unwrap(),
+                c["name"].as_str().unwrap().to_string(),
+                m["newly_read"].clone(),
+                m["label"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     sums.sort_by(|x, y| (x.0, &x.1).cmp(&(y.0, &y.1)));
     let got: Vec<(u64, String, Value, String)> = sums
         .into_iter()
-        .map(|(t, n, r, l)| (t, n, r, l.split_once('+').map(|(_, rest)| rest.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == 'x').to_string()).unwrap_or(l)))
+        .map(|(t, n, r, l)| {
+            (
+                t,
+                n,
+                r,
+                l.split_once('+')
+                    .map(|(_, rest)| rest.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == 'x').to_string())
+                    .unwrap_or(l),
+            )
+        })
         .collect();
     let want: Vec<(u64, String, Value, String)> = [1u64, 2]
         .iter()

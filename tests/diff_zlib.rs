@@ -19,7 +19,11 @@ fn diff_zlib_system_vs_bundled_is_deterministic() {
     let out_dir = common::scratch("diff_zlib");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zlib-versions.sh");
     let out = common::run(
-        Command::new("bash").arg(&script).arg("--check").env("FFIREC", env!("CARGO_BIN_EXE_ffirec")).env("OUT", &out_dir),
+        Command::new("bash")
+            .arg(&script)
+            .arg("--check")
+            .env("FFIREC", env!("CARGO_BIN_EXE_ffirec"))
+            .env("OUT", &out_dir),
         Duration::from_secs(600),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -11,7 +11,6 @@ mod record_support;
 use real_support::{call_bytes, host_memory, named, one, rw, stray, union, CallBytes, Ranges};
 use record_support::{native, ranges_in, record, Recorded};
 
-
 /// Asserts no call touched a byte of the host's heap blocks or globals
 /// outside `buffers`.
 fn assert_no_stray(r: &Recorded, calls: &[CallBytes], buffers: &[(u64, u64)]) {
@@ -35,7 +34,8 @@ fn real_sqlite_static_binds_read_exactly_the_bound_bytes() {
          1 hijklmnopqrstuvwxyzabcdefghijklmnopqr 300 1F262D34\n\
          2 opqrstuvwxyzabcdefghijklmnopqrstuvwxy 300 3E454C53\n"
     );
-    let (text, blob, tlen, blen, rows) = (r.addr("text"), r.addr("blob"), r.addr("tlen"), r.addr("blen"), r.addr("rows"));
+    let (text, blob, tlen, blen, rows) =
+        (r.addr("text"), r.addr("blob"), r.addr("tlen"), r.addr("blen"), r.addr("rows"));
     let calls = call_bytes(&r.trace(), &r.events());
     // Binding with SQLITE_STATIC only stores the pointer ...
     for name in ["sqlite3_bind_text", "sqlite3_bind_blob"] {
@@ -47,7 +47,8 @@ fn real_sqlite_static_binds_read_exactly_the_bound_bytes() {
         }
     }
     // ... the INSERT's step reads exactly row r's bytes, once, and writes none.
-    let steps: Vec<&CallBytes> = named(&calls, "sqlite3_step").into_iter().filter(|c| !rw(c, text, tlen * rows).0.is_empty()).collect();
+    let steps: Vec<&CallBytes> =
+        named(&calls, "sqlite3_step").into_iter().filter(|c| !rw(c, text, tlen * rows).0.is_empty()).collect();
     assert_eq!(steps.len() as u64, rows, "steps that read the text buffer");
     for (row, c) in (0..rows).zip(&steps) {
         assert_eq!(rw(c, text, tlen * rows), (vec![(row * tlen, (row + 1) * tlen)], NONE), "row {row} text");
@@ -105,7 +106,13 @@ fn real_libcrypto_sha256_reads_input_writes_32_bytes() {
     assert_eq!(rw(c, input, n), (vec![(0, n)], NONE), "EVP_Digest on the input");
     assert_eq!(rw(c, md, 64), (NONE, vec![(0, 32)]), "EVP_Digest on the digest buffer");
     for c in calls.iter().filter(|c| c.name != "EVP_Digest") {
-        assert_eq!((rw(c, input, n), rw(c, md, 64)), ((NONE, NONE), (NONE, NONE)), "call {} {} touched a buffer", c.call, c.name);
+        assert_eq!(
+            (rw(c, input, n), rw(c, md, 64)),
+            ((NONE, NONE), (NONE, NONE)),
+            "call {} {} touched a buffer",
+            c.call,
+            c.name
+        );
     }
     assert_no_stray(&r, &calls, &[(input, n), (md, 64)]);
 }
@@ -147,7 +154,11 @@ fn real_libffi_call_with_libffi_as_host_or_neutral() {
         let (v, sq, vals, avalues, n) = (r.addr("v"), r.addr("sq"), r.addr("vals"), r.addr("avalues"), r.addr("n"));
         let ffi = &trace.modules()[real_support::module_named(&trace, "libffi.so")];
         let c = one(&calls, "fx_sum");
-        assert!(ffi.contains(c.return_addr), "{test}: fx_sum should return into libffi, returns to {:#x}", c.return_addr);
+        assert!(
+            ffi.contains(c.return_addr),
+            "{test}: fx_sum should return into libffi, returns to {:#x}",
+            c.return_addr
+        );
         assert_eq!(c.rax, 65, "{test}");
         assert_eq!([c.args[0], c.args[1], c.args[2]], [v, n, sq], "{test}: arguments as passed by libffi");
         assert_eq!(rw(c, v, 4 * n), (vec![(0, 4 * n)], NONE), "{test}: v");
@@ -196,19 +207,26 @@ fn real_zlib_gz_transparent_io_syscalls_on_host_buffers() {
     let r = record("real_gzio", &prog, &[&dir.display().to_string()], &["--lib", "libz.so.1"]);
     real_support::assert_same_as_native(&nat, &r);
     assert_eq!(r.stdout, "w=100000 c1=0 r=100000 direct=1 c2=0 same=1\n");
-    assert_eq!(std::fs::read(dir.join("plain.bin")).expect("written file"), std::fs::read(nat_dir.join("plain.bin")).expect("native file"));
+    assert_eq!(
+        std::fs::read(dir.join("plain.bin")).expect("written file"),
+        std::fs::read(nat_dir.join("plain.bin")).expect("native file")
+    );
     let (out, input, n) = (r.addr("out"), r.addr("in"), r.addr("n"));
     let events = r.events();
     // The kernel's side, as SyscallAccess events on our buffers.
     let sys: Vec<(u64, u64, u64, bool)> = events
         .iter()
         .filter_map(|e| match e {
-            ffirec_format::Event::SyscallAccess { nr, ranges, .. } => Some(ranges.iter().map(move |g| (*nr, g.addr, g.len, g.write))),
+            ffirec_format::Event::SyscallAccess { nr, ranges, .. } => {
+                Some(ranges.iter().map(move |g| (*nr, g.addr, g.len, g.write)))
+            }
             _ => None,
         })
         .flatten()
         .filter(|&(_, a, _, _)| (a >= out && a < out + n) || (a >= input && a < input + n))
-        .map(|(nr, a, len, w)| if a >= input && a < input + n { (nr, a - input, len, w) } else { (nr, a - out, len, w) })
+        .map(
+            |(nr, a, len, w)| if a >= input && a < input + n { (nr, a - input, len, w) } else { (nr, a - out, len, w) },
+        )
         .collect();
     assert_eq!(sys, vec![(1, 0, n, false), (0, 8192, n - 8192, true)], "write(out, n), then read(in + 8192, n - 8192)");
     let calls = call_bytes(&r.trace(), &events);
@@ -236,7 +254,10 @@ fn real_zlib_gzread_blocked_on_pipe_filled_by_host_thread() {
     assert_eq!(r.stdout, "got=30000 same=1\n");
     let (src, dst, n, z, zlen) = (r.addr("src"), r.addr("dst"), r.addr("n"), r.addr("z"), r.addr("zlen"));
     let events = r.events();
-    let blocked = events.iter().filter(|e| matches!(e, ffirec_format::Event::Gap { reason: ffirec_format::GapReason::Blocked, .. })).count();
+    let blocked = events
+        .iter()
+        .filter(|e| matches!(e, ffirec_format::Event::Gap { reason: ffirec_format::GapReason::Blocked, .. }))
+        .count();
     assert!(blocked >= 1, "the blocked gzread should be recorded as a gap");
     let calls = call_bytes(&r.trace(), &events);
     let (gr, gw) = union(named(&calls, "gzread"));
@@ -258,28 +279,59 @@ fn real_zlib_gzread_blocked_on_pipe_filled_by_host_thread() {
 fn real_libpng_write_and_read_through_host_callbacks() {
     let Some(prog) = real_support::build("real_png", &[]) else { return };
     let nat = native(&prog, &[]);
-    for (test, opts) in [("real_png", vec!["--lib", "libpng16.so*"]), ("real_png_z", vec!["--lib", "libpng16.so*", "--lib", "libz.so.1"])] {
+    for (test, opts) in [
+        ("real_png", vec!["--lib", "libpng16.so*"]),
+        ("real_png_z", vec!["--lib", "libpng16.so*", "--lib", "libz.so.1"]),
+    ] {
         let r = record(test, &prog, &[], &opts);
         real_support::assert_same_as_native(&nat, &r);
         assert_eq!(r.stdout, "png=112 bytes writes=9 reads=9 same=1\n");
-        let (img, out, size, mem, len) = (r.addr("img"), r.addr("out"), r.addr("size"), r.addr("mem"), r.addr("pnglen"));
+        let (img, out, size, mem, len) =
+            (r.addr("img"), r.addr("out"), r.addr("size"), r.addr("mem"), r.addr("pnglen"));
         let events = r.events();
         let calls = call_bytes(&r.trace(), &events);
         let w = one(&calls, "png_write_image");
-        assert_eq!((rw(w, img, size), rw(w, out, size)), ((vec![(0, size)], NONE), (NONE, NONE)), "{test}: png_write_image");
+        assert_eq!(
+            (rw(w, img, size), rw(w, out, size)),
+            ((vec![(0, size)], NONE), (NONE, NONE)),
+            "{test}: png_write_image"
+        );
         let rd = one(&calls, "png_read_image");
-        assert_eq!((rw(rd, img, size), rw(rd, out, size)), ((NONE, NONE), (NONE, vec![(0, size)])), "{test}: png_read_image");
+        assert_eq!(
+            (rw(rd, img, size), rw(rd, out, size)),
+            ((NONE, NONE), (NONE, vec![(0, size)])),
+            "{test}: png_read_image"
+        );
         for c in calls.iter().filter(|c| c.call != w.call && c.call != rd.call) {
-            assert_eq!((rw(c, img, size), rw(c, out, size)), ((NONE, NONE), (NONE, NONE)), "{test}: call {} {}", c.call, c.name);
+            assert_eq!(
+                (rw(c, img, size), rw(c, out, size)),
+                ((NONE, NONE), (NONE, NONE)),
+                "{test}: call {} {}",
+                c.call,
+                c.name
+            );
         }
         let (all_r, all_w) = union(&calls);
-        assert_eq!((ranges_in(&all_r, mem, 4096), ranges_in(&all_w, mem, 4096)), (NONE, NONE), "{test}: the library touched the PNG buffer ({len} bytes)");
-        let targets = |f: u64| events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if *target == f)).count();
-        assert_eq!((targets(r.addr("wr")), targets(r.addr("rd"))), (9, 9), "{test}: callbacks into the host's write/read functions");
+        assert_eq!(
+            (ranges_in(&all_r, mem, 4096), ranges_in(&all_w, mem, 4096)),
+            (NONE, NONE),
+            "{test}: the library touched the PNG buffer ({len} bytes)"
+        );
+        let targets = |f: u64| {
+            events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if *target == f)).count()
+        };
+        assert_eq!(
+            (targets(r.addr("wr")), targets(r.addr("rd"))),
+            (9, 9),
+            "{test}: callbacks into the host's write/read functions"
+        );
         // libpng's calls into zlib: callbacks into host code, or nothing.
         let trace = r.trace();
         let z = &trace.modules()[real_support::module_named(&trace, "libz.so")];
-        let into_zlib = events.iter().filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if z.contains(*target))).count();
+        let into_zlib = events
+            .iter()
+            .filter(|e| matches!(e, ffirec_format::Event::Callback { target, .. } if z.contains(*target)))
+            .count();
         if opts.len() == 2 {
             assert!(into_zlib > 0, "{test}: libpng's zlib calls should be callbacks into host code");
         } else {
@@ -313,7 +365,11 @@ fn real_libcrypto_aes_gcm_exact_bytes_and_lackey() {
     assert_eq!((rw(dec, ct, n + 32), rw(dec, back, n)), ((vec![(0, n)], NONE), (NONE, vec![(0, n)])), "DecryptUpdate");
     let ctrl = named(&calls, "EVP_CIPHER_CTX_ctrl");
     assert_eq!(ctrl.len(), 2);
-    assert_eq!((rw(ctrl[0], tag, 16), rw(ctrl[1], tag, 16)), ((NONE, vec![(0, 16)]), (vec![(0, 16)], NONE)), "GET_TAG writes, SET_TAG reads");
+    assert_eq!(
+        (rw(ctrl[0], tag, 16), rw(ctrl[1], tag, 16)),
+        ((NONE, vec![(0, 16)]), (vec![(0, 16)], NONE)),
+        "GET_TAG writes, SET_TAG reads"
+    );
     eprintln!("EncryptUpdate read back ct {ct_read:?}");
 
     if !real_support::have("valgrind", &["--version"]) {
@@ -350,7 +406,11 @@ fn real_libcrypto_aes_gcm_exact_bytes_and_lackey() {
 fn real_openmp_threads_created_inside_a_foreign_call() {
     let Some(lib) = real_support::build_lib("real_omp_target") else { return };
     let dir = lib.parent().expect("fixture dir").display().to_string();
-    let Some(prog) = real_support::build("real_omp", &[&format!("-L{dir}"), "-lreal_omp_target", &format!("-Wl,-rpath,{dir}")]) else { return };
+    let Some(prog) =
+        real_support::build("real_omp", &[&format!("-L{dir}"), "-lreal_omp_target", &format!("-Wl,-rpath,{dir}")])
+    else {
+        return;
+    };
     let nat = native(&prog, &[]);
     let r = record("real_omp", &prog, &[], &["--lib", "libreal_omp_target.so"]);
     real_support::assert_same_as_native(&nat, &r);
@@ -418,9 +478,18 @@ fn real_libcrypto_six_threads_sha256() {
         assert_eq!(t.len(), 1, "thread {k}: all on one tid");
         tids.extend(t);
         for c in mine {
-            assert_eq!((rw(c, input, 5000), rw(c, md, 32)), ((vec![(0, 5000)], NONE), (NONE, vec![(0, 32)])), "thread {k}: call {}", c.call);
+            assert_eq!(
+                (rw(c, input, 5000), rw(c, md, 32)),
+                ((vec![(0, 5000)], NONE), (NONE, vec![(0, 32)])),
+                "thread {k}: call {}",
+                c.call
+            );
             for (j, &(oi, om)) in bufs.iter().enumerate().filter(|&(j, _)| j != k) {
-                assert_eq!((rw(c, oi, 5000), rw(c, om, 32)), ((NONE, NONE), (NONE, NONE)), "thread {k} touched thread {j}'s buffers");
+                assert_eq!(
+                    (rw(c, oi, 5000), rw(c, om, 32)),
+                    ((NONE, NONE), (NONE, NONE)),
+                    "thread {k} touched thread {j}'s buffers"
+                );
             }
         }
     }
@@ -440,7 +509,8 @@ fn real_sqlite_user_function_and_row_callbacks() {
     let r = record("real_sqlite_callbacks", &prog, &[], &["--lib", "libsqlite3.so.0"]);
     real_support::assert_same_as_native(&nat, &r);
     assert_eq!(r.stdout, "15190 20 3390\nrc=0 fn_calls=40 rows=1\n");
-    let (weights, q, qlen, weight, row) = (r.addr("weights"), r.addr("q"), r.addr("qlen"), r.addr("weight"), r.addr("row"));
+    let (weights, q, qlen, weight, row) =
+        (r.addr("weights"), r.addr("q"), r.addr("qlen"), r.addr("weight"), r.addr("row"));
     let events = r.events();
     let calls = call_bytes(&r.trace(), &events);
     let exec = one(&calls, "sqlite3_exec");
@@ -457,5 +527,9 @@ fn real_sqlite_user_function_and_row_callbacks() {
         assert!(nested.iter().all(|c| main.contains(c.return_addr)), "{name} is called from the host's callback");
     }
     let (all_r, all_w) = union(&calls);
-    assert_eq!((ranges_in(&all_r, weights, 64), ranges_in(&all_w, weights, 64)), (NONE, NONE), "weights are read by host code only");
+    assert_eq!(
+        (ranges_in(&all_r, weights, 64), ranges_in(&all_w, weights, 64)),
+        (NONE, NONE),
+        "weights are read by host code only"
+    );
 }

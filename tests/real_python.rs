@@ -38,7 +38,6 @@ fn python() -> Option<PathBuf> {
 
 const NONE: Vec<(u64, u64)> = Vec::new();
 
-
 const ZLIB_PY: &str = "import sys, zlib
 d = bytes(range(256)) * 40
 c = zlib.compress(d, 6)
@@ -55,7 +54,15 @@ fn real_python_zlib_module_output_and_calls() {
     real_support::assert_same_as_native(&nat, &r);
     assert_eq!(r.stdout, "372 3150855069 True\n");
     let calls = call_bytes(&r.trace(), &r.events());
-    for (name, count) in [("deflateInit2_", 1), ("deflate", 1), ("deflateEnd", 1), ("crc32", 1), ("inflateInit2_", 1), ("inflate", 1), ("inflateEnd", 1)] {
+    for (name, count) in [
+        ("deflateInit2_", 1),
+        ("deflate", 1),
+        ("deflateEnd", 1),
+        ("crc32", 1),
+        ("inflateInit2_", 1),
+        ("inflate", 1),
+        ("inflateEnd", 1),
+    ] {
         assert_eq!(named(&calls, name).len(), count, "calls to {name}");
     }
     // crc32(0, d, 10240): exactly d's 10240 bytes, not its trailing NUL.
@@ -104,10 +111,15 @@ fn real_python_zlib_and_sqlite3_modules() {
     let r = record("real_python_sqlite_s", &py, &["-c", SQLITE_PY], &["--lib", "libsqlite3.so.0"]);
     real_support::assert_same_as_native(&nat, &r);
     let calls = call_bytes(&r.trace(), &r.events());
-    for (name, count) in [("sqlite3_open_v2", 1), ("sqlite3_bind_text", 5), ("sqlite3_bind_blob", 5), ("sqlite3_close_v2", 1)] {
+    for (name, count) in
+        [("sqlite3_open_v2", 1), ("sqlite3_bind_text", 5), ("sqlite3_bind_blob", 5), ("sqlite3_close_v2", 1)]
+    {
         assert_eq!(named(&calls, name).len(), count, "libsqlite3: calls to {name}");
     }
-    assert!(calls.iter().all(|c| !c.name.starts_with("deflate") && !c.name.starts_with("inflate")), "libsqlite3 run recorded zlib calls");
+    assert!(
+        calls.iter().all(|c| !c.name.starts_with("deflate") && !c.name.starts_with("inflate")),
+        "libsqlite3 run recorded zlib calls"
+    );
     // sqlite3_bind_text(stmt, i, ptr, len, SQLITE_TRANSIENT) and bind_blob:
     // exactly [0, len) of the argument is read (not the terminating NUL).
     // (Python frees the temporary objects, so later calls may see other
@@ -371,7 +383,8 @@ fn real_python_hashlib_and_expat() {
     let r = record("real_python_hashlib", &py, &["-c", HASH_XML_PY], &["--lib", "libcrypto.so*"]);
     real_support::assert_same_as_native(&nat, &r);
     let calls = call_bytes(&r.trace(), &r.events());
-    let updates: Vec<&CallBytes> = named(&calls, "EVP_DigestUpdate").into_iter().filter(|c| c.args[2] == 25600).collect();
+    let updates: Vec<&CallBytes> =
+        named(&calls, "EVP_DigestUpdate").into_iter().filter(|c| c.args[2] == 25600).collect();
     assert_eq!(updates.len(), 2, "sha256 and md5 updates of d");
     assert_eq!(updates[0].args[1], updates[1].args[1], "both hash the same buffer");
     for c in updates {
@@ -416,7 +429,9 @@ fn real_python_faulthandler_handles_crash_inside_libz() {
         .iter()
         .filter_map(|e| match e {
             ffirec_format::Event::Call { .. } => Some("call".to_string()),
-            ffirec_format::Event::Signal { signo, addr, fatal, .. } => Some(format!("signal {signo} {addr:#x} fatal={fatal}")),
+            ffirec_format::Event::Signal { signo, addr, fatal, .. } => {
+                Some(format!("signal {signo} {addr:#x} fatal={fatal}"))
+            }
             ffirec_format::Event::Callback { args, .. } => Some(format!("callback({})", args[0])),
             ffirec_format::Event::Exit { status, .. } => Some(format!("exit {}", status.shell_code())),
             _ => None,

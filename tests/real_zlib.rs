@@ -55,9 +55,15 @@ fn real_zlib_crc32_deflate_stream_uncompress_exact_bytes() {
     // (Z_FINISH) writes the rest of the stream.
     let d = named(&calls, "deflate");
     assert_eq!(d.len(), 3, "deflate calls");
-    assert_eq!(touched(&d[0].read, &d[0].written), vec![("src", vec![(0, 2000)], none.clone()), ("dst", none.clone(), vec![(0, 2)])]);
+    assert_eq!(
+        touched(&d[0].read, &d[0].written),
+        vec![("src", vec![(0, 2000)], none.clone()), ("dst", none.clone(), vec![(0, 2)])]
+    );
     assert_eq!(touched(&d[1].read, &d[1].written), vec![("src", vec![(2000, 4000)], none.clone())]);
-    assert_eq!(touched(&d[2].read, &d[2].written), vec![("src", vec![(4000, N)], none.clone()), ("dst", none.clone(), vec![(2, clen)])]);
+    assert_eq!(
+        touched(&d[2].read, &d[2].written),
+        vec![("src", vec![(4000, N)], none.clone()), ("dst", none.clone(), vec![(2, clen)])]
+    );
     assert_eq!(d.iter().map(|c| c.rax).collect::<Vec<_>>(), vec![0, 0, 1], "Z_OK, Z_OK, Z_STREAM_END");
     for name in ["deflateInit_", "deflateEnd"] {
         let c = one(&calls, name);
@@ -67,7 +73,10 @@ fn real_zlib_crc32_deflate_stream_uncompress_exact_bytes() {
     // uncompress: reads the compressed bytes, writes the whole output and
     // reads it back (window copies and the adler32 check).
     let u = one(&calls, "uncompress");
-    assert_eq!(touched(&u.read, &u.written), vec![("dst", vec![(0, clen)], none.clone()), ("back", vec![(0, N)], vec![(0, N)])]);
+    assert_eq!(
+        touched(&u.read, &u.written),
+        vec![("dst", vec![(0, clen)], none.clone()), ("back", vec![(0, N)], vec![(0, N)])]
+    );
 
     // Nothing else of the host's (heap blocks, globals) was touched.
     let (all_r, all_w) = union(&calls);
@@ -89,8 +98,10 @@ fn real_zlib_stream_matches_valgrind_lackey() {
     let calls = call_bytes(&r.trace(), &r.events());
     // The host's calls between each pair of marks: 1-2 crc32, 3-4 the deflate
     // stream (init, three deflates, end), 5-6 uncompress.
-    let windows: Vec<Vec<&str>> = vec![vec!["crc32"], vec!["deflateInit_", "deflate", "deflateEnd"], vec!["uncompress"]];
-    let ours: Vec<_> = windows.iter().map(|names| union(calls.iter().filter(|c| names.contains(&c.name.as_str())))).collect();
+    let windows: Vec<Vec<&str>> =
+        vec![vec!["crc32"], vec!["deflateInit_", "deflate", "deflateEnd"], vec!["uncompress"]];
+    let ours: Vec<_> =
+        windows.iter().map(|names| union(calls.iter().filter(|c| names.contains(&c.name.as_str())))).collect();
 
     let (out, log) = real_support::lackey("real_zlib_lackey_vg", &prog, &[]);
     assert!(out.status.success(), "valgrind failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -102,8 +113,16 @@ fn real_zlib_stream_matches_valgrind_lackey() {
     for (w, ((or, ow), (lr, lw))) in ours.iter().zip(&theirs).enumerate() {
         for (name, len) in [("src", N), ("dst", cap), ("back", N)] {
             let (ob, lb) = (r.addr(name), vg[name]);
-            assert_eq!(ranges_in(or, ob, len), ranges_in(lr, lb, len), "window {w} {name}: bytes read differ (ffirec vs lackey)");
-            assert_eq!(ranges_in(ow, ob, len), ranges_in(lw, lb, len), "window {w} {name}: bytes written differ (ffirec vs lackey)");
+            assert_eq!(
+                ranges_in(or, ob, len),
+                ranges_in(lr, lb, len),
+                "window {w} {name}: bytes read differ (ffirec vs lackey)"
+            );
+            assert_eq!(
+                ranges_in(ow, ob, len),
+                ranges_in(lw, lb, len),
+                "window {w} {name}: bytes written differ (ffirec vs lackey)"
+            );
             eprintln!("window {w} {name}: read {:?} written {:?}", ranges_in(or, ob, len), ranges_in(ow, ob, len));
         }
     }
@@ -130,7 +149,13 @@ fn real_zlib_eight_threads_compress2_uncompress() {
         .collect();
     let n = 3000;
     let bufs: Vec<[(u64, u64); 3]> = (0..8)
-        .map(|k| [(r.addr(&format!("src{k}")), n), (r.addr(&format!("dst{k}")), r.addr(&format!("cap{k}"))), (r.addr(&format!("back{k}")), n)])
+        .map(|k| {
+            [
+                (r.addr(&format!("src{k}")), n),
+                (r.addr(&format!("dst{k}")), r.addr(&format!("cap{k}"))),
+                (r.addr(&format!("back{k}")), n),
+            ]
+        })
         .collect();
     let mut tids = std::collections::BTreeSet::new();
     for k in 0..8 {
@@ -151,7 +176,12 @@ fn real_zlib_eight_threads_compress2_uncompress() {
         for (j, other) in bufs.iter().enumerate().filter(|&(j, _)| j != k) {
             for &(b, l) in other {
                 for x in [c, u] {
-                    assert_eq!(rw(x, b, l), (none.clone(), none.clone()), "thread {k}'s {} touched thread {j}'s buffer", x.name);
+                    assert_eq!(
+                        rw(x, b, l),
+                        (none.clone(), none.clone()),
+                        "thread {k}'s {} touched thread {j}'s buffer",
+                        x.name
+                    );
                 }
             }
         }

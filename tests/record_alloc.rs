@@ -55,7 +55,9 @@ fn record_alloc_zlib_stream_arena_unguarded_by_default() {
     assert!(gt.header().policy.guard_foreign);
 
     // Same calls, same bytes of the host's buffers, offset by offset.
-    let bufs = |r: &Recorded| [("zs", r.addr("zs"), r.addr("zs_len")), ("in", r.addr("in"), 8192), ("out", r.addr("out"), 16384)];
+    let bufs = |r: &Recorded| {
+        [("zs", r.addr("zs"), r.addr("zs_len")), ("in", r.addr("in"), 8192), ("out", r.addr("out"), 16384)]
+    };
     let a = host_footprint(&fast, &bufs(&fast));
     let b = host_footprint(&full, &bufs(&full));
     assert_eq!(a, b, "host-buffer accesses differ between the default and --guard-foreign");
@@ -80,7 +82,11 @@ fn record_alloc_zlib_stream_arena_unguarded_by_default() {
     };
     let (fe, ge) = (fast.events(), full.events());
     let (fa, ga) = (foreign_allocs(&fe), foreign_allocs(&ge));
-    assert_eq!(fa.iter().map(|a| a.1).collect::<Vec<_>>(), ga.iter().map(|a| a.1).collect::<Vec<_>>(), "same foreign allocation sizes");
+    assert_eq!(
+        fa.iter().map(|a| a.1).collect::<Vec<_>>(),
+        ga.iter().map(|a| a.1).collect::<Vec<_>>(),
+        "same foreign allocation sizes"
+    );
     assert!(fa.len() >= 4, "deflateInit allocates state, window, prev, head, pending: {fa:?}");
     assert!(fa.iter().all(|&(p, n)| DEFAULT_ARENA.contains(&p) && DEFAULT_ARENA.contains(&(p + n - 1))), "{fa:x?}");
     assert!(ga.iter().all(|&(p, _)| !DEFAULT_ARENA.contains(&p)), "{ga:x?}");
@@ -88,16 +94,29 @@ fn record_alloc_zlib_stream_arena_unguarded_by_default() {
     // on a host buffer may still name it, e.g. memcpy from zlib's pending
     // buffer to `out`); with --guard-foreign the library's internal state
     // is most of what is recorded.
-    let faults_in_arena = fe.iter().filter(|e| matches!(e, Event::Access { fault_addr, .. } if DEFAULT_ARENA.contains(fault_addr))).count();
+    let faults_in_arena = fe
+        .iter()
+        .filter(|e| matches!(e, Event::Access { fault_addr, .. } if DEFAULT_ARENA.contains(fault_addr)))
+        .count();
     assert_eq!(faults_in_arena, 0);
-    let in_any = |set: &BTreeSet<u64>, allocs: &[(u64, u64)]| set.iter().filter(|&&x| allocs.iter().any(|&(p, n)| x >= p && x < p + n)).count();
+    let in_any = |set: &BTreeSet<u64>, allocs: &[(u64, u64)]| {
+        set.iter().filter(|&&x| allocs.iter().any(|&(p, n)| x >= p && x < p + n)).count()
+    };
     assert!(in_any(&all_bytes(&ge), &ga) > 100_000);
 
     // zlib's state is unknown by default, never reported as uninitialised
     // (its pending buffer is copied to `out` by faulting instructions).
     let (_, json) = analyze(&fast.trace);
-    let kinds: BTreeSet<String> = json["findings"].as_array().expect("findings").iter().map(|f| f["kind"].as_str().unwrap_or("").to_string()).collect();
-    assert!(!kinds.contains("uninit") && !kinds.contains("out_of_bounds") && !kinds.contains("use_after_free"), "{kinds:?}");
+    let kinds: BTreeSet<String> = json["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        !kinds.contains("uninit") && !kinds.contains("out_of_bounds") && !kinds.contains("use_after_free"),
+        "{kinds:?}"
+    );
 
     // Faults per call drop by more than 10×.
     let per_call = |t: &ffirec_format::Trace| counter(t, "faults") as f64 / counter(t, "calls") as f64;
@@ -110,7 +129,8 @@ fn record_alloc_zlib_stream_arena_unguarded_by_default() {
 /// `ffirec analyze --format json TRACE`: (exit code, report).
 fn analyze(trace: &std::path::Path) -> (i32, serde_json::Value) {
     let out = common::run(common::ffirec().args(["analyze", "--format", "json"]).arg(trace), common::TIMEOUT);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("analyze JSON: {e}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr)));
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("analyze JSON: {e}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap_or(-1), json)
 }
 
@@ -134,12 +154,20 @@ fn record_alloc_library_frees_and_reallocs_host_pointers_allocator_activity() {
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::Access { .. })).count(), 4);
     assert_eq!(counter(&t, "faults"), counter(&t, "allocator_accesses") + 4);
     // The allocation events are there, owned by the foreign caller.
-    let frees: Vec<(u64, Domain)> = ev.iter().filter_map(|e| match *e { Event::Free { ptr, domain, .. } => Some((ptr, domain)), _ => None }).collect();
+    let frees: Vec<(u64, Domain)> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Free { ptr, domain, .. } => Some((ptr, domain)),
+            _ => None,
+        })
+        .collect();
     assert!(frees.contains(&(a, Domain::Foreign)), "{frees:x?}");
     let reallocs: Vec<(u64, u64, u64, Domain)> = ev
         .iter()
         .filter_map(|e| match *e {
-            Event::Alloc { func: ffirec_format::AllocFn::Realloc, ptr, size, old_ptr, domain, .. } => Some((ptr, size, old_ptr, domain)),
+            Event::Alloc { func: ffirec_format::AllocFn::Realloc, ptr, size, old_ptr, domain, .. } => {
+                Some((ptr, size, old_ptr, domain))
+            }
             _ => None,
         })
         .collect();
@@ -148,7 +176,10 @@ fn record_alloc_library_frees_and_reallocs_host_pointers_allocator_activity() {
     // is unknown (InitUnknown right after its Alloc), not uninitialised.
     let four = r.addr("four");
     assert!(DEFAULT_ARENA.contains(&four));
-    let pos = ev.iter().position(|e| matches!(*e, Event::Alloc { ptr, domain: Domain::Foreign, .. } if ptr == four)).expect("Alloc of four");
+    let pos = ev
+        .iter()
+        .position(|e| matches!(*e, Event::Alloc { ptr, domain: Domain::Foreign, .. } if ptr == four))
+        .expect("Alloc of four");
     assert_eq!(ev[pos + 1], Event::InitUnknown { addr: four, len: 16 });
     // Its writes in ownfx_make (arena unguarded) are not recorded; once
     // returned to the host its pages are guarded, so ownfx_read4's reads are.
@@ -221,7 +252,11 @@ fn record_alloc_zlib_demo_no_allocator_findings() {
     // With its state guarded, zlib's allocations and frees run glibc on the
     // guarded heap: all of it allocator activity, none of it a finding.
     let ft = full.trace();
-    eprintln!("zlib_demo --guard-foreign: allocator accesses {}, faults {}", counter(&ft, "allocator_accesses"), counter(&ft, "faults"));
+    eprintln!(
+        "zlib_demo --guard-foreign: allocator accesses {}, faults {}",
+        counter(&ft, "allocator_accesses"),
+        counter(&ft, "faults")
+    );
     assert!(counter(&ft, "allocator_accesses") > 0);
     let (_, json) = analyze(&full.trace);
     let findings = json["findings"].as_array().expect("findings");

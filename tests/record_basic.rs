@@ -144,7 +144,12 @@ fn record_nested_calls() {
     // lib_inner's Call and Return nest inside lib_apply's.
     let seq: Vec<&str> = ev
         .iter()
-        .filter(|e| matches!(e, Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }
+            )
+        })
         .map(|e| e.kind())
         .take(6)
         .collect();
@@ -237,7 +242,13 @@ fn record_avx2_gather_uses_recorded_index_vector() {
         _ => None,
     });
     let vregs = vregs.expect("an access with vector registers");
-    assert!(vregs.iter().any(|v| v.index == 1 && v.bytes.len() == 32 && v.bytes[4..8] == 3u32.to_le_bytes() && v.bytes[28..32] == 15u32.to_le_bytes()), "{vregs:?}");
+    assert!(
+        vregs.iter().any(|v| v.index == 1
+            && v.bytes.len() == 32
+            && v.bytes[4..8] == 3u32.to_le_bytes()
+            && v.bytes[28..32] == 15u32.to_le_bytes()),
+        "{vregs:?}"
+    );
 }
 
 #[test]
@@ -250,7 +261,12 @@ fn record_longjmp_out_of_a_callback_closes_the_call() {
     assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 32)]);
     let seq: Vec<&str> = ev
         .iter()
-        .filter(|e| matches!(e, Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Call { .. } | Event::Return { .. } | Event::Callback { .. } | Event::CallbackReturn { .. }
+            )
+        })
         .map(|e| e.kind())
         .take(6)
         .collect();

@@ -12,11 +12,17 @@ use record_support::{bytes, call_names, host_calls, ranges_in, record};
 #[test]
 fn record_program_not_found_exits_127() {
     let dir = common::scratch("cli_notfound");
-    let out = common::run(common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).args(["--", "/nonexistent/prog"]), common::TIMEOUT);
+    let out = common::run(
+        common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).args(["--", "/nonexistent/prog"]),
+        common::TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(127));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ffirec: error: /nonexistent/prog: program not found"), "{err}");
-    let out = common::run(common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).args(["--", "no-such-command-ffirec"]), common::TIMEOUT);
+    let out = common::run(
+        common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).args(["--", "no-such-command-ffirec"]),
+        common::TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(127));
     assert!(!dir.join("t.ffr").exists() && !dir.join("t.ffr.partial").exists());
 }
@@ -26,7 +32,8 @@ fn record_program_not_executable_exits_126() {
     let dir = common::scratch("cli_noexec");
     let f = dir.join("plain.txt");
     std::fs::write(&f, "not a program\n").unwrap();
-    let out = common::run(common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).arg("--").arg(&f), common::TIMEOUT);
+    let out =
+        common::run(common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).arg("--").arg(&f), common::TIMEOUT);
     assert_eq!(out.status.code(), Some(126));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot execute: permission denied"), "{err}");
@@ -36,12 +43,21 @@ fn record_program_not_executable_exits_126() {
 fn record_static_binary_is_refused_with_a_reason() {
     let dir = common::scratch("cli_static");
     let exe = dir.join("static");
-    let st = Command::new("cc").args(["-static", "-O0"]).arg(common::fixtures_src().join("rec_static.c")).arg("-o").arg(&exe).status().unwrap();
+    let st = Command::new("cc")
+        .args(["-static", "-O0"])
+        .arg(common::fixtures_src().join("rec_static.c"))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
     if !st.success() {
         eprintln!("note: cannot link statically (no libc.a); skipped");
         return;
     }
-    let out = common::run(common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).arg("--").arg(&exe), common::TIMEOUT);
+    let out = common::run(
+        common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).arg("--").arg(&exe),
+        common::TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is statically linked: there are no shared libraries"), "{err}");
@@ -52,14 +68,19 @@ fn record_default_output_name_selection_and_exit_status() {
     let prog = common::program("rec_host");
     let dir = common::scratch("cli_default");
     // No --lib: every non-runtime shared object is foreign, and we say which.
-    let out = common::run(common::ffirec().current_dir(&dir).args(["record", "--"]).arg(&prog).arg("sum"), common::TIMEOUT);
+    let out =
+        common::run(common::ffirec().current_dir(&dir).args(["record", "--"]).arg(&prog).arg("sum"), common::TIMEOUT);
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.lines().any(|l| l == "ffirec: foreign: librecfx.so"), "{err}");
-    assert!(err.lines().any(|l| l.starts_with("ffirec: recorded 10 accesses in ") && l.contains("ffirec-rec_host.ffr")), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("ffirec: recorded 10 accesses in ") && l.contains("ffirec-rec_host.ffr")),
+        "{err}"
+    );
     assert!(dir.join("ffirec-rec_host.ffr").exists());
     // The program's own exit status comes through.
-    let out = common::run(common::ffirec().current_dir(&dir).args(["record", "--"]).arg(&prog).arg("bogus"), common::TIMEOUT);
+    let out =
+        common::run(common::ffirec().current_dir(&dir).args(["record", "--"]).arg(&prog).arg("bogus"), common::TIMEOUT);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -68,7 +89,11 @@ fn record_unmatched_lib_pattern_warns() {
     let prog = common::program("rec_host");
     let r = record("cli_unmatched", &prog, &["sum"], &["--lib", "libnever-there.so"]);
     assert_eq!(r.code(), 0);
-    assert!(r.stderr.contains("ffirec: warning: --lib libnever-there.so never matched a loaded object"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ffirec: warning: --lib libnever-there.so never matched a loaded object"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.events().iter().filter(|e| matches!(e, ffirec_format::Event::Access { .. })).count(), 0);
 }
 
@@ -81,7 +106,10 @@ fn record_dlopened_library_is_matched_when_it_appears() {
     assert_eq!(r.stdout, "21\n15\n");
     let ev = r.events();
     assert_eq!(host_calls(&r.trace(), &ev), vec!["late_sum", "late_sum"]);
-    assert!(call_names(&r.trace(), &ev).contains(&"_init".to_string()), "the constructor run by dlopen is a foreign call too");
+    assert!(
+        call_names(&r.trace(), &ev).contains(&"_init".to_string()),
+        "the constructor run by dlopen is a foreign call too"
+    );
     let b = bytes(&ev);
     assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 24)]);
 }

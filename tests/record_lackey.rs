@@ -17,7 +17,15 @@ fn build() -> Option<PathBuf> {
     let src = common::fixtures_src().join("rec_zlib.c");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let st = Command::new(cc).args(["-O0", "-g", "-Wall"]).arg(&src).arg("-o").arg(&tmp).arg("-lz").stderr(Stdio::null()).status().ok()?;
+    let st = Command::new(cc)
+        .args(["-O0", "-g", "-Wall"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .arg("-lz")
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
     if !st.success() {
         return None;
     }
@@ -67,7 +75,11 @@ fn record_zlib_compress2_matches_valgrind_lackey() {
     let dir = common::scratch("zlib_lackey_vg");
     let log = dir.join("lackey.log");
     let out = common::run(
-        Command::new("valgrind").arg("--tool=lackey").arg("--trace-mem=yes").arg(format!("--log-file={}", log.display())).arg(&prog),
+        Command::new("valgrind")
+            .arg("--tool=lackey")
+            .arg("--trace-mem=yes")
+            .arg(format!("--log-file={}", log.display()))
+            .arg(&prog),
         std::time::Duration::from_secs(600),
     );
     assert!(out.status.success(), "valgrind failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -138,8 +138,7 @@ fn record_uname_pipe2_poll_sigprocmask_sysinfo_epoll_getdents_on_host_buffers() 
 fn record_stat_lstat_statx_fstat_clock_nanosleep_tcgets_tiocgwinsz_on_host_buffers() {
     let r = scenario("sys_files", "files");
     assert_eq!(
-        r.stdout,
-        "stat 0\nlstat 0\nstatx 0\nfstat 0\nclock_nanosleep 0\ntcgets 0 tail=1\ntiocgwinsz 0\n",
+        r.stdout, "stat 0\nlstat 0\nstatx 0\nfstat 0\nclock_nanosleep 0\ntcgets 0 tail=1\ntiocgwinsz 0\n",
         "stderr:\n{}",
         r.stderr
     );

@@ -45,7 +45,9 @@ fn normalise(text: &str) -> String {
         let mut words = Vec::new();
         let mut prev = "";
         for w in line.split(' ') {
-            let w2 = if matches!(prev, "tid" | "thread" | "process" | "in") && w.trim_end_matches([';', ',']).parse::<u64>().is_ok() {
+            let w2 = if matches!(prev, "tid" | "thread" | "process" | "in")
+                && w.trim_end_matches([';', ',']).parse::<u64>().is_ok()
+            {
                 let tail = &w[w.trim_end_matches([';', ',']).len()..];
                 format!("N{tail}")
             } else {
@@ -104,7 +106,8 @@ fn snapshot(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (SHOW_BLESS=1 to create)", path.display()));
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (SHOW_BLESS=1 to create)", path.display()));
     assert!(expected == actual, "snapshot {} differs:\n--- expected\n{expected}\n--- actual\n{actual}", path.display());
 }
 
@@ -146,7 +149,8 @@ fn show_memory_at_off_by_one() {
     // then 6 bytes outside the block.
     let text = normalise(&show(&trace, &["--at", "13", "--memory", "alloc0+0:16"]));
     snapshot("memory_oob", &text);
-    let marks: String = text.lines().filter(|l| l.starts_with("0x")).filter_map(|l| l.split_whitespace().last()).collect();
+    let marks: String =
+        text.lines().filter(|l| l.starts_with("0x")).filter_map(|l| l.split_whitespace().last()).collect();
     assert_eq!(marks.len(), 16, "{text}");
     assert!(marks.ends_with("......"), "{text}");
 }
@@ -155,7 +159,8 @@ fn show_memory_at_off_by_one() {
 fn show_memory_agrees_with_analyze_on_recorded_uninit_scenario() {
     // ana_host uninit: malloc(64), memset 16 bytes, sum_bytes reads 32.
     let trace = record("show_memory_vs_analyze", "uninit", 0);
-    let out = common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
+    let out =
+        common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let call = &report["calls"][0];
     assert_eq!(call["symbol"], "sum_bytes");
@@ -168,7 +173,10 @@ fn show_memory_agrees_with_analyze_on_recorded_uninit_scenario() {
         // Host writes tracked: memset's 16 bytes initialised, the next 16 are
         // exactly analyze's finding.
         let f = &report["findings"][0];
-        assert_eq!((f["kind"].as_str(), f["allocation"]["distance"].as_u64(), f["size"].as_u64()), (Some("uninit"), Some(16), Some(16)));
+        assert_eq!(
+            (f["kind"].as_str(), f["allocation"]["distance"].as_u64(), f["size"].as_u64()),
+            (Some("uninit"), Some(16), Some(16))
+        );
         assert_eq!(marks(&view), format!("{}{}", "I".repeat(16), "U".repeat(16)), "{view}");
     } else {
         // Untracked host writes: analyze reports no finding and 32 bytes of
@@ -186,11 +194,17 @@ fn show_concurrent_threads_each_listed_in_their_own_call() {
     let dir = common::scratch("show_threads");
     let trace = dir.join("trace.ffr");
     let out = common::run(
-        common::ffirec().args(["record", "-q", "--lib", "librecfx.so", "-o"]).arg(&trace).arg("--").arg(&prog).arg("concurrent"),
+        common::ffirec()
+            .args(["record", "-q", "--lib", "librecfx.so", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(&prog)
+            .arg("concurrent"),
         common::TIMEOUT,
     );
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
+    let out =
+        common::run(common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&trace), common::TIMEOUT);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let call_tid: std::collections::HashMap<u64, u64> = report["calls"]
         .as_array()
@@ -205,11 +219,15 @@ fn show_concurrent_threads_each_listed_in_their_own_call() {
     let lines: Vec<&str> = text.lines().collect();
     for (i, l) in lines.iter().enumerate() {
         let w: Vec<&str> = l.split_whitespace().collect();
-        if w.len() < 4 || w[1] != "tid" || !lines.get(i + 1).is_some_and(|n| n.trim_start().starts_with("at lib_loop_sum+")) {
+        if w.len() < 4
+            || w[1] != "tid"
+            || !lines.get(i + 1).is_some_and(|n| n.trim_start().starts_with("at lib_loop_sum+"))
+        {
             continue;
         }
         let tid: u64 = w[2].parse().unwrap();
-        let call: u64 = w[3].strip_prefix('#').and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no call context: {l}"));
+        let call: u64 =
+            w[3].strip_prefix('#').and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no call context: {l}"));
         assert_eq!(call_tid[&call], tid, "{l}");
         *per_tid.entry(tid).or_default() += 1;
     }

@@ -150,7 +150,10 @@ fn show_at_agrees_with_analyze_uninit_finding() {
     let (code, view, err) = ffirec(&["show", "--at", &(first - 1).to_string(), "--memory", &spec], &trace);
     assert_eq!(code, 0, "{err}");
     assert_eq!(marks(&view), "U".repeat(size as usize), "{view}");
-    assert!(view.contains("  +0..+16  uninitialised  alloc#0[16,32)  no recorded write since birth (event 0)"), "{view}");
+    assert!(
+        view.contains("  +0..+16  uninitialised  alloc#0[16,32)  no recorded write since birth (event 0)"),
+        "{view}"
+    );
 
     // The whole block: [0,16) written by event 2 (fill's store), the rest never written.
     let (_, view, _) = ffirec(&["show", "--at", "6", "--memory", "alloc0+0:64"], &trace);
@@ -173,7 +176,14 @@ fn show_at_agrees_with_analyze_uninit_finding() {
     assert_eq!(marks(&view), "F".repeat(8), "{view}");
     // Before the allocation existed, allocN is an error naming the point.
     let (code, _, err) = ffirec(&["show", "--at", "0", "--memory", "alloc1+0:8"], &trace);
-    assert_eq!((code, err.trim_end()), (2, format!("ffirec: error: {}: alloc#1 was not born by event 0 (1 allocations by then)", trace.display()).as_str()));
+    assert_eq!(
+        (code, err.trim_end()),
+        (
+            2,
+            format!("ffirec: error: {}: alloc#1 was not born by event 0 (1 allocations by then)", trace.display())
+                .as_str()
+        )
+    );
 }
 
 #[test]
@@ -198,13 +208,17 @@ fn show_call_lists_events_args_return_and_footprint() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "# call #1 sum(0x555560000010, 0x20, 0x0, 0x0, 0x0, 0x0) called from main+0x41 (host), thread 100, entered at event 4");
-    let headers: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("       ")  && !l.starts_with("        ")).collect();
+    let headers: Vec<&str> =
+        lines.iter().copied().filter(|l| l.starts_with("       ") && !l.starts_with("        ")).collect();
     assert_eq!(headers.len(), 6, "{text}");
     assert!(text.contains("       7  tid 100  #1 sum() called from main+0x41 (host)\n          at sum+0x10 (libsyn.so): mov rax, [rdi]\n          read 8 bytes at 0x555560000020 alloc#0+16 (malloc 64 at main+0x20) = 00 00 00 00 00 00 00 00\n          regs changed: rdi 0x555560000018->0x555560000020\n"), "{text}");
     let tail: Vec<&str> = lines.iter().copied().skip_while(|l| !l.starts_with("# footprint")).collect();
     assert_eq!(
         tail,
-        vec!["# footprint of call #1:", "  arg 0 = 0x555560000010 -> alloc#0 (malloc 64 at main+0x20)+0: read [0,32) (32 bytes), wrote nothing"]
+        vec![
+            "# footprint of call #1:",
+            "  arg 0 = 0x555560000010 -> alloc#0 (malloc 64 at main+0x20)+0: read [0,32) (32 bytes), wrote nothing"
+        ]
     );
     assert!(text.contains("\n# returned rax=0x10 rdx=0x0 at event 9\n# footprint"), "{text}");
     // --count limits the listing, not the footprint.
@@ -370,7 +384,8 @@ fn show_crash_lists_the_crashing_threads_last_events() {
     w.push(access(LIB + 0x1110, LOAD, BUF + 16, 0, vec![0; 8])).unwrap(); // 5
     let mut regs = Regs { rip: LIB + 0x1110, rflags: 0x246, ..Regs::default() };
     regs.gpr[Regs::RSP] = 0x7ffc_0000_0ff0;
-    w.push(Event::Signal { tid: TID, signo: 11, code: 1, addr: 0, regs, code_bytes: LOAD.to_vec(), fatal: true }).unwrap(); // 6
+    w.push(Event::Signal { tid: TID, signo: 11, code: 1, addr: 0, regs, code_bytes: LOAD.to_vec(), fatal: true })
+        .unwrap(); // 6
     w.push(Event::Exit { pid: 1, status: ExitStatus::Signal(11) }).unwrap(); // 7
     w.finish(Summary::default()).unwrap();
 
@@ -407,14 +422,39 @@ fn show_context_through_a_callback_after_a_jump() {
     modules(&mut w);
     for i in 0..20u64 {
         let ptr = 0x5555_7000_0000 + 0x100 * i;
-        w.push(Event::Alloc { tid: 300, func: AllocFn::Malloc, ptr, size: 16, old_ptr: 0, caller: HOST + 0x1020, domain: Domain::Host, zeroed: false })
-            .unwrap();
+        w.push(Event::Alloc {
+            tid: 300,
+            func: AllocFn::Malloc,
+            ptr,
+            size: 16,
+            old_ptr: 0,
+            caller: HOST + 0x1020,
+            domain: Domain::Host,
+            zeroed: false,
+        })
+        .unwrap();
     }
     w.push(call(0, 0, [0; 6])).unwrap(); // 20
-    w.push(Event::Callback { tid: TID, call: 0, target: HOST + 0x1100, args: [16, 0, 0, 0, 0, 0], rsp: 0x7ffc_0000_0f00, return_addr: LIB + 0x1020 })
-        .unwrap(); // 21
-    w.push(Event::Alloc { tid: TID, func: AllocFn::Malloc, ptr: BUF, size: 16, old_ptr: 0, caller: HOST + 0x1110, domain: Domain::Host, zeroed: false })
-        .unwrap(); // 22
+    w.push(Event::Callback {
+        tid: TID,
+        call: 0,
+        target: HOST + 0x1100,
+        args: [16, 0, 0, 0, 0, 0],
+        rsp: 0x7ffc_0000_0f00,
+        return_addr: LIB + 0x1020,
+    })
+    .unwrap(); // 21
+    w.push(Event::Alloc {
+        tid: TID,
+        func: AllocFn::Malloc,
+        ptr: BUF,
+        size: 16,
+        old_ptr: 0,
+        caller: HOST + 0x1110,
+        domain: Domain::Host,
+        zeroed: false,
+    })
+    .unwrap(); // 22
     w.push(Event::CallbackReturn { tid: TID, call: 0, rax: BUF }).unwrap(); // 23
     w.push(access(LIB + 0x1030, STORE16, BUF, 0, vec![])).unwrap(); // 24
     w.push(Event::Return { tid: TID, call: 0, rax: 0, rdx: 0 }).unwrap(); // 25
@@ -432,7 +472,10 @@ fn show_context_through_a_callback_after_a_jump() {
             "      24  tid 100  #0 fill() called from main+0x40 (host)",
         ]
     );
-    assert!(text.contains("          write 16 bytes at 0x555560000010 alloc@22+0 (malloc 16 at main+0x110)\n"), "{text}");
+    assert!(
+        text.contains("          write 16 bytes at 0x555560000010 alloc@22+0 (malloc 16 at main+0x110)\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -507,14 +550,24 @@ fn show_two_operand_instruction_lists_both_accesses_and_feeds_at() {
     let path = dir.join("movs.ffr");
     let mut w = TraceWriter::create(&path, header(true)).unwrap();
     modules(&mut w);
-    w.push(Event::Alloc { tid: TID, func: AllocFn::Calloc, ptr: BUF, size: 64, old_ptr: 0, caller: HOST + 0x1020, domain: Domain::Host, zeroed: true })
-        .unwrap();
+    w.push(Event::Alloc {
+        tid: TID,
+        func: AllocFn::Calloc,
+        ptr: BUF,
+        size: 64,
+        old_ptr: 0,
+        caller: HOST + 0x1020,
+        domain: Domain::Host,
+        zeroed: true,
+    })
+    .unwrap();
     w.push(call(0, 1, [BUF, 0, 0, 0, 0, 0])).unwrap();
     let mut regs = Regs { rip: LIB + 0x1120, rflags: 0x246, ..Regs::default() };
     regs.gpr[Regs::RSI] = BUF;
     regs.gpr[Regs::RDI] = BUF + 32;
     regs.gpr[Regs::RSP] = 0x7ffc_0000_0ff0;
-    w.push(Event::Access { tid: TID, code: vec![0x48, 0xa5], regs, fault_addr: BUF, data: vec![0; 8], vregs: vec![] }).unwrap();
+    w.push(Event::Access { tid: TID, code: vec![0x48, 0xa5], regs, fault_addr: BUF, data: vec![0; 8], vregs: vec![] })
+        .unwrap();
     w.push(Event::Return { tid: TID, call: 0, rax: 0, rdx: 0 }).unwrap();
     w.finish(Summary::default()).unwrap();
 
@@ -551,14 +604,28 @@ fn show_store_values_come_from_the_registers() {
     let path = dir.join("store.ffr");
     let mut w = TraceWriter::create(&path, header(true)).unwrap();
     modules(&mut w);
-    w.push(Event::Alloc { tid: TID, func: AllocFn::Malloc, ptr: BUF, size: 16, old_ptr: 0, caller: HOST + 0x1020, domain: Domain::Host, zeroed: false })
-        .unwrap();
+    w.push(Event::Alloc {
+        tid: TID,
+        func: AllocFn::Malloc,
+        ptr: BUF,
+        size: 16,
+        old_ptr: 0,
+        caller: HOST + 0x1020,
+        domain: Domain::Host,
+        zeroed: false,
+    })
+    .unwrap();
     w.push(call(0, 0, [BUF, 0, 0, 0, 0, 0])).unwrap();
     w.push(access(LIB + 0x1030, &[0x48, 0x89, 0x07], BUF + 4, 0x1122_3344_5566_7788, vec![])).unwrap();
     w.push(Event::Return { tid: TID, call: 0, rax: 0, rdx: 0 }).unwrap();
     w.finish(Summary::default()).unwrap();
     let (_, text, _) = ffirec(&["show", "--from", "2", "--count", "1", "--no-dwarf"], &path);
-    assert!(text.contains("          write 8 bytes at 0x555560000014 alloc#0+4 (malloc 16 at main+0x20) := 88 77 66 55 44 33 22 11\n"), "{text}");
+    assert!(
+        text.contains(
+            "          write 8 bytes at 0x555560000014 alloc#0+4 (malloc 16 at main+0x20) := 88 77 66 55 44 33 22 11\n"
+        ),
+        "{text}"
+    );
     let (_, view, _) = ffirec(&["show", "--at", "3", "--memory", "alloc0", "--no-dwarf"], &path);
     let row = view.lines().find(|l| l.starts_with("0x")).unwrap();
     assert!(row.ends_with("+0     -- -- -- -- 88 77 66 55 44 33 22 11 -- -- -- --  UUUUIIIIIIIIUUUU"), "{view}");

@@ -450,14 +450,23 @@ impl<'a> Side<'a> {
                         let Some(&call) = stacks.get(tid).and_then(|s| s.last()) else { continue };
                         let ip = regs.rip;
                         let is_string = *string_code.entry(ip).or_insert_with(|| {
-                            self.place(ip).is_some_and(|p| p.domain == Domain::Neutral && p.symbol.as_deref().is_none_or(is_string_routine))
+                            self.place(ip).is_some_and(|p| {
+                                p.domain == Domain::Neutral && p.symbol.as_deref().is_none_or(is_string_routine)
+                            })
                         });
                         if is_string {
                             scratch.clear();
-                            if decoder.decoded(ip, code).and_then(|d| d.accesses_into(regs, vregs, &mut scratch)).is_ok() {
+                            if decoder
+                                .decoded(ip, code)
+                                .and_then(|d| d.accesses_into(regs, vregs, &mut scratch))
+                                .is_ok()
+                            {
                                 for a in &scratch {
                                     if a.rw == ffirec_decode::Rw::Read && matches!(a.size, 16 | 32 | 64) {
-                                        overreads.entry(call).or_default().push((a.addr, a.addr.saturating_add(a.size)));
+                                        overreads
+                                            .entry(call)
+                                            .or_default()
+                                            .push((a.addr, a.addr.saturating_add(a.size)));
                                     }
                                 }
                             }
@@ -471,9 +480,13 @@ impl<'a> Side<'a> {
                                 })
                             })
                             .clone();
-                        let (sym, st, module, off) =
-                            place.unwrap_or_else(|| ("?".into(), "?".into(), "?".into(), ip));
-                        out.entry(call).or_default().entry((sym, st)).or_insert_with(|| (module, BTreeSet::new())).1.insert(off);
+                        let (sym, st, module, off) = place.unwrap_or_else(|| ("?".into(), "?".into(), "?".into(), ip));
+                        out.entry(call)
+                            .or_default()
+                            .entry((sym, st))
+                            .or_insert_with(|| (module, BTreeSet::new()))
+                            .1
+                            .insert(off);
                     }
                     _ => {}
                 }
@@ -586,7 +599,10 @@ impl<'a> Side<'a> {
         let alloc = f.allocation.as_ref().and_then(|a| self.alloc_keys.get(a.id as usize)).cloned();
         let at_place = parse_hex(&f.at.addr).and_then(|a| self.place(a));
         let (at_key, at_shown) = match &at_place {
-            Some(p) => (format!("{} ({})", p.symbol.clone().unwrap_or_else(|| "?".into()), stem(&p.module)), format!("{} ({})", p.short(), p.module)),
+            Some(p) => (
+                format!("{} ({})", p.symbol.clone().unwrap_or_else(|| "?".into()), stem(&p.module)),
+                format!("{} ({})", p.short(), p.module),
+            ),
             None if f.syscall.is_some() => ("syscall".into(), format!("syscall {}", f.syscall.unwrap_or(0))),
             None => ("?".into(), "?".into()),
         };
@@ -714,7 +730,9 @@ struct Norm {
 /// (A stripped libc has no names for its internal variants: there every
 /// C-runtime vector load qualifies, as in the analyzer's over-read rule.)
 fn is_string_routine(symbol: &str) -> bool {
-    ["str", "stp", "wcs", "memchr", "memrchr", "rawmemchr", "wmemchr"].iter().any(|p| symbol.trim_start_matches('_').starts_with(p))
+    ["str", "stp", "wcs", "memchr", "memrchr", "rawmemchr", "wmemchr"]
+        .iter()
+        .any(|p| symbol.trim_start_matches('_').starts_with(p))
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -783,7 +801,11 @@ fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 /// over-read noise). Noise: a range shorter than one 64-byte block that only
 /// string-routine vector loads read, and that continues a range the other
 /// side read — the same scan, ending at another block boundary.
-fn split_overread(diff: &[(u64, u64)], overread: &[(u64, u64)], other: &[(u64, u64)]) -> (Vec<[u64; 2]>, Vec<[u64; 2]>) {
+fn split_overread(
+    diff: &[(u64, u64)],
+    overread: &[(u64, u64)],
+    other: &[(u64, u64)],
+) -> (Vec<[u64; 2]>, Vec<[u64; 2]>) {
     let plain = pairs(&subtract(diff, overread));
     let cand = subtract(diff, &plain);
     let mut counted: Vec<(u64, u64)> = plain;
@@ -1059,7 +1081,8 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
     for ck in ckeys {
         let (a, b) = (co.get(ck), cn.get(ck));
         let module = b.or(a).map_or_else(String::new, |x| x.0.clone());
-        let offs = |x: Option<&(String, BTreeSet<u64>)>| x.map_or_else(Vec::new, |x| x.1.iter().copied().collect::<Vec<_>>());
+        let offs =
+            |x: Option<&(String, BTreeSet<u64>)>| x.map_or_else(Vec::new, |x| x.1.iter().copied().collect::<Vec<_>>());
         let (oo, no) = (offs(a), offs(b));
         let change = match (a.is_some(), b.is_some()) {
             (false, true) => "added",
@@ -1067,16 +1090,21 @@ fn call_diff(o: &Side, n: &Side, k: &CallKey, oc: &CallFootprint, nc: &CallFootp
             _ if oo != no => "moved",
             _ => continue,
         };
-        let unsymbolised = |m: &CodeMap| {
-            m.keys().any(|(sym, st)| sym == "?" && *st == ck.1)
-        };
+        let unsymbolised = |m: &CodeMap| m.keys().any(|(sym, st)| sym == "?" && *st == ck.1);
         let counted = change != "moved" && !unsymbolised(co) && !unsymbolised(cn);
         if counted {
             differences += 1;
         } else {
             *noise += 1;
         }
-        code.push(CodeChange { change: change.into(), symbol: ck.0.clone(), module, old_offsets: oo, new_offsets: no, counted });
+        code.push(CodeChange {
+            change: change.into(),
+            symbol: ck.0.clone(),
+            module,
+            old_offsets: oo,
+            new_offsets: no,
+            counted,
+        });
     }
 
     let ret = match (&oc.ret, &nc.ret) {
@@ -1167,7 +1195,8 @@ impl Diff {
         }
         for c in &self.calls {
             let _ = writeln!(o);
-            let _ = writeln!(o, "call {} (thread {}) [OLD call {}, NEW call {}]", c.name, c.thread, c.old_call, c.new_call);
+            let _ =
+                writeln!(o, "call {} (thread {}) [OLD call {}, NEW call {}]", c.name, c.thread, c.old_call, c.new_call);
             for t in &c.memory {
                 let sign = |x: char| if t.counted { x.to_string() } else { format!("~{x}") };
                 let tail = if t.counted { "" } else { " (not counted: the library's own memory)" };
@@ -1192,7 +1221,11 @@ impl Diff {
                 }
                 for (list, sg) in [(&t.overread_newly_read, '+'), (&t.overread_no_longer_read, '-')] {
                     if !list.is_empty() {
-                        let _ = writeln!(o, "  ~{sg} read {} of {what} (not counted: string routine over-read)", ranges(list));
+                        let _ = writeln!(
+                            o,
+                            "  ~{sg} read {} of {what} (not counted: string routine over-read)",
+                            ranges(list)
+                        );
                     }
                 }
                 if let Some([a, b]) = t.bytes_read {
@@ -1210,10 +1243,22 @@ impl Diff {
                 };
                 match k.change.as_str() {
                     "added" => {
-                        let _ = writeln!(o, "  {plus} code {} ({}) accessed memory at {}{tail}", k.symbol, k.module, offsets(&k.new_offsets));
+                        let _ = writeln!(
+                            o,
+                            "  {plus} code {} ({}) accessed memory at {}{tail}",
+                            k.symbol,
+                            k.module,
+                            offsets(&k.new_offsets)
+                        );
                     }
                     "removed" => {
-                        let _ = writeln!(o, "  {minus} code {} ({}) accessed memory at {}{tail}", k.symbol, k.module, offsets(&k.old_offsets));
+                        let _ = writeln!(
+                            o,
+                            "  {minus} code {} ({}) accessed memory at {}{tail}",
+                            k.symbol,
+                            k.module,
+                            offsets(&k.old_offsets)
+                        );
                     }
                     _ => {
                         let _ = writeln!(

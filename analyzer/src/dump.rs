@@ -54,7 +54,11 @@ pub fn dump_accesses(trace: &Trace, out: &mut dyn Write) -> Result<u64, Error> {
                                 .file_name()
                                 .map_or_else(|| m.path.clone(), |f| f.to_string_lossy().into_owned());
                             let sym = m.symbolize(ip).map(|(s, off)| {
-                                if off == 0 { s.name.clone() } else { format!("{}+{off:#x}", s.name) }
+                                if off == 0 {
+                                    s.name.clone()
+                                } else {
+                                    format!("{}+{off:#x}", s.name)
+                                }
                             });
                             (Some(name), sym)
                         }

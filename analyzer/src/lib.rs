@@ -38,10 +38,8 @@ pub use diff::{
 };
 pub use dump::dump_accesses;
 pub use findings::{AllocRef, CallRef, Finding, Kind, Relation, Verdict};
+pub use report::{Allocation, CallFootprint, Exposure, ModuleInfo, Report, Summary, Touched, TraceInfo, SCHEMA};
 pub use show::{show, MemAddr, MemSpec, ShowError, ShowMode, ShowOptions, DEFAULT_COUNT};
-pub use report::{
-    Allocation, CallFootprint, Exposure, ModuleInfo, Report, Summary, TraceInfo, Touched, SCHEMA,
-};
 pub use state::RangeSet;
 pub use suppress::Suppressions;
 pub use symbols::Location;
@@ -75,7 +73,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: None, suppressions: Suppressions::default(), dwarf: true, progress: false, trace_name: String::new() }
+        Options {
+            threads: None,
+            suppressions: Suppressions::default(),
+            dwarf: true,
+            progress: false,
+            trace_name: String::new(),
+        }
     }
 }
 
@@ -84,10 +88,7 @@ const BATCH: usize = 8;
 
 /// Analyses `trace`.
 pub fn analyze(trace: &Trace, opts: &Options) -> Result<Report, Error> {
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("ffirec-analyze-{i}"))
@@ -101,7 +102,9 @@ fn progress_bar(opts: &Options, chunks: usize) -> Option<indicatif::ProgressBar>
         return None;
     }
     let pb = indicatif::ProgressBar::with_draw_target(Some(chunks as u64), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} analysing [{bar:40}] {pos}/{len} chunks {elapsed}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} analysing [{bar:40}] {pos}/{len} chunks {elapsed}")
+    {
         pb.set_style(style);
     }
     Some(pb)

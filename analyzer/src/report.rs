@@ -270,10 +270,19 @@ impl Report {
             {
                 let _ = writeln!(o, "{P}  {}", f.detail);
             }
-            let _ = writeln!(o, "{P}  (seen {} time{}, first at event {})", f.count, if f.count == 1 { "" } else { "s" }, f.first_event);
+            let _ = writeln!(
+                o,
+                "{P}  (seen {} time{}, first at event {})",
+                f.count,
+                if f.count == 1 { "" } else { "s" },
+                f.first_event
+            );
             if !others.is_empty() {
-                let mut calls: Vec<String> =
-                    others.iter().take(8).map(|x| x.call.as_ref().map_or("-".into(), |c| format!("#{}", c.call))).collect();
+                let mut calls: Vec<String> = others
+                    .iter()
+                    .take(8)
+                    .map(|x| x.call.as_ref().map_or("-".into(), |c| format!("#{}", c.call)))
+                    .collect();
                 if others.len() > 8 {
                     calls.push("…".into());
                 }
@@ -293,7 +302,13 @@ impl Report {
             let ret = c.ret.clone().unwrap_or_else(|| "-".into());
             let mut first = true;
             if c.touched.is_empty() {
-                let _ = writeln!(o, "{P}   {:>6}  {:<24} {:<18} (no traced accesses)", format!("#{}", c.call), c.symbol, ret);
+                let _ = writeln!(
+                    o,
+                    "{P}   {:>6}  {:<24} {:<18} (no traced accesses)",
+                    format!("#{}", c.call),
+                    c.symbol,
+                    ret
+                );
             }
             for t in &c.touched {
                 let mut parts = Vec::new();
@@ -319,8 +334,7 @@ impl Report {
             }
         }
         let _ = writeln!(o, "{P}");
-        let kinds: Vec<String> =
-            s.by_kind.iter().filter(|(_, &n)| n > 0).map(|(k, n)| format!("{n} {k}")).collect();
+        let kinds: Vec<String> = s.by_kind.iter().filter(|(_, &n)| n > 0).map(|(k, n)| format!("{n} {k}")).collect();
         let _ = writeln!(o, "{P} ERROR SUMMARY: {} findings from {} contexts", s.findings, groups.len());
         let _ = writeln!(
             o,
@@ -391,7 +405,9 @@ impl Builder<'_> {
 
     fn label(&self, id: u32) -> String {
         match self.alloc(id) {
-            Some(a) => format!("alloc#{id} ({} {} at {})", func_name(a.func), a.size, self.syms.locate(a.caller).short()),
+            Some(a) => {
+                format!("alloc#{id} ({} {} at {})", func_name(a.func), a.size, self.syms.locate(a.caller).short())
+            }
             None => format!("alloc#{id}"),
         }
     }
@@ -444,7 +460,9 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
         };
         let allocation = if m.alloc == NO_ALLOC { None } else { b.alloc_ref(m.alloc, m.addr, m.end, relation) };
         let detail = match (m.kind, &allocation) {
-            (Kind::Uninit, Some(a)) => format!("bytes [{},{}) of {} were never written", a.distance, a.distance + size, a.label),
+            (Kind::Uninit, Some(a)) => {
+                format!("bytes [{},{}) of {} were never written", a.distance, a.distance + size, a.label)
+            }
             (Kind::OutOfBounds, Some(a)) => format!(
                 "outside every live allocation; nearest is {}, {} bytes {}",
                 a.label,

@@ -36,8 +36,7 @@ struct Rule {
 
 impl Suppressions {
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         Self::parse(&text).map_err(|(line, reason)| Error::Suppressions {
             path: path.display().to_string(),
             line,
@@ -57,9 +56,7 @@ impl Suppressions {
             for word in line.split_whitespace() {
                 let (k, v) = word.split_once('=').ok_or((n + 1, format!("`{word}` is not key=value")))?;
                 match k {
-                    "kind" => {
-                        r.kind = Some(Kind::from_name(v).ok_or((n + 1, format!("unknown finding kind `{v}`")))?)
-                    }
+                    "kind" => r.kind = Some(Kind::from_name(v).ok_or((n + 1, format!("unknown finding kind `{v}`")))?),
                     "symbol" => r.symbol = Some(v.to_string()),
                     "module" => r.module = Some(v.to_string()),
                     "call" => r.call = Some(v.to_string()),

@@ -185,7 +185,10 @@ fn init_unknown_silences_and_host_write_initialises() {
     );
     let r = run(&p, 1);
     assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
-    assert_eq!((r.findings[0].kind, r.findings[0].addr.as_str(), r.findings[0].size), (Kind::Uninit, "0x55555555a010", 16));
+    assert_eq!(
+        (r.findings[0].kind, r.findings[0].addr.as_str(), r.findings[0].size),
+        (Kind::Uninit, "0x55555555a010", 16)
+    );
     assert_eq!(r.summary.unknown_bytes, 8);
 }
 
@@ -351,7 +354,10 @@ fn mapped_regions_classify_heap_stack_and_readonly() {
     let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.addr.as_str())).collect();
     assert_eq!(got, vec![(Kind::OutOfBounds, "0x7e0000008000"), (Kind::ReadOnlyWrite, "0x7e2000000010")]);
     let oob = &r.findings[0];
-    assert_eq!(oob.allocation.as_ref().map(|a| (a.id, a.relation, a.distance)), Some((0, Relation::After, 0x8000 - 0x120)));
+    assert_eq!(
+        oob.allocation.as_ref().map(|a| (a.id, a.relation, a.distance)),
+        Some((0, Relation::After, 0x8000 - 0x120))
+    );
     assert_eq!(r.summary.unclassified_accesses, 1);
 }
 
@@ -362,7 +368,14 @@ fn host_block_born_in_callback_is_unknown_after_it_returns() {
         false,
         vec![
             call(0, [0; 6]),
-            Event::Callback { tid: TID, call: 0, target: PROG_TEXT + 0x180, args: [0; 6], rsp: 0, return_addr: LIB_FOO + 0x40 },
+            Event::Callback {
+                tid: TID,
+                call: 0,
+                target: PROG_TEXT + 0x180,
+                args: [0; 6],
+                rsp: 0,
+                return_addr: LIB_FOO + 0x40,
+            },
             alloc(HEAP, 32, Domain::Host),
             Event::CallbackReturn { tid: TID, call: 0, rax: HEAP },
             access(LIB_FOO + 0x44, LOAD16, HEAP, &[0; 16]),

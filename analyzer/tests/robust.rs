@@ -52,7 +52,14 @@ fn event(rng: &mut Rng) -> Event {
         },
         9 => Event::Return { tid, call: rng.below(8), rax: addr(rng), rdx: 0 },
         10 => Event::HostWrite { tid, addr: addr(rng), len: rng.below(0x2000) },
-        11 => Event::Map { tid, addr: addr(rng), len: rng.next(), prot: rng.below(8) as u32, flags: rng.next() as u32, domain: Domain::Host },
+        11 => Event::Map {
+            tid,
+            addr: addr(rng),
+            len: rng.next(),
+            prot: rng.below(8) as u32,
+            flags: rng.next() as u32,
+            domain: Domain::Host,
+        },
         12 => Event::SyscallAccess {
             tid,
             nr: 0,

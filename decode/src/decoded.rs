@@ -3,7 +3,10 @@
 //! registers recorded at a fault.
 
 use ffirec_format::{Regs, VecReg, VecRegKind};
-use iced_x86::{Code, Decoder, DecoderOptions, EncodingKind, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register, UsedMemory};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, EncodingKind, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
+    Register, UsedMemory,
+};
 
 use crate::emulate::{self, Emulation};
 use crate::operand::{GprPart, MemOperand, Seg};
@@ -177,12 +180,21 @@ impl Decoded {
         }
         let emulation = emulate::detect(&instr, &templates);
         let branch = match (instr.code(), templates.first()) {
-            (Code::Call_rm64 | Code::Jmp_rm64, Some(&Template::Plain { mem, size: 8, acc: Acc::Read })) if instr.op0_kind() == OpKind::Memory => {
+            (Code::Call_rm64 | Code::Jmp_rm64, Some(&Template::Plain { mem, size: 8, acc: Acc::Read }))
+                if instr.op0_kind() == OpKind::Memory =>
+            {
                 Some(IndirectBranch { mem, call: instr.code() == Code::Call_rm64, return_addr: instr.next_ip() })
             }
             _ => None,
         };
-        Ok(Decoded { instr, code: bytes, templates: templates.into_boxed_slice(), vregs: vregs.into_boxed_slice(), emulation, branch })
+        Ok(Decoded {
+            instr,
+            code: bytes,
+            templates: templates.into_boxed_slice(),
+            vregs: vregs.into_boxed_slice(),
+            emulation,
+            branch,
+        })
     }
 
     /// Instruction length in bytes.
@@ -578,16 +590,28 @@ fn xsave_area_size() -> u64 {
 /// operand is touched in full whatever the mask (exception classes without
 /// fault suppression: permutes, shuffles, inserts/extracts, packs, conflict
 /// detection). See tests/hardware.txt for the ones checked on a CPU.
-const NO_SUPPRESSION_PREFIX: &[&str] = &["Vperm", "Vshuf", "Valign", "Vpunpck", "Vunpck", "Vinsert", "Vextract", "Vpconflict", "Vpack"];
+const NO_SUPPRESSION_PREFIX: &[&str] =
+    &["Vperm", "Vshuf", "Valign", "Vpunpck", "Vunpck", "Vinsert", "Vextract", "Vpconflict", "Vpack"];
 
 /// The same, by exact mnemonic (`vpshufb` but not `vpshufbitqmb`).
 const NO_SUPPRESSION_EXACT: &[&str] = &[
-    "Vpshufb", "Vpshufd", "Vpshufhw", "Vpshuflw", "Vpalignr", "Vpmaddwd", "Vpmaddubsw", "Vpmultishiftqb", "Vdbpsadbw", "Vmovddup", "Vmovshdup",
+    "Vpshufb",
+    "Vpshufd",
+    "Vpshufhw",
+    "Vpshuflw",
+    "Vpalignr",
+    "Vpmaddwd",
+    "Vpmaddubsw",
+    "Vpmultishiftqb",
+    "Vdbpsadbw",
+    "Vmovddup",
+    "Vmovshdup",
     "Vmovsldup",
 ];
 
 /// Shifts whose third operand is an xmm/m128 count: the count is read whole.
-const SHIFT_BY_COUNT: &[&str] = &["Vpsllw", "Vpslld", "Vpsllq", "Vpsrlw", "Vpsrld", "Vpsrlq", "Vpsraw", "Vpsrad", "Vpsraq"];
+const SHIFT_BY_COUNT: &[&str] =
+    &["Vpsllw", "Vpslld", "Vpsllq", "Vpsrlw", "Vpsrld", "Vpsrlq", "Vpsraw", "Vpsrad", "Vpsraq"];
 
 fn no_fault_suppression(name: &str, instr: &Instruction) -> bool {
     NO_SUPPRESSION_PREFIX.iter().any(|p| name.starts_with(p))
@@ -598,8 +622,6 @@ fn no_fault_suppression(name: &str, instr: &Instruction) -> bool {
 /// Broadcasts of a memory scalar or tuple: memory element `j` feeds every
 /// destination element `i` with `i % m == j` (checked on hardware).
 const TUPLE_BROADCAST: &[&str] = &["Vbroadcast", "Vpbroadcast"];
-
-
 
 /// Compress stores / expand loads: `popcount(mask)` consecutive elements.
 const COMPRESS: &[&str] = &["Vcompress", "Vpcompress", "Vexpand", "Vpexpand"];
@@ -628,7 +650,14 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
             Rep::One
         } else if matches!(
             mnemonic,
-            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq | Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq
+            Mnemonic::Cmpsb
+                | Mnemonic::Cmpsw
+                | Mnemonic::Cmpsd
+                | Mnemonic::Cmpsq
+                | Mnemonic::Scasb
+                | Mnemonic::Scasw
+                | Mnemonic::Scasd
+                | Mnemonic::Scasq
         ) {
             Rep::FirstCertain
         } else {
@@ -641,7 +670,9 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
                 OpKind::MemorySegESI => (Seg::from_register(instr.memory_segment()), Regs::RSI, true),
                 OpKind::MemoryESRDI => (Seg::None, Regs::RDI, false),
                 OpKind::MemoryESEDI => (Seg::None, Regs::RDI, true),
-                OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => return Err("16-bit string addressing"),
+                OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => {
+                    return Err("16-bit string addressing")
+                }
                 _ => continue,
             };
             let Some(acc) = Acc::from_op_access(info.op_access(i)) else { continue };
@@ -684,7 +715,14 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
             } else {
                 (MaskMode::PerElement, msize.element_count() as u64)
             };
-            out.push(Template::Masked { mem, elem, count: count.min(64) as u8, mode, rw: acc.unconditional(), mask: ElemMask::K(k) });
+            out.push(Template::Masked {
+                mem,
+                elem,
+                count: count.min(64) as u8,
+                mode,
+                rw: acc.unconditional(),
+                mask: ElemMask::K(k),
+            });
             continue;
         }
         if is_xsave_family(mnemonic) && size == 0 {
@@ -695,7 +733,12 @@ fn build_templates(instr: &Instruction, factory: &mut InstructionInfoFactory) ->
             // (the old value is written back when the comparison fails).
             Mnemonic::Cmpxchg | Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => acc = Acc::ReadWrite,
             // Element-masked by the sign bits of a vector register.
-            Mnemonic::Maskmovdqu | Mnemonic::Vmaskmovdqu | Mnemonic::Vmaskmovps | Mnemonic::Vmaskmovpd | Mnemonic::Vpmaskmovd | Mnemonic::Vpmaskmovq => {
+            Mnemonic::Maskmovdqu
+            | Mnemonic::Vmaskmovdqu
+            | Mnemonic::Vmaskmovps
+            | Mnemonic::Vmaskmovpd
+            | Mnemonic::Vpmaskmovd
+            | Mnemonic::Vpmaskmovq => {
                 let elem = match mnemonic {
                     Mnemonic::Vmaskmovps | Mnemonic::Vpmaskmovd => 4,
                     Mnemonic::Vmaskmovpd | Mnemonic::Vpmaskmovq => 8,

@@ -61,7 +61,10 @@ pub enum Emulation {
 impl Emulation {
     fn mem(&self) -> &MemOperand {
         match self {
-            Emulation::Load { mem, .. } | Emulation::Store { mem, .. } | Emulation::VecLoad { mem, .. } | Emulation::VecStore { mem, .. } => mem,
+            Emulation::Load { mem, .. }
+            | Emulation::Store { mem, .. }
+            | Emulation::VecLoad { mem, .. }
+            | Emulation::VecStore { mem, .. } => mem,
         }
     }
 
@@ -73,9 +76,10 @@ impl Emulation {
     /// Bytes read or written.
     pub fn size(&self) -> usize {
         match *self {
-            Emulation::Load { size, .. } | Emulation::Store { size, .. } | Emulation::VecLoad { size, .. } | Emulation::VecStore { size, .. } => {
-                usize::from(size)
-            }
+            Emulation::Load { size, .. }
+            | Emulation::Store { size, .. }
+            | Emulation::VecLoad { size, .. }
+            | Emulation::VecStore { size, .. } => usize::from(size),
         }
     }
 
@@ -142,9 +146,42 @@ fn is_vec_move(m: Mnemonic) -> bool {
     use Mnemonic::*;
     matches!(
         m,
-        Movdqu | Movdqa | Movups | Movaps | Movupd | Movapd | Movq | Movd | Movss | Movsd | Movntdq | Movntps | Movntpd | Movntdqa | Lddqu
-            | Vmovdqu | Vmovdqa | Vmovups | Vmovaps | Vmovupd | Vmovapd | Vmovq | Vmovd | Vmovss | Vmovsd | Vmovntdq | Vmovntps | Vmovntpd
-            | Vmovntdqa | Vlddqu | Vmovdqu8 | Vmovdqu16 | Vmovdqu32 | Vmovdqu64 | Vmovdqa32 | Vmovdqa64
+        Movdqu
+            | Movdqa
+            | Movups
+            | Movaps
+            | Movupd
+            | Movapd
+            | Movq
+            | Movd
+            | Movss
+            | Movsd
+            | Movntdq
+            | Movntps
+            | Movntpd
+            | Movntdqa
+            | Lddqu
+            | Vmovdqu
+            | Vmovdqa
+            | Vmovups
+            | Vmovaps
+            | Vmovupd
+            | Vmovapd
+            | Vmovq
+            | Vmovd
+            | Vmovss
+            | Vmovsd
+            | Vmovntdq
+            | Vmovntps
+            | Vmovntpd
+            | Vmovntdqa
+            | Vlddqu
+            | Vmovdqu8
+            | Vmovdqu16
+            | Vmovdqu32
+            | Vmovdqu64
+            | Vmovdqa32
+            | Vmovdqa64
     )
 }
 
@@ -158,7 +195,9 @@ pub(crate) fn detect(instr: &Instruction, templates: &[Template]) -> Option<Emul
     let (k0, k1) = (instr.op0_kind(), instr.op1_kind());
     let m = instr.mnemonic();
     match m {
-        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd if k0 == OpKind::Register && k1 == OpKind::Memory => {
+        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
+            if k0 == OpKind::Register && k1 == OpKind::Memory =>
+        {
             if acc != Acc::Read || size > 8 {
                 return None;
             }
@@ -175,7 +214,11 @@ pub(crate) fn detect(instr: &Instruction, templates: &[Template]) -> Option<Emul
                     let w = gpr_write(instr.op1_register())?;
                     StoreSrc::Gpr { reg: w.reg, width: w.width, high_byte: w.high_byte }
                 }
-                OpKind::Immediate8 | OpKind::Immediate16 | OpKind::Immediate32 | OpKind::Immediate64 | OpKind::Immediate32to64 => {
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate64
+                | OpKind::Immediate32to64 => {
                     let v = instr.immediate(1);
                     StoreSrc::Imm(if size >= 8 { v } else { v & ((1u64 << (8 * u32::from(size))) - 1) })
                 }

@@ -112,7 +112,8 @@ impl MemOperand {
     /// The linear address for these register values.
     #[inline]
     pub fn address(&self, regs: &Regs) -> u64 {
-        let mut a = self.disp.wrapping_add(self.base.value(regs)).wrapping_add(self.index.value(regs) << self.scale_shift);
+        let mut a =
+            self.disp.wrapping_add(self.base.value(regs)).wrapping_add(self.index.value(regs) << self.scale_shift);
         if self.addr32 {
             a &= 0xffff_ffff;
         }

@@ -14,7 +14,8 @@ use ffirec_decode::{Decoded, Emulation};
 use ffirec_format::Regs;
 use native::{mmap, run, Outcome, PAGE, PROT_RW, PROT_RWX, SIGILL};
 
-const GPRS: [&str; 16] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+const GPRS: [&str; 16] =
+    ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
@@ -37,7 +38,8 @@ fn emulation_matches_cpu() {
     let mut init = Regs::default();
     for kv in header("# init:").split_whitespace() {
         let (r, v) = kv.split_once('=').unwrap();
-        init.gpr[GPRS.iter().position(|n| *n == r).unwrap()] = u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+        init.gpr[GPRS.iter().position(|n| *n == r).unwrap()] =
+            u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
     }
     let dumped: Vec<u8> = header("# vregs:").split_whitespace().map(|n| n.parse().unwrap()).collect();
 
@@ -47,7 +49,10 @@ fn emulation_matches_cpu() {
     // SAFETY: `data` and `result` are our own one-page shared mappings; the
     // child writes them only while the parent waits.
     let (data_mem, result_mem) = unsafe {
-        (std::slice::from_raw_parts_mut(data as *mut u8, PAGE as usize), std::slice::from_raw_parts_mut(result as *mut u8, PAGE as usize))
+        (
+            std::slice::from_raw_parts_mut(data as *mut u8, PAGE as usize),
+            std::slice::from_raw_parts_mut(result as *mut u8, PAGE as usize),
+        )
     };
     let mut failures = Vec::new();
     let (mut checked, mut skipped) = (0, 0);
@@ -116,7 +121,11 @@ fn emulation_matches_cpu() {
                 let mut want = original.clone();
                 want[off..off + size].copy_from_slice(&e.store_value(&before).unwrap().to_le_bytes()[..size]);
                 if want != *data_mem || after != before {
-                    failures.push(format!("{src}: memory {:02x?}, emulation {:02x?}", &data_mem[off..off + 8], &want[off..off + 8]));
+                    failures.push(format!(
+                        "{src}: memory {:02x?}, emulation {:02x?}",
+                        &data_mem[off..off + 8],
+                        &want[off..off + 8]
+                    ));
                 }
             }
             Emulation::VecLoad { reg, zero_upper, .. } => {
@@ -139,7 +148,13 @@ fn emulation_matches_cpu() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} disagree with the CPU:\n{}", failures.len(), checked + failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} disagree with the CPU:\n{}",
+        failures.len(),
+        checked + failures.len(),
+        failures.join("\n")
+    );
     assert!(checked >= 50, "only {checked} cases ({skipped} skipped: SIGILL)");
     eprintln!("{checked} emulations agree with the CPU ({skipped} skipped: SIGILL)");
 }

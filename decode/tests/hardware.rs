@@ -40,7 +40,8 @@ fn num(s: &str, p: u64) -> u64 {
 
 /// The decoder's view: `rcx=16 rsi=@16 k1=1 ymm1=d:… xmm1=x:…`.
 fn regs_for(spec: &str, p: u64, rdi: u64) -> (Regs, Vec<VecReg>) {
-    const NAMES: [&str; 16] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+    const NAMES: [&str; 16] =
+        ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
     let mut regs = Regs::default();
     regs.gpr[Regs::RDI] = rdi;
     // The child's real stack is valid memory: keep stack slots inside P for the check.
@@ -78,7 +79,10 @@ fn regs_for(spec: &str, p: u64, rdi: u64) -> (Regs, Vec<VecReg>) {
 
 #[test]
 fn decoder_agrees_with_cpu_faults() {
-    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx2")) {
+    if !(std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx2"))
+    {
         eprintln!("skipped: this CPU lacks AVX-512F/BW or AVX2");
         return;
     }
@@ -132,7 +136,17 @@ fn decoder_agrees_with_cpu_faults() {
             skipped += 1;
             continue;
         }
-        let ranges: Vec<String> = acc.iter().map(|a| format!("{:+}..{:+}{}", a.addr.wrapping_sub(p) as i64, a.addr.wrapping_add(a.size).wrapping_sub(p) as i64, if a.certain { "" } else { "?" })).collect();
+        let ranges: Vec<String> = acc
+            .iter()
+            .map(|a| {
+                format!(
+                    "{:+}..{:+}{}",
+                    a.addr.wrapping_sub(p) as i64,
+                    a.addr.wrapping_add(a.size).wrapping_sub(p) as i64,
+                    if a.certain { "" } else { "?" }
+                )
+            })
+            .collect();
         let ok = match got {
             Outcome::Segv if certain_out || any_out => true,
             Outcome::Exited if !certain_out => true,

@@ -131,11 +131,18 @@ fn plain_operands_agree_with_iced_virtual_address() {
         let ip = rng.next();
         let Ok(d) = Decoded::new(ip, &code) else { continue };
         let ins = *d.instruction();
-        if ins.is_string_instruction() || ins.op_mask() != Register::None || ins.is_vsib() || !d.needed_vregs().is_empty() {
+        if ins.is_string_instruction()
+            || ins.op_mask() != Register::None
+            || ins.is_vsib()
+            || !d.needed_vregs().is_empty()
+        {
             continue;
         }
         let name = format!("{:?}", ins.mnemonic()).to_lowercase();
-        if ["bt", "cmpxchg", "maskmov", "xsave", "xrstor", "clflush", "clwb", "cldemote"].iter().any(|p| name.starts_with(p)) {
+        if ["bt", "cmpxchg", "maskmov", "xsave", "xrstor", "clflush", "clwb", "cldemote"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             continue;
         }
         let mut regs = Regs::default();

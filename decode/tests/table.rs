@@ -26,7 +26,8 @@ fn parse_hex_bytes(s: &str) -> Vec<u8> {
     s.split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()).collect()
 }
 
-const GPR_NAMES: [&str; 16] = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+const GPR_NAMES: [&str; 16] =
+    ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 
 /// `rax=0x10 rflags=0x400 fs=0x7000 rip=0x1000 k1=0b101 ymm2=d:1,2,3 zmm3=q:… xmm1=x:00ff…`.
 /// Vector values: `d:`/`q:` comma-separated dword/qword elements (element 0
@@ -145,20 +146,38 @@ fn ranges_table() {
                 continue;
             }
         };
-        assert_eq!(d.len(), bytes.len(), "ranges.txt:{line}: {} decodes as {} bytes, not all of them", cols[0], d.len());
+        assert_eq!(
+            d.len(),
+            bytes.len(),
+            "ranges.txt:{line}: {} decodes as {} bytes, not all of them",
+            cols[0],
+            d.len()
+        );
         let got: Vec<String> = match d.accesses(&regs, &vregs) {
             Ok(v) => v.iter().map(fmt_access).collect(),
             Err(e) => vec![format!("error: {e}")],
         };
-        let want = if let Some(err) = cols[2].strip_prefix("error:") { vec![format!("error: {}", err.trim())] } else { normalise_expected(cols[2]) };
+        let want = if let Some(err) = cols[2].strip_prefix("error:") {
+            vec![format!("error: {}", err.trim())]
+        } else {
+            normalise_expected(cols[2])
+        };
         if got != want {
-            failures.push(format!("ranges.txt:{line}: {} ({}): got [{}], want [{}]", cols[0], d.instruction(), got.join("; "), want.join("; ")));
+            failures.push(format!(
+                "ranges.txt:{line}: {} ({}): got [{}], want [{}]",
+                cols[0],
+                d.instruction(),
+                got.join("; "),
+                want.join("; ")
+            ));
         }
         if let Some(needs) = cols.get(3) {
             let got_needs: Vec<String> = d.needed_vregs().iter().map(fmt_vreg).collect();
-            let want_needs: Vec<String> = needs.strip_prefix("needs:").unwrap_or(needs).split_whitespace().map(String::from).collect();
+            let want_needs: Vec<String> =
+                needs.strip_prefix("needs:").unwrap_or(needs).split_whitespace().map(String::from).collect();
             if got_needs != want_needs {
-                failures.push(format!("ranges.txt:{line}: {}: needed_vregs {got_needs:?}, want {want_needs:?}", cols[0]));
+                failures
+                    .push(format!("ranges.txt:{line}: {}: needed_vregs {got_needs:?}, want {want_needs:?}", cols[0]));
             }
         } else if !d.needed_vregs().is_empty() {
             failures.push(format!("ranges.txt:{line}: {}: unexpected needed_vregs {:?}", cols[0], d.needed_vregs()));
@@ -168,10 +187,14 @@ fn ranges_table() {
     assert!(cases >= 140, "only {cases} cases");
 }
 
-const GPR8: [&str; 16] = ["al", "cl", "dl", "bl", "spl", "bpl", "sil", "dil", "r8b", "r9b", "r10b", "r11b", "r12b", "r13b", "r14b", "r15b"];
-const GPR16: [&str; 16] = ["ax", "cx", "dx", "bx", "sp", "bp", "si", "di", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w"];
-const GPR32: [&str; 16] =
-    ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d"];
+const GPR8: [&str; 16] =
+    ["al", "cl", "dl", "bl", "spl", "bpl", "sil", "dil", "r8b", "r9b", "r10b", "r11b", "r12b", "r13b", "r14b", "r15b"];
+const GPR16: [&str; 16] =
+    ["ax", "cx", "dx", "bx", "sp", "bp", "si", "di", "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w"];
+const GPR32: [&str; 16] = [
+    "eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d",
+    "r15d",
+];
 const HIGH8: [&str; 4] = ["ah", "ch", "dh", "bh"];
 
 fn gpr_name(reg: u8, width: u8, high: bool) -> String {
@@ -208,7 +231,11 @@ fn fmt_emulation(e: Option<&Emulation>, regs: &Regs) -> String {
             format!("store {s} {size} @{addr:#x} value={:#x}", e.store_value(regs).unwrap())
         }
         Emulation::VecLoad { reg, kind, size, zero_upper, .. } => {
-            format!("vload {} {size} {} @{addr:#x}", vec_name(kind, reg), if zero_upper { "zero-upper" } else { "legacy" })
+            format!(
+                "vload {} {size} {} @{addr:#x}",
+                vec_name(kind, reg),
+                if zero_upper { "zero-upper" } else { "legacy" }
+            )
         }
         Emulation::VecStore { reg, kind, size, .. } => format!("vstore {} {size} @{addr:#x}", vec_name(kind, reg)),
     }
@@ -229,7 +256,11 @@ fn emulation_table() {
         let got = fmt_emulation(d.emulation(), &regs);
         let want = cols[2].split_whitespace().collect::<Vec<_>>().join(" ");
         if got != want {
-            failures.push(format!("emulation.txt:{line}: {} ({}): got `{got}`, want `{want}`", cols[0], d.instruction()));
+            failures.push(format!(
+                "emulation.txt:{line}: {} ({}): got `{got}`, want `{want}`",
+                cols[0],
+                d.instruction()
+            ));
             continue;
         }
         // The emulated access must be exactly the range accesses_into reports.
@@ -238,13 +269,15 @@ fn emulation_table() {
             let rw = if matches!(e, Emulation::Load { .. } | Emulation::VecLoad { .. }) { Rw::Read } else { Rw::Write };
             let want_acc = vec![MemAccess { addr: e.address(&regs), size: e.size() as u64, rw, certain: true }];
             if acc != want_acc {
-                failures.push(format!("emulation.txt:{line}: accesses {acc:?} differ from the emulation's {want_acc:?}"));
+                failures
+                    .push(format!("emulation.txt:{line}: accesses {acc:?} differ from the emulation's {want_acc:?}"));
             }
         }
         if let Some(apply) = cols.get(3) {
             let (data, result) = apply.split_once("->").unwrap();
             let data = data.trim().strip_prefix("data=").unwrap();
-            let data: Vec<u8> = (0..data.len()).step_by(2).map(|i| u8::from_str_radix(&data[i..i + 2], 16).unwrap()).collect();
+            let data: Vec<u8> =
+                (0..data.len()).step_by(2).map(|i| u8::from_str_radix(&data[i..i + 2], 16).unwrap()).collect();
             let (reg, value) = result.trim().split_once('=').unwrap();
             let mut after = regs;
             d.emulation().unwrap().apply_load(&mut after, &data).unwrap();
@@ -252,7 +285,10 @@ fn emulation_table() {
             let mut want_regs = regs;
             want_regs.gpr[i] = parse_u64(value);
             if after != want_regs {
-                failures.push(format!("emulation.txt:{line}: after apply_load {reg}={:#x}, want {value} (others unchanged)", after.gpr[i]));
+                failures.push(format!(
+                    "emulation.txt:{line}: after apply_load {reg}={:#x}, want {value} (others unchanged)",
+                    after.gpr[i]
+                ));
             }
         }
     }

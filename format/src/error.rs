@@ -15,7 +15,9 @@ pub enum Error {
     #[error("trace format version {found} is not supported (this ffirec reads versions {min}..={max})")]
     Incompatible { found: u16, min: u16, max: u16 },
     /// The rkyv layout flags differ from this build's (endianness, pointer width, alignment).
-    #[error("trace written with an incompatible data layout (layout flags {found:#06x}, this ffirec uses {expected:#06x})")]
+    #[error(
+        "trace written with an incompatible data layout (layout flags {found:#06x}, this ffirec uses {expected:#06x})"
+    )]
     IncompatibleLayout { found: u16, expected: u16 },
     /// The file ends before its header is complete: nothing is recoverable.
     #[error("trace truncated: {0}")]

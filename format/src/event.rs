@@ -181,11 +181,27 @@ pub enum Event {
         return_addr: u64,
     },
     /// The foreign call `call` returned to the host.
-    Return { tid: Tid, call: u64, rax: u64, rdx: u64 },
+    Return {
+        tid: Tid,
+        call: u64,
+        rax: u64,
+        rdx: u64,
+    },
     /// Foreign code called into host code (a callback) during `call`.
-    Callback { tid: Tid, call: u64, target: u64, args: [u64; 6], rsp: u64, return_addr: u64 },
+    Callback {
+        tid: Tid,
+        call: u64,
+        target: u64,
+        args: [u64; 6],
+        rsp: u64,
+        return_addr: u64,
+    },
     /// The callback made during `call` returned into foreign code.
-    CallbackReturn { tid: Tid, call: u64, rax: u64 },
+    CallbackReturn {
+        tid: Tid,
+        call: u64,
+        rax: u64,
+    },
     Alloc {
         tid: Tid,
         func: AllocFn,
@@ -198,11 +214,38 @@ pub enum Event {
         /// The allocator guarantees the bytes are zero (calloc, fresh anonymous mmap).
         zeroed: bool,
     },
-    Free { tid: Tid, ptr: u64, caller: u64, domain: Domain },
-    Map { tid: Tid, addr: u64, len: u64, prot: u32, flags: u32, domain: Domain },
-    Unmap { tid: Tid, addr: u64, len: u64 },
-    Protect { tid: Tid, addr: u64, len: u64, prot: u32 },
-    SyscallAccess { tid: Tid, nr: u64, args: [u64; 6], ret: i64, ranges: Vec<SyscallRange> },
+    Free {
+        tid: Tid,
+        ptr: u64,
+        caller: u64,
+        domain: Domain,
+    },
+    Map {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        domain: Domain,
+    },
+    Unmap {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+    },
+    Protect {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+        prot: u32,
+    },
+    SyscallAccess {
+        tid: Tid,
+        nr: u64,
+        args: [u64; 6],
+        ret: i64,
+        ranges: Vec<SyscallRange>,
+    },
     /// A signal that was the program's own (not one of our guard faults).
     Signal {
         tid: Tid,
@@ -216,18 +259,47 @@ pub enum Event {
         /// The signal killed the process (no handler, default action).
         fatal: bool,
     },
-    Gap { tid: Tid, reason: GapReason, detail: u64 },
-    ThreadStart { tid: Tid, pid: u32, parent: Tid },
-    ThreadExit { tid: Tid, code: i32 },
-    Fork { tid: Tid, parent_pid: u32, child_pid: u32 },
-    Exec { tid: Tid, pid: u32, path: String },
-    Exit { pid: u32, status: ExitStatus },
+    Gap {
+        tid: Tid,
+        reason: GapReason,
+        detail: u64,
+    },
+    ThreadStart {
+        tid: Tid,
+        pid: u32,
+        parent: Tid,
+    },
+    ThreadExit {
+        tid: Tid,
+        code: i32,
+    },
+    Fork {
+        tid: Tid,
+        parent_pid: u32,
+        child_pid: u32,
+    },
+    Exec {
+        tid: Tid,
+        pid: u32,
+        path: String,
+    },
+    Exit {
+        pid: u32,
+        status: ExitStatus,
+    },
     /// Host code (untraced) wrote `[addr, addr+len)`; learned from a host-mode
     /// write fault on a page that still held never-written bytes.
-    HostWrite { tid: Tid, addr: u64, len: u64 },
+    HostWrite {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+    },
     /// The recorder stopped tracking initialisation of `[addr, addr+len)`
     /// (fault budget spent): its bytes' state is unknown from here on.
-    InitUnknown { addr: u64, len: u64 },
+    InitUnknown {
+        addr: u64,
+        len: u64,
+    },
 }
 
 /// Kind names, stable and lower-case, as used in JSON and the counters.

@@ -190,11 +190,7 @@ impl Trace {
             let batch = rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw)
                 .map_err(|e| format!("invalid archive: {e}"))?;
             if batch.kinds.len() != info.events as usize {
-                return Err(format!(
-                    "chunk header says {} events, payload holds {}",
-                    info.events,
-                    batch.kinds.len()
-                ));
+                return Err(format!("chunk header says {} events, payload holds {}", info.events, batch.kinds.len()));
             }
             let first = info.first_event;
             batch::visit(batch, |n, e| f(first.wrapping_add(n as u64), e))

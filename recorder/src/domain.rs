@@ -205,7 +205,10 @@ impl Tracer {
             rsp,
             return_addr,
         })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, target: regs.rip, suspended: false })?;
+        self.push_frame(
+            tid,
+            Frame { kind: FrameKind::Foreign, call, entry_rsp: rsp, return_addr, target: regs.rip, suspended: false },
+        )?;
         self.switch_to_foreign(tid, regs)
     }
 
@@ -348,7 +351,17 @@ impl Tracer {
             rsp: regs.rsp,
             return_addr,
         })?;
-        self.push_frame(tid, Frame { kind: FrameKind::Callback, call, entry_rsp: regs.rsp, return_addr, target: regs.rip, suspended: false })?;
+        self.push_frame(
+            tid,
+            Frame {
+                kind: FrameKind::Callback,
+                call,
+                entry_rsp: regs.rsp,
+                return_addr,
+                target: regs.rip,
+                suspended: false,
+            },
+        )?;
         self.switch_to_host(tid, regs)
     }
 

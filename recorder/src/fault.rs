@@ -56,7 +56,9 @@ impl XsaveLayout {
             }
             VecRegKind::Xmm => vec![(160 + 16 * i, 16, 1)],
             VecRegKind::Ymm => vec![(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2)],
-            VecRegKind::Zmm => vec![(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2), (self.zmm_hi256 + 32 * i, 32, 6)],
+            VecRegKind::Zmm => {
+                vec![(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2), (self.zmm_hi256 + 32 * i, 32, 6)]
+            }
         }
     }
 
@@ -194,7 +196,14 @@ impl Tracer {
 
     /// Performs a simple move through `/proc/PID/mem` and skips the
     /// instruction: one SETREGS, no window. Returns false to fall back.
-    fn emulate(&mut self, tid: Pid, mut raw: RawRegs, mut regs: Regs, emu: &Emulation, next_ip: u64) -> Result<bool, Error> {
+    fn emulate(
+        &mut self,
+        tid: Pid,
+        mut raw: RawRegs,
+        mut regs: Regs,
+        emu: &Emulation,
+        next_ip: u64,
+    ) -> Result<bool, Error> {
         let addr = emu.address(&regs);
         let size = emu.size();
         let mut buf = [0u8; 64];
@@ -250,7 +259,10 @@ impl Tracer {
     fn emulate_branch(&mut self, tid: Pid, mut raw: RawRegs, instr: &iced_x86::Instruction) -> Result<bool, Error> {
         use iced_x86::{Mnemonic, OpKind};
         let m = instr.mnemonic();
-        if !matches!(m, Mnemonic::Call | Mnemonic::Jmp) || instr.op0_kind() != OpKind::Memory || instr.memory_size().size() != 8 {
+        if !matches!(m, Mnemonic::Call | Mnemonic::Jmp)
+            || instr.op0_kind() != OpKind::Memory
+            || instr.memory_size().size() != 8
+        {
             return Ok(false);
         }
         let Some(src) = self.ranges.iter().find(|r| r.rw == Rw::Read && r.size == 8).copied() else { return Ok(false) };
@@ -468,7 +480,13 @@ impl Tracer {
     /// Sends the thread through a trampoline slot: one pwrite of the range
     /// table, one SETREGS, no further stop. False when the instruction
     /// cannot be hosted (branches, too many ranges, out of reach).
-    fn trampoline(&mut self, tid: Pid, mut raw: RawRegs, fault_addr: u64, instr: &iced_x86::Instruction) -> Result<bool, Error> {
+    fn trampoline(
+        &mut self,
+        tid: Pid,
+        mut raw: RawRegs,
+        fault_addr: u64,
+        instr: &iced_x86::Instruction,
+    ) -> Result<bool, Error> {
         let Some(inj) = self.inject else { return Ok(false) };
         if self.tramp.full || instr.flow_control() != iced_x86::FlowControl::Next {
             return Ok(false);
@@ -579,7 +597,8 @@ mod tests {
         assert_eq!(syscalls, 2 * k);
         // Exactly one instruction writes flags: the relocated `add`. (`syscall`
         // masks rflags in the kernel, and sysret restores them from r11.)
-        let flag_writers: Vec<_> = ins.iter().filter(|i| i.mnemonic() != Mnemonic::Syscall && i.rflags_modified() != 0).collect();
+        let flag_writers: Vec<_> =
+            ins.iter().filter(|i| i.mnemonic() != Mnemonic::Syscall && i.rflags_modified() != 0).collect();
         assert_eq!(flag_writers.len(), 1);
         let add = flag_writers[0];
         assert_eq!(add.mnemonic(), Mnemonic::Add);
@@ -587,7 +606,10 @@ mod tests {
         assert_eq!(add.ip_rel_memory_address(), target, "RIP-relative operand must still reach the original data");
         // Nothing but the relocated instruction touches memory outside our data area.
         for i in &ins {
-            if i.op_count() > 0 && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.mnemonic() != Mnemonic::Jmp {
+            if i.op_count() > 0
+                && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
+                && i.mnemonic() != Mnemonic::Jmp
+            {
                 let a = i.ip_rel_memory_address();
                 assert!(*i == *add || (a >= data && a < data + 0x10000), "{i:?} touches {a:#x}");
             }
@@ -601,7 +623,11 @@ mod tests {
         let stores = ins.iter().filter(|i| i.mnemonic() == Mnemonic::Mov && i.op0_kind() == OpKind::Memory).count();
         let loads_of_saves = ins
             .iter()
-            .filter(|i| i.mnemonic() == Mnemonic::Mov && i.op1_kind() == OpKind::Memory && i.ip_rel_memory_address() >= data + TRAMP_SAVE)
+            .filter(|i| {
+                i.mnemonic() == Mnemonic::Mov
+                    && i.op1_kind() == OpKind::Memory
+                    && i.ip_rel_memory_address() >= data + TRAMP_SAVE
+            })
             .count();
         assert_eq!(stores, 2 * CLOBBERED.len());
         assert_eq!(loads_of_saves, 2 * CLOBBERED.len());

@@ -159,7 +159,10 @@ impl Tracer {
                     if r.rip == trap_rip {
                         break Ok(r);
                     }
-                    break Err(Error::Protocol(format!("injected code trapped at {:#x}, expected {trap_rip:#x}", r.rip)));
+                    break Err(Error::Protocol(format!(
+                        "injected code trapped at {:#x}, expected {trap_rip:#x}",
+                        r.rip
+                    )));
                 }
                 Stop::Signal { signal: libc::SIGSEGV, .. } => {
                     let r = sys::getregs(tid)?;
@@ -447,7 +450,16 @@ mod tests {
     #[test]
     fn arena_blocks_the_host_holds() {
         let arena = (0x6f00_0000_0000, 0x6f00_4000_0000);
-        let alloc = |ptr, size, old_ptr, domain| Event::Alloc { tid: 1, func: AllocFn::Malloc, ptr, size, old_ptr, caller: 0, domain, zeroed: false };
+        let alloc = |ptr, size, old_ptr, domain| Event::Alloc {
+            tid: 1,
+            func: AllocFn::Malloc,
+            ptr,
+            size,
+            old_ptr,
+            caller: 0,
+            domain,
+            zeroed: false,
+        };
         let mut b = ArenaBlocks::default();
         b.on_event(arena, &alloc(0x6f00_0000_0010, 16, 0, Domain::Foreign));
         b.on_event(arena, &alloc(0x6f00_0000_1ff0, 0x20, 0, Domain::Foreign));
@@ -469,7 +481,10 @@ mod tests {
     fn carve_out_splits_and_drops() {
         let g = |start, end| GuardRange { start, end, prot: 3 };
         let guards = vec![g(0x1000, 0x3000), g(0x4000, 0x8000), g(0x9000, 0xa000)];
-        assert_eq!(carve_out(guards.clone(), 0x5000, 0x6000), vec![g(0x1000, 0x3000), g(0x4000, 0x5000), g(0x6000, 0x8000), g(0x9000, 0xa000)]);
+        assert_eq!(
+            carve_out(guards.clone(), 0x5000, 0x6000),
+            vec![g(0x1000, 0x3000), g(0x4000, 0x5000), g(0x6000, 0x8000), g(0x9000, 0xa000)]
+        );
         assert_eq!(carve_out(guards.clone(), 0x2000, 0x9800), vec![g(0x1000, 0x2000), g(0x9800, 0xa000)]);
         assert_eq!(carve_out(guards.clone(), 0x3000, 0x4000), guards);
         assert_eq!(carve_out(guards, 0, u64::MAX), vec![]);

@@ -54,7 +54,13 @@ fn page_up(x: u64, page: u64) -> u64 {
 
 /// Parses an object from `data` given its runtime mappings (all mappings of
 /// the same file). `None` when it is not a 64-bit ELF we understand.
-pub fn load(pid: Pid, path: &str, data: &[u8], maps: &[&Mapping], page: u64) -> Option<(Module, Option<String>, Vec<Load>)> {
+pub fn load(
+    pid: Pid,
+    path: &str,
+    data: &[u8],
+    maps: &[&Mapping],
+    page: u64,
+) -> Option<(Module, Option<String>, Vec<Load>)> {
     let elf = ElfFile64::<Endianness>::parse(data).ok()?;
     let endian = elf.endian();
     let phdrs = elf.elf_header().program_headers(endian, data).ok()?;

@@ -256,7 +256,8 @@ impl Tracer {
     pub(crate) fn release_child(&mut self, child: Pid, vfork: bool, stop: Stop) -> Result<(), Error> {
         if !vfork && self.inject.is_some() {
             let regs = sys::getregs(child)?;
-            let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+            let mut batch: Vec<(u64, u64, u32)> =
+                self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
             for l in &self.modules {
                 batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot)));
             }
@@ -357,7 +358,8 @@ impl Tracer {
         // The owner is stopped by our interrupt: resume it first, then the others.
         self.resume(owner, 0)?;
         if self.debug {
-            let st: Vec<(Pid, bool, bool)> = self.threads.iter().map(|(&t, th)| (t, th.running, th.pending.is_some())).collect();
+            let st: Vec<(Pid, bool, bool)> =
+                self.threads.iter().map(|(&t, th)| (t, th.running, th.pending.is_some())).collect();
             eprintln!("ffirec: debug: released {owner}; threads (tid, running, pending): {st:?}");
         }
         self.release_others()

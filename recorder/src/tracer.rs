@@ -477,9 +477,17 @@ impl Tracer {
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
-                    self.sink.push(Event::ThreadStart { tid: child as u32, pid: self.pid as u32, parent: tid as u32 })?;
+                    self.sink.push(Event::ThreadStart {
+                        tid: child as u32,
+                        pid: self.pid as u32,
+                        parent: tid as u32,
+                    })?;
                 } else {
-                    self.sink.push(Event::Fork { tid: tid as u32, parent_pid: self.pid as u32, child_pid: child as u32 })?;
+                    self.sink.push(Event::Fork {
+                        tid: tid as u32,
+                        parent_pid: self.pid as u32,
+                        child_pid: child as u32,
+                    })?;
                     let vfork = event == libc::PTRACE_EVENT_VFORK;
                     if let Some(stop) = self.early_children.remove(&child) {
                         self.release_child(child, vfork, stop)?;
@@ -533,9 +541,8 @@ impl Tracer {
 
     /// A new program image: check it is dynamic, plant the entry breakpoint.
     pub(crate) fn on_exec_image(&mut self, tid: Pid) -> Result<(), Error> {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let exe =
+            std::fs::read_link(format!("/proc/{}/exe", self.pid)).map(|p| p.display().to_string()).unwrap_or_default();
         self.main_exe = exe.clone();
         let auxv = std::fs::read(format!("/proc/{}/auxv", self.pid))
             .map_err(|source| Error::Sys { what: "read /proc/PID/auxv", source })?;
@@ -606,7 +613,12 @@ impl Tracer {
                 if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && self.guard_of(si.addr).is_some() {
                     return self.on_fault(tid, regs, si.addr);
                 }
-                if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && si.addr != regs.rip && self.adopt_moved(si.addr)? {
+                if in_foreign
+                    && self.foreign_mode
+                    && si.code == SEGV_ACCERR
+                    && si.addr != regs.rip
+                    && self.adopt_moved(si.addr)?
+                {
                     return self.on_fault(tid, regs, si.addr);
                 }
                 if si.code == SEGV_ACCERR && si.addr == regs.rip {
@@ -672,7 +684,9 @@ impl Tracer {
         // protection batch ever touches whatever is mapped there next.
         self.modules.retain(|l| {
             l.module.path == "[vdso]"
-                || l.text.iter().all(|t| maps.iter().any(|m| m.path == l.module.path && m.start <= t.start && t.start < m.end))
+                || l.text
+                    .iter()
+                    .all(|t| maps.iter().any(|m| m.path == l.module.path && m.start <= t.start && t.start < m.end))
         });
         let mut added = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
@@ -684,7 +698,11 @@ impl Tracer {
             seen.push(&m.path);
             let group: Vec<&crate::maps::Mapping> = maps.iter().filter(|x| x.path == m.path).collect();
             let lo = group.iter().map(|g| g.start).min().unwrap_or(m.start);
-            if self.modules.iter().any(|l| l.module.path == m.path && l.loads.iter().chain(&l.text).any(|t| t.start <= lo && lo < t.end)) {
+            if self
+                .modules
+                .iter()
+                .any(|l| l.module.path == m.path && l.loads.iter().chain(&l.text).any(|t| t.start <= lo && lo < t.end))
+            {
                 continue;
             }
             let data = if m.path == "[vdso]" {
@@ -737,7 +755,9 @@ impl Tracer {
                 eprintln!("ffirec: foreign: {}", foreign.join(", "));
             } else if announce && self.policy.foreign.is_empty() && !self.announced_none {
                 self.announced_none = true;
-                eprintln!("ffirec: no foreign library loaded yet (libraries loaded later are matched when they appear)");
+                eprintln!(
+                    "ffirec: no foreign library loaded yet (libraries loaded later are matched when they appear)"
+                );
             }
         }
         Ok(added)
@@ -805,7 +825,14 @@ impl Tracer {
             }
             // A guarded block moved by realloc/mremap keeps PROT_NONE at its
             // new address; remember it so the return restores it too.
-            if let Event::Alloc { func: AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap, ptr, size, old_ptr, .. } = e {
+            if let Event::Alloc {
+                func: AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap,
+                ptr,
+                size,
+                old_ptr,
+                ..
+            } = e
+            {
                 if guarding && old_ptr != 0 && ptr != old_ptr && ptr != 0 {
                     moved.push((ptr, size));
                 }
@@ -855,7 +882,9 @@ impl Tracer {
 /// Zeroed blocks stay exact: every byte is initialised whoever writes it.
 fn untracked_init(arena: Option<(u64, u64)>, e: &Event) -> Option<Event> {
     match *e {
-        Event::Alloc { ptr, size, zeroed: false, .. } if size > 0 && arena.is_some_and(|(a, b)| ptr >= a && ptr < b) => {
+        Event::Alloc { ptr, size, zeroed: false, .. }
+            if size > 0 && arena.is_some_and(|(a, b)| ptr >= a && ptr < b) =>
+        {
             Some(Event::InitUnknown { addr: ptr, len: size })
         }
         _ => None,
@@ -887,7 +916,14 @@ fn unguarded_foreign_block(guarding: bool, guards: &[GuardRange], e: &Event) -> 
 fn is_fatal(pid: Pid, signal: i32) -> bool {
     let default_kills = !matches!(
         signal,
-        libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH | libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
     );
     if !default_kills {
         return false;

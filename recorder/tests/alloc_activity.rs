@@ -21,10 +21,7 @@ fn alloc_activity_allocator_tid_is_set_exactly_inside_foreign_allocator_calls() 
     let mut stdin = child.stdin.take().unwrap();
     let mut events = vec![];
     let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
-    while !events
-        .iter()
-        .any(|e| matches!(e, Event::Alloc { size: 64, tid, .. } if *tid == pid))
-    {
+    while !events.iter().any(|e| matches!(e, Event::Alloc { size: 64, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
         tracker.drain(|e| events.push(e));
         std::thread::sleep(Duration::from_millis(1));
@@ -33,12 +30,7 @@ fn alloc_activity_allocator_tid_is_set_exactly_inside_foreign_allocator_calls() 
     tracker.set_foreign_tid(pid);
     stdin.write_all(b"x").unwrap();
     // Wait for the foreign free(h), then leave foreign mode.
-    while events
-        .iter()
-        .filter(|e| matches!(e, Event::Free { tid, .. } if *tid == pid))
-        .count()
-        < 1
-    {
+    while events.iter().filter(|e| matches!(e, Event::Free { tid, .. } if *tid == pid)).count() < 1 {
         assert!(std::time::Instant::now() < deadline);
         tracker.drain(|e| events.push(e));
         std::thread::sleep(Duration::from_millis(1));
@@ -49,8 +41,5 @@ fn alloc_activity_allocator_tid_is_set_exactly_inside_foreign_allocator_calls() 
     let out = wait(child);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        stdout.trim(),
-        format!("n=3 seen={pid},0,0 pid={pid} between=0 after=0")
-    );
+    assert_eq!(stdout.trim(), format!("n=3 seen={pid},0,0 pid={pid} between=0 after=0"));
 }

@@ -29,10 +29,7 @@ fn run(tracker: &mut AllocTracker) -> Run {
     let mut events = vec![];
     // Wait for phase 1's malloc(100) so the switch lands between the phases.
     let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
-    while !events
-        .iter()
-        .any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid))
-    {
+    while !events.iter().any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
         tracker.drain(|e| events.push(e));
         std::thread::sleep(Duration::from_millis(1));
@@ -48,11 +45,7 @@ fn run(tracker: &mut AllocTracker) -> Run {
             Event::Alloc { size, ptr, tid, .. } if size == 3 << 20 && tid == pid => Some(ptr),
             _ => None,
         });
-        let freed = big.is_some_and(|b| {
-            events
-                .iter()
-                .any(|e| matches!(e, Event::Free { ptr, .. } if *ptr == b))
-        });
+        let freed = big.is_some_and(|b| events.iter().any(|e| matches!(e, Event::Free { ptr, .. } if *ptr == b)));
         if !freed {
             big = None;
             std::thread::sleep(Duration::from_millis(1));
@@ -71,15 +64,8 @@ fn run(tracker: &mut AllocTracker) -> Run {
         .filter(|(k, _)| *k != "ok")
         .map(|(k, v)| (k.to_owned(), hex(v)))
         .collect();
-    let events = events
-        .into_iter()
-        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
-        .collect();
-    Run {
-        ok: stdout.contains("ok=1"),
-        p,
-        events,
-    }
+    let events = events.into_iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
+    Run { ok: stdout.contains("ok=1"), p, events }
 }
 
 #[test]
@@ -112,12 +98,7 @@ fn alloc_arena_foreign_allocations_live_in_the_arena_and_route_back() {
         domain,
         zeroed,
     };
-    let free = |ptr, domain| Event::Free {
-        tid: pid,
-        ptr,
-        caller: 0,
-        domain,
-    };
+    let free = |ptr, domain| Event::Free { tid: pid, ptr, caller: 0, domain };
     let (host, foreign) = (Domain::Host, Domain::Foreign);
     assert_eq!(
         normalised,
@@ -142,11 +123,8 @@ fn alloc_arena_foreign_allocations_live_in_the_arena_and_route_back() {
 
 #[test]
 fn alloc_arena_off_serves_foreign_allocations_from_the_heap() {
-    let mut tracker = AllocTracker::with_options(AllocOptions {
-        foreign_arena: None,
-        ..AllocOptions::default()
-    })
-    .unwrap();
+    let mut tracker =
+        AllocTracker::with_options(AllocOptions { foreign_arena: None, ..AllocOptions::default() }).unwrap();
     assert_eq!(tracker.foreign_arena(), None);
     let Run { ok, p, events } = run(&mut tracker);
     assert!(ok);
@@ -176,11 +154,7 @@ fn alloc_arena_disabled_at_run_time_behaves_like_no_arena() {
 #[test]
 fn alloc_arena_bad_range_is_an_error() {
     let bad = |r: std::ops::Range<u64>| {
-        AllocTracker::with_options(AllocOptions {
-            foreign_arena: Some(r),
-            ..AllocOptions::default()
-        })
-        .is_err()
+        AllocTracker::with_options(AllocOptions { foreign_arena: Some(r), ..AllocOptions::default() }).is_err()
     };
     assert!(bad(0x1000..0x1000));
     assert!(bad(0x1001..0x3000));
@@ -192,11 +166,9 @@ fn alloc_arena_bad_range_is_an_error() {
 fn alloc_arena_exhausted_falls_back_to_the_heap() {
     // 64 KiB: room for the small foreign blocks, not for the 3 MiB one.
     let arena = 0x6f10_0000_0000..0x6f10_0001_0000;
-    let mut tracker = AllocTracker::with_options(AllocOptions {
-        foreign_arena: Some(arena.clone()),
-        ..AllocOptions::default()
-    })
-    .unwrap();
+    let mut tracker =
+        AllocTracker::with_options(AllocOptions { foreign_arena: Some(arena.clone()), ..AllocOptions::default() })
+            .unwrap();
     let Run { ok, p, events } = run(&mut tracker);
     assert!(ok);
     for k in ["f1", "f2", "f3", "f4", "f5"] {
@@ -222,20 +194,14 @@ fn alloc_arena_range_taken_by_the_program_falls_back_to_the_heap() {
     let mut events = vec![];
     let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
     // Foreign mode only once the program's page is mapped (its malloc(7)).
-    while !events
-        .iter()
-        .any(|e| matches!(e, Event::Alloc { size: 7, tid, .. } if *tid == pid))
-    {
+    while !events.iter().any(|e| matches!(e, Event::Alloc { size: 7, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
         tracker.drain(|e| events.push(e));
         std::thread::sleep(Duration::from_millis(1));
     }
     tracker.set_foreign_tid(pid);
     stdin.write_all(b"x").unwrap();
-    while !events
-        .iter()
-        .any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid))
-    {
+    while !events.iter().any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
         tracker.drain(|e| events.push(e));
         std::thread::sleep(Duration::from_millis(1));
@@ -246,21 +212,13 @@ fn alloc_arena_range_taken_by_the_program_falls_back_to_the_heap() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("mine=mine"), "{stdout}");
-    let p = hex(stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("p="))
-        .unwrap());
-    assert!(
-        !arena.contains(&p),
-        "{p:#x} in the arena range the program owns"
-    );
+    let p = hex(stdout.split_whitespace().find_map(|w| w.strip_prefix("p=")).unwrap());
+    assert!(!arena.contains(&p), "{p:#x} in the arena range the program owns");
     tracker.drain_final(|e| events.push(e));
     let domain = events.iter().find_map(|e| match *e {
         Event::Alloc { ptr, domain, .. } if ptr == p => Some(domain),
         _ => None,
     });
     assert_eq!(domain, Some(Domain::Foreign));
-    assert!(events
-        .iter()
-        .any(|e| matches!(*e, Event::Free { ptr, domain: Domain::Host, .. } if ptr == p)));
+    assert!(events.iter().any(|e| matches!(*e, Event::Free { ptr, domain: Domain::Host, .. } if ptr == p)));
 }

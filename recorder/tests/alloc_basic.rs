@@ -21,12 +21,7 @@ fn alloc_basic_every_function_exactly_once() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let (lo, hi) = text_range(&stdout);
-    let pid: u32 = stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("pid="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid: u32 = stdout.split_whitespace().find_map(|w| w.strip_prefix("pid=")).unwrap().parse().unwrap();
     let p: HashMap<&str, u64> = stdout
         .lines()
         .nth(1)
@@ -48,9 +43,7 @@ fn alloc_basic_every_function_exactly_once() {
     // only munmap calls that reach the shim are the program's).
     let mine: Vec<Event> = all
         .into_iter()
-        .filter(|e| {
-            matches!(e, Event::Unmap { .. }) || caller(e).is_some_and(|c| (lo..hi).contains(&c))
-        })
+        .filter(|e| matches!(e, Event::Unmap { .. }) || caller(e).is_some_and(|c| (lo..hi).contains(&c)))
         .collect();
     let callers: Vec<u64> = mine.iter().filter_map(caller).collect();
     let mut normalised = mine.clone();
@@ -70,12 +63,7 @@ fn alloc_basic_every_function_exactly_once() {
         domain: Domain::Host,
         zeroed,
     };
-    let free = |ptr| Event::Free {
-        tid: pid,
-        ptr,
-        caller: 0,
-        domain: Domain::Host,
-    };
+    let free = |ptr| Event::Free { tid: pid, ptr, caller: 0, domain: Domain::Host };
     let expected = vec![
         alloc(AllocFn::Malloc, p["a"], 10, 0, false),
         alloc(AllocFn::Calloc, p["b"], 24, 0, true),
@@ -88,11 +76,7 @@ fn alloc_basic_every_function_exactly_once() {
         alloc(AllocFn::Pvalloc, p["i"], 2 * PAGE, 0, false),
         alloc(AllocFn::Mmap, p["m"], 3 * PAGE, 0, true),
         alloc(AllocFn::Mremap, p["m2"], 5 * PAGE, p["m"], false),
-        Event::Unmap {
-            tid: pid,
-            addr: p["m2"],
-            len: PAGE,
-        },
+        Event::Unmap { tid: pid, addr: p["m2"], len: PAGE },
         free(p["m2"] + PAGE),
         free(p["e"]),
         free(p["b"]),
@@ -109,10 +93,7 @@ fn alloc_basic_every_function_exactly_once() {
     assert_eq!(p["f"] % 128, 0);
     assert_eq!(callers.len(), expected.len() - 1); // all but the Unmap
                                                    // Call sites are distinct instructions of main, in program order.
-    assert!(
-        callers.windows(2).all(|w| w[0] < w[1]),
-        "callers not increasing: {callers:x?}"
-    );
+    assert!(callers.windows(2).all(|w| w[0] < w[1]), "callers not increasing: {callers:x?}");
 }
 
 #[test]
@@ -122,10 +103,7 @@ fn alloc_basic_tracker_cleans_up_its_files() {
     let ring = tracker.ring_path().to_owned();
     assert!(shim.is_file() && ring.is_file());
     use std::os::unix::fs::PermissionsExt;
-    let dir_mode = std::fs::metadata(shim.parent().unwrap())
-        .unwrap()
-        .permissions()
-        .mode();
+    let dir_mode = std::fs::metadata(shim.parent().unwrap()).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
     assert_eq!(AllocTracker::flush_trap_symbol(), "ffirec_shim_flush_trap");
     assert!(tracker.flush_trap_offset() > 0);
@@ -146,14 +124,9 @@ fn alloc_basic_stale_directories_of_dead_recorders_are_swept() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    let stale_tmp = std::env::temp_dir().join(format!(
-        "ffirec-{dead}-{}",
-        "0123456789abcdef0123456789abcdef"
-    ));
-    let stale_shm = std::path::Path::new("/dev/shm").join(format!(
-        "ffirec-{dead}-{}",
-        "fedcba9876543210fedcba9876543210"
-    ));
+    let stale_tmp = std::env::temp_dir().join(format!("ffirec-{dead}-{}", "0123456789abcdef0123456789abcdef"));
+    let stale_shm =
+        std::path::Path::new("/dev/shm").join(format!("ffirec-{dead}-{}", "fedcba9876543210fedcba9876543210"));
     // Not ours by name: must survive.
     let other = std::env::temp_dir().join(format!("ffirec-{dead}-not-a-uuid"));
     for d in [&stale_tmp, &stale_shm, &other] {
@@ -161,9 +134,7 @@ fn alloc_basic_stale_directories_of_dead_recorders_are_swept() {
         std::fs::write(d.join("ring"), b"x").unwrap();
     }
     let tracker = AllocTracker::new().unwrap();
-    let alive = std::path::Path::new("/proc")
-        .join(dead.to_string())
-        .exists();
+    let alive = std::path::Path::new("/proc").join(dead.to_string()).exists();
     if !alive {
         assert!(!stale_tmp.exists() && !stale_shm.exists());
     }

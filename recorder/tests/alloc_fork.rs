@@ -17,11 +17,7 @@ fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let field = |name: &str| {
-        stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")[..]))
-            .unwrap()
-            .to_owned()
+        stdout.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")[..])).unwrap().to_owned()
     };
     let (a, q) = (hex(&field("a")), hex(&field("q")));
     let child: u32 = field("child").parse().unwrap();
@@ -40,20 +36,10 @@ fn alloc_fork_child_and_parent_unmap_the_inherited_mapping() {
             *caller = 0;
         }
     }
-    let free = |tid, ptr| Event::Free {
-        tid,
-        ptr,
-        caller: 0,
-        domain: Domain::Host,
-    };
+    let free = |tid, ptr| Event::Free { tid, ptr, caller: 0, domain: Domain::Host };
     // Processes write different rings: order is exact per process, and the
     // child sees the mapping it inherited.
-    let of = |tid| {
-        mine.iter()
-            .filter(|e| e.tid() == Some(tid))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let of = |tid| mine.iter().filter(|e| e.tid() == Some(tid)).cloned().collect::<Vec<_>>();
     assert_eq!(
         of(parent),
         vec![
@@ -101,10 +87,7 @@ fn alloc_fork_exec_keeps_the_primary_ring_and_the_order() {
     let mut lines = stdout.lines();
     let (l1, l2) = (lines.next().unwrap(), lines.next().unwrap());
     let field = |l: &str, name: &str| {
-        l.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")[..]))
-            .unwrap()
-            .to_owned()
+        l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")[..])).unwrap().to_owned()
     };
     let (p, q) = (hex(&field(l1, "p")), hex(&field(l2, "q")));
     let pid: u32 = field(l2, "pid").parse().unwrap();
@@ -113,9 +96,7 @@ fn alloc_fork_exec_keeps_the_primary_ring_and_the_order() {
     tracker.drain_final(|e| events.push(e));
     let mine: Vec<(u64, u64)> = events
         .iter()
-        .filter(|e| {
-            caller(e).is_some_and(|c| (t1.0..t1.1).contains(&c) || (t2.0..t2.1).contains(&c))
-        })
+        .filter(|e| caller(e).is_some_and(|c| (t1.0..t1.1).contains(&c) || (t2.0..t2.1).contains(&c)))
         .filter_map(|e| match *e {
             Event::Alloc { tid, ptr, size, .. } if tid == pid => Some((ptr, size)),
             Event::Free { tid, ptr, .. } if tid == pid => Some((ptr, 0)),

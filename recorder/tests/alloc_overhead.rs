@@ -23,12 +23,7 @@ fn run(exe: &std::path::Path, env: &[(std::ffi::OsString, std::ffi::OsString)]) 
     let wall = t0.elapsed().as_nanos() as u64;
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
-    let ns = s
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ns="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ns = s.split_whitespace().find_map(|w| w.strip_prefix("ns=")).unwrap().parse().unwrap();
     (ns, wall)
 }
 
@@ -74,10 +69,7 @@ fn alloc_overhead_1m_malloc_free_pairs() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(ffirec_recorder::alloc::DEFAULT_CAPACITY);
     // The consumer's pause between drains (an empty drain always pauses 50 µs).
-    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let pause_us: u64 = std::env::var("FFIREC_BENCH_PAUSE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let (mut native, mut shim, mut native_wall, mut shim_wall) = (vec![], vec![], vec![], vec![]);
     let mut events = 0;
     for _ in 0..RUNS {
@@ -90,12 +82,7 @@ fn alloc_overhead_1m_malloc_free_pairs() {
         shim_wall.push(sw);
         events = e;
     }
-    let (n, s, nw, sw) = (
-        median(native),
-        median(shim),
-        median(native_wall),
-        median(shim_wall),
-    );
+    let (n, s, nw, sw) = (median(native), median(shim), median(native_wall), median(shim_wall));
     println!(
         "alloc_overhead: 1M malloc/free pairs, ring {capacity} records, pause {pause_us} us, median of {RUNS}: \
          native loop {:.1} ms, shim loop {:.1} ms, ratio {:.2}x; \

@@ -29,20 +29,10 @@ fn alloc_threads_80000_records_none_lost_on_a_wrapping_ring() {
 
     let stats = tracker.stats();
     assert_eq!(stats.reserved, stats.consumed, "{stats:?}");
-    assert_eq!(
-        (stats.dropped, stats.skipped, stats.flush_traps),
-        (0, 0, 0),
-        "{stats:?}"
-    );
-    assert!(
-        stats.reserved > 300 * 256,
-        "the ring must wrap many times: {stats:?}"
-    );
+    assert_eq!((stats.dropped, stats.skipped, stats.flush_traps), (0, 0, 0), "{stats:?}");
+    assert!(stats.reserved > 300 * 256, "the ring must wrap many times: {stats:?}");
 
-    let mine: Vec<&Event> = events
-        .iter()
-        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
-        .collect();
+    let mine: Vec<&Event> = events.iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
     assert_eq!(mine.len(), THREADS * 2 * PAIRS as usize);
 
     // Per thread: malloc(16 + i % 64) then free of that very pointer, 10 000 times, in order.
@@ -55,13 +45,7 @@ fn alloc_threads_80000_records_none_lost_on_a_wrapping_ring() {
         assert_eq!(evs.len(), 2 * PAIRS as usize, "tid {tid}");
         for (i, pair) in evs.chunks(2).enumerate() {
             let Event::Alloc {
-                func: AllocFn::Malloc,
-                ptr,
-                size,
-                old_ptr: 0,
-                domain: Domain::Host,
-                zeroed: false,
-                ..
+                func: AllocFn::Malloc, ptr, size, old_ptr: 0, domain: Domain::Host, zeroed: false, ..
             } = *pair[0]
             else {
                 panic!("tid {tid} pair {i}: {:?}", pair[0]);
@@ -104,10 +88,7 @@ fn alloc_threads_stdout_identical_with_and_without_the_shim() {
     drainer.finish();
     assert!(native.status.success());
     assert_eq!(native.status.code(), shimmed.status.code());
-    assert_eq!(
-        String::from_utf8_lossy(&native.stdout),
-        String::from_utf8_lossy(&shimmed.stdout)
-    );
+    assert_eq!(String::from_utf8_lossy(&native.stdout), String::from_utf8_lossy(&shimmed.stdout));
     assert!(native.stdout.starts_with(b"checksum="));
 }
 
@@ -116,11 +97,7 @@ fn alloc_threads_shim_without_a_ring_is_a_pass_through() {
     let exe = fixture("alloc_threads");
     let native = wait(spawn(&exe, &[], &[]));
     let tracker = AllocTracker::new().unwrap();
-    let preload: Vec<_> = tracker
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k == "LD_PRELOAD")
-        .collect();
+    let preload: Vec<_> = tracker.env().into_iter().filter(|(k, _)| k == "LD_PRELOAD").collect();
     let shimmed = wait(spawn(&exe, &[], &preload));
     assert_eq!(native.status.code(), shimmed.status.code());
     assert_eq!(native.stdout, shimmed.stdout);
@@ -172,10 +149,7 @@ fn alloc_threads_background_drain_delivers_everything_in_order() {
     assert_eq!(stats.reserved, stats.consumed, "{stats:?}");
     assert_eq!((stats.dropped, stats.skipped), (0, 0), "{stats:?}");
     let (lo, hi) = text_range(&String::from_utf8(out.stderr).unwrap());
-    let mine: Vec<&Event> = events
-        .iter()
-        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
-        .collect();
+    let mine: Vec<&Event> = events.iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
     assert_eq!(mine.len(), THREADS * 2 * PAIRS as usize);
     let mut per_tid: BTreeMap<u32, Vec<&Event>> = BTreeMap::new();
     for e in &mine {
@@ -183,14 +157,9 @@ fn alloc_threads_background_drain_delivers_everything_in_order() {
     }
     for (tid, evs) in per_tid {
         for (i, pair) in evs.chunks(2).enumerate() {
-            let Event::Alloc { ptr, size, .. } = *pair[0] else {
-                panic!("tid {tid} pair {i}: {:?}", pair[0])
-            };
+            let Event::Alloc { ptr, size, .. } = *pair[0] else { panic!("tid {tid} pair {i}: {:?}", pair[0]) };
             assert_eq!(size, 16 + i as u64 % 64, "tid {tid} pair {i}");
-            assert!(
-                matches!(*pair[1], Event::Free { ptr: p, .. } if p == ptr),
-                "tid {tid} pair {i}"
-            );
+            assert!(matches!(*pair[1], Event::Free { ptr: p, .. } if p == ptr), "tid {tid} pair {i}");
         }
     }
 }

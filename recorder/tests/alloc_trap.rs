@@ -13,14 +13,7 @@ use alloc_common::{caller, fixture, spawn, text_range, wait, Drainer};
 use ffirec_format::{Domain, Event};
 use ffirec_recorder::alloc::AllocTracker;
 
-fn run_trap_fixture(
-    tracer_present: bool,
-) -> (
-    u64,
-    Vec<Event>,
-    ffirec_recorder::alloc::RingStats,
-    (u64, u64),
-) {
+fn run_trap_fixture(tracer_present: bool) -> (u64, Vec<Event>, ffirec_recorder::alloc::RingStats, (u64, u64)) {
     let exe = fixture("alloc_trap");
     let tracker = AllocTracker::with_capacity(16).unwrap();
     tracker.set_tracer_present(tracer_present);
@@ -31,30 +24,15 @@ fn run_trap_fixture(
     let (tracker, events) = drainer.finish();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let traps: u64 = stdout
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("traps="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    (
-        traps,
-        events,
-        tracker.stats(),
-        text_range(&String::from_utf8(out.stderr).unwrap()),
-    )
+    let traps: u64 = stdout.split_whitespace().find_map(|w| w.strip_prefix("traps=")).unwrap().parse().unwrap();
+    (traps, events, tracker.stats(), text_range(&String::from_utf8(out.stderr).unwrap()))
 }
 
 fn assert_all_pairs(events: &[Event], (lo, hi): (u64, u64)) {
-    let mine: Vec<&Event> = events
-        .iter()
-        .filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c)))
-        .collect();
+    let mine: Vec<&Event> = events.iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
     assert_eq!(mine.len(), 10_000);
     for (i, pair) in mine.chunks(2).enumerate() {
-        let Event::Alloc { ptr, size, .. } = *pair[0] else {
-            panic!("{:?}", pair[0])
-        };
+        let Event::Alloc { ptr, size, .. } = *pair[0] else { panic!("{:?}", pair[0]) };
         assert_eq!(size, 8 + i as u64 % 8);
         assert!(matches!(*pair[1], Event::Free { ptr: p, .. } if p == ptr));
     }
@@ -91,10 +69,7 @@ fn alloc_trap_foreign_tid_marks_the_domain() {
     let mut events = vec![];
     let wait_for_size = |tracker: &mut AllocTracker, events: &mut Vec<Event>, want: u64| {
         let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
-        while !events
-            .iter()
-            .any(|e| matches!(e, Event::Alloc { size, tid, .. } if *size == want && *tid == pid))
-        {
+        while !events.iter().any(|e| matches!(e, Event::Alloc { size, tid, .. } if *size == want && *tid == pid)) {
             assert!(std::time::Instant::now() < deadline, "no malloc({want})");
             tracker.drain(|e| events.push(e));
             std::thread::sleep(Duration::from_millis(1));
@@ -112,14 +87,9 @@ fn alloc_trap_foreign_tid_marks_the_domain() {
     let domains: Vec<(u64, Domain)> = events
         .iter()
         .filter_map(|e| match *e {
-            Event::Alloc {
-                size, domain, tid, ..
-            } if tid == pid && (1..=3).contains(&size) => Some((size, domain)),
+            Event::Alloc { size, domain, tid, .. } if tid == pid && (1..=3).contains(&size) => Some((size, domain)),
             _ => None,
         })
         .collect();
-    assert_eq!(
-        domains,
-        vec![(1, Domain::Host), (2, Domain::Foreign), (3, Domain::Host)]
-    );
+    assert_eq!(domains, vec![(1, Domain::Host), (2, Domain::Foreign), (3, Domain::Host)]);
 }

@@ -89,7 +89,11 @@ fn analyse(path: &Path, threads: Option<u16>) -> anyhow::Result<(ffirec_format::
     };
     let report = ffirec_analyzer::analyze(&trace, &opts)?;
     if report.summary.truncated {
-        eprintln!("ffirec: warning: {} is truncated; diffing the {} events recovered", path.display(), report.trace.events);
+        eprintln!(
+            "ffirec: warning: {} is truncated; diffing the {} events recovered",
+            path.display(),
+            report.trace.events
+        );
     }
     Ok((trace, report))
 }

@@ -1,5 +1,5 @@
-pub mod record;
 pub mod analyze;
-pub mod dump;
 pub mod diff;
+pub mod dump;
+pub mod record;
 pub mod show;

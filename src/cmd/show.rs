@@ -103,7 +103,14 @@ fn show(args: &ShowArgs) -> Result<(), ShowError> {
         Color::Never => false,
         Color::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
     };
-    let opts = ShowOptions { mode, count: args.count, tid: args.tid, color, dwarf: !args.no_dwarf, full_replay: args.full_replay };
+    let opts = ShowOptions {
+        mode,
+        count: args.count,
+        tid: args.tid,
+        color,
+        dwarf: !args.no_dwarf,
+        full_replay: args.full_replay,
+    };
     let mut pager = if tty && !args.no_pager { Pager::spawn() } else { None };
     let result = match pager.as_mut().and_then(|p| p.child.stdin.take()) {
         Some(stdin) => {

@@ -71,7 +71,13 @@ pub fn build(name: &str, extra_ld: &[&str]) -> Option<PathBuf> {
 
 /// Whether `prog --version` (or `prog -c pass` for python) runs here.
 pub fn have(prog: &str, args: &[&str]) -> bool {
-    Command::new(prog).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new(prog)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// The recorded run's stdout and exit status equal the native run's.
@@ -84,7 +90,12 @@ pub fn assert_same_as_native(native: &Output, rec: &Recorded) {
         rec.out.status,
         rec.stderr
     );
-    assert_eq!(rec.stdout, String::from_utf8_lossy(&native.stdout), "stdout differs under ffirec\nffirec stderr:\n{}", rec.stderr);
+    assert_eq!(
+        rec.stdout,
+        String::from_utf8_lossy(&native.stdout),
+        "stdout differs under ffirec\nffirec stderr:\n{}",
+        rec.stderr
+    );
 }
 
 /// What one foreign call (and the calls nested in it) did to host memory.
@@ -124,7 +135,13 @@ pub fn call_bytes(trace: &Trace, events: &[Event]) -> Vec<CallBytes> {
                     .unwrap_or_else(|| "?".into());
                 index.insert(*call, calls.len());
                 stacks.entry(tid_key(tid)).or_default().push(calls.len());
-                calls.push(CallBytes { call: *call, name, args: *args, return_addr: *return_addr, ..Default::default() });
+                calls.push(CallBytes {
+                    call: *call,
+                    name,
+                    args: *args,
+                    return_addr: *return_addr,
+                    ..Default::default()
+                });
             }
             Event::Return { tid, call, rax, .. } => {
                 if let Some(&i) = index.get(call) {
@@ -183,7 +200,13 @@ pub fn named<'a>(calls: &'a [CallBytes], name: &str) -> Vec<&'a CallBytes> {
 /// The single call named `name` (panics unless there is exactly one).
 pub fn one<'a>(calls: &'a [CallBytes], name: &str) -> &'a CallBytes {
     let v = named(calls, name);
-    assert_eq!(v.len(), 1, "expected exactly one call to {name}, got {}: {:?}", v.len(), calls.iter().map(|c| &c.name).collect::<Vec<_>>());
+    assert_eq!(
+        v.len(),
+        1,
+        "expected exactly one call to {name}, got {}: {:?}",
+        v.len(),
+        calls.iter().map(|c| &c.name).collect::<Vec<_>>()
+    );
     v[0]
 }
 
@@ -239,7 +262,12 @@ pub fn lackey(test: &str, prog: &Path, args: &[&str]) -> (Output, String) {
     let dir = common::scratch(test);
     let log = dir.join("lackey.log");
     let out = common::run(
-        Command::new("valgrind").arg("--tool=lackey").arg("--trace-mem=yes").arg(format!("--log-file={}", log.display())).arg(prog).args(args),
+        Command::new("valgrind")
+            .arg("--tool=lackey")
+            .arg("--trace-mem=yes")
+            .arg(format!("--log-file={}", log.display()))
+            .arg(prog)
+            .args(args),
         std::time::Duration::from_secs(600),
     );
     let text = std::fs::read_to_string(&log).expect("lackey log");
@@ -255,7 +283,9 @@ pub fn host_memory(trace: &Trace, events: &[Event]) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Alloc { ptr, size, domain: ffirec_format::Domain::Host, .. } if *size > 0 => Some((*ptr, ptr.saturating_add(*size))),
+            Event::Alloc { ptr, size, domain: ffirec_format::Domain::Host, .. } if *size > 0 => {
+                Some((*ptr, ptr.saturating_add(*size)))
+            }
             _ => None,
         })
         .collect();
@@ -326,5 +356,7 @@ pub fn module_named(trace: &Trace, prefix: &str) -> usize {
         .modules()
         .iter()
         .position(|m| Path::new(&m.path).file_name().is_some_and(|f| f.to_string_lossy().starts_with(prefix)))
-        .unwrap_or_else(|| panic!("no module {prefix}*: {:?}", trace.modules().iter().map(|m| &m.path).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!("no module {prefix}*: {:?}", trace.modules().iter().map(|m| &m.path).collect::<Vec<_>>())
+        })
 }

@@ -116,7 +116,12 @@ pub fn call_names(trace: &Trace, events: &[Event]) -> Vec<String> {
         .filter_map(|e| match e {
             Event::Call { module, symbol, .. } => {
                 let m = modules.get(*module as usize)?;
-                Some(symbol.and_then(|s| m.symbols.get(s as usize)).map(|s| s.name.clone()).unwrap_or_else(|| "?".into()))
+                Some(
+                    symbol
+                        .and_then(|s| m.symbols.get(s as usize))
+                        .map(|s| s.name.clone())
+                        .unwrap_or_else(|| "?".into()),
+                )
             }
             _ => None,
         })
@@ -137,7 +142,12 @@ pub fn host_calls(trace: &Trace, events: &[Event]) -> Vec<String> {
         .filter_map(|e| match e {
             Event::Call { module, symbol, return_addr, .. } if main.contains(*return_addr) => {
                 let m = modules.get(*module as usize)?;
-                Some(symbol.and_then(|s| m.symbols.get(s as usize)).map(|s| s.name.clone()).unwrap_or_else(|| "?".into()))
+                Some(
+                    symbol
+                        .and_then(|s| m.symbols.get(s as usize))
+                        .map(|s| s.name.clone())
+                        .unwrap_or_else(|| "?".into()),
+                )
             }
             _ => None,
         })

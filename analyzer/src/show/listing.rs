@@ -119,7 +119,12 @@ impl<'e, 'a> Lister<'e, 'a> {
                         self.accesses(&accs, data, stored, out)?;
                         self.scratch = accs;
                     }
-                    Err(e) => writeln!(out, "{IND}fault at {fault_addr:#x} {}: {}", self.at(*fault_addr), st.bad(&e.to_string()))?,
+                    Err(e) => writeln!(
+                        out,
+                        "{IND}fault at {fault_addr:#x} {}: {}",
+                        self.at(*fault_addr),
+                        st.bad(&e.to_string())
+                    )?,
                 }
                 self.regs_changed(*tid, regs, code, out)?;
             }
@@ -159,7 +164,9 @@ impl<'e, 'a> Lister<'e, 'a> {
                 writeln!(out, "{IND}mmap [{addr:#x},+{len:#x}) prot {prot:#x} flags {flags:#x} {domain:?}")?;
             }
             Event::Unmap { addr, len, .. } => writeln!(out, "{IND}munmap [{addr:#x},+{len:#x})")?,
-            Event::Protect { addr, len, prot, .. } => writeln!(out, "{IND}mprotect [{addr:#x},+{len:#x}) prot {prot:#x}")?,
+            Event::Protect { addr, len, prot, .. } => {
+                writeln!(out, "{IND}mprotect [{addr:#x},+{len:#x}) prot {prot:#x}")?
+            }
             Event::SyscallAccess { nr, ret, ranges, .. } => {
                 writeln!(out, "{IND}syscall {nr} = {ret}")?;
                 for r in ranges {
@@ -178,8 +185,12 @@ impl<'e, 'a> Lister<'e, 'a> {
                 self.instruction(regs.rip, code_bytes, out)?;
                 self.regs_changed(*tid, regs, code_bytes, out)?;
             }
-            Event::Gap { reason, detail, .. } => writeln!(out, "{IND}{} ({reason:?}, detail {detail:#x})", st.bad("gap: not traced"))?,
-            Event::ThreadStart { pid, parent, .. } => writeln!(out, "{IND}thread started in process {pid} by {parent}")?,
+            Event::Gap { reason, detail, .. } => {
+                writeln!(out, "{IND}{} ({reason:?}, detail {detail:#x})", st.bad("gap: not traced"))?
+            }
+            Event::ThreadStart { pid, parent, .. } => {
+                writeln!(out, "{IND}thread started in process {pid} by {parent}")?
+            }
             Event::ThreadExit { code, .. } => writeln!(out, "{IND}thread exited with {code}")?,
             Event::Fork { parent_pid, child_pid, .. } => writeln!(out, "{IND}fork: {parent_pid} -> {child_pid}")?,
             Event::Exec { pid, path, .. } => writeln!(out, "{IND}exec {path} in {pid}")?,
@@ -187,9 +198,11 @@ impl<'e, 'a> Lister<'e, 'a> {
             Event::HostWrite { addr, len, .. } => {
                 writeln!(out, "{IND}{} {len} bytes at {addr:#x} {}", st.write("host wrote"), self.at(*addr))?
             }
-            Event::InitUnknown { addr, len } => {
-                writeln!(out, "{IND}state of {len} bytes at {addr:#x} {} is unknown from here (fault budget spent)", self.at(*addr))?
-            }
+            Event::InitUnknown { addr, len } => writeln!(
+                out,
+                "{IND}state of {len} bytes at {addr:#x} {} is unknown from here (fault budget spent)",
+                self.at(*addr)
+            )?,
         }
         if !after {
             self.feed(seq, ev);
@@ -233,11 +246,22 @@ impl<'e, 'a> Lister<'e, 'a> {
                     bytes = format!(" = {}", d.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
                 }
                 off = off.saturating_add(n);
-            } else if let Some((_, size, v)) = stored.filter(|&(addr, size, _)| addr == a.addr && size as u64 == a.size) {
-                bytes = format!(" := {}", v.to_le_bytes()[..size.min(8)].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
+            } else if let Some((_, size, v)) = stored.filter(|&(addr, size, _)| addr == a.addr && size as u64 == a.size)
+            {
+                bytes = format!(
+                    " := {}",
+                    v.to_le_bytes()[..size.min(8)].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+                );
             }
             let unit = if a.size == 1 { "byte" } else { "bytes" };
-            writeln!(out, "{IND}{verb} {} {unit} at {:#x} {}{maybe}{}", a.size, a.addr, self.at(a.addr), st.dim(&bytes))?;
+            writeln!(
+                out,
+                "{IND}{verb} {} {unit} at {:#x} {}{maybe}{}",
+                a.size,
+                a.addr,
+                self.at(a.addr),
+                st.dim(&bytes)
+            )?;
         }
         Ok(())
     }
@@ -403,7 +427,11 @@ pub(crate) fn from(env: &Env, from: u64, count: usize, tid: Option<Tid>, out: &m
             set
         }
     };
-    let start = if env.full_replay { Start { event: 0, unresolved: HashSet::new() } } else { scan::replay_start(&mut chunks, from, &tids)? };
+    let start = if env.full_replay {
+        Start { event: 0, unresolved: HashSet::new() }
+    } else {
+        scan::replay_start(&mut chunks, from, &tids)?
+    };
     let mut l = Lister::new(env, &start);
     if !l.ordinals {
         writeln!(
@@ -426,7 +454,11 @@ pub(crate) fn crash(env: &Env, count: usize, out: &mut dyn Write) -> Result<(), 
     let Some((seq, tid)) = scan::find_crash(&mut chunks)? else { return Err(ShowError::NoCrash) };
     let first = scan::back_events_of(&mut chunks, seq, tid, count)?;
     let tids: HashSet<Tid> = [tid].into_iter().collect();
-    let start = if env.full_replay { Start { event: 0, unresolved: HashSet::new() } } else { scan::replay_start(&mut chunks, first, &tids)? };
+    let start = if env.full_replay {
+        Start { event: 0, unresolved: HashSet::new() }
+    } else {
+        scan::replay_start(&mut chunks, first, &tids)?
+    };
     let mut l = Lister::new(env, &start);
     writeln!(out, "# crash at event {seq} in thread {tid}; the thread's events before it:")?;
     run(&mut l, &mut chunks, start.event, first, Some(seq), None, Some(tid), out)?;

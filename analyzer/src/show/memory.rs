@@ -203,7 +203,12 @@ impl Filter for RangeWatch {
                 Event::Access { code, regs, data, vregs, .. } => {
                     self.scratch.clear();
                     let mut accs = std::mem::take(&mut self.scratch);
-                    if self.decoder.decoded(regs.rip, code).and_then(|d| d.accesses_into(regs, vregs, &mut accs)).is_ok() {
+                    if self
+                        .decoder
+                        .decoded(regs.rip, code)
+                        .and_then(|d| d.accesses_into(regs, vregs, &mut accs))
+                        .is_ok()
+                    {
                         let mut off = 0usize;
                         for a in &accs {
                             let (s, e) = (a.addr, a.addr.saturating_add(a.size));
@@ -223,7 +228,9 @@ impl Filter for RangeWatch {
                         }
                         // GPR/immediate stores: the written value is known.
                         let stored = self.decoder.decoded(regs.rip, code).ok().and_then(|d| d.emulation().copied());
-                        if let Some((addr, v)) = stored.and_then(|em| Some((em.address(regs), em.store_value(regs)?.to_le_bytes()))) {
+                        if let Some((addr, v)) =
+                            stored.and_then(|em| Some((em.address(regs), em.store_value(regs)?.to_le_bytes())))
+                        {
                             let n = stored.map_or(0, |em| em.size()).min(8);
                             for i in self.bytes(addr, addr.saturating_add(n as u64)) {
                                 self.value[i] = v.get((self.start + i as u64 - addr) as usize).copied();
@@ -237,7 +244,9 @@ impl Filter for RangeWatch {
                         self.wrote(r.addr, r.addr.saturating_add(r.len), seq, *nr, Writer::Syscall);
                     }
                 }
-                Event::HostWrite { addr, len, .. } => self.wrote(*addr, addr.saturating_add(*len), seq, 0, Writer::Host),
+                Event::HostWrite { addr, len, .. } => {
+                    self.wrote(*addr, addr.saturating_add(*len), seq, 0, Writer::Host)
+                }
                 _ => {}
             }
         }
@@ -310,7 +319,10 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
     }
 
     writeln!(out, "# memory [{start:#x},{end:#x}) ({len} bytes) after event {at}")?;
-    writeln!(out, "# state: I initialised, U never written (uninitialised), ? unknown, F freed, . outside every live allocation")?;
+    writeln!(
+        out,
+        "# state: I initialised, U never written (uninitialised), ? unknown, F freed, . outside every live allocation"
+    )?;
     writeln!(out, "# values: hex where a recorded read saw the byte, or a store's register/immediate wrote it, after its last write; -- otherwise")?;
     let mut line = 0usize;
     while line < len {
@@ -382,7 +394,11 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         };
         let writer = match (w.writer[i], born) {
             (Some((seq, _, _)), Some((b, z))) if seq < b => {
-                if z { format!("zero-filled at birth (event {b})") } else { format!("no recorded write since birth (event {b})") }
+                if z {
+                    format!("zero-filled at birth (event {b})")
+                } else {
+                    format!("no recorded write since birth (event {b})")
+                }
             }
             (Some((seq, ip, Writer::Instruction)), _) => format!("last written by event {seq} at {}", env.loc(ip)),
             (Some((seq, nr, Writer::Syscall)), _) => format!("last written by the kernel, event {seq} (syscall {nr})"),
@@ -409,7 +425,11 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         via.extend(load_exposures.iter().filter(|e| e.alloc == id).map(|e| {
             format!("pointer loaded at event {} by {} in {}", e.seq, env.loc(e.ip), short_call(env, tl, e.call))
         }));
-        let exposure = if via.is_empty() { "not exposed to the library".to_string() } else { format!("exposed: {}", via.join("; ")) };
+        let exposure = if via.is_empty() {
+            "not exposed to the library".to_string()
+        } else {
+            format!("exposed: {}", via.join("; "))
+        };
         writeln!(
             out,
             "# {} [{:#x},{:#x}), {}, born at event {}: {exposure}",

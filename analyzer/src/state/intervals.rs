@@ -126,13 +126,8 @@ impl RegionMap {
             return;
         }
         let mut keep = Vec::new();
-        let overlapping: Vec<u64> = self
-            .map
-            .range(..end)
-            .rev()
-            .take_while(|(_, r)| r.end > start)
-            .map(|(&s, _)| s)
-            .collect();
+        let overlapping: Vec<u64> =
+            self.map.range(..end).rev().take_while(|(_, r)| r.end > start).map(|(&s, _)| s).collect();
         for s in overlapping {
             if let Some(r) = self.map.remove(&s) {
                 if s < start {
@@ -162,13 +157,8 @@ impl RegionMap {
         if start >= end {
             return;
         }
-        let mut parts: Vec<(u64, Region)> = self
-            .map
-            .range(..end)
-            .rev()
-            .take_while(|(_, r)| r.end > start)
-            .map(|(&s, &r)| (s, r))
-            .collect();
+        let mut parts: Vec<(u64, Region)> =
+            self.map.range(..end).rev().take_while(|(_, r)| r.end > start).map(|(&s, &r)| (s, r)).collect();
         parts.reverse();
         let mut cur = start;
         let mut new = Vec::new();

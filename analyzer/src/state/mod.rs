@@ -87,23 +87,52 @@ pub(crate) struct CallInfo {
 pub(crate) enum Op {
     /// Thread `tid` now runs inside foreign call `call` (or none). `resume`:
     /// foreign code resumes after host code ran (a new epoch).
-    SetCall { tid: Tid, call: u32, resume: bool },
+    SetCall {
+        tid: Tid,
+        call: u32,
+        resume: bool,
+    },
     /// Foreign code resumes after a callback returned (a new epoch).
     Resume,
-    Alloc { id: u32 },
-    Free { id: u32 },
+    Alloc {
+        id: u32,
+    },
+    Free {
+        id: u32,
+    },
     /// Bytes became initialised (untraced host write).
-    Init { addr: u64, len: u64 },
+    Init {
+        addr: u64,
+        len: u64,
+    },
     /// Bytes' state became unknown.
-    Unknown { addr: u64, len: u64 },
-    Map { addr: u64, len: u64, prot: u32, flags: u32, host: bool },
-    Protect { addr: u64, len: u64, prot: u32 },
-    Unmap { addr: u64, len: u64 },
+    Unknown {
+        addr: u64,
+        len: u64,
+    },
+    Map {
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        host: bool,
+    },
+    Protect {
+        addr: u64,
+        len: u64,
+        prot: u32,
+    },
+    Unmap {
+        addr: u64,
+        len: u64,
+    },
     /// Execution went untraced (a Gap event): every byte's state is unknown.
     Gap,
     /// A foreign allocation's address reached host code (returned, or
     /// passed to a callback): host code may write it untraced from now on.
-    Escape { id: u32 },
+    Escape {
+        id: u32,
+    },
 }
 
 /// A foreign call received a pointer into a live host allocation.
@@ -343,7 +372,8 @@ impl Timeline {
                 // ours to report only when it hit inside a foreign call.
                 Event::Signal { tid, signo, code, addr, ref regs, fatal, .. }
                     if fatal
-                        || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT) && self.top(tid) != NO_CALL) =>
+                        || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT)
+                            && self.top(tid) != NO_CALL) =>
                 {
                     self.crashes.push(Crash { seq, tid, call: self.top(tid), signo, code, addr, rip: regs.rip, fatal });
                 }

@@ -373,11 +373,7 @@ impl Shard {
         if self.live.range(s..e).next().is_some() {
             return true;
         }
-        self.live
-            .range(..s)
-            .next_back()
-            .and_then(|(_, &id)| ctx.allocs.get(id as usize))
-            .is_some_and(|a| a.end() > s)
+        self.live.range(..s).next_back().and_then(|(_, &id)| ctx.allocs.get(id as usize)).is_some_and(|a| a.end() > s)
     }
 
     fn access(&mut self, a: &AccessRec, ctx: &Ctx) {
@@ -504,14 +500,11 @@ impl Shard {
             }
         }
         let nearest = self.nearest(s, e, ctx);
-        let heap = self.seen_alloc
-            && (region.is_some() || nearest.is_some_and(|(_, dist)| dist < NEAR_HEAP));
+        let heap = self.seen_alloc && (region.is_some() || nearest.is_some_and(|(_, dist)| dist < NEAR_HEAP));
         // Heap bytes past an allocation's end count against that allocation
         // (offsets beyond its size), so footprints stay relative.
         match nearest.and_then(|(id, _)| ctx.allocs.get(id as usize).map(|n| (id, n.base))) {
-            Some((id, base)) if heap && s >= base => {
-                self.touch(call, Target::Alloc(id), s - base, e - base, a.flags)
-            }
+            Some((id, base)) if heap && s >= base => self.touch(call, Target::Alloc(id), s - base, e - base, a.flags),
             _ => self.touch(call, Target::Other, s, e, a.flags),
         }
         if !heap {

@@ -179,8 +179,7 @@ pub fn random_events(seed: u64, calls: u64, per_call: u64) -> Vec<Event> {
     let mut ev = Vec::new();
     let mut live: Vec<(u64, u64)> = Vec::new();
     let mut next = 0x5555_0000_0000u64;
-    let codes: [(&[u8], u64); 6] =
-        [(LOAD8, 8), (STORE8, 8), (LOAD16, 16), (STORE16, 16), (LOAD1, 1), (LOAD32, 32)];
+    let codes: [(&[u8], u64); 6] = [(LOAD8, 8), (STORE8, 8), (LOAD16, 16), (STORE16, 16), (LOAD1, 1), (LOAD32, 32)];
     for c in 0..calls {
         // Host side between calls: a few allocations, frees and writes.
         for _ in 0..4 {

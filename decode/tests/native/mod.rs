@@ -38,7 +38,9 @@ pub const SIGILL: i32 = 4;
 
 pub fn mmap(len: u64, prot: u64, shared: bool) -> u64 {
     // SAFETY: anonymous private mapping at a kernel-chosen address.
-    let r = unsafe { syscall6(SYS_MMAP, [0, len, prot, if shared { MAP_SHARED_ANON } else { MAP_PRIVATE_ANON }, u64::MAX, 0]) };
+    let r = unsafe {
+        syscall6(SYS_MMAP, [0, len, prot, if shared { MAP_SHARED_ANON } else { MAP_PRIVATE_ANON }, u64::MAX, 0])
+    };
     assert!(r > 0, "mmap failed: {r}");
     r as u64
 }
@@ -85,4 +87,3 @@ pub fn run(code_page: u64, code: &[u8]) -> Outcome {
         (s, _) => Outcome::Other(s),
     }
 }
-

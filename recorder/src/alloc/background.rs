@@ -30,9 +30,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind: keep going.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -48,37 +46,26 @@ impl BackgroundDrain {
     /// to be taken (the shim then waits, or traps when a tracer is present).
     pub fn start(tracker: AllocTracker, max_buffered: usize) -> std::io::Result<BackgroundDrain> {
         let control = tracker.control();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                tracker,
-                buffer: Vec::new(),
-            }),
-            stop: AtomicBool::new(false),
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State { tracker, buffer: Vec::new() }), stop: AtomicBool::new(false) });
         let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("ffirec-alloc-drain".into())
-            .spawn(move || {
-                while !worker.stop.load(Ordering::Acquire) {
-                    let drained = {
-                        let mut st = worker.lock();
-                        let State { tracker, buffer } = &mut *st;
-                        if buffer.len() < max_buffered {
-                            tracker.drain(|e| buffer.push(e))
-                        } else {
-                            0
-                        }
-                    };
-                    if drained == 0 {
-                        std::thread::sleep(Duration::from_micros(200));
+        let thread = std::thread::Builder::new().name("ffirec-alloc-drain".into()).spawn(move || {
+            while !worker.stop.load(Ordering::Acquire) {
+                let drained = {
+                    let mut st = worker.lock();
+                    let State { tracker, buffer } = &mut *st;
+                    if buffer.len() < max_buffered {
+                        tracker.drain(|e| buffer.push(e))
+                    } else {
+                        0
                     }
+                };
+                if drained == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
                 }
-            })?;
-        Ok(BackgroundDrain {
-            shared,
-            control,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(BackgroundDrain { shared, control, thread: Some(thread) })
     }
 
     /// The ring's control words (foreign tid, tracer flag, allocator activity).

@@ -43,17 +43,8 @@ fn alloc_fn(kind: u16) -> Option<AllocFn> {
 impl Model {
     /// Turns one record into zero or more events, in order.
     pub(crate) fn convert(&mut self, r: &Rec, out: &mut impl FnMut(Event)) -> usize {
-        let domain = if r.flags & F_FOREIGN != 0 {
-            Domain::Foreign
-        } else {
-            Domain::Host
-        };
-        let free = |ptr| Event::Free {
-            tid: r.tid,
-            ptr,
-            caller: r.caller,
-            domain,
-        };
+        let domain = if r.flags & F_FOREIGN != 0 { Domain::Foreign } else { Domain::Host };
+        let free = |ptr| Event::Free { tid: r.tid, ptr, caller: r.caller, domain };
         let alloc = |func, zeroed| Event::Alloc {
             tid: r.tid,
             func,
@@ -98,10 +89,7 @@ impl Model {
             }
             kind::MMAP => {
                 let n = self.unmap(r, r.ptr, r.size, out);
-                self.anon
-                    .entry(r.pid)
-                    .or_default()
-                    .insert(r.ptr, r.ptr.saturating_add(page_up(r.size)));
+                self.anon.entry(r.pid).or_default().insert(r.ptr, r.ptr.saturating_add(page_up(r.size)));
                 out(alloc(AllocFn::Mmap, true));
                 n + 1
             }
@@ -110,10 +98,7 @@ impl Model {
                 let Some(map) = self.anon.get_mut(&r.pid) else {
                     return 0;
                 };
-                let known = map
-                    .range(..=r.old_ptr)
-                    .next_back()
-                    .is_some_and(|(_, &end)| r.old_ptr < end);
+                let known = map.range(..=r.old_ptr).next_back().is_some_and(|(_, &end)| r.old_ptr < end);
                 if !known {
                     return 0; // a file mapping
                 }
@@ -146,27 +131,14 @@ impl Model {
             return 0;
         };
         let end = addr.saturating_add(page_up(len));
-        let domain = if r.flags & F_FOREIGN != 0 {
-            Domain::Foreign
-        } else {
-            Domain::Host
-        };
+        let domain = if r.flags & F_FOREIGN != 0 { Domain::Foreign } else { Domain::Host };
         let hit: Vec<(u64, u64)> = overlapping(map, addr, end);
         for &(s, e) in &hit {
             if addr <= s && e <= end {
-                out(Event::Free {
-                    tid: r.tid,
-                    ptr: s,
-                    caller: r.caller,
-                    domain,
-                });
+                out(Event::Free { tid: r.tid, ptr: s, caller: r.caller, domain });
             } else {
                 let (a, b) = (s.max(addr), e.min(end));
-                out(Event::Unmap {
-                    tid: r.tid,
-                    addr: a,
-                    len: b - a,
-                });
+                out(Event::Unmap { tid: r.tid, addr: a, len: b - a });
             }
         }
         remove_range(map, addr, end);
@@ -175,15 +147,8 @@ impl Model {
 }
 
 fn overlapping(map: &BTreeMap<u64, u64>, start: u64, end: u64) -> Vec<(u64, u64)> {
-    let first = map
-        .range(..start)
-        .next_back()
-        .filter(|(_, &e)| e > start)
-        .map(|(&s, &e)| (s, e));
-    first
-        .into_iter()
-        .chain(map.range(start..end).map(|(&s, &e)| (s, e)))
-        .collect()
+    let first = map.range(..start).next_back().filter(|(_, &e)| e > start).map(|(&s, &e)| (s, e));
+    first.into_iter().chain(map.range(start..end).map(|(&s, &e)| (s, e))).collect()
 }
 
 /// Cuts `[start, end)` out of the set of ranges, keeping the parts outside.
@@ -204,17 +169,7 @@ mod tests {
     use super::*;
 
     fn rec(kind: u16, ptr: u64, size: u64, old_ptr: u64, aux: u64) -> Rec {
-        Rec {
-            kind,
-            flags: 0,
-            tid: 7,
-            pid: 7,
-            ptr,
-            size,
-            old_ptr,
-            caller: 0x1234,
-            aux,
-        }
+        Rec { kind, flags: 0, tid: 7, pid: 7, ptr, size, old_ptr, caller: 0x1234, aux }
     }
 
     fn run(model: &mut Model, r: Rec) -> Vec<Event> {
@@ -228,30 +183,12 @@ mod tests {
         let mut m = Model::default();
         run(&mut m, rec(kind::MMAP, 0x10000, 3 * PAGE, 0, 0));
         let ev = run(&mut m, rec(kind::MUNMAP, 0x10000, PAGE, 0, 0));
-        assert_eq!(
-            ev,
-            vec![Event::Unmap {
-                tid: 7,
-                addr: 0x10000,
-                len: PAGE
-            }]
-        );
+        assert_eq!(ev, vec![Event::Unmap { tid: 7, addr: 0x10000, len: PAGE }]);
         let ev = run(&mut m, rec(kind::MUNMAP, 0x11000, 2 * PAGE, 0, 0));
-        assert_eq!(
-            ev,
-            vec![Event::Free {
-                tid: 7,
-                ptr: 0x11000,
-                caller: 0x1234,
-                domain: Domain::Host
-            }]
-        );
+        assert_eq!(ev, vec![Event::Free { tid: 7, ptr: 0x11000, caller: 0x1234, domain: Domain::Host }]);
         // A file mapping (never seen as anonymous) produces nothing.
         assert_eq!(run(&mut m, rec(kind::MUNMAP, 0x50000, PAGE, 0, 0)), vec![]);
-        assert_eq!(
-            run(&mut m, rec(kind::MREMAP, 0x60000, PAGE, 0x50000, PAGE)),
-            vec![]
-        );
+        assert_eq!(run(&mut m, rec(kind::MREMAP, 0x60000, PAGE, 0x50000, PAGE)), vec![]);
     }
 
     #[test]
@@ -274,9 +211,6 @@ mod tests {
         assert_eq!(run(&mut m, unmap).len(), 1);
         assert_eq!(run(&mut m, rec(kind::MUNMAP, 0x10000, PAGE, 0, 0)), vec![]);
         run(&mut m, rec(kind::PROC_START, 0, 0, 0, 0));
-        assert_eq!(
-            run(&mut m, rec(kind::MUNMAP, 0x40000, 2 * PAGE, 0, 0)),
-            vec![]
-        );
+        assert_eq!(run(&mut m, rec(kind::MUNMAP, 0x40000, 2 * PAGE, 0, 0)), vec![]);
     }
 }

@@ -107,10 +107,7 @@ pub struct AllocOptions {
 
 impl Default for AllocOptions {
     fn default() -> AllocOptions {
-        AllocOptions {
-            capacity: DEFAULT_CAPACITY,
-            foreign_arena: Some(DEFAULT_ARENA),
-        }
+        AllocOptions { capacity: DEFAULT_CAPACITY, foreign_arena: Some(DEFAULT_ARENA) }
     }
 }
 
@@ -118,25 +115,14 @@ impl Default for AllocOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create the private directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot write the allocation shim to {path}: {source}")]
-    WriteShim {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    WriteShim { path: PathBuf, source: std::io::Error },
     #[error("cannot create the allocation ring {path}: {source}")]
-    CreateRing {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateRing { path: PathBuf, source: std::io::Error },
     #[error("allocation ring capacity {0} must be a power of two between 16 and 2^24 records")]
     Capacity(usize),
-    #[error(
-        "foreign arena {start:#x}..{end:#x} must be non-empty, page-aligned and in user space"
-    )]
+    #[error("foreign arena {start:#x}..{end:#x} must be non-empty, page-aligned and in user space")]
     Arena { start: u64, end: u64 },
     #[error("the embedded allocation shim is not a valid ELF file with symbol {TRAP_SYMBOL}")]
     BadShim,
@@ -209,10 +195,7 @@ impl AllocTracker {
 
     /// A tracker whose ring holds `records` records (a power of two, ≥ 16).
     pub fn with_capacity(records: usize) -> Result<AllocTracker, Error> {
-        AllocTracker::with_options(AllocOptions {
-            capacity: records,
-            ..AllocOptions::default()
-        })
+        AllocTracker::with_options(AllocOptions { capacity: records, ..AllocOptions::default() })
     }
 
     /// A tracker set up as `options` says.
@@ -224,18 +207,11 @@ impl AllocTracker {
         if let Some(r) = &options.foreign_arena {
             let aligned = r.start % 4096 == 0 && r.end % 4096 == 0;
             if !aligned || r.start == 0 || r.end <= r.start || r.end > 0x7fff_ffff_f000 {
-                return Err(Error::Arena {
-                    start: r.start,
-                    end: r.end,
-                });
+                return Err(Error::Arena { start: r.start, end: r.end });
             }
         }
         let trap_offset = trap_offset(SHIM).ok_or(Error::BadShim)?;
-        let name = format!(
-            "ffirec-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let name = format!("ffirec-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let shim_dir = private_dir(&std::env::temp_dir(), &name)?;
         // A recorder killed outright (SIGKILL) cannot remove its files: do it
         // for it the next time.
@@ -256,24 +232,14 @@ impl AllocTracker {
 
         let shim_path = shim_dir.join("ffirec_shim.so");
         let write_shim = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o500)
-                .open(&shim_path)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o500).open(&shim_path)?;
             f.write_all(SHIM)?;
             f.sync_all()
         };
-        write_shim().map_err(|source| Error::WriteShim {
-            path: shim_path.clone(),
-            source,
-        })?;
+        write_shim().map_err(|source| Error::WriteShim { path: shim_path.clone(), source })?;
 
         let ring_path = ring_dir.join("ring");
-        let ring_err = |source| Error::CreateRing {
-            path: ring_path.clone(),
-            source,
-        };
+        let ring_err = |source| Error::CreateRing { path: ring_path.clone(), source };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -308,10 +274,7 @@ impl AllocTracker {
         preload.push(self.shim_path.as_os_str());
         vec![
             (OsString::from("LD_PRELOAD"), preload),
-            (
-                OsString::from("FFIREC_SHM"),
-                self.ring_path.as_os_str().to_owned(),
-            ),
+            (OsString::from("FFIREC_SHM"), self.ring_path.as_os_str().to_owned()),
         ]
     }
 
@@ -363,9 +326,7 @@ impl AllocTracker {
 
     /// A handle to the control words for another thread.
     pub fn control(&self) -> RingControl {
-        RingControl {
-            map: Arc::clone(&self.map),
-        }
+        RingControl { map: Arc::clone(&self.map) }
     }
 
     /// Consumes every committed record, passing the events they stand for to
@@ -413,10 +374,7 @@ impl AllocTracker {
                 }
                 // The ring is shared memory a broken tracee may scribble on:
                 // never trust its head for more than two rings' worth of holes.
-                None if skip_holes
-                    && tail < self.map.head(ring)
-                    && holes < 2 * self.map.capacity() =>
-                {
+                None if skip_holes && tail < self.map.head(ring) && holes < 2 * self.map.capacity() => {
                     holes += 1;
                     self.skipped += 1;
                 }
@@ -484,13 +442,7 @@ impl Drop for DirsGuard {
 
 fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Error> {
     let path = parent.join(name);
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&path)
-        .map_err(|source| Error::CreateDir {
-            path: path.clone(),
-            source,
-        })?;
+    DirBuilder::new().mode(0o700).create(&path).map_err(|source| Error::CreateDir { path: path.clone(), source })?;
     Ok(path)
 }
 
@@ -506,16 +458,11 @@ fn sweep_stale(parent: &Path, ours: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some((pid, id)) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("ffirec-"))
-            .and_then(|r| r.split_once('-'))
+        let Some((pid, id)) = name.to_str().and_then(|n| n.strip_prefix("ffirec-")).and_then(|r| r.split_once('-'))
         else {
             continue;
         };
-        let is_ours = id.len() == 32
-            && id.bytes().all(|b| b.is_ascii_hexdigit())
-            && pid.parse::<u32>().is_ok();
+        let is_ours = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && pid.parse::<u32>().is_ok();
         if !is_ours || Path::new("/proc").join(pid).exists() {
             continue;
         }
@@ -529,10 +476,7 @@ fn sweep_stale(parent: &Path, ours: &Path) {
 fn trap_offset(elf: &[u8]) -> Option<u64> {
     use object::{Object, ObjectSymbol};
     let file = object::File::parse(elf).ok()?;
-    let found = file
-        .dynamic_symbols()
-        .find(|s| s.name() == Ok(TRAP_SYMBOL))
-        .map(|s| s.address());
+    let found = file.dynamic_symbols().find(|s| s.name() == Ok(TRAP_SYMBOL)).map(|s| s.address());
     found
 }
 
@@ -553,13 +497,7 @@ mod bench {
         for round in 0..rounds {
             for i in 0..cap as u64 {
                 let seq = round * cap as u64 + i;
-                t.map.test_write(
-                    1,
-                    seq,
-                    (i % 2) as u16 * ring::kind::FREE,
-                    0x1000 + i * 16,
-                    32,
-                );
+                t.map.test_write(1, seq, (i % 2) as u16 * ring::kind::FREE, 0x1000 + i * 16, 32);
             }
             let t0 = std::time::Instant::now();
             events += t.drain(|e| {
@@ -567,9 +505,6 @@ mod bench {
             });
             total += t0.elapsed();
         }
-        println!(
-            "drain_cost: {events} events, {:.1} ns/event",
-            total.as_nanos() as f64 / events as f64
-        );
+        println!("drain_cost: {events} events, {:.1} ns/event", total.as_nanos() as f64 / events as f64);
     }
 }

@@ -95,11 +95,7 @@ impl Mapping {
     /// Sizes `file` for `capacity` records, maps it shared and writes the
     /// header (magic last, so a shim never sees a half-written header).
     /// `arena`: the foreign arena's page-aligned range, fixed for the ring's life.
-    pub(crate) fn create(
-        file: &File,
-        capacity: u64,
-        arena: Option<(u64, u64)>,
-    ) -> std::io::Result<Mapping> {
+    pub(crate) fn create(file: &File, capacity: u64, arena: Option<(u64, u64)>) -> std::io::Result<Mapping> {
         let len = HDR_SIZE as u64 + RINGS as u64 * capacity * REC_SIZE as u64;
         file.set_len(len)?;
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("ring too large"))?;
@@ -119,16 +115,10 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let map = Mapping {
-            base: ptr.cast(),
-            len,
-            capacity,
-        };
+        let map = Mapping { base: ptr.cast(), len, capacity };
         map.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
-        map.u32_at(OFF_HDR_SIZE)
-            .store(HDR_SIZE as u32, Ordering::Relaxed);
-        map.u32_at(OFF_REC_SIZE)
-            .store(REC_SIZE as u32, Ordering::Relaxed);
+        map.u32_at(OFF_HDR_SIZE).store(HDR_SIZE as u32, Ordering::Relaxed);
+        map.u32_at(OFF_REC_SIZE).store(REC_SIZE as u32, Ordering::Relaxed);
         map.u64_at(OFF_CAPACITY).store(capacity, Ordering::Relaxed);
         if let Some((start, end)) = arena {
             map.u64_at(OFF_ARENA_START).store(start, Ordering::Relaxed);
@@ -156,15 +146,13 @@ impl Mapping {
         self.capacity
     }
     pub(crate) fn set_tracer_present(&self, on: bool) {
-        self.u32_at(OFF_TRACER_PRESENT)
-            .store(u32::from(on), Ordering::SeqCst);
+        self.u32_at(OFF_TRACER_PRESENT).store(u32::from(on), Ordering::SeqCst);
     }
     pub(crate) fn set_foreign_tid(&self, tid: u32) {
         self.u32_at(OFF_FOREIGN_TID).store(tid, Ordering::SeqCst);
     }
     pub(crate) fn set_arena_enabled(&self, on: bool) {
-        self.u32_at(OFF_ARENA_ENABLED)
-            .store(u32::from(on), Ordering::SeqCst);
+        self.u32_at(OFF_ARENA_ENABLED).store(u32::from(on), Ordering::SeqCst);
     }
     /// Tells producers nobody will consume any more: they stop waiting for room.
     pub(crate) fn close(&self) {
@@ -184,15 +172,13 @@ impl Mapping {
         self.u64_at(ctl(ring, RING_TAIL)).load(Ordering::Acquire)
     }
     pub(crate) fn publish_tail(&self, ring: usize, tail: u64) {
-        self.u64_at(ctl(ring, RING_TAIL))
-            .store(tail, Ordering::Release);
+        self.u64_at(ctl(ring, RING_TAIL)).store(tail, Ordering::Release);
     }
     pub(crate) fn dropped(&self, ring: usize) -> u64 {
         self.u64_at(ctl(ring, RING_DROPPED)).load(Ordering::Relaxed)
     }
     pub(crate) fn flush_traps(&self, ring: usize) -> u64 {
-        self.u64_at(ctl(ring, RING_FLUSH_TRAPS))
-            .load(Ordering::Relaxed)
+        self.u64_at(ctl(ring, RING_FLUSH_TRAPS)).load(Ordering::Relaxed)
     }
 
     fn slot(&self, ring: usize, seq: u64) -> usize {
@@ -210,22 +196,19 @@ impl Mapping {
 
     /// The slot of `seq` in `ring` is reserved by a producer but not committed.
     pub(crate) fn uncommitted(&self, ring: usize, seq: u64) -> bool {
-        seq < self.head(ring)
-            && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) != seq + 1
+        seq < self.head(ring) && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) != seq + 1
     }
 
     /// Writes a committed record as the shim would (for consumer measurements).
     #[cfg(test)]
     pub(crate) fn test_write(&self, ring: usize, seq: u64, kind: u16, ptr: u64, size: u64) {
         let off = self.slot(ring, seq);
-        self.u64_at(off + 8)
-            .store(u64::from(kind) | (1234u64 << 32), Ordering::Relaxed);
+        self.u64_at(off + 8).store(u64::from(kind) | (1234u64 << 32), Ordering::Relaxed);
         self.u64_at(off + 16).store(1234, Ordering::Relaxed);
         self.u64_at(off + 24).store(ptr, Ordering::Relaxed);
         self.u64_at(off + 32).store(size, Ordering::Relaxed);
         self.u64_at(off + 48).store(0x5555_0000, Ordering::Relaxed);
-        self.u64_at(ctl(ring, RING_HEAD))
-            .store(seq + 1, Ordering::Relaxed);
+        self.u64_at(ctl(ring, RING_HEAD)).store(seq + 1, Ordering::Relaxed);
         self.u64_at(off).store(seq + 1, Ordering::Release);
     }
 

@@ -274,8 +274,8 @@ impl Mem {
 pub fn to_regs(r: &RawRegs) -> Regs {
     Regs {
         gpr: [
-            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
-            r.r14, r.r15,
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
+            r.r15,
         ],
         rip: r.rip,
         rflags: r.eflags,

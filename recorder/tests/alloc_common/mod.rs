@@ -19,9 +19,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// a first line `// cflags: ...`) once per test process; the output name
 /// carries the pid so test binaries never race.
 pub fn fixture(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("alloc-fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("{name}-{}", std::process::id()));
@@ -74,11 +72,7 @@ pub fn wait(mut child: Child) -> Output {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output {
-        status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
+    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
 }
 
 /// Spawns `exe` with the tracker's environment (or none), piped stdio.
@@ -107,11 +101,7 @@ impl Drainer {
             let mut events = vec![];
             while !flag.load(Ordering::Acquire) {
                 if tracker.drain(|e| events.push(e)) == 0 || !pause.is_zero() {
-                    std::thread::sleep(if pause.is_zero() {
-                        Duration::from_micros(50)
-                    } else {
-                        pause
-                    });
+                    std::thread::sleep(if pause.is_zero() { Duration::from_micros(50) } else { pause });
                 }
             }
             tracker.drain_final(|e| events.push(e));
@@ -129,10 +119,7 @@ impl Drainer {
 
 /// Parses `text=0xA-0xB` from the fixture's output.
 pub fn text_range(s: &str) -> (u64, u64) {
-    let t = s
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("text="))
-        .expect("text= in output");
+    let t = s.split_whitespace().find_map(|w| w.strip_prefix("text=")).expect("text= in output");
     let (a, b) = t.split_once('-').unwrap();
     (hex(a), hex(b))
 }
