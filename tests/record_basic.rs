@@ -96,8 +96,7 @@ fn record_avx2_load_store() {
 
 #[test]
 fn record_avx512_load_store() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if !cpuinfo.contains("avx512f") {
+    if !record_support::cpu_has("avx512f") {
         eprintln!("note: CPU lacks AVX-512F; record_avx512_load_store skipped");
         return;
     }
@@ -225,8 +224,7 @@ fn record_one_ptrace_stop_per_fault_through_trampolines() {
 
 #[test]
 fn record_avx2_gather_uses_recorded_index_vector() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if !cpuinfo.contains("avx2") {
+    if !record_support::cpu_has("avx2") {
         eprintln!("note: CPU lacks AVX2; record_avx2_gather_uses_recorded_index_vector skipped");
         return;
     }

@@ -153,3 +153,10 @@ pub fn host_calls(trace: &Trace, events: &[Event]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether the CPU advertises `flag` (e.g. `avx2`, `avx512f`) in /proc/cpuinfo;
+/// tests of instruction-set fixtures skip with a note when it does not.
+pub fn cpu_has(flag: &str) -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|w| w == flag))
+}
