@@ -79,6 +79,20 @@ impl ChunkRecs {
         }
     }
 
+    /// Tags every address with the space (process) of the thread that used
+    /// it, as of the event (see `state::space`); shards are unchanged by it.
+    pub(crate) fn tag_spaces(&mut self, spaces: &crate::state::space::Spaces) {
+        use crate::state::space::tag;
+        for a in self.accesses.iter_mut().flatten() {
+            a.addr = tag(spaces.at(a.tid, a.seq), a.addr);
+        }
+        for p in self.ptr_loads.iter_mut().flatten() {
+            let s = spaces.at(p.tid, p.seq);
+            p.from = tag(s, p.from);
+            p.value = tag(s, p.value);
+        }
+    }
+
     /// Empties every list, keeping the memory.
     pub(crate) fn clear(&mut self) {
         self.accesses.iter_mut().for_each(Vec::clear);

@@ -141,6 +141,9 @@ pub struct Finding {
     pub first_event: u64,
     /// Kind-specific one-line explanation.
     pub detail: String,
+    /// The process it happened in; only when the trace has more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Pieces merged: one entry per finding, before symbolisation.

@@ -143,13 +143,16 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let mut next = (n > 0).then(|| decode_batch(0));
     let mut start = 0;
     while let Some(cur) = next.take() {
-        let recs = cur?;
+        let mut recs = cur?;
         let t1 = std::time::Instant::now();
         ops.clear();
         for r in &recs {
             tl.feed(&r.control, &mut ops);
             access_events += r.access_events;
             decode_errors += r.decode_errors.len() as u64;
+        }
+        if tl.spaces.multi() {
+            recs.par_iter_mut().for_each(|r| r.tag_spaces(&tl.spaces));
         }
         t_feed += t1.elapsed().as_secs_f64();
         let ctx = state::Ctx { allocs: &tl.allocs, modules: &mm };

@@ -90,6 +90,9 @@ pub struct CallFootprint {
     pub exposed: Vec<Exposure>,
     /// Findings (after suppression) that happened in this call.
     pub findings: usize,
+    /// The process that made the call; only when the trace has more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Byte ranges one call read and wrote of one target, merged, as half-open
@@ -153,6 +156,9 @@ pub struct Allocation {
     pub free_site: Option<Location>,
     /// `alloc#3 (malloc 64 at main+0x2a)`.
     pub label: String,
+    /// The process it belongs to; only when the trace has more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -209,9 +215,9 @@ impl Report {
         }
         // As Valgrind does, a context (kind, instruction, allocation site)
         // seen in several calls is printed once, with the other calls listed.
-        type Ctx<'a> = (Kind, &'a str, Option<&'a str>, Option<u64>);
+        type Ctx<'a> = (Kind, &'a str, Option<&'a str>, Option<u64>, Option<u32>);
         let ctx = |f: &'a Finding| -> Ctx<'a> {
-            (f.kind, f.at.addr.as_str(), f.allocation.as_ref().map(|a| a.site.addr.as_str()), f.syscall)
+            (f.kind, f.at.addr.as_str(), f.allocation.as_ref().map(|a| a.site.addr.as_str()), f.syscall, f.pid)
         };
         let mut groups: BTreeMap<Ctx, Vec<&Finding>> = BTreeMap::new();
         for f in &self.findings {
@@ -241,6 +247,9 @@ impl Report {
             let _ = writeln!(o, "{P}    at {}: {}", f.at.addr, f.at.describe());
             if let Some(nr) = f.syscall {
                 let _ = writeln!(o, "{P}    by the kernel in syscall {nr}");
+            }
+            if let Some(pid) = f.pid {
+                let _ = writeln!(o, "{P}    in process {pid}");
             }
             if let Some(c) = &f.call {
                 let _ = writeln!(
@@ -300,15 +309,12 @@ impl Report {
         let _ = writeln!(o, "{P}   {:>6}  {:<24} {:<18} footprint", "call", "symbol", "returned");
         for c in &self.calls {
             let ret = c.ret.clone().unwrap_or_else(|| "-".into());
+            let pid_symbol = c.pid.map(|p| format!("{} [pid {p}]", c.symbol));
+            let symbol = pid_symbol.as_deref().unwrap_or(&c.symbol);
             let mut first = true;
             if c.touched.is_empty() {
-                let _ = writeln!(
-                    o,
-                    "{P}   {:>6}  {:<24} {:<18} (no traced accesses)",
-                    format!("#{}", c.call),
-                    c.symbol,
-                    ret
-                );
+                let _ =
+                    writeln!(o, "{P}   {:>6}  {:<24} {:<18} (no traced accesses)", format!("#{}", c.call), symbol, ret);
             }
             for t in &c.touched {
                 let mut parts = Vec::new();
@@ -326,7 +332,7 @@ impl Report {
                 };
                 let line = format!("{} of {}{args}", parts.join(", "), t.label);
                 if first {
-                    let _ = writeln!(o, "{P}   {:>6}  {:<24} {:<18} {line}", format!("#{}", c.call), c.symbol, ret);
+                    let _ = writeln!(o, "{P}   {:>6}  {:<24} {:<18} {line}", format!("#{}", c.call), symbol, ret);
                     first = false;
                 } else {
                     let _ = writeln!(o, "{P}   {:>6}  {:<24} {:<18} {line}", "", "", "");
@@ -410,6 +416,19 @@ impl Builder<'_> {
             }
             None => format!("alloc#{id}"),
         }
+    }
+
+    /// The pid of the process a (space-tagged) address belongs to, when the
+    /// trace has more than one process.
+    fn pid_of(&self, addr: u64) -> Option<u32> {
+        let s = &self.tl.spaces;
+        s.multi().then(|| s.pid(crate::state::space::space_of(addr))).flatten()
+    }
+
+    /// The pid of thread `tid`'s process at event `seq` (multi-process traces only).
+    fn pid_of_thread(&self, tid: u32, seq: u64) -> Option<u32> {
+        let s = &self.tl.spaces;
+        s.multi().then(|| s.pid(s.at(tid, seq))).flatten()
     }
 
     fn call_symbol(&self, call: u32) -> String {
@@ -497,6 +516,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
             count: m.count,
             first_event: m.first_seq,
             detail,
+            pid: b.pid_of(m.addr),
         });
     }
 
@@ -539,6 +559,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
             allocation,
             count: 1,
             first_event: e.seq,
+            pid: b.pid_of(e.from),
         });
     }
 
@@ -565,6 +586,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
                 allocation,
                 count: 1,
                 first_event: a.born,
+                pid: b.pid_of(a.base),
             });
         }
     }
@@ -593,6 +615,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
             allocation: None,
             count: 1,
             first_event: c.seq,
+            pid: b.pid_of_thread(c.tid, c.seq),
         });
     }
 
@@ -690,6 +713,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
                 touched: per_call.remove(&i).unwrap_or_default(),
                 exposed: exposed.remove(&i).unwrap_or_default(),
                 findings: findings_per_call.get(&c.call).copied().unwrap_or(0),
+                pid: b.pid_of_thread(c.tid, c.enter_seq),
             }
         })
         .collect();
@@ -711,6 +735,7 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
                 freed_event: a.freed,
                 free_site: a.freed.filter(|_| a.free_caller != 0).map(|_| syms.locate(a.free_caller)),
                 label: b.label(id),
+                pid: b.pid_of(a.base),
             })
         })
         .collect();

@@ -106,7 +106,8 @@ impl Location {
 }
 
 pub(crate) fn hex(v: u64) -> String {
-    format!("{v:#x}")
+    // Addresses of forked processes carry their space (state::space).
+    format!("{:#x}", crate::state::space::untag(v))
 }
 
 /// Symbolises addresses; caches one DWARF loader per module.

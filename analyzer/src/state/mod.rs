@@ -11,6 +11,7 @@
 mod intervals;
 mod shadow;
 mod shard;
+pub(crate) mod space;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -182,6 +183,10 @@ pub(crate) struct Timeline {
     pub exit: Option<ExitStatus>,
     pub unmatched_frees: u64,
     pub callbacks: u64,
+    /// Which process (address space) each thread is in.
+    pub spaces: space::Spaces,
+    /// The space of the last event that named a thread (`InitUnknown` names none).
+    last_space: u16,
 }
 
 const SIGILL: i32 = 4;
@@ -231,10 +236,56 @@ impl Timeline {
         }
     }
 
+    /// A forked child starts with a copy of its parent's live allocations,
+    /// in its own space. Their bytes' state in the child is unknown (never
+    /// reported): the shadow stays the parent's.
+    fn inherit(&mut self, seq: u64, parent: u16, child: u16, ops: &mut Vec<(u64, Op)>) {
+        if child == parent {
+            return;
+        }
+        let ids: Vec<u32> = self.live.values().copied().collect();
+        for pid in ids {
+            let Some(a) = self.allocs.get(pid as usize) else { continue };
+            if space::space_of(a.base) != parent {
+                continue;
+            }
+            let id = self.allocs.len() as u32;
+            let copy = AllocInfo {
+                base: space::tag(child, space::untag(a.base)),
+                born: seq,
+                freed: None,
+                free_caller: 0,
+                exact: false,
+                birth_epoch: u32::MAX,
+                unknown_prefix: a.size,
+                call: NO_CALL,
+                ..a.clone()
+            };
+            self.live.insert(copy.base, id);
+            self.allocs.push(copy);
+            ops.push((seq, Op::Alloc { id }));
+        }
+    }
+
     /// Consumes one batch of control events (in order), appending the ops.
     pub fn feed(&mut self, control: &[(u64, Event)], ops: &mut Vec<(u64, Op)>) {
         for (seq, ev) in control {
             let seq = *seq;
+            match *ev {
+                Event::Fork { parent_pid, child_pid, .. } => self.spaces.fork(seq, parent_pid, child_pid),
+                Event::ThreadStart { tid, pid, .. } => self.spaces.thread(seq, tid, pid),
+                _ => {}
+            }
+            // Data addresses of a forked process are tagged with its space.
+            let sp = match ev.tid() {
+                Some(t) => self.spaces.at(t, seq),
+                None => self.last_space,
+            };
+            self.last_space = sp;
+            let t = |a: u64| space::tag(sp, a);
+            if let Event::Fork { child_pid, .. } = *ev {
+                self.inherit(seq, sp, self.spaces.at(child_pid, seq), ops);
+            }
             match *ev {
                 Event::Call { tid, call, target, module, symbol, args, return_addr, .. } => {
                     let idx = self.calls.len() as u32;
@@ -256,6 +307,7 @@ impl Timeline {
                     self.stacks.entry(tid).or_default().push(idx);
                     self.epoch += 1;
                     for (i, &a) in args.iter().enumerate() {
+                        let a = t(a);
                         if let Some(id) = self.live_containing(a) {
                             let al = &self.allocs[id as usize];
                             if al.domain == Domain::Host {
@@ -284,11 +336,12 @@ impl Timeline {
                     }
                     let top = self.top(tid);
                     ops.push((seq, Op::SetCall { tid, call: top, resume: false }));
-                    self.escape(&[rax, rdx], seq, ops);
+                    self.escape(&[t(rax), t(rdx)], seq, ops);
                 }
                 Event::Callback { ref args, .. } => {
                     self.callbacks += 1;
-                    self.escape(args, seq, ops);
+                    let args = args.map(t);
+                    self.escape(&args, seq, ops);
                 }
                 Event::CallbackReturn { .. } => {
                     self.epoch += 1;
@@ -298,6 +351,7 @@ impl Timeline {
                     if ptr == 0 {
                         continue;
                     }
+                    let (ptr, old_ptr) = (t(ptr), if old_ptr == 0 { 0 } else { t(old_ptr) });
                     let mut unknown_prefix = 0;
                     if old_ptr != 0 && matches!(func, AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap) {
                         if let Some(&old) = self.live.get(&old_ptr) {
@@ -341,15 +395,16 @@ impl Timeline {
                     self.live.insert(ptr, id);
                     ops.push((seq, Op::Alloc { id }));
                 }
-                Event::Free { ptr, caller, .. } => match self.live.get(&ptr) {
+                Event::Free { ptr, caller, .. } => match self.live.get(&t(ptr)) {
                     Some(&id) => self.free(id, seq, caller, ops),
                     None if ptr != 0 => self.unmatched_frees += 1,
                     None => {}
                 },
                 Event::Map { addr, len, prot, flags, domain, .. } => {
-                    ops.push((seq, Op::Map { addr, len, prot, flags, host: domain == Domain::Host }))
+                    ops.push((seq, Op::Map { addr: t(addr), len, prot, flags, host: domain == Domain::Host }))
                 }
                 Event::Unmap { addr, len, .. } => {
+                    let addr = t(addr);
                     let end = addr.saturating_add(len);
                     let gone: Vec<u32> = self
                         .live
@@ -365,9 +420,9 @@ impl Timeline {
                     }
                     ops.push((seq, Op::Unmap { addr, len }));
                 }
-                Event::Protect { addr, len, prot, .. } => ops.push((seq, Op::Protect { addr, len, prot })),
-                Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr, len })),
-                Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr, len })),
+                Event::Protect { addr, len, prot, .. } => ops.push((seq, Op::Protect { addr: t(addr), len, prot })),
+                Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr: t(addr), len })),
+                Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr: t(addr), len })),
                 // A fault the program handles itself (a JIT's SIGSEGV, say) is
                 // ours to report only when it hit inside a foreign call.
                 Event::Signal { tid, signo, code, addr, ref regs, fatal, .. }
@@ -375,7 +430,16 @@ impl Timeline {
                         || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT)
                             && self.top(tid) != NO_CALL) =>
                 {
-                    self.crashes.push(Crash { seq, tid, call: self.top(tid), signo, code, addr, rip: regs.rip, fatal });
+                    self.crashes.push(Crash {
+                        seq,
+                        tid,
+                        call: self.top(tid),
+                        signo,
+                        code,
+                        addr: t(addr),
+                        rip: regs.rip,
+                        fatal,
+                    });
                 }
                 Event::Gap { tid, reason, detail } => {
                     self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail });
