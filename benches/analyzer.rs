@@ -2,7 +2,8 @@
 //! ≥ 10 M access events (fixed seed), with 1 thread and with all threads.
 //! Stages measured separately: reading chunks (decompress + validate) alone,
 //! then the whole analysis. Run: `cargo bench --bench analyzer`
-//! (`FFIREC_BENCH_EVENTS=N` to change the size).
+//! (`FFIREC_BENCH_EVENTS=N` to change the size, `FFIREC_BENCH_TRACE=PATH` to
+//! keep the trace for `ffirec analyze`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
@@ -134,17 +135,27 @@ fn cpu_seconds() -> f64 {
 
 fn main() {
     let accesses: u64 = std::env::var("FFIREC_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    // `FFIREC_BENCH_TRACE=PATH` keeps the trace there (and reuses it when
+    // it exists), so `ffirec analyze` can be measured on the same input.
+    let keep = std::env::var_os("FFIREC_BENCH_TRACE").map(std::path::PathBuf::from);
     let dir = std::env::temp_dir().join(format!("ffirec-bench-analyzer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bench.ffr");
-    let t = Instant::now();
-    let n = generate(&path, accesses);
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "generated {n} access events in {:.1}s ({size} bytes, {:.2} B/event)",
-        t.elapsed().as_secs_f64(),
-        size as f64 / n as f64
-    );
+    let path = match &keep {
+        Some(p) => p.clone(),
+        None => {
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join("bench.ffr")
+        }
+    };
+    if keep.is_none() || !path.exists() {
+        let t = Instant::now();
+        let n = generate(&path, accesses);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "generated {n} access events in {:.1}s ({size} bytes, {:.2} B/event)",
+            t.elapsed().as_secs_f64(),
+            size as f64 / n as f64
+        );
+    }
     let trace = Trace::open(&path).unwrap();
     let events = trace.event_count();
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -180,5 +191,7 @@ fn main() {
     }
     println!("speed-up 1 -> {all} threads: {:.2}x", rates[1] / rates[0]);
     println!("identical JSON: {}", json[0] == json[1]);
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

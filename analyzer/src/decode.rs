@@ -4,8 +4,6 @@
 //! that will replay them. Everything that is not an access is passed on as
 //! a control event for the sequential timeline pass.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use ffirec_decode::{Decoded, MemAccess, Rw};
 use ffirec_format::{AccessRef, Event, EventRef, Trace};
 
@@ -21,10 +19,6 @@ pub(crate) const PAGE: u64 = 4096;
 pub(crate) fn shard_of(addr: u64) -> usize {
     ((addr / PAGE) % SHARDS as u64) as usize
 }
-
-/// Thread time per stage, for `FFIREC_ANALYZE_TIMING` (summed over workers).
-/// Reading a chunk and turning its events into records (one pass).
-pub(crate) static REC_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Record flags.
 pub(crate) const READ: u8 = 1;
@@ -159,13 +153,10 @@ impl Decoder {
     pub(crate) fn chunk(&mut self, trace: &Trace, index: usize, mut out: ChunkRecs) -> Result<ChunkRecs, Error> {
         let events = trace.chunks().get(index).map_or(0, |c| c.events as usize);
         prepare(&mut out, events);
-        let t0 = std::time::Instant::now();
         trace.visit_chunk(index, |seq, ev| match ev {
             EventRef::Access(a) => self.access(&mut out, seq, &a),
             EventRef::Other(e) => other(&mut out, seq, e),
         })?;
-        // Reading and decoding interleave now: all of it counts as `records`.
-        REC_NS.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
         Ok(out)
     }
 

@@ -12,7 +12,7 @@
 //! in parallel (`state::Shard`); pieces become findings (`findings`), get
 //! symbols and `file:line` (`symbols`), and are rendered (`report`). The
 //! shard layout is fixed, so the output does not depend on `--threads`.
-//! `FFIREC_ANALYZE_TIMING=1` prints each stage's time on stderr.
+//! `FFIREC_ANALYZE_TIMING=1` prints each stage's CPU time on stderr.
 
 mod decode;
 mod diff;
@@ -23,10 +23,11 @@ mod show;
 mod state;
 mod suppress;
 mod symbols;
+mod timing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use ffirec_format::{Completeness, Trace};
@@ -83,8 +84,15 @@ impl Default for Options {
     }
 }
 
-/// Chunks decoded per round; shards replay each round in parallel.
+/// Keeps `T` alone on its cache lines (128 bytes: the adjacent-line
+/// prefetcher pairs lines).
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+/// Chunks replayed per round (the shards replay a round in parallel).
 const BATCH: usize = 8;
+/// Chunks decoded ahead of the round being replayed.
+const AHEAD: usize = 2 * BATCH;
 
 /// Analyses `trace`.
 pub fn analyze(trace: &Trace, opts: &Options) -> Result<Report, Error> {
@@ -112,69 +120,140 @@ fn progress_bar(opts: &Options, chunks: usize) -> Option<indicatif::ProgressBar>
 
 fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     let header = trace.header();
-    let modules = trace.modules();
-    let mm = symbols::ModuleMap::new(modules);
+    let mm = symbols::ModuleMap::new(trace.modules());
     let mut tl = state::Timeline::new(header.policy.track_host_init);
     let mut shards: Vec<state::Shard> = (0..decode::SHARDS).map(state::Shard::new).collect();
+    let timing = std::env::var_os("FFIREC_ANALYZE_TIMING").is_some();
+    timing::enable(timing);
+    let t_start = std::time::Instant::now();
+    let (access_events, decode_errors) = pipeline(trace, opts, &mm, &mut tl, &mut shards)?;
+    let t_loop = t_start.elapsed().as_secs_f64();
+    let report =
+        timing::task(timing::Stage::Serial, || gather(trace, opts, &mm, tl, shards, access_events, decode_errors));
+    if timing {
+        let wall = t_start.elapsed().as_secs_f64();
+        eprintln!("ffirec analyze timing: {}", timing::summary(rayon::current_num_threads(), wall, t_loop));
+    }
+    Ok(report)
+}
+
+/// A chunk's records, or why it could not be read; filled by a decode task.
+type Slot = Mutex<Option<Result<decode::ChunkRecs, Error>>>;
+
+/// Decodes every chunk and replays it on the shards; returns the number of
+/// access events and of decode failures.
+///
+/// Chunks are decoded by spawned tasks up to [`AHEAD`] chunks beyond the
+/// round being replayed, with no barrier between rounds: a worker that runs
+/// out of replay work takes the next decode, so both stages keep every core
+/// busy. Only the replay order matters for the result, and that is fixed.
+fn pipeline(
+    trace: &Trace,
+    opts: &Options,
+    mm: &symbols::ModuleMap,
+    tl: &mut state::Timeline,
+    shards: &mut [state::Shard],
+) -> Result<(u64, u64), Error> {
     let n = trace.chunks().len();
     let pb = progress_bar(opts, n);
+    let workers = rayon::current_num_threads().max(1);
+    // One decode cache per worker thread, each on its own cache lines:
+    // decoding writes its decoder on every access, and neighbours sharing a
+    // line made the workers' caches fight (decode CPU time 2.2x with two
+    // threads running at once).
+    let decoders: Vec<CachePadded<Mutex<decode::Decoder>>> =
+        (0..workers).map(|_| CachePadded(Mutex::new(decode::Decoder::default()))).collect();
+    // Record sets of replayed rounds, reused for the next chunks.
+    let spare: Mutex<Vec<decode::ChunkRecs>> = Mutex::new(Vec::new());
+    let slots: Vec<Slot> = (0..n).map(|_| Mutex::new(None)).collect();
+    let stop = AtomicBool::new(false);
+    let lock = |m: &'_ Slot| m.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (mut access_events, mut decode_errors) = (0u64, 0u64);
     let mut ops = Vec::new();
-    let timing = std::env::var_os("FFIREC_ANALYZE_TIMING").is_some();
-    let t_start = std::time::Instant::now();
-    let mut t_feed = 0f64;
-    // One decode cache per worker thread, kept across batches.
-    let workers = rayon::current_num_threads().max(1);
-    // Record sets of replayed batches are reused for the next ones.
-    let pool: Mutex<Vec<decode::ChunkRecs>> = Mutex::new(Vec::new());
-    let decoders: Vec<Mutex<decode::Decoder>> = (0..workers).map(|_| Mutex::new(decode::Decoder::default())).collect();
-    let decode_batch = |start: usize| -> Result<Vec<decode::ChunkRecs>, Error> {
-        (start..n.min(start + BATCH))
-            .into_par_iter()
-            .map(|i| {
-                let w = rayon::current_thread_index().unwrap_or(0) % workers;
-                let out = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(decode::ChunkRecs::empty);
-                let mut d = decoders[w].lock().unwrap_or_else(|e| e.into_inner());
-                d.chunk(trace, i, out)
-            })
-            .collect()
-    };
-    // Pipeline: while the shards replay batch k, the next batch is decoded.
-    let mut next = (n > 0).then(|| decode_batch(0));
-    let mut start = 0;
-    while let Some(cur) = next.take() {
-        let mut recs = cur?;
-        let t1 = std::time::Instant::now();
-        ops.clear();
-        for r in &recs {
-            tl.feed(&r.control, &mut ops);
-            access_events += r.access_events;
-            decode_errors += r.decode_errors.len() as u64;
+    let mut recs: Vec<decode::ChunkRecs> = Vec::with_capacity(BATCH);
+    rayon::in_place_scope_fifo(|s| {
+        let mut spawned = 0;
+        let mut spawn_until = |limit: usize| {
+            while spawned < limit.min(n) {
+                let i = spawned;
+                let (slots, decoders, spare, stop) = (&slots, &decoders, &spare, &stop);
+                s.spawn_fifo(move |_| {
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                    let w = rayon::current_thread_index().unwrap_or(0) % workers;
+                    let out =
+                        spare.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(decode::ChunkRecs::empty);
+                    let mut d = decoders[w].0.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = timing::task(timing::Stage::Decode, || d.chunk(trace, i, out));
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                });
+                spawned += 1;
+            }
+        };
+        spawn_until(BATCH + AHEAD);
+        for start in (0..n).step_by(BATCH) {
+            for slot in &slots[start..n.min(start + BATCH)] {
+                let r = loop {
+                    if let Some(r) = lock(slot) {
+                        break r;
+                    }
+                    // Take queued work (a later chunk's decode) while waiting.
+                    if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+                        let t = std::time::Instant::now();
+                        std::thread::yield_now();
+                        timing::add_wall(timing::Stage::Idle, t.elapsed());
+                    }
+                };
+                match r {
+                    Ok(r) => recs.push(r),
+                    Err(e) => {
+                        stop.store(true, Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            spawn_until(start + BATCH + AHEAD);
+            ops.clear();
+            timing::task(timing::Stage::Timeline, || {
+                for r in &recs {
+                    tl.feed(&r.control, &mut ops);
+                    access_events += r.access_events;
+                    decode_errors += r.decode_errors.len() as u64;
+                }
+            });
+            // Several processes: tag each access with its address space.
+            if tl.spaces.multi() {
+                recs.par_iter_mut().for_each(|r| r.tag_spaces(&tl.spaces));
+            }
+            let ctx = state::Ctx { allocs: &tl.allocs, modules: mm };
+            shards.par_iter_mut().for_each(|s| timing::task(timing::Stage::Replay, || s.run(&ops, &recs, &ctx)));
+            if let Some(pb) = &pb {
+                pb.inc(recs.len() as u64);
+            }
+            spare.lock().unwrap_or_else(|e| e.into_inner()).extend(recs.drain(..));
         }
-        if tl.spaces.multi() {
-            recs.par_iter_mut().for_each(|r| r.tag_spaces(&tl.spaces));
-        }
-        t_feed += t1.elapsed().as_secs_f64();
-        let ctx = state::Ctx { allocs: &tl.allocs, modules: &mm };
-        let following = start + BATCH;
-        let (decoded, ()) = rayon::join(
-            || (following < n).then(|| decode_batch(following)),
-            || shards.par_iter_mut().for_each(|s| s.run(&ops, &recs, &ctx)),
-        );
-        next = decoded;
-        start = following;
-        if let Some(pb) = &pb {
-            pb.inc(recs.len() as u64);
-        }
-        pool.lock().unwrap_or_else(|e| e.into_inner()).extend(recs);
-    }
+        Ok(())
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    let t_loop = t_start.elapsed().as_secs_f64();
+    Ok((access_events, decode_errors))
+}
 
-    let t_gather = std::time::Instant::now();
-    // Gather the shards.
+/// Gathers the shards' results and builds the report.
+fn gather(
+    trace: &Trace,
+    opts: &Options,
+    mm: &symbols::ModuleMap,
+    tl: state::Timeline,
+    shards: Vec<state::Shard>,
+    access_events: u64,
+    decode_errors: u64,
+) -> Report {
+    let header = trace.header();
+    let modules = trace.modules();
+    let n = trace.chunks().len();
     let mut pieces = Vec::new();
     let mut exposures = Vec::new();
     let mut stats = state::Stats::default();
@@ -218,7 +297,7 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
             })
             .collect(),
     };
-    let syms = symbols::Symbolizer::new(modules, &mm, opts.dwarf);
+    let syms = symbols::Symbolizer::new(modules, mm, opts.dwarf);
     let gathered = report::Gathered {
         trace: info,
         timeline: tl,
@@ -229,14 +308,5 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
         access_events,
         decode_errors,
     };
-    let report = report::build(gathered, &syms, &opts.suppressions);
-    if timing {
-        eprintln!(
-            "ffirec analyze timing: pipeline {t_loop:.3}s wall (thread time: read+records {:.3}s, shards {:.3}s), timeline {t_feed:.3}s, gather+report {:.3}s",
-            decode::REC_NS.swap(0, Relaxed) as f64 / 1e9,
-            state::SHARD_NS.swap(0, Relaxed) as f64 / 1e9,
-            t_gather.elapsed().as_secs_f64()
-        );
-    }
-    Ok(report)
+    report::build(gathered, &syms, &opts.suppressions)
 }

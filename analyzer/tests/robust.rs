@@ -4,7 +4,7 @@
 
 mod support;
 
-use ffirec_format::{AllocFn, Domain, Event, GapReason, Regs, SyscallRange};
+use ffirec_format::{AllocFn, Domain, Event, GapReason, Regs, SyscallRange, Trace};
 use support::*;
 
 fn addr(rng: &mut Rng) -> u64 {
@@ -80,5 +80,28 @@ fn random_event_streams_never_panic_and_are_deterministic() {
         let one = run(&p, 1).to_json();
         let two = run(&p, 2).to_json();
         assert!(one == two, "seed {seed}: JSON differs between 1 and 2 threads");
+    }
+}
+
+#[test]
+fn a_damaged_chunk_in_the_middle_is_an_error_naming_it_with_any_thread_count() {
+    let p = write("robust-damaged", true, random_events(7, 40, 300), 500);
+    let trace = Trace::open(&p).unwrap();
+    let chunks = trace.chunks().to_vec();
+    assert!(chunks.len() > 20, "{} chunks", chunks.len());
+    drop(trace);
+    // The last payload byte of chunk 13 (a later round than the first).
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = (chunks[14].offset - 1) as usize;
+    bytes[at] ^= 0x55;
+    std::fs::write(&p, &bytes).unwrap();
+    let trace = Trace::open(&p).unwrap();
+    for threads in [1, 2, 3] {
+        let opts = ffirec_analyzer::Options { threads: Some(threads), dwarf: false, ..Default::default() };
+        match ffirec_analyzer::analyze(&trace, &opts) {
+            Err(ffirec_analyzer::Error::Trace(ffirec_format::Error::Corrupt { chunk, .. })) => assert_eq!(chunk, 13),
+            Err(e) => panic!("{threads} threads: unexpected error {e}"),
+            Ok(_) => panic!("{threads} threads: a damaged chunk was analysed"),
+        }
     }
 }

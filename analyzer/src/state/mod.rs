@@ -20,9 +20,6 @@ use ffirec_format::{AllocFn, Domain, Event, ExitStatus, GapReason, Tid};
 pub use intervals::RangeSet;
 pub(crate) use shard::{ByteInit, Ctx, LoadExposure, Piece, Shard, Stats, Target};
 
-/// Thread time spent replaying shards, for `FFIREC_ANALYZE_TIMING`.
-pub(crate) static SHARD_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// "No foreign call open".
 pub(crate) const NO_CALL: u32 = u32::MAX;
 /// "No allocation".

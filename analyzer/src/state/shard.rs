@@ -152,10 +152,8 @@ impl Shard {
 
     /// Replays one batch: `ops` and this shard's records of `chunks`, merged in event order.
     pub fn run(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
-        let t0 = std::time::Instant::now();
         self.replay(ops, chunks, ctx);
         self.flush_pending();
-        super::SHARD_NS.fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn replay(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
