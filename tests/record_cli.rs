@@ -148,9 +148,9 @@ fn record_second_sigint_finishes_a_valid_trace() {
 }
 
 #[test]
-fn record_forked_child_runs_untraced_with_real_protections() {
+fn record_no_follow_child_runs_untraced_with_real_protections() {
     let prog = common::program("rec_fork");
-    let r = record("cli_fork", &prog, &[], &["--lib", "librecfx.so"]);
+    let r = record("cli_fork", &prog, &[], &["--lib", "librecfx.so", "--no-follow"]);
     assert_eq!(r.code(), 0, "{}", r.stderr);
     assert_eq!(r.stdout, "child 36 1\nchild status 0\nparent 10\n");
     let ev = r.events();

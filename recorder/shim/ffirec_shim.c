@@ -591,8 +591,16 @@ REAL(fork_fn, fork)
 
 /* ---- process lifecycle --------------------------------------------------- */
 static void before_fork(void) {
-    if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY)
+    if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) {
         g_fork_head = atomic_load_explicit(hdr_head(), memory_order_acquire);
+        /* Inside our fork() wrapper the FORKED slot is reserved but is
+         * committed only when fork() returns in the parent (after the
+         * recorder has handled the fork): the child's records must not wait
+         * for it, or they would reach the consumer after the child's first
+         * ptrace stops. Everything before that slot is the fork point. */
+        if (t_depth == 1 && t_pending != 0 && t_pending != PENDING_UNKNOWN && t_pending - 1 < g_fork_head)
+            g_fork_head = t_pending - 1;
+    }
     arena_lock();
 }
 

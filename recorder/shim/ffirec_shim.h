@@ -18,9 +18,11 @@
  *  - Order is global within a ring; across rings only fork() matters. The
  *    parent's FORKED record marks the exact point of the fork in its ring
  *    (the child inherits the parent's mappings as of there); the child's
- *    first record, FORK, names in `old_ptr`/`size` the parent's ring and a
- *    sequence number past that point: the consumer must consume the parent's
- *    ring up to there before any record of the child.
+ *    first record, FORK, names in `old_ptr`/`size` the parent's ring and the
+ *    sequence number of that point (when fork() went through the shim: of
+ *    the FORKED slot, which is committed only after the child may already
+ *    run): the consumer must consume the parent's ring up to there before
+ *    any record of the child, and may meet FORKED after the child's records.
  *
  * Protocol (per ring)
  *  - A producer reserves sequence number `seq` with fetch_add on `head`, waits

@@ -72,7 +72,7 @@ impl Injected {
 /// foreign call, passed to a callback, or reallocated by the host): their
 /// pages are guarded during foreign calls, so what the library does to
 /// memory it handed out stays recorded. The rest of the arena never is.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ArenaBlocks {
     live: std::collections::BTreeMap<u64, u64>,
     exported: std::collections::BTreeSet<u64>,

@@ -29,6 +29,8 @@ mod modules;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod process;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod procs;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sink;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sys;
@@ -59,6 +61,9 @@ pub struct Options {
     /// program's heap and every access the library makes to them is recorded.
     /// Default: they come from the arena, which is never guarded.
     pub guard_foreign: bool,
+    /// Follow forked children (default); `--no-follow`: record only the
+    /// first process, children run untraced with their real protections.
+    pub follow: bool,
 }
 
 impl Options {
@@ -77,6 +82,7 @@ impl Options {
             pin_cpu: true,
             quiet: false,
             guard_foreign: false,
+            follow: true,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Spawning the tracee, the kinds of stop it reports, and its other threads
 //! and processes: held while one thread's foreign call runs, released at
-//! return (or when the call blocks); forked children are handed back their
-//! real protections and detached.
+//! return (or when the call blocks); forked children are followed (see
+//! `procs`), or with `--no-follow` handed back their real protections and
+//! detached.
 //!
 //! The child is forked by hand so it can stop itself before `execve` and be
 //! `PTRACE_SEIZE`d (which, unlike `PTRACE_TRACEME`, allows
@@ -285,6 +286,8 @@ impl Tracer {
         sys::detach(child, sig)
     }
 
+    /// Pins the recorder and `tid` to one CPU (one thread at a time: with
+    /// several processes in foreign calls, only the first is pinned).
     pub(crate) fn pin(&mut self, tid: Pid) {
         if !self.opts.pin_cpu || self.saved_affinity.is_some() {
             return;
@@ -292,17 +295,41 @@ impl Tracer {
         let cpu = sys::current_cpu();
         if let Some(mine) = sys::pin(0, cpu) {
             match sys::pin(tid, cpu) {
-                Some(theirs) => self.saved_affinity = Some((mine, theirs)),
+                Some(theirs) => {
+                    self.saved_affinity = Some((mine, theirs));
+                    self.pinned_tid = Some(tid);
+                }
                 None => sys::set_affinity(0, &mine),
             }
         }
     }
 
     pub(crate) fn unpin(&mut self, tid: Pid) {
+        if self.pinned_tid != Some(tid) {
+            return;
+        }
+        self.pinned_tid = None;
         if let Some((mine, theirs)) = self.saved_affinity.take() {
             sys::set_affinity(tid, &theirs);
             sys::set_affinity(0, &mine);
         }
+    }
+
+    /// [`Self::check_blocked`] for every process with a foreign call in progress.
+    pub(crate) fn check_blocked_all(&mut self) -> Result<(), Error> {
+        let busy: Vec<Pid> = std::iter::once((self.pid, self.owner))
+            .chain(self.procs.values().map(|p| (p.pid, p.owner)))
+            .filter(|(_, o)| o.is_some())
+            .map(|(p, _)| p)
+            .collect();
+        for p in busy {
+            self.activate(p);
+            match self.check_blocked() {
+                Ok(()) | Err(Error::TraceeDied { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Called on every timer tick: a foreign call sitting in the kernel while

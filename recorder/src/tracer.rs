@@ -175,6 +175,16 @@ pub(crate) struct Tracer {
     /// Children that stopped before their parent's fork event.
     pub early_children: std::collections::HashMap<Pid, Stop>,
     pub tramp: crate::fault::Trampolines,
+    /// The first process (its exit status is ffirec's).
+    pub root: Pid,
+    /// Followed processes other than the active one (`procs`).
+    pub procs: std::collections::HashMap<Pid, crate::procs::ProcState>,
+    /// Every known thread's process.
+    pub tgids: std::collections::HashMap<Pid, Pid>,
+    /// Stops to handle before waiting again (a child stopped before its fork event).
+    pub deferred: Vec<Stop>,
+    /// The thread pinned with the recorder (`saved_affinity`).
+    pub pinned_tid: Option<Pid>,
 }
 
 pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
@@ -284,6 +294,11 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         forks: std::collections::HashMap::new(),
         early_children: std::collections::HashMap::new(),
         tramp: crate::fault::Trampolines::default(),
+        root: pid,
+        procs: std::collections::HashMap::new(),
+        tgids: std::collections::HashMap::from([(pid, pid)]),
+        deferred: Vec::new(),
+        pinned_tid: None,
     };
     t.threads.insert(pid, Thread::default());
     if let Err(e) = t.on_exec_image(pid) {
@@ -307,21 +322,27 @@ impl Tracer {
         loop {
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 eprintln!("ffirec: interrupted: finishing the trace and killing the program");
-                let _ = sys::kill(self.pid, libc::SIGKILL);
+                for p in self.all_pids() {
+                    let _ = sys::kill(p, libc::SIGKILL);
+                }
                 while let Ok(Some(_)) | Err(Error::Sys { .. }) = sys::wait(-1, false) {}
                 return Ok(true);
             }
-            let w = match sys::wait(-1, false) {
-                Ok(Some(w)) => w,
-                Ok(None) => {
-                    self.check_blocked()?;
-                    continue;
-                }
-                Err(Error::NoTracees) => return Ok(false),
-                Err(e) => return Err(e),
+            let stop = if let Some(stop) = self.deferred.pop() {
+                stop
+            } else {
+                let w = match sys::wait(-1, false) {
+                    Ok(Some(w)) => w,
+                    Ok(None) => {
+                        self.check_blocked_all()?;
+                        continue;
+                    }
+                    Err(Error::NoTracees) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                self.sink.counters.ptrace_stops += 1;
+                Stop::from_wait(w)
             };
-            self.sink.counters.ptrace_stops += 1;
-            let stop = Stop::from_wait(w);
             match self.handle(stop) {
                 Ok(()) => {}
                 Err(Error::TraceeDied { pid }) => {
@@ -333,7 +354,7 @@ impl Tracer {
                 }
                 Err(e) => return Err(e),
             }
-            if self.threads.is_empty() {
+            if self.threads.is_empty() && !self.next_process() {
                 return Ok(false);
             }
         }
@@ -399,6 +420,11 @@ impl Tracer {
             eprintln!("ffirec: debug: {stop:?} owner={:?} foreign_mode={}", self.owner, self.foreign_mode);
         }
         self.drain_allocs()?;
+        // Makes the stop's process the active one; consumes the stops of
+        // children not followed or not announced yet.
+        if self.route_stop(stop)? {
+            return Ok(());
+        }
         let tid = stop.tid();
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = false;
@@ -407,16 +433,6 @@ impl Tracer {
             Stop::Exited { tid, code } => return self.on_death(tid, ExitStatus::Code(code)),
             Stop::Killed { tid, signal } => return self.on_death(tid, ExitStatus::Signal(signal)),
             _ => {}
-        }
-        if !self.threads.contains_key(&tid) {
-            // A forked child (its first stop may come before the parent's event).
-            if let Some(vfork) = self.forks.remove(&tid) {
-                return self.release_child(tid, vfork, stop);
-            }
-            if sys::tgid_of(tid).is_some_and(|g| g != self.pid) {
-                self.early_children.insert(tid, stop);
-                return Ok(());
-            }
         }
         if self.owner == Some(tid) {
             self.last_owner_stop = Instant::now();
@@ -463,7 +479,9 @@ impl Tracer {
             self.guards.clear();
         }
         if tid == self.pid {
-            self.exit = Some(status);
+            if self.pid == self.root {
+                self.exit = Some(status);
+            }
             self.sink.push(Event::Exit { pid: self.pid as u32, status })?;
         }
         Ok(())
@@ -477,6 +495,7 @@ impl Tracer {
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
+                    self.tgids.insert(child, self.pid);
                     self.sink.push(Event::ThreadStart {
                         tid: child as u32,
                         pid: self.pid as u32,
@@ -489,7 +508,9 @@ impl Tracer {
                         child_pid: child as u32,
                     })?;
                     let vfork = event == libc::PTRACE_EVENT_VFORK;
-                    if let Some(stop) = self.early_children.remove(&child) {
+                    if self.opts.follow {
+                        self.follow_child(tid, child)?;
+                    } else if let Some(stop) = self.early_children.remove(&child) {
                         self.release_child(child, vfork, stop)?;
                     } else {
                         self.forks.insert(child, vfork);
@@ -504,6 +525,7 @@ impl Tracer {
                 drop(frames_gone);
                 self.threads.retain(|&t, _| t == tid);
                 self.threads.insert(tid, Thread::default());
+                self.tgids.insert(tid, self.pid);
                 self.owner = None;
                 self.foreign_mode = false;
                 self.guards.clear();
@@ -813,13 +835,26 @@ impl Tracer {
     pub fn drain_allocs(&mut self) -> Result<(), Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(()) };
         let sink = &mut self.sink;
-        let moved = &mut self.moved;
-        let guarding = self.foreign_mode;
+        let active_moved = &mut self.moved;
+        let active_guarding = self.foreign_mode;
         let arena = self.arena;
-        let blocks = &mut self.arena_blocks;
-        let guards = &self.guards;
+        let active_blocks = &mut self.arena_blocks;
+        let active_guards = &self.guards;
+        // Each record belongs to its thread's process (see `procs`).
+        let (active, procs, tgids) = (self.pid, &mut self.procs, &self.tgids);
+        let follow = self.opts.follow;
         let mut err = None;
         a.drain(|e| {
+            let g = match e.tid().map(|t| tgids.get(&(t as Pid)).copied()) {
+                Some(Some(g)) => g,
+                // A process not followed (--no-follow): not ours to record.
+                Some(None) if !follow => return,
+                _ => active,
+            };
+            let (blocks, moved, guarding, guards) = match procs.get_mut(&g) {
+                Some(p) if g != active => (&mut p.arena_blocks, &mut p.moved, p.foreign_mode, &p.guards[..]),
+                _ => (&mut *active_blocks, &mut *active_moved, active_guarding, &active_guards[..]),
+            };
             if let Some(r) = arena {
                 blocks.on_event(r, &e);
             }
@@ -851,8 +886,12 @@ impl Tracer {
         let Some(a) = self.alloc.as_mut() else { return Ok(()) };
         let sink = &mut self.sink;
         let arena = self.arena;
+        let (follow, tgids) = (self.opts.follow, &self.tgids);
         let mut err = None;
         a.drain_final(|e| {
+            if !follow && e.tid().is_some_and(|t| !tgids.contains_key(&(t as Pid))) {
+                return;
+            }
             let unknown = untracked_init(arena, &e);
             for ev in std::iter::once(e).chain(unknown) {
                 if let Err(x) = sink.push(ev) {

@@ -27,6 +27,11 @@ pub struct RecordArgs {
     /// such allocations come from a separate arena that is never guarded.
     #[arg(long)]
     pub guard_foreign: bool,
+    /// Record only the program's own process: children it forks run
+    /// untraced, with their real memory protections. By default forked
+    /// children are recorded too, in the same trace.
+    #[arg(long)]
+    pub no_follow: bool,
     /// Only print warnings and the summary line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -50,6 +55,7 @@ pub fn run(args: RecordArgs) -> ExitCode {
     opts.pin_cpu = !args.no_pin;
     opts.quiet = args.quiet;
     opts.guard_foreign = args.guard_foreign;
+    opts.follow = !args.no_follow;
     match ffirec_recorder::record(opts) {
         Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
         Err(e) => {

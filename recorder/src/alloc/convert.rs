@@ -63,9 +63,11 @@ impl Model {
             }
             kind::FORKED => {
                 // The parent's mark at the exact point of fork(): the child
-                // inherits its mappings as of here.
+                // inherits its mappings as of here, unless the child's FORK
+                // record came first (it does not wait for this mark; nothing
+                // of the parent's lies between the fork point and it).
                 let inherited = self.anon.get(&r.pid).cloned().unwrap_or_default();
-                self.anon.insert(r.aux as u32, inherited);
+                self.anon.entry(r.aux as u32).or_insert(inherited);
                 0
             }
             kind::FORK => {

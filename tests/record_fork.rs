@@ -1,0 +1,215 @@
+//! Processes: forked children are recorded in the same trace (events carry
+//! their tids, `Fork` names the pids), children that exec keep working, a
+//! library may fork inside a call, `--no-follow` records only the first
+//! process, and `ffirec analyze` keeps each process's allocations apart.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+mod record_support;
+
+use std::collections::BTreeSet;
+
+use ffirec_format::Event;
+use record_support::{bytes, native, ranges_in, record, Recorded};
+use serde_json::Value;
+
+/// (tid, symbol) of every call made from the main executable, in order.
+fn host_calls_by_tid(r: &Recorded, ev: &[Event]) -> Vec<(u32, String)> {
+    let trace = r.trace();
+    let names = record_support::host_calls(&trace, ev);
+    let main = &trace.modules()[0];
+    let tids = ev.iter().filter_map(|e| match e {
+        Event::Call { tid, return_addr, .. } if main.contains(*return_addr) => Some(*tid),
+        _ => None,
+    });
+    tids.zip(names).collect()
+}
+
+fn forks(ev: &[Event]) -> Vec<(u32, u32, u32)> {
+    ev.iter()
+        .filter_map(|e| match *e {
+            Event::Fork { tid, parent_pid, child_pid } => Some((tid, parent_pid, child_pid)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The events of one thread.
+fn of_tid(ev: &[Event], tid: u32) -> Vec<Event> {
+    ev.iter().filter(|e| e.tid() == Some(tid)).cloned().collect()
+}
+
+fn root_pid(r: &Recorded) -> u32 {
+    r.trace().modules()[0].pid
+}
+
+fn analyze(r: &Recorded) -> Value {
+    let out = common::run(
+        common::ffirec().args(["analyze", "--format", "json", "--no-dwarf"]).arg(&r.trace),
+        common::TIMEOUT,
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("analyze JSON: {e}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn forked_child_and_parent_calls_in_one_trace() {
+    let prog = common::program("fork_host");
+    let nat = native(&prog, &[]);
+    let r = record("fork_follow", &prog, &[], &["--lib", "librecfx.so"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "child 627 1\nchild status 7\nparent 68\n");
+    assert_eq!((r.code(), nat.status.code()), (3, Some(3)), "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let f = forks(&ev);
+    assert_eq!(f.len(), 1, "{f:?}");
+    let child = f[0].2;
+    assert_eq!((f[0].0, f[0].1), (parent, parent));
+    assert_ne!(child, parent);
+    let s = |n: &str| n.to_string();
+    assert_eq!(
+        host_calls_by_tid(&r, &ev),
+        vec![(child, s("sum_ints")), (child, s("sum_ints")), (parent, s("sum_ints"))]
+    );
+    // Exact bytes, each process in its own buffers (same addresses in both).
+    let (pbuf, cbuf) = (r.addr("pbuf"), r.addr("cbuf"));
+    let c = bytes(&of_tid(&ev, child));
+    assert_eq!(ranges_in(&c.read, cbuf, 40), vec![(8, 32)]);
+    assert_eq!(ranges_in(&c.read, pbuf, 64), vec![(0, 20)]);
+    assert!(c.written.is_empty());
+    let p = bytes(&of_tid(&ev, parent));
+    assert_eq!(ranges_in(&p.read, pbuf, 64), vec![(16, 48)]);
+    assert_eq!(p.read.len(), 32);
+    assert!(p.written.is_empty());
+    // Every access is one of the two processes'.
+    let all = bytes(&ev);
+    assert_eq!(all.read.len(), c.read.union(&p.read).count());
+
+    // The analysis keeps the processes apart: the child's read past its
+    // shrunk block is out of bounds in the child only (in the parent the
+    // same bytes lie inside its 64-byte block).
+    let rep = analyze(&r);
+    let calls: Vec<(u64, u64)> = rep["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["symbol"] == "sum_ints")
+        .map(|c| (c["call"].as_u64().unwrap(), c["pid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(calls, vec![(0, u64::from(child)), (1, u64::from(child)), (2, u64::from(parent))]);
+    let findings = rep["findings"].as_array().unwrap();
+    let oob: Vec<&Value> = findings.iter().filter(|f| f["kind"] == "out_of_bounds").collect();
+    assert_eq!(oob.len(), 1, "{findings:#?}");
+    let o = oob[0];
+    assert_eq!(o["pid"].as_u64(), Some(u64::from(child)));
+    assert_eq!(o["call"]["call"], 1);
+    assert_eq!(o["addr"].as_str().unwrap(), format!("{:#x}", pbuf + 16));
+    assert_eq!(o["size"], 4);
+    let a = &o["allocation"];
+    assert_eq!(
+        (a["base"].as_str().unwrap(), a["size"].as_u64(), a["relation"].as_str()),
+        (format!("{pbuf:#x}").as_str(), Some(16), Some("after"))
+    );
+    assert_eq!(a["distance"], 0);
+    assert!(findings.iter().all(|f| f["pid"].as_u64() == Some(u64::from(child))), "{findings:#?}");
+}
+
+#[test]
+fn no_follow_records_only_the_first_process() {
+    let prog = common::program("fork_host");
+    let r = record("fork_no_follow", &prog, &[], &["--lib", "librecfx.so", "--no-follow"]);
+    assert_eq!(r.stdout, "child 627 1\nchild status 7\nparent 68\n");
+    assert_eq!(r.code(), 3, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    assert_eq!(forks(&ev).len(), 1);
+    assert_eq!(host_calls_by_tid(&r, &ev), vec![(parent, "sum_ints".to_string())]);
+    let tids: BTreeSet<u32> = ev.iter().filter_map(Event::tid).collect();
+    assert_eq!(tids, BTreeSet::from([parent]));
+    let p = bytes(&ev);
+    assert_eq!(ranges_in(&p.read, r.addr("pbuf"), 64), vec![(16, 48)]);
+    assert_eq!(p.read.len(), 32);
+}
+
+#[test]
+fn system_posix_spawn_and_vfork_children_exec() {
+    let prog = common::program("fork_spawn");
+    let nat = native(&prog, &[]);
+    let r = record("fork_spawn", &prog, &[], &["--lib", "librecfx.so"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "hi\nsystem 0\nposix_spawn 0 0\nfrom vfork\nvfork exec 0\nvfork exit 9\nsum 36\n");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    // Four children: system's and posix_spawn's CLONE_VFORK clones and two vforks.
+    let f = forks(&ev);
+    assert_eq!(f.len(), 4, "{f:?}");
+    assert!(f.iter().all(|&(t, p, _)| t == parent && p == parent), "{f:?}");
+    // Three of them exec (the shell, /bin/true, /bin/echo); the new images are re-read.
+    let execs: Vec<(u32, String)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Exec { pid, path, .. } => Some((*pid, path.rsplit('/').next().unwrap_or("").to_string())),
+            _ => None,
+        })
+        .collect();
+    let children: Vec<u32> = f.iter().map(|x| x.2).collect();
+    assert_eq!(execs.len(), 3, "{execs:?}");
+    assert_eq!(execs.iter().map(|e| e.0).collect::<Vec<_>>(), children[..3].to_vec());
+    assert_eq!(execs[1].1, "true");
+    assert_eq!(execs[2].1, "echo");
+    let t = r.trace();
+    for (pid, name) in &execs {
+        assert!(
+            t.modules().iter().any(|m| m.pid == *pid && m.path.ends_with(name.as_str())),
+            "no module table entry for {name} in {pid}"
+        );
+    }
+    assert_eq!(host_calls_by_tid(&r, &ev), vec![(parent, "sum_ints".to_string())]);
+    assert_eq!(ranges_in(&bytes(&ev).read, r.addr("buf"), 32), vec![(0, 32)]);
+}
+
+#[test]
+fn library_that_forks_inside_a_call() {
+    let prog = common::program("fork_lib_host");
+    let nat = native(&prog, &[]);
+    let r = record("fork_in_lib", &prog, &[], &["--lib", "libforkfx.so"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "first 26010\nsecond 11007\n");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let f = forks(&ev);
+    assert_eq!(f.len(), 2, "{f:?}");
+    let (c1, c2) = (f[0].2, f[1].2);
+    // Each child continues the call it was forked in, as a call of its own
+    // (it exits inside it: no Return).
+    let s = |n: &str| n.to_string();
+    assert_eq!(
+        host_calls_by_tid(&r, &ev),
+        vec![(parent, s("fork_sum")), (c1, s("fork_sum")), (parent, s("fork_sum")), (c2, s("fork_sum"))]
+    );
+    let returns: Vec<u32> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Return { tid, .. } if tid != parent => Some(tid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returns, Vec::<u32>::new());
+    // The child inherited the call's guards: its reads are recorded, exactly.
+    let buf = r.addr("buf");
+    let read = |tid| ranges_in(&bytes(&of_tid(&ev, tid)).read, buf, 32);
+    assert_eq!(read(c1), vec![(0, 16)]);
+    assert_eq!(read(c2), vec![(8, 16)]);
+    assert_eq!(read(parent), vec![(16, 32)]);
+    let exits: Vec<(u32, i32)> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::ThreadExit { tid, code } => Some((tid, code)),
+            _ => None,
+        })
+        .collect();
+    assert!(exits.contains(&(c1, 10)) && exits.contains(&(c2, 7)), "{exits:?}");
+}
