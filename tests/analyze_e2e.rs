@@ -57,12 +57,19 @@ fn analyse(test: &str, scenario: &str) -> Analysed {
 
 /// Records `scenario` (whose own exit status must be `status`) and analyses it.
 fn analyse_expecting(test: &str, scenario: &str, status: i32) -> Analysed {
+    analyse_with(test, scenario, status, &[])
+}
+
+/// [`analyse_expecting`] with extra `ffirec record` flags.
+fn analyse_with(test: &str, scenario: &str, status: i32, flags: &[&str]) -> Analysed {
     let prog = host();
     let dir = common::scratch(test);
     let trace = dir.join("trace.ffr");
     let out = common::run(
         common::ffirec()
-            .args(["record", "-q", "--lib", "libanafx.so", "-o"])
+            .args(["record", "-q"])
+            .args(flags)
+            .args(["--lib", "libanafx.so", "-o"])
             .arg(&trace)
             .arg("--")
             .arg(&prog)
@@ -90,7 +97,9 @@ fn kinds(a: &Analysed) -> Vec<&str> {
 
 #[test]
 fn analyze_host_malloc64_16_written_32_read() {
-    let a = analyse("analyze_uninit", "uninit");
+    // Host writes tracked (--host-init): the 16 bytes memset wrote are
+    // initialised, the next 16 are not — one exact finding, bytes [16,32).
+    let a = analyse_with("analyze_uninit", "uninit", 0, &["--host-init"]);
     let buf = a.addr("buf");
     let id = a.alloc_id(buf);
     let c = a.call("sum_bytes");
@@ -100,22 +109,28 @@ fn analyze_host_malloc64_16_written_32_read() {
         (Some(id), &serde_json::json!([[0, 32]]), &serde_json::json!([]))
     );
     assert_eq!(t["args"], serde_json::json!([0]));
-    if a.json["trace"]["track_host_init"] == true {
-        // Host writes tracked: the 16 bytes memset wrote are initialised, the next 16 are not.
-        assert_eq!(kinds(&a), vec!["uninit"]);
-        let f = &a.findings()[0];
-        assert_eq!((f["addr"].as_str(), f["size"].as_u64()), (Some(format!("{:#x}", buf + 16).as_str()), Some(16)));
-        assert_eq!(
-            (f["allocation"]["relation"].as_str(), f["allocation"]["distance"].as_u64()),
-            (Some("inside"), Some(16))
-        );
-        assert_eq!(a.code, 1);
-    } else {
-        // Today's recorder does not track host writes: the host bytes are unknown, never reported.
-        assert_eq!(kinds(&a), Vec::<&str>::new());
-        assert_eq!(a.json["summary"]["unknown_bytes"], 32);
-        assert_eq!(a.code, 0);
-    }
+    assert_eq!(a.json["trace"]["track_host_init"], true);
+    assert_eq!(kinds(&a), vec!["uninit"]);
+    let f = &a.findings()[0];
+    assert_eq!((f["addr"].as_str(), f["size"].as_u64()), (Some(format!("{:#x}", buf + 16).as_str()), Some(16)));
+    assert_eq!(f["verdict"], "exact");
+    assert_eq!(
+        (f["allocation"]["relation"].as_str(), f["allocation"]["distance"].as_u64()),
+        (Some("inside"), Some(16))
+    );
+    assert_eq!(a.json["summary"]["unknown_bytes"], 0);
+    assert_eq!(a.code, 1);
+}
+
+#[test]
+fn analyze_host_malloc64_without_host_init_is_unknown() {
+    // Without --host-init the host's writes are not tracked: its bytes are
+    // unknown, never reported.
+    let a = analyse("analyze_uninit_untracked", "uninit");
+    assert_eq!(a.json["trace"]["track_host_init"], false);
+    assert_eq!(kinds(&a), Vec::<&str>::new());
+    assert_eq!(a.json["summary"]["unknown_bytes"], 32);
+    assert_eq!(a.code, 0);
 }
 
 #[test]

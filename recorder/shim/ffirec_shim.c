@@ -105,6 +105,7 @@ static _Atomic(uint64_t) *hdr_traps(void) { return (_Atomic(uint64_t) *)&g_rc->f
 static _Atomic(uint32_t) *hdr_u32(uint32_t *p) { return (_Atomic(uint32_t) *)p; }
 
 static void record_proc(uint16_t kind, uint64_t aux);
+static void hi_init(void);
 
 static void use_ring(uint32_t index) {
     g_ring_index = index;
@@ -164,6 +165,8 @@ static void ring_init(void) {
             syscall(SYS_close, fd);
         }
     }
+    if (next == ST_READY)
+        hi_init();
     atomic_store_explicit(&g_state, next, memory_order_release);
     if (next == ST_READY) {
         /* We may be called from reserve() before it reserved anything, so no
@@ -553,6 +556,73 @@ static inline size_t pow2_at_least(size_t a) {
     return (size_t)1 << (64 - __builtin_clzll(a - 1));
 }
 
+/* ---- host initialisation tracking ------------------------------------------
+ * Contract: "Host init" in ffirec_shim.h; the recorder side is
+ * recorder/src/hostinit.rs. Kept apart from the record path: the allocation
+ * functions call hi_track() once, just before their record, and it costs two loads
+ * when tracking is off. It runs before the block's record is committed: by the
+ * time the recorder reads the record, the block's pages are protected and
+ * marked (a syscall stop inside hi_track must not find the record first). */
+static uint8_t *g_hi_table; /* NULL: no table in this process */
+
+/* Maps the table (from ring_init, raw syscalls only). */
+static void hi_init(void) {
+    if (!atomic_load_explicit(hdr_u32(&g_hdr->hostinit_want), memory_order_relaxed))
+        return;
+    void *m = (void *)syscall(SYS_mmap, (void *)(uintptr_t)FFIREC_HI_TABLE, (size_t)FFIREC_HI_TABLE_LEN,
+                              PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | 0x100000 /* FIXED_NOREPLACE */,
+                              -1, 0);
+    if (m == (void *)(uintptr_t)FFIREC_HI_TABLE)
+        g_hi_table = m;
+    else if (m != MAP_FAILED)
+        syscall(SYS_munmap, m, (size_t)FFIREC_HI_TABLE_LEN);
+}
+
+/* mprotect(PROT_READ) issued from the shim's own text. */
+static inline long hi_protect(uint64_t addr, uint64_t len) {
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_mprotect), "D"(addr), "S"(len), "d"((long)PROT_READ)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static void __attribute__((noinline)) hi_track_slow(const void *p, size_t n) {
+    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
+    if (ftid != 0 && ftid == my_tid())
+        return; /* foreign mode: host pages are guarded; the block is the library's */
+    uint64_t first = (uint64_t)(uintptr_t)p >> 12;
+    uint64_t last = ((uint64_t)(uintptr_t)p + n - 1) >> 12;
+    if (last >= FFIREC_HI_TABLE_LEN || last < first)
+        return;
+    uint64_t run = 0, run_len = 0;
+    for (uint64_t pg = first; pg <= last + 1; pg++) {
+        uint8_t st = pg <= last ? g_hi_table[pg] : 1;
+        if (pg <= last && (st == 0 || st == 2)) {
+            if (run_len == 0)
+                run = pg;
+            run_len++;
+            continue;
+        }
+        if (run_len) {
+            long rc = hi_protect(run << 12, run_len << 12);
+            /* Failed: never tracked here (the recorder reads 3 as unknown). */
+            memset(g_hi_table + run, rc == 0 ? 1 : 3, run_len);
+            run_len = 0;
+        }
+    }
+}
+
+static inline void hi_track(const void *p, size_t n) {
+    if (LIKELY(g_hi_table == NULL) || UNLIKELY(p == NULL || n == 0))
+        return;
+    if (atomic_load_explicit(hdr_u32(&g_hdr->hostinit_pid), memory_order_relaxed) != g_pid || in_arena(p))
+        return;
+    hi_track_slow(p, n);
+}
+
 /* ---- real functions resolved with dlsym ------------------------------------ */
 static TLS int t_resolving;
 
@@ -700,8 +770,10 @@ static inline void alloc_leave(uint32_t *prev) {
 EXPORT void *malloc(size_t n) {
     ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_malloc(n));
-    if (p)
+    if (p) {
+        hi_track(p, n);
         record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
+    }
     return p;
 }
 
@@ -733,15 +805,18 @@ EXPORT void free(void *p) {
 static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t caller) {
     if (!old) {
         void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_realloc(NULL, n));
-        if (p)
+        if (p) {
+            hi_track(p, n);
             record(kind, (uintptr_t)p, n, 0, caller, 0);
+        }
         return p;
     }
     struct pending s = begin();
     void *p = UNLIKELY(in_arena(old)) ? arena_realloc(old, n) : __libc_realloc(old, n);
-    if (p)
+    if (p) {
+        hi_track(p, n);
         end(s, kind, (uintptr_t)p, n, (uintptr_t)old, caller, 0);
-    else if (n == 0) /* glibc: realloc(p, 0) frees p and returns NULL */
+    } else if (n == 0) /* glibc: realloc(p, 0) frees p and returns NULL */
         end(s, kind, 0, 0, (uintptr_t)old, caller, 0);
     else
         end(s, FFIREC_K_NOP, 0, 0, 0, caller, 0);
@@ -785,8 +860,10 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n) {
     } else {
         rc = f(out, align, n);
     }
-    if (rc == 0)
+    if (rc == 0) {
+        hi_track(*out, n);
         record(FFIREC_K_POSIX_MEMALIGN, (uintptr_t)*out, n, 0, CALLER, align);
+    }
     return rc;
 }
 
@@ -796,24 +873,30 @@ EXPORT void *aligned_alloc(size_t align, size_t n) {
     aligned_alloc_fn f = get_aligned_alloc();
     void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0),
                        LIKELY(f != NULL) ? f(align, n) : __libc_memalign(align, n));
-    if (p)
+    if (p) {
+        hi_track(p, n);
         record(FFIREC_K_ALIGNED_ALLOC, (uintptr_t)p, n, 0, CALLER, align);
+    }
     return p;
 }
 
 EXPORT void *memalign(size_t align, size_t n) {
     ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, pow2_at_least(align), 0), __libc_memalign(align, n));
-    if (p)
+    if (p) {
+        hi_track(p, n);
         record(FFIREC_K_MEMALIGN, (uintptr_t)p, n, 0, CALLER, align);
+    }
     return p;
 }
 
 EXPORT void *valloc(size_t n) {
     ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, ARENA_PAGE, 0), __libc_valloc(n));
-    if (p)
+    if (p) {
+        hi_track(p, n);
         record(FFIREC_K_VALLOC, (uintptr_t)p, n, 0, CALLER, 0);
+    }
     return p;
 }
 
@@ -822,8 +905,10 @@ EXPORT void *pvalloc(size_t n) {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t rounded = n == 0 ? page : (((uint64_t)n + page - 1) & ~(page - 1));
     void *p = ARENA_OR(rounded < n ? NULL : arena_alloc(rounded, ARENA_PAGE, 0), __libc_pvalloc(n));
-    if (p)
+    if (p) {
+        hi_track(p, rounded);
         record(FFIREC_K_PVALLOC, (uintptr_t)p, rounded, 0, CALLER, 0);
+    }
     return p;
 }
 

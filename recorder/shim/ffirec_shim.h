@@ -55,6 +55,21 @@
  *  - free/realloc/malloc_usable_size route a pointer by address, whoever calls
  *    them: arena pointers to the arena (realloc keeps them there), all others
  *    to glibc.
+ *
+ * Host init (recorder/src/hostinit.rs owns the other half)
+ *  - With `hostinit_want` set, each process maps a page-state table at the
+ *    fixed address FFIREC_HI_TABLE: one byte per 4 KiB page of the 47-bit
+ *    user address space (MAP_NORESERVE: only touched parts cost memory).
+ *    Private memory: a forked child has its own copy; the recorder reads and
+ *    writes it through /proc/PID/mem.
+ *  - States: 0 untracked, 1 write-protected by us (PROT_READ), 2 released by
+ *    the recorder (all bytes written: may be protected again), 3 dead (over
+ *    its fault budget, or the program changed its protection: never again).
+ *  - While `hostinit_pid` is this process, a host-mode malloc/realloc/
+ *    memalign family call makes every page of the returned block that is in
+ *    state 0 or 2 PROT_READ and then sets it to 1, before returning. The
+ *    recorder never sets 1; the shim never leaves 1 or 3.
+ *  - A forked child never protects (its pages are released by the recorder).
  */
 #ifndef FFIREC_SHIM_H
 #define FFIREC_SHIM_H
@@ -67,6 +82,8 @@
 #define FFIREC_HDR_SIZE 4096u
 #define FFIREC_REC_SIZE 64u
 #define FFIREC_FLUSH_MAGIC 0x5041525448535546ull /* "FUSHTRAP" little-endian */
+#define FFIREC_HI_TABLE 0x6e0000000000ull /* host-init page table: 1 byte per page */
+#define FFIREC_HI_TABLE_LEN (1ull << 35)  /* 2^47 / 4096 */
 
 /* Record kinds. 0..=10 are the allocation functions, in the order of
  * ffirec_format::AllocFn. */
@@ -124,7 +141,9 @@ struct ffirec_hdr {
     uint32_t closed;         /* 56: the consumer is gone: producers stop waiting for room */
     uint32_t allocator_tid;  /* 60: the foreign tid while it runs inside an allocation
                                     function (allocator activity, not the library's), else 0 */
-    uint64_t pad0[24]; /* 64 */
+    uint32_t hostinit_want;  /* 64: non-zero: map the host-init page table (see "Host init") */
+    uint32_t hostinit_pid;   /* 68: the process whose host pages are tracked now, 0: none */
+    uint64_t pad0[23]; /* 72 */
     struct ffirec_ring {
         /* line 0 */
         uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */

@@ -342,6 +342,7 @@ impl Tracer {
         for a in r.args() {
             self.arena_blocks.export(a);
         }
+        self.hostinit_on_escape(&r.args())?;
         self.sink.counters.callbacks += 1;
         self.sink.push(Event::Callback {
             tid: tid as u32,
@@ -401,6 +402,8 @@ impl Tracer {
                 }
             }
         }
+        // Tracked host-init pages were guarded read-write: read-only again.
+        batch.extend(self.hostinit_unguard_batch());
         self.run_batch(tid, &regs, &batch)?;
         self.guards.clear();
         self.foreign_mode = false;

@@ -196,7 +196,7 @@ impl Tracer {
 
     /// Performs a simple move through `/proc/PID/mem` and skips the
     /// instruction: one SETREGS, no window. Returns false to fall back.
-    fn emulate(
+    pub(crate) fn emulate(
         &mut self,
         tid: Pid,
         mut raw: RawRegs,

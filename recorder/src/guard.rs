@@ -331,8 +331,16 @@ impl Tracer {
         if let Some(arena) = arena {
             carve.push(arena);
         }
+        // The host-init page table is the shim's, read in foreign mode too.
+        carve.push((crate::hostinit::TABLE, crate::alloc::HOSTINIT_TABLE.end));
         for (a, b) in carve {
             out = carve_out(out, a, b);
+        }
+        // Pages write-protected for host-init tracking are read-only in the
+        // maps (so skipped above) but host memory: guarded, opened read-write.
+        for (a, b) in self.hostinit_guards(&maps) {
+            let i = out.partition_point(|g| g.start < a);
+            out.insert(i, GuardRange { start: a, end: b, prot: PROT_R | PROT_W });
         }
         if arena.is_some() {
             // Arena blocks the host holds are guarded after all (the arena is

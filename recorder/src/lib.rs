@@ -23,6 +23,8 @@ mod fault;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod guard;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod hostinit;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod maps;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod modules;
@@ -64,6 +66,11 @@ pub struct Options {
     /// Follow forked children (default); `--no-follow`: record only the
     /// first process, children run untraced with their real protections.
     pub follow: bool,
+    /// Track which bytes of host allocations the host wrote (`--host-init`):
+    /// host blocks' pages are write-protected while host code runs and each
+    /// first write is recorded, so reads of never-written host bytes become
+    /// exact uninitialised-read findings. Needs the allocation shim.
+    pub host_init: bool,
 }
 
 impl Options {
@@ -83,6 +90,7 @@ impl Options {
             quiet: false,
             guard_foreign: false,
             follow: true,
+            host_init: false,
         }
     }
 }

@@ -262,6 +262,8 @@ impl Tracer {
             for l in &self.modules {
                 batch.extend(l.text.iter().map(|t| (t.start, t.end - t.start, t.prot)));
             }
+            // The child is not traced: its host-init pages are writable again.
+            batch.extend(self.hostinit_child_batch());
             let child_mem = Mem::open(child)?;
             // Our breakpoints were copied too; an untraced int3 would kill it.
             if let Some(a) = self.rbrk_bp {

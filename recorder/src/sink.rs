@@ -38,6 +38,16 @@ pub struct Counters {
     pub widened: u64,
     /// Time spent inside foreign calls, nanoseconds (for faults/s).
     pub foreign_ns: u64,
+    /// Host-init tracking (`hostinit`): host write faults on tracked pages,
+    /// those performed through /proc/PID/mem, instructions re-executed after
+    /// a release, pages released (all written) and dead (over budget or
+    /// given up), host syscalls that needed tracked pages opened.
+    pub hostinit_faults: u64,
+    pub hostinit_emulated: u64,
+    pub hostinit_reexecuted: u64,
+    pub hostinit_released: u64,
+    pub hostinit_dead: u64,
+    pub hostinit_syscalls: u64,
 }
 
 impl Counters {
@@ -58,6 +68,12 @@ impl Counters {
             ("gaps", self.gaps),
             ("widened", self.widened),
             ("foreign_ns", self.foreign_ns),
+            ("hostinit_faults", self.hostinit_faults),
+            ("hostinit_emulated", self.hostinit_emulated),
+            ("hostinit_reexecuted", self.hostinit_reexecuted),
+            ("hostinit_released", self.hostinit_released),
+            ("hostinit_dead", self.hostinit_dead),
+            ("hostinit_syscalls", self.hostinit_syscalls),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))

@@ -103,7 +103,7 @@ fn word(b: &[u8], off: usize) -> u64 {
 }
 
 /// Memory a syscall's arguments name: (ranges, whether the syscall is modelled).
-fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) {
+pub(crate) fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) {
     let r = |addr: u64, len: u64, write: bool, when: When| Touch { range: SyscallRange { addr, len, write }, when };
     let iov = |base: u64, cnt: u64, write: bool| -> Vec<Touch> {
         let cnt = cnt.min(1024) as usize;
@@ -373,7 +373,7 @@ impl Tracer {
     /// Resumes a thread: `PTRACE_SYSCALL` for the owner of a foreign call
     /// (its syscalls may touch guarded pages), `PTRACE_CONT` otherwise.
     pub fn resume_tracee(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
-        if self.foreign_mode && self.owner == Some(tid) {
+        if (self.foreign_mode && self.owner == Some(tid)) || self.hostinit.wants_syscalls(self.pid) {
             sys::syscall(tid, sig)
         } else {
             sys::cont(tid, sig)
@@ -383,6 +383,9 @@ impl Tracer {
     pub fn on_syscall_stop(&mut self, tid: Pid) -> Result<(), Error> {
         let state = self.threads.get_mut(&tid).map(|t| std::mem::take(&mut t.sys)).unwrap_or_default();
         match state {
+            SysState::InSyscall { nr, args, open, ranges, known } if self.hostinit.enabled && !self.foreign_mode => {
+                self.hostinit_syscall_exit(tid, nr, args, open, ranges, known)
+            }
             SysState::InSyscall { nr, args, open, ranges, known } => {
                 let regs = sys::getregs(tid)?;
                 if !open.is_empty() {
@@ -407,6 +410,11 @@ impl Tracer {
                     return self.resume(tid, 0);
                 }
                 // Not the syscall we prepared (a signal handler ran first?): close and start over.
+                if self.hostinit.enabled && !self.foreign_mode {
+                    // Host mode: the opened tracked pages leave tracking.
+                    self.hostinit_abandon(&open)?;
+                    return self.on_syscall_entry(tid);
+                }
                 let close: Vec<(u64, u64, u32)> = open.iter().map(|&(a, l, _)| (a, l, 0)).collect();
                 self.run_batch(tid, &regs, &close)?;
                 sys::setregs(tid, &regs)?;
@@ -416,7 +424,7 @@ impl Tracer {
         }
     }
 
-    fn set_sys(&mut self, tid: Pid, s: SysState) {
+    pub(crate) fn set_sys(&mut self, tid: Pid, s: SysState) {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.sys = s;
         }
@@ -434,6 +442,9 @@ impl Tracer {
                 t.running = true;
             }
             return Ok(());
+        }
+        if !foreign && self.hostinit.enabled {
+            return self.hostinit_syscall_entry(tid, regs, nr, args);
         }
         if !foreign {
             self.set_sys(tid, SysState::InSyscall { nr, args, open: Vec::new(), ranges: Vec::new(), known: true });
@@ -495,7 +506,7 @@ impl Tracer {
 /// What the kernel actually did, given the return value: transfer buffers
 /// are cut to the bytes returned, outputs only on success, inputs always
 /// (unless the call failed with `EFAULT`: then nothing is known).
-fn actual(touches: &[Touch], ret: i64) -> Vec<SyscallRange> {
+pub(crate) fn actual(touches: &[Touch], ret: i64) -> Vec<SyscallRange> {
     if ret == -i64::from(libc::EFAULT) {
         return Vec::new();
     }

@@ -185,6 +185,8 @@ pub(crate) struct Tracer {
     pub deferred: Vec<Stop>,
     /// The thread pinned with the recorder (`saved_affinity`).
     pub pinned_tid: Option<Pid>,
+    /// Host initialisation tracking (`hostinit`).
+    pub hostinit: crate::hostinit::HostInit,
 }
 
 pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
@@ -210,7 +212,9 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         }
     };
     let mut neutral_extra = opts.neutral.clone();
+    let host_init = opts.host_init && alloc.is_some();
     if let Some(a) = &alloc {
+        a.set_hostinit_want(host_init);
         let extra = a.env();
         env.retain(|(k, _)| !extra.iter().any(|(x, _)| x == k));
         env.extend(extra);
@@ -242,7 +246,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         policy: FmtPolicy {
             foreign: policy.foreign.clone(),
             neutral: policy.neutral.clone(),
-            track_host_init: false,
+            track_host_init: host_init,
             guard_foreign: opts.guard_foreign,
         },
     };
@@ -299,6 +303,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         tgids: std::collections::HashMap::from([(pid, pid)]),
         deferred: Vec::new(),
         pinned_tid: None,
+        hostinit: crate::hostinit::HostInit::new(host_init),
     };
     t.threads.insert(pid, Thread::default());
     if let Err(e) = t.on_exec_image(pid) {
@@ -437,6 +442,9 @@ impl Tracer {
         if self.owner == Some(tid) {
             self.last_owner_stop = Instant::now();
         }
+        if matches!(stop, Stop::Signal { .. } | Stop::Interrupt { .. }) {
+            self.hostinit_at_stop(tid)?;
+        }
         if self.owner.is_some_and(|o| o != tid) {
             // Held while another thread's foreign call runs.
             let t = self.threads.entry(tid).or_default();
@@ -492,6 +500,7 @@ impl Tracer {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::geteventmsg(tid)? as Pid;
                 if event == libc::PTRACE_EVENT_CLONE {
+                    self.hostinit_on_thread();
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
@@ -537,6 +546,7 @@ impl Tracer {
                 self.rbrk_bp = None;
                 self.decode.clear();
                 self.mem = Mem::open(self.pid)?;
+                self.hostinit_on_exec();
                 let path = std::fs::read_link(format!("/proc/{}/exe", self.pid))
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
@@ -632,6 +642,15 @@ impl Tracer {
                 }
                 let si = sys::getsiginfo(tid)?;
                 let in_foreign = self.threads.get(&tid).is_some_and(Thread::in_foreign);
+                if !in_foreign
+                    && !self.foreign_mode
+                    && si.code == SEGV_ACCERR
+                    && si.addr != regs.rip
+                    && self.hostinit.enabled
+                    && self.hostinit_fault(tid, regs, si.addr)?
+                {
+                    return Ok(());
+                }
                 if in_foreign && self.foreign_mode && si.code == SEGV_ACCERR && self.guard_of(si.addr).is_some() {
                     return self.on_fault(tid, regs, si.addr);
                 }
@@ -692,6 +711,7 @@ impl Tracer {
     pub(crate) fn setup_image(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
         self.inject_pages(tid, &regs)?;
         self.scan_modules(true)?;
+        self.hostinit_activate()?;
         self.plant_rbrk()?;
         let batch = self.text_batch(false);
         self.run_batch(tid, &regs, &batch)?;
@@ -843,6 +863,8 @@ impl Tracer {
         // Each record belongs to its thread's process (see `procs`).
         let (active, procs, tgids) = (self.pid, &mut self.procs, &self.tgids);
         let follow = self.opts.follow;
+        let hostinit = &mut self.hostinit;
+        let mut extra = Vec::new();
         let mut err = None;
         a.drain(|e| {
             let g = match e.tid().map(|t| tgids.get(&(t as Pid)).copied()) {
@@ -873,7 +895,9 @@ impl Tracer {
                 }
             }
             let unknown = untracked_init(arena, &e).or_else(|| unguarded_foreign_block(guarding, guards, &e));
-            for ev in std::iter::once(e).chain(unknown) {
+            extra.clear();
+            hostinit.on_alloc_event(g, arena, &e, &mut extra);
+            for ev in std::iter::once(e).chain(unknown).chain(extra.drain(..)) {
                 if let Err(x) = sink.push(ev) {
                     err.get_or_insert(x);
                 }
@@ -905,7 +929,8 @@ impl Tracer {
     /// Pushes a foreign call's `Return`; a returned arena block is now the host's.
     pub(crate) fn push_return(&mut self, tid: Pid, call: u64, rax: u64, rdx: u64) -> Result<(), Error> {
         self.arena_blocks.export(rax);
-        self.sink.push(Event::Return { tid: tid as u32, call, rax, rdx })
+        self.sink.push(Event::Return { tid: tid as u32, call, rax, rdx })?;
+        self.hostinit_on_escape(&[rax, rdx])
     }
 
     pub(crate) fn set_foreign_tid(&self, tid: Pid) {

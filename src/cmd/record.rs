@@ -32,6 +32,12 @@ pub struct RecordArgs {
     /// children are recorded too, in the same trace.
     #[arg(long)]
     pub no_follow: bool,
+    /// Track which bytes of host allocations the program wrote before the
+    /// library read them (write-protects host heap pages while host code runs;
+    /// single-threaded processes only): reads of bytes the host never wrote
+    /// become exact uninitialised-read findings instead of `unknown`.
+    #[arg(long)]
+    pub host_init: bool,
     /// Only print warnings and the summary line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -56,6 +62,7 @@ pub fn run(args: RecordArgs) -> ExitCode {
     opts.quiet = args.quiet;
     opts.guard_foreign = args.guard_foreign;
     opts.follow = !args.no_follow;
+    opts.host_init = args.host_init;
     match ffirec_recorder::record(opts) {
         Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
         Err(e) => {

@@ -214,7 +214,12 @@ impl Timeline {
     }
 
     /// Foreign allocations that `values` point into escape to the host.
+    /// With host-init tracking the recorder keeps covering them (their host
+    /// writes become `HostWrite`, or it says `InitUnknown`): no escape then.
     fn escape(&mut self, values: &[u64], seq: u64, ops: &mut Vec<(u64, Op)>) {
+        if self.track_host_init {
+            return;
+        }
         for &v in values {
             if let Some(id) = self.live_containing(v) {
                 if self.allocs[id as usize].domain == Domain::Foreign {

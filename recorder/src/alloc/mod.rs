@@ -95,6 +95,10 @@ pub const DEFAULT_CAPACITY: usize = 1 << 16;
 /// usual top of the mmap area, above PIE executables and the brk heap.
 pub const DEFAULT_ARENA: std::ops::Range<u64> = 0x6f00_0000_0000..0x6f00_4000_0000;
 
+/// Where each shim maps its host-init page-state table: one byte per 4 KiB
+/// page of the 47-bit user address space (`FFIREC_HI_TABLE` in the shim).
+pub const HOSTINIT_TABLE: std::ops::Range<u64> = 0x6e00_0000_0000..0x6e08_0000_0000;
+
 /// How to set up an [`AllocTracker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocOptions {
@@ -316,6 +320,18 @@ impl AllocTracker {
     /// See [`RingControl::in_allocator`].
     pub fn in_allocator(&self, tid: u32) -> bool {
         tid != 0 && self.map.allocator_tid() == tid
+    }
+
+    /// Host-init tracking (see `ffirec_shim.h`, "Host init"): `want` makes
+    /// every shim that starts from now on map its page-state table at
+    /// [`HOSTINIT_TABLE`]; set it before the tracee starts.
+    pub fn set_hostinit_want(&self, want: bool) {
+        self.map.set_hostinit_want(want);
+    }
+
+    /// The process whose host-mode blocks the shim write-protects, 0 for none.
+    pub fn set_hostinit_pid(&self, pid: u32) {
+        self.map.set_hostinit_pid(pid);
     }
 
     /// The address range foreign-mode allocations are served from, the same

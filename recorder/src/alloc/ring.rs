@@ -27,6 +27,8 @@ const OFF_ARENA_START: usize = 40;
 const OFF_ARENA_END: usize = 48;
 const OFF_CLOSED: usize = 56;
 const OFF_ALLOCATOR_TID: usize = 60;
+const OFF_HOSTINIT_WANT: usize = 64;
+const OFF_HOSTINIT_PID: usize = 68;
 // Per-ring control block `struct ffirec_ring`, 256 bytes, ring i at 256 * (i + 1).
 const OFF_RING: usize = 256;
 const RING_OWNER: usize = 0;
@@ -157,6 +159,14 @@ impl Mapping {
     /// Tells producers nobody will consume any more: they stop waiting for room.
     pub(crate) fn close(&self) {
         self.u32_at(OFF_CLOSED).store(1, Ordering::SeqCst);
+    }
+    /// Asks each process's shim to map the host-init page table (before it starts).
+    pub(crate) fn set_hostinit_want(&self, on: bool) {
+        self.u32_at(OFF_HOSTINIT_WANT).store(u32::from(on), Ordering::SeqCst);
+    }
+    /// The process whose host-mode allocations the shim write-protects (0: none).
+    pub(crate) fn set_hostinit_pid(&self, pid: u32) {
+        self.u32_at(OFF_HOSTINIT_PID).store(pid, Ordering::SeqCst);
     }
     pub(crate) fn allocator_tid(&self) -> u32 {
         self.u32_at(OFF_ALLOCATOR_TID).load(Ordering::Acquire)

@@ -1,0 +1,1017 @@
+//! Host initialisation state: which bytes of live host allocations the host
+//! wrote, learnt without changing what the program computes.
+//!
+//! The shim write-protects (`PROT_READ`) the pages of every block a host-mode
+//! `malloc`-family call returns, before returning it, and marks them in a
+//! page-state table in the tracee (contract: "Host init" in
+//! `shim/ffirec_shim.h`). From here:
+//! - a host write fault on such a page is decoded; its exact range becomes a
+//!   `HostWrite`; the write is performed through `/proc/PID/mem` (no window:
+//!   simple stores, vector stores, `rep stos`/`rep movs`), or, for anything
+//!   else (atomics, unknown forms), the page is released and the instruction
+//!   re-executes natively, with `InitUnknown` for the page's bytes still never
+//!   written;
+//! - a page is released (read-write again, state 2) when no never-written
+//!   byte of a live block is left on it, and dies (state 3, never protected
+//!   again, `InitUnknown` for the rest) after `budget` faults;
+//! - host syscalls stop (`PTRACE_SYSCALL`): buffers the kernel writes are
+//!   opened for the call (as for foreign syscalls) and the bytes it wrote
+//!   become `HostWrite`; `munmap`/`brk`/`mremap`/`mmap` keep the table true;
+//!   the program's own `mprotect` on a tracked page kills it;
+//! - foreign calls: tracked pages join the guard set and are read-only again
+//!   when host code runs; a forked child gets its pages back read-write (it is
+//!   not traced); the first extra thread ends tracking for the process (every
+//!   page released, everything not yet written `unknown`).
+//!
+//! Everything lives in one [`HostInit`] value on the tracer; the rest of the
+//! recorder calls the small hooks below.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ffirec_decode::{Emulation, Rw};
+use ffirec_format::{AllocFn, Domain, Event};
+
+use crate::maps::{PROT_R, PROT_W};
+use crate::sys::{self, Mem, Pid, RawRegs, RemoteAddr};
+use crate::syscalls::{SysState, Touch};
+use crate::tracer::Tracer;
+use crate::Error;
+
+/// The table's address in every tracee process (see `alloc::HOSTINIT_TABLE`).
+pub(crate) const TABLE: u64 = crate::alloc::HOSTINIT_TABLE.start;
+const PAGE: u64 = 4096;
+const ST_PROTECTED: u8 = 1;
+const ST_RELEASED: u8 = 2;
+const ST_DEAD: u8 = 3;
+/// Faults a page may take before it is released for good.
+pub(crate) const DEFAULT_BUDGET: u32 = 64;
+/// Largest `rep stos`/`rep movs` performed through `/proc/PID/mem`.
+const REP_MAX: u64 = 64 << 20;
+
+/// The recorder's half of host-init tracking. One process is tracked (the
+/// first, from its entry point); in every other process (forked children,
+/// which inherit the pages read-write again) host bytes are unknown.
+#[derive(Default)]
+pub(crate) struct HostInit {
+    /// The user asked for it and the shim is there.
+    pub enabled: bool,
+    /// The tracked process (0: none yet), and its memory.
+    pid: Pid,
+    mem: Option<Mem>,
+    /// Other processes whose inherited tracked pages were given back.
+    released_procs: std::collections::HashSet<Pid>,
+    /// The shim protects the main process's blocks now (table mapped, entry reached).
+    pub active: bool,
+    /// New blocks are tracked (false once a second thread appeared).
+    tracking: bool,
+    /// A second thread appeared: release every page at the next safe stop.
+    pending_release: bool,
+    /// Live host blocks (tracked or not): address → size.
+    blocks: BTreeMap<u64, u64>,
+    /// Live foreign-mode blocks outside the arena, not yet handed to the host.
+    foreign: BTreeMap<u64, u64>,
+    /// Pages of foreign blocks the host now holds, to protect at the switch to host mode.
+    adopt: Vec<u64>,
+    /// Never-written bytes of live tracked blocks: start → end, disjoint.
+    never: BTreeMap<u64, u64>,
+    /// Faults taken per page.
+    faults: HashMap<u64, u32>,
+    pub budget: u32,
+    /// Current program break, to see the heap shrink.
+    last_brk: u64,
+    /// Tracked ranges added to the foreign call's guard set.
+    in_guards: Vec<(u64, u64)>,
+    /// Ranges released when tracking ended: a fault there that raced the
+    /// release re-executes.
+    shut: Vec<(u64, u64)>,
+    /// The last instruction re-executed after a release (rip, page).
+    last_reexec: Option<(u64, u64)>,
+}
+
+impl HostInit {
+    pub(crate) fn new(enabled: bool) -> HostInit {
+        let budget = std::env::var("FFIREC_HOSTINIT_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&b: &u32| b > 0)
+            .unwrap_or(DEFAULT_BUDGET);
+        HostInit { enabled, budget, ..HostInit::default() }
+    }
+
+    /// A new program image: nothing is tracked until its entry point.
+    pub(crate) fn reset(&mut self) {
+        let (enabled, budget) = (self.enabled, self.budget);
+        *self = HostInit { enabled, budget, ..HostInit::default() };
+    }
+
+    /// True while host threads of process `pid` must stop at syscalls.
+    #[inline]
+    pub(crate) fn wants_syscalls(&self, pid: Pid) -> bool {
+        self.active && pid == self.pid
+    }
+
+    fn never_insert(&mut self, a: u64, b: u64) {
+        if a >= b {
+            return;
+        }
+        let (mut a, mut b) = (a, b);
+        // Merge with neighbours that touch or overlap.
+        if let Some((&s, &e)) = self.never.range(..=a).next_back() {
+            if e >= a {
+                a = s;
+                b = b.max(e);
+                self.never.remove(&s);
+            }
+        }
+        let inside: Vec<(u64, u64)> = self.never.range(a..=b).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in inside {
+            b = b.max(e);
+            self.never.remove(&s);
+        }
+        self.never.insert(a, b);
+    }
+
+    fn never_remove(&mut self, a: u64, b: u64) {
+        if a >= b {
+            return;
+        }
+        let mut hit: Vec<(u64, u64)> = Vec::new();
+        if let Some((&s, &e)) = self.never.range(..a).next_back() {
+            if e > a {
+                hit.push((s, e));
+            }
+        }
+        hit.extend(self.never.range(a..b).map(|(&s, &e)| (s, e)));
+        for (s, e) in hit {
+            self.never.remove(&s);
+            if s < a {
+                self.never.insert(s, a);
+            }
+            if e > b {
+                self.never.insert(b, e);
+            }
+        }
+    }
+
+    /// Never-written ranges inside [a, b).
+    fn never_in(&self, a: u64, b: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if let Some((_, &e)) = self.never.range(..a).next_back() {
+            if e > a {
+                out.push((a, e.min(b)));
+            }
+        }
+        out.extend(self.never.range(a..b).map(|(&s, &e)| (s, e.min(b))));
+        out
+    }
+
+    /// Follows one allocation event (after it is written to the trace);
+    /// `out` receives the `InitUnknown`s its untracked bytes need.
+    pub(crate) fn on_alloc_event(&mut self, proc: Pid, arena: Option<(u64, u64)>, e: &Event, out: &mut Vec<Event>) {
+        if !self.enabled {
+            return;
+        }
+        if self.pid == 0 || proc != self.pid {
+            // Not the tracked process (or not yet at its entry point): its
+            // blocks' writes are not recorded.
+            if let Event::Alloc { func, ptr, size, zeroed: false, .. } = *e {
+                let in_arena = arena.is_some_and(|(a, b)| ptr >= a && ptr < b);
+                if ptr != 0 && size > 0 && !in_arena && !matches!(func, AllocFn::Mmap | AllocFn::Mremap) {
+                    out.push(Event::InitUnknown { addr: ptr, len: size });
+                }
+            }
+            return;
+        }
+        match *e {
+            Event::Alloc { func, ptr, size, old_ptr, domain, zeroed, .. } => {
+                let mut old_size = 0;
+                if old_ptr != 0 {
+                    if let Some(n) = self.blocks.remove(&old_ptr) {
+                        old_size = n;
+                        self.never_remove(old_ptr, old_ptr.saturating_add(n));
+                    }
+                    self.foreign.remove(&old_ptr);
+                }
+                let in_arena = arena.is_some_and(|(a, b)| ptr >= a && ptr < b);
+                let mapping = matches!(func, AllocFn::Mmap | AllocFn::Mremap);
+                if ptr == 0 || size == 0 || in_arena || mapping {
+                    return;
+                }
+                if domain != Domain::Host {
+                    self.foreign.insert(ptr, size);
+                    return;
+                }
+                self.blocks.insert(ptr, size);
+                if zeroed {
+                    return;
+                }
+                // realloc: the moved bytes are the analyzer's unknown prefix.
+                let start = ptr.saturating_add(old_size.min(size));
+                let end = ptr.saturating_add(size);
+                if start >= end {
+                    return;
+                }
+                if !self.tracking {
+                    out.push(Event::InitUnknown { addr: start, len: end - start });
+                    return;
+                }
+                let states = match &self.mem {
+                    Some(mem) => read_states(mem, start, end),
+                    None => Vec::new(),
+                };
+                let first = start / PAGE;
+                let mut pos = start;
+                while pos < end {
+                    let pg = pos / PAGE;
+                    let pe = end.min((pg + 1) * PAGE);
+                    let st = states.get((pg - first) as usize).copied().unwrap_or(0);
+                    if st == ST_PROTECTED {
+                        self.never_insert(pos, pe);
+                    } else {
+                        push_unknown(out, pos, pe);
+                    }
+                    pos = pe;
+                }
+            }
+            Event::Free { ptr, .. } => {
+                self.foreign.remove(&ptr);
+                if let Some(n) = self.blocks.remove(&ptr) {
+                    self.never_remove(ptr, ptr.saturating_add(n));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Appends `InitUnknown [a, b)`, merged with the previous one when adjacent.
+fn push_unknown(out: &mut Vec<Event>, a: u64, b: u64) {
+    if let Some(Event::InitUnknown { addr, len }) = out.last_mut() {
+        if *addr + *len == a {
+            *len = b - *addr;
+            return;
+        }
+    }
+    out.push(Event::InitUnknown { addr: a, len: b - a });
+}
+
+/// Table states of the pages covering [a, b) (zeros where unreadable).
+fn read_states(mem: &Mem, a: u64, b: u64) -> Vec<u8> {
+    if a >= b {
+        return Vec::new();
+    }
+    let (first, last) = (a / PAGE, (b - 1) / PAGE);
+    let n = (last - first + 1).min(1 << 24) as usize;
+    let mut buf = vec![0u8; n];
+    if first.saturating_add(n as u64) <= TABLE_PAGES {
+        let got = mem.read_partial(RemoteAddr(TABLE + first), &mut buf);
+        buf[got..].fill(0);
+    } else {
+        buf.fill(0);
+    }
+    buf
+}
+
+/// Tracked pages (state 1) as byte ranges, from the read-only private
+/// anonymous mappings in `maps`.
+fn protected_in(mem: &Mem, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for m in maps {
+        if m.prot != PROT_R || m.shared || m.is_file() || m.start == TABLE {
+            continue;
+        }
+        if m.path.starts_with('[') && m.path != "[heap]" {
+            continue;
+        }
+        out.extend(runs_of(mem, m.start, m.end, ST_PROTECTED));
+    }
+    out
+}
+
+const TABLE_PAGES: u64 = crate::alloc::HOSTINIT_TABLE.end - crate::alloc::HOSTINIT_TABLE.start;
+
+/// Runs of pages in `[a, b)` whose state is `want`, as byte ranges.
+fn runs_of(mem: &Mem, a: u64, b: u64, want: u8) -> Vec<(u64, u64)> {
+    let states = read_states(mem, a, b);
+    let first = a / PAGE;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, &st) in states.iter().enumerate() {
+        if st != want {
+            continue;
+        }
+        let s = (first + i as u64) * PAGE;
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = s + PAGE,
+            _ => out.push((s, s + PAGE)),
+        }
+    }
+    out
+}
+
+fn set_states(mem: &Mem, a: u64, b: u64, st: u8) -> Result<(), Error> {
+    if a >= b || b / PAGE > TABLE_PAGES {
+        return Ok(());
+    }
+    let (first, last) = (a / PAGE, (b - 1) / PAGE);
+    let buf = vec![st; (last - first + 1) as usize];
+    mem.write(RemoteAddr(TABLE + first), &buf)
+}
+
+fn pages(a: u64, b: u64) -> (u64, u64) {
+    (a & !(PAGE - 1), (b + PAGE - 1) & !(PAGE - 1))
+}
+
+impl Tracer {
+    /// At the program's entry point: tell the shim to protect host blocks,
+    /// if it could map its table.
+    pub(crate) fn hostinit_activate(&mut self) -> Result<(), Error> {
+        let first = self.hostinit.pid == 0 || self.hostinit.pid == self.pid;
+        if !self.hostinit.enabled || self.hostinit.active || self.pid != self.root || !first {
+            return Ok(());
+        }
+        let maps = crate::maps::read(self.pid)?;
+        if !maps.iter().any(|m| m.start == TABLE && !m.is_file() && !m.shared) {
+            return Ok(());
+        }
+        self.hostinit.last_brk = maps.iter().find(|m| m.path == "[heap]").map_or(0, |m| m.end);
+        if let Some(a) = &self.alloc {
+            a.set_hostinit_pid(self.pid as u32);
+            self.hostinit.pid = self.pid;
+            self.hostinit.mem = Some(Mem::open(self.pid)?);
+            self.hostinit.active = true;
+            self.hostinit.tracking = true;
+        }
+        Ok(())
+    }
+
+    /// A new image replaced the process: the shim there starts over.
+    pub(crate) fn hostinit_on_exec(&mut self) {
+        if self.pid != self.hostinit.pid {
+            return;
+        }
+        if let Some(a) = &self.alloc {
+            a.set_hostinit_pid(0);
+        }
+        self.hostinit.reset();
+    }
+
+    /// A second thread: tracking ends for this process (released at the
+    /// next stop where code can run in the tracee).
+    pub(crate) fn hostinit_on_thread(&mut self) {
+        if !self.hi_here() {
+            return;
+        }
+        if let Some(a) = &self.alloc {
+            a.set_hostinit_pid(0);
+        }
+        self.hostinit.tracking = false;
+        self.hostinit.pending_release = true;
+    }
+
+    /// Tracked pages (state 1) of the active process as byte ranges.
+    pub(crate) fn hostinit_protected(&self, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
+        if !self.hostinit.enabled {
+            return Vec::new();
+        }
+        protected_in(&self.mem, maps)
+    }
+
+    /// Runs the pending release (see [`Tracer::hostinit_on_thread`]) in the
+    /// stopped thread `tid`: every tracked page read-write, every byte not
+    /// yet written `unknown`.
+    pub(crate) fn hostinit_release_all(&mut self, tid: Pid) -> Result<(), Error> {
+        if !self.hostinit.pending_release {
+            return Ok(());
+        }
+        self.hostinit.pending_release = false;
+        let maps = crate::maps::read(self.pid)?;
+        let ranges = self.hostinit_protected(&maps);
+        let regs = sys::getregs(tid)?;
+        let batch: Vec<(u64, u64, u32)> = ranges.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
+        self.run_batch(tid, &regs, &batch)?;
+        sys::setregs(tid, &regs)?;
+        for &(a, b) in &ranges {
+            set_states(&self.mem, a, b, ST_DEAD)?;
+        }
+        let never = std::mem::take(&mut self.hostinit.never);
+        for (a, b) in never {
+            self.sink.push(Event::InitUnknown { addr: a, len: b - a })?;
+        }
+        self.sink.counters.hostinit_released += ranges.len() as u64;
+        self.hostinit.shut = ranges;
+        self.hostinit.active = false;
+        Ok(())
+    }
+
+    /// True when the active process is the tracked one and tracking is on.
+    #[inline]
+    pub(crate) fn hi_here(&self) -> bool {
+        self.hostinit.active && self.pid == self.hostinit.pid
+    }
+
+    /// At a stop where code may run in the tracee (signal or interrupt
+    /// stop): the pending release of the tracked process, or the first stop
+    /// of another process that inherited tracked pages (a forked child: its
+    /// shim never protects, so it gets them back read-write).
+    pub(crate) fn hostinit_at_stop(&mut self, tid: Pid) -> Result<(), Error> {
+        if !self.hostinit.enabled || !self.threads.contains_key(&tid) {
+            return Ok(());
+        }
+        if self.pid == self.hostinit.pid {
+            return self.hostinit_release_all(tid);
+        }
+        if self.hostinit.pid == 0 || !self.hostinit.released_procs.insert(self.pid) {
+            return Ok(());
+        }
+        let maps = crate::maps::read(self.pid)?;
+        let ranges = self.hostinit_protected(&maps);
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let regs = sys::getregs(tid)?;
+        let batch: Vec<(u64, u64, u32)> = ranges.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
+        self.run_batch(tid, &regs, &batch)?;
+        sys::setregs(tid, &regs)
+    }
+
+    /// Guard-set hook: tracked pages are guarded too (their maps protection
+    /// is read-only, so `compute_guards` skips them); they are opened
+    /// read-write inside the call and read-only again at its end.
+    pub(crate) fn hostinit_guards(&mut self, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
+        if !self.hi_here() {
+            return Vec::new();
+        }
+        let ranges = self.hostinit_protected(maps);
+        self.hostinit.in_guards = ranges.clone();
+        ranges
+    }
+
+    /// `values` reached host code (a foreign call's return registers, a
+    /// callback's arguments): a foreign block they point into is the host's
+    /// now, and its host writes must be recorded too. Its pages are protected
+    /// at the switch to host mode; where that cannot be, its bytes become unknown.
+    pub(crate) fn hostinit_on_escape(&mut self, values: &[u64]) -> Result<(), Error> {
+        if !self.hostinit.enabled || self.pid != self.hostinit.pid {
+            return Ok(());
+        }
+        for &v in values {
+            let Some((&p, &n)) = self.hostinit.foreign.range(..=v).next_back() else { continue };
+            if v >= p.saturating_add(n) {
+                continue;
+            }
+            self.hostinit.foreign.remove(&p);
+            self.hostinit.blocks.insert(p, n);
+            let end = p.saturating_add(n);
+            if !self.hostinit.tracking {
+                self.sink.push(Event::InitUnknown { addr: p, len: n })?;
+                continue;
+            }
+            let states = read_states(&self.mem, p, end);
+            let mut pos = p;
+            while pos < end {
+                let pg = pos & !(PAGE - 1);
+                let pe = end.min(pg + PAGE);
+                if states.get(((pg - (p & !(PAGE - 1))) / PAGE) as usize).copied() == Some(ST_DEAD) {
+                    self.sink.push(Event::InitUnknown { addr: pos, len: pe - pos })?;
+                } else {
+                    // Everything counts as never written: the library's writes
+                    // are the analyzer's to know; host writes fault and are recorded.
+                    self.hostinit.never_insert(pos, pe);
+                    if !self.hostinit.adopt.contains(&pg) {
+                        self.hostinit.adopt.push(pg);
+                    }
+                }
+                pos = pe;
+            }
+        }
+        Ok(())
+    }
+
+    /// `switch_to_host` hook: the tracked pages among the guards go back to
+    /// read-only (after the guard batch has restored them read-write), and
+    /// pages of foreign blocks the host now holds become tracked.
+    pub(crate) fn hostinit_unguard_batch(&mut self) -> Vec<(u64, u64, u32)> {
+        if !self.hi_here() {
+            return Vec::new();
+        }
+        let ranges = std::mem::take(&mut self.hostinit.in_guards);
+        let mut out = Vec::new();
+        for p in std::mem::take(&mut self.hostinit.adopt) {
+            if set_states(&self.mem, p, p + PAGE, ST_PROTECTED).is_ok() {
+                out.push((p, PAGE, PROT_R));
+            }
+        }
+        for (a, b) in ranges {
+            for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
+                out.push((s, e - s, PROT_R));
+            }
+        }
+        out
+    }
+
+    /// A forked child is not traced: its copy of the tracked pages goes back
+    /// to read-write (added to `release_child`'s batch).
+    pub(crate) fn hostinit_child_batch(&self) -> Vec<(u64, u64, u32)> {
+        let Some(mem) = self.hostinit.mem.as_ref().filter(|_| self.hostinit.active) else { return Vec::new() };
+        let Ok(maps) = crate::maps::read(self.hostinit.pid) else { return Vec::new() };
+        protected_in(mem, &maps).into_iter().map(|(a, b)| (a, b - a, PROT_R | PROT_W)).collect()
+    }
+
+    /// A write fault in host mode. Ok(false): not ours (the program's).
+    pub(crate) fn hostinit_fault(&mut self, tid: Pid, raw: RawRegs, addr: u64) -> Result<bool, Error> {
+        let page = addr & !(PAGE - 1);
+        if self.pid != self.hostinit.pid {
+            return Ok(false);
+        }
+        if !self.hostinit.active {
+            // A fault that raced the release of every page: run it again, once.
+            let was_ours = self.hostinit.shut.iter().any(|&(a, b)| page >= a && page < b);
+            if was_ours && self.hostinit.last_reexec != Some((raw.rip, page)) {
+                self.hostinit.last_reexec = Some((raw.rip, page));
+                self.resume(tid, 0)?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let st = read_states(&self.mem, page, page + 1).first().copied().unwrap_or(0);
+        if st != ST_PROTECTED {
+            return Ok(false);
+        }
+        self.sink.counters.hostinit_faults += 1;
+        // Decode: every range the instruction writes.
+        let mut code = [0u8; 16];
+        let n = self.mem.read_partial(RemoteAddr(raw.rip), &mut code);
+        let regs = sys::to_regs(&raw);
+        let mut ranges = Vec::with_capacity(4);
+        let mut emulation: Option<Emulation> = None;
+        let mut instr: Option<iced_x86::Instruction> = None;
+        let mut next_ip = 0;
+        if let Ok(d) = self.decode.get_or_decode(raw.rip, &code[..n]) {
+            next_ip = d.next_ip();
+            emulation = d.emulation().copied();
+            instr = Some(*d.instruction());
+            let mut vregs = Vec::new();
+            if !d.needed_vregs().is_empty() {
+                let need: Vec<(ffirec_format::VecRegKind, u8)> = d.needed_vregs().to_vec();
+                let got = sys::get_xstate(tid, &mut self.xsave)?;
+                for (kind, index) in need {
+                    let bytes = self.xsave_layout.get(&self.xsave[..got], kind, usize::from(index));
+                    vregs.push(ffirec_format::VecReg { kind, index, bytes });
+                }
+            }
+            if d.accesses_into(&regs, &vregs, &mut ranges).is_err() {
+                ranges.clear();
+            }
+        }
+        let writes: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter(|r| r.rw != Rw::Read && r.size > 0)
+            .map(|r| (r.addr, r.addr.saturating_add(r.size)))
+            .collect();
+        let covers_fault = writes.iter().any(|&(a, b)| a <= addr && addr < b);
+        for &(a, b) in &writes {
+            if covers_fault {
+                self.sink.push(Event::HostWrite { tid: tid as u32, addr: a, len: b - a })?;
+                self.hostinit.never_remove(a, b);
+            }
+        }
+        // The tracked pages this instruction writes (at least the fault's).
+        let mut touched: Vec<u64> = vec![page];
+        if covers_fault {
+            for &(a, b) in &writes {
+                let (s, e) = pages(a, b);
+                for (rs, re) in runs_of(&self.mem, s, e, ST_PROTECTED) {
+                    let mut p = rs;
+                    while p < re {
+                        if !touched.contains(&p) {
+                            touched.push(p);
+                        }
+                        p += PAGE;
+                    }
+                }
+            }
+        }
+        let emulate = covers_fault
+            && match emulation {
+                Some(Emulation::Store { .. } | Emulation::VecStore { .. }) => true,
+                _ => instr.as_ref().is_some_and(is_rep_string),
+            };
+        let mut release: Vec<(u64, u8)> = Vec::new();
+        let mut keep: Vec<u64> = Vec::new();
+        for &p in &touched {
+            let count = {
+                let c = self.hostinit.faults.entry(p).or_insert(0);
+                *c += 1;
+                *c
+            };
+            let left = self.hostinit.never_in(p, p + PAGE);
+            if left.is_empty() {
+                release.push((p, ST_RELEASED));
+            } else if count > self.hostinit.budget || !covers_fault {
+                for &(a, b) in &left {
+                    self.sink.push(Event::InitUnknown { addr: a, len: b - a })?;
+                }
+                self.hostinit.never_remove(p, p + PAGE);
+                release.push((p, if count > self.hostinit.budget { ST_DEAD } else { ST_RELEASED }));
+            } else {
+                keep.push(p);
+            }
+        }
+        if !release.is_empty() {
+            let batch: Vec<(u64, u64, u32)> = release.iter().map(|&(p, _)| (p, PAGE, PROT_R | PROT_W)).collect();
+            self.run_batch(tid, &raw, &batch)?;
+            for &(p, st) in &release {
+                set_states(&self.mem, p, p + PAGE, st)?;
+                if st == ST_DEAD {
+                    self.sink.counters.hostinit_dead += 1;
+                } else {
+                    self.sink.counters.hostinit_released += 1;
+                }
+            }
+            sys::setregs(tid, &raw)?;
+        }
+        if emulate {
+            let done = match (emulation, instr) {
+                (Some(emu), _) => self.emulate(tid, raw, regs, &emu, next_ip)?,
+                (None, Some(i)) => self.emulate_rep(tid, raw, &i)?,
+                _ => false,
+            };
+            if done {
+                self.sink.counters.hostinit_emulated += 1;
+                return Ok(true);
+            }
+        }
+        self.sink.counters.hostinit_reexecuted += 1;
+        if keep.is_empty() {
+            // Every page it writes is released: it runs natively.
+            self.resume(tid, 0)?;
+            return Ok(true);
+        }
+        // Anything else (masked or atomic stores, ...): open the pages, step
+        // over it, protect them again. This process has one thread, so the
+        // window is this instruction's alone.
+        self.hostinit_step(tid, raw, &keep)?;
+        Ok(true)
+    }
+
+    /// Single-steps the instruction at `raw.rip` with `keep` pages read-write.
+    fn hostinit_step(&mut self, tid: Pid, raw: RawRegs, keep: &[u64]) -> Result<(), Error> {
+        let open: Vec<(u64, u64, u32)> = keep.iter().map(|&p| (p, PAGE, PROT_R | PROT_W)).collect();
+        self.run_batch(tid, &raw, &open)?;
+        sys::setregs(tid, &raw)?;
+        sys::singlestep(tid, 0)?;
+        let mut deferred = Vec::new();
+        let after = loop {
+            match self.wait_thread(tid)? {
+                crate::process::Stop::Signal { signal: libc::SIGTRAP, .. } => break Some(sys::getregs(tid)?),
+                crate::process::Stop::Signal { signal: libc::SIGSEGV, .. } => break None,
+                crate::process::Stop::Signal { signal, .. } => {
+                    deferred.push(signal);
+                    sys::singlestep(tid, 0)?;
+                }
+                crate::process::Stop::Exited { .. } | crate::process::Stop::Killed { .. } => {
+                    return Err(Error::TraceeDied { pid: tid })
+                }
+                _ => sys::singlestep(tid, 0)?,
+            }
+        };
+        match after {
+            Some(after) => {
+                let mut close = Vec::new();
+                for &p in keep {
+                    if self.hostinit.never_in(p, p + PAGE).is_empty() {
+                        set_states(&self.mem, p, p + PAGE, ST_RELEASED)?;
+                        self.sink.counters.hostinit_released += 1;
+                    } else {
+                        close.push((p, PAGE, PROT_R));
+                    }
+                }
+                if !close.is_empty() {
+                    self.run_batch(tid, &after, &close)?;
+                }
+                sys::setregs(tid, &after)?;
+            }
+            None => {
+                // It faulted elsewhere (a range the decoder did not predict):
+                // the opened pages leave tracking; the instruction runs again.
+                let now = sys::getregs(tid)?;
+                for &p in keep {
+                    for (a, b) in self.hostinit.never_in(p, p + PAGE) {
+                        self.sink.push(Event::InitUnknown { addr: a, len: b - a })?;
+                    }
+                    self.hostinit.never_remove(p, p + PAGE);
+                    set_states(&self.mem, p, p + PAGE, ST_RELEASED)?;
+                }
+                sys::setregs(tid, &now)?;
+            }
+        }
+        for s in deferred {
+            let _ = sys::tgkill(self.pid, tid, s);
+        }
+        self.resume(tid, 0)
+    }
+
+    /// `rep stos` / `rep movs` (direction flag clear), performed through
+    /// `/proc/PID/mem`: one fault for a whole `memset`/`memcpy`.
+    fn emulate_rep(&mut self, tid: Pid, mut raw: RawRegs, i: &iced_x86::Instruction) -> Result<bool, Error> {
+        use iced_x86::Mnemonic::*;
+        let size: u64 = match i.mnemonic() {
+            Stosb | Movsb => 1,
+            Stosw | Movsw => 2,
+            Stosd | Movsd => 4,
+            Stosq | Movsq => 8,
+            _ => return Ok(false),
+        };
+        let df = raw.eflags & (1 << 10) != 0;
+        if df || i.op0_kind() != iced_x86::OpKind::MemoryESRDI {
+            return Ok(false);
+        }
+        let total = raw.rcx.saturating_mul(size);
+        if total == 0 || total > REP_MAX {
+            return Ok(false);
+        }
+        let dst = raw.rdi;
+        let buf = if matches!(i.mnemonic(), Stosb | Stosw | Stosd | Stosq) {
+            let pat = raw.rax.to_le_bytes();
+            (0..total as usize).map(|k| pat[k % size as usize]).collect::<Vec<u8>>()
+        } else {
+            let src = raw.rsi;
+            // Forward copy onto a later overlapping destination repeats a
+            // pattern: leave that to the CPU.
+            if dst > src && dst < src.saturating_add(total) {
+                return Ok(false);
+            }
+            let mut b = vec![0u8; total as usize];
+            if self.mem.read_partial(RemoteAddr(src), &mut b) != b.len() {
+                return Ok(false);
+            }
+            raw.rsi = src + total;
+            b
+        };
+        if self.mem.write(RemoteAddr(dst), &buf).is_err() {
+            return Ok(false);
+        }
+        raw.rdi = dst + total;
+        raw.rcx = 0;
+        raw.rip = i.next_ip();
+        sys::setregs(tid, &raw)?;
+        self.resume(tid, 0)?;
+        Ok(true)
+    }
+
+    /// Host-mode syscall entry: open the tracked pages the kernel will
+    /// write (the syscall is skipped, then re-executed with them open).
+    pub(crate) fn hostinit_syscall_entry(
+        &mut self,
+        tid: Pid,
+        regs: RawRegs,
+        nr: u64,
+        args: [u64; 6],
+    ) -> Result<(), Error> {
+        if self.pid != self.hostinit.pid || !(self.hostinit.active || self.hostinit.pending_release) {
+            self.set_sys(tid, SysState::InSyscall { nr, args, open: Vec::new(), ranges: Vec::new(), known: true });
+            return self.resume(tid, 0);
+        }
+        if self.hostinit.pending_release {
+            // The release's batch skips this syscall: run it again afterwards.
+            self.hostinit_release_all(tid)?;
+            let mut again = regs;
+            again.rip -= 2;
+            again.rax = regs.orig_rax;
+            sys::setregs(tid, &again)?;
+            self.set_sys(tid, SysState::Idle);
+            return self.resume(tid, 0);
+        }
+        let (ranges, known) = crate::syscalls::ranges_of(self, nr, args);
+        let mut open: Vec<(u64, u64, u32)> = Vec::new();
+        let mut kill: Vec<(u64, u64)> = Vec::new();
+        if nr == libc::SYS_sigaltstack as u64 && args[0] != 0 {
+            // The kernel writes signal frames there: never protect it.
+            let mut ss = [0u8; 24];
+            if self.mem.read_partial(RemoteAddr(args[0]), &mut ss) == 24 {
+                let sp = u64::from_le_bytes(ss[0..8].try_into().unwrap_or([0; 8]));
+                let size = u64::from_le_bytes(ss[16..24].try_into().unwrap_or([0; 8]));
+                if sp != 0 && size != 0 && size < 1 << 30 {
+                    let (a, b) = pages(sp, sp + size);
+                    kill.extend(runs_of(&self.mem, a, b, ST_PROTECTED));
+                    kill.extend(runs_of(&self.mem, a, b, ST_RELEASED));
+                }
+            }
+        }
+        for t in &ranges {
+            let r = t.range;
+            if r.write && r.len > 0 {
+                let (a, b) = pages(r.addr, r.addr.saturating_add(r.len));
+                for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
+                    if !open.iter().any(|&(x, l, _)| x <= s && e <= x + l) {
+                        open.push((s, e - s, PROT_R | PROT_W));
+                    }
+                }
+            }
+        }
+        if !kill.is_empty() {
+            for &(a, b) in &kill {
+                self.hostinit_kill(a, b)?;
+            }
+            let batch: Vec<(u64, u64, u32)> = kill.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
+            open.retain(|&(x, l, _)| !kill.iter().any(|&(a, b)| a <= x && x + l <= b));
+            open.extend(batch.iter().copied().map(|(a, l, p)| (a, l, p | 0x8000_0000)));
+        }
+        if open.is_empty() {
+            self.set_sys(tid, SysState::InSyscall { nr, args, open, ranges, known });
+            return self.resume(tid, 0);
+        }
+        self.sink.counters.hostinit_syscalls += 1;
+        let batch: Vec<(u64, u64, u32)> = open.iter().map(|&(a, l, p)| (a, l, p & 0xff)).collect();
+        self.run_batch(tid, &regs, &batch)?;
+        let mut again = regs;
+        again.rip -= 2;
+        again.rax = regs.orig_rax;
+        sys::setregs(tid, &again)?;
+        self.set_sys(tid, SysState::Prepared { rip: regs.rip, nr, open, ranges, known });
+        self.resume(tid, 0)
+    }
+
+    /// Host-mode syscall exit: record what the kernel wrote into tracked
+    /// blocks, protect again what still has never-written bytes, and keep
+    /// the table true across unmaps, moves and the program's own mprotect.
+    pub(crate) fn hostinit_syscall_exit(
+        &mut self,
+        tid: Pid,
+        nr: u64,
+        args: [u64; 6],
+        open: Vec<(u64, u64, u32)>,
+        ranges: Vec<Touch>,
+        known: bool,
+    ) -> Result<(), Error> {
+        if self.pid != self.hostinit.pid {
+            return self.resume(tid, 0);
+        }
+        let mut regs = sys::getregs(tid)?;
+        let ret = regs.rax as i64;
+        if known {
+            for r in crate::syscalls::actual(&ranges, ret) {
+                if !r.write || r.len == 0 {
+                    continue;
+                }
+                let (a, b) = (r.addr, r.addr.saturating_add(r.len));
+                if !self.hostinit.never_in(a, b).is_empty() {
+                    self.sink.push(Event::HostWrite { tid: tid as u32, addr: a, len: r.len })?;
+                    self.hostinit.never_remove(a, b);
+                }
+            }
+        }
+        let mut batch: Vec<(u64, u64, u32)> = Vec::new();
+        for &(a, l, p) in &open {
+            if p & 0x8000_0000 != 0 {
+                continue; // killed at entry: stays read-write
+            }
+            let mut pg = a;
+            while pg < a + l {
+                if self.hostinit.never_in(pg, pg + PAGE).is_empty() {
+                    set_states(&self.mem, pg, pg + PAGE, ST_RELEASED)?;
+                    self.sink.counters.hostinit_released += 1;
+                } else {
+                    batch.push((pg, PAGE, PROT_R));
+                }
+                pg += PAGE;
+            }
+        }
+        if !batch.is_empty() {
+            self.run_batch(tid, &regs, &batch)?;
+            sys::setregs(tid, &regs)?;
+        }
+        self.hostinit_mapping_change(&regs, nr, args, ret)?;
+        if ret == -i64::from(libc::EFAULT) && !known && self.hostinit.active {
+            // A syscall we cannot model wrote into a tracked page: release the
+            // tracked pages its pointer arguments fall in, and run it again.
+            let maps = crate::maps::read(self.pid)?;
+            let mut hit: Vec<(u64, u64)> = Vec::new();
+            for &v in &args {
+                if let Some(m) = maps.iter().find(|m| m.contains(v) && m.prot == PROT_R) {
+                    hit.extend(runs_of(&self.mem, m.start, m.end, ST_PROTECTED));
+                }
+            }
+            if !hit.is_empty() {
+                for &(a, b) in &hit {
+                    self.hostinit_kill(a, b)?;
+                }
+                let batch: Vec<(u64, u64, u32)> = hit.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
+                self.run_batch(tid, &regs, &batch)?;
+                regs.rip -= 2;
+                regs.rax = regs.orig_rax;
+                sys::setregs(tid, &regs)?;
+                self.set_sys(tid, SysState::Idle);
+                return self.resume(tid, 0);
+            }
+        }
+        self.resume(tid, 0)
+    }
+
+    /// A prepared host syscall did not run as prepared (a signal handler ran
+    /// first): the pages opened for it stay open and leave tracking.
+    pub(crate) fn hostinit_abandon(&mut self, open: &[(u64, u64, u32)]) -> Result<(), Error> {
+        for &(a, l, p) in open {
+            if p & 0x8000_0000 == 0 {
+                self.hostinit_kill(a, a + l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages [a, b) leave tracking for good: their never-written bytes
+    /// become unknown (the caller makes them read-write if needed).
+    fn hostinit_kill(&mut self, a: u64, b: u64) -> Result<(), Error> {
+        for (s, e) in self.hostinit.never_in(a, b) {
+            self.sink.push(Event::InitUnknown { addr: s, len: e - s })?;
+        }
+        self.hostinit.never_remove(a, b);
+        self.sink.counters.hostinit_dead += (b - a) / PAGE;
+        set_states(&self.mem, a, b, ST_DEAD)
+    }
+
+    fn hostinit_mapping_change(&mut self, regs: &RawRegs, nr: u64, args: [u64; 6], ret: i64) -> Result<(), Error> {
+        let nr = nr as i64;
+        let clear = |t: &mut Tracer, a: u64, len: u64| -> Result<(), Error> {
+            let (s, e) = pages(a, a.saturating_add(len));
+            if read_states(&t.mem, s, e).iter().any(|&st| st != 0) {
+                set_states(&t.mem, s, e, 0)?;
+            }
+            t.hostinit.faults.retain(|&p, _| p < s || p >= e);
+            t.hostinit.never_remove(s, e);
+            Ok(())
+        };
+        match nr {
+            libc::SYS_munmap if ret == 0 => clear(self, args[0], args[1])?,
+            libc::SYS_mmap if ret >= 0 => clear(self, ret as u64, args[1])?,
+            libc::SYS_brk => {
+                let new = ret as u64;
+                let old = self.hostinit.last_brk;
+                if old != 0 && new < old {
+                    let (s, _) = pages(new, new);
+                    let (_, e) = pages(old, old);
+                    clear(self, s, e - s)?;
+                }
+                self.hostinit.last_brk = new;
+            }
+            libc::SYS_mremap if ret >= 0 => {
+                let (old, old_len, new_len, new) = (args[0], args[1], args[2], ret as u64);
+                let states = read_states(&self.mem, old, old.saturating_add(old_len));
+                let tail = states.last().copied().filter(|&s| s == ST_PROTECTED).unwrap_or(0);
+                if new != old {
+                    clear(self, old, old_len)?;
+                }
+                let mut moved = states;
+                let want = pages(0, new_len).1 / PAGE;
+                moved.resize(want as usize, tail);
+                if new / PAGE + want <= TABLE_PAGES && !moved.is_empty() {
+                    self.mem.write(RemoteAddr(TABLE + new / PAGE), &moved)?;
+                }
+            }
+            libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 => {
+                let from_shim = self
+                    .module_text(regs.rip)
+                    .zip(self.alloc.as_ref())
+                    .is_some_and(|(l, a)| std::path::Path::new(&l.module.path) == a.shim_path());
+                if !from_shim {
+                    let (s, e) = pages(args[0], args[0].saturating_add(args[1]));
+                    let mut hit = runs_of(&self.mem, s, e, ST_PROTECTED);
+                    hit.extend(runs_of(&self.mem, s, e, ST_RELEASED));
+                    for (a, b) in hit {
+                        self.hostinit_kill(a, b)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `rep stos*` / `rep movs*`.
+fn is_rep_string(i: &iced_x86::Instruction) -> bool {
+    use iced_x86::Mnemonic::*;
+    (i.has_rep_prefix() || i.has_repe_prefix())
+        && matches!(i.mnemonic(), Stosb | Stosw | Stosd | Stosq | Movsb | Movsw | Movsd | Movsq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_written_ranges_split_and_merge() {
+        let mut h = HostInit::new(true);
+        h.never_insert(100, 200);
+        h.never_insert(300, 400);
+        h.never_insert(200, 250);
+        assert_eq!(h.never.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(100, 250), (300, 400)]);
+        h.never_remove(120, 130);
+        h.never_remove(240, 310);
+        assert_eq!(h.never.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(100, 120), (130, 240), (310, 400)]);
+        assert_eq!(h.never_in(110, 135), vec![(110, 120), (130, 135)]);
+        assert_eq!(h.never_in(0, 100), vec![]);
+        h.never_insert(0, 1000);
+        assert_eq!(h.never.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(0, 1000)]);
+    }
+}

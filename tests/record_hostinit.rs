@@ -1,0 +1,256 @@
+//! Host initialisation state (issue 5, part 3), `ffirec record --host-init`:
+//! the recorder learns exactly which bytes of host heap blocks the host wrote
+//! (write-protected pages while host code runs, one `HostWrite` per write
+//! fault or host syscall), so a library reading never-written host bytes is
+//! an exact uninitialised-read finding — and the program computes exactly
+//! what it computes natively.
+//!
+//! Fixture: `hi_host SCENARIO` prepares a `malloc`'d buffer in a known way,
+//! prints `buf=0x…` to stderr and calls `hi_read(buf, n)` in libhifx.so,
+//! which reads bytes [0, n) one at a time.
+
+mod common;
+mod record_support;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ffirec_format::Event;
+use record_support::{counter, native, record, Recorded};
+use serde_json::Value;
+
+fn host() -> PathBuf {
+    static HOST: OnceLock<PathBuf> = OnceLock::new();
+    HOST.get_or_init(|| common::program("hi_host")).clone()
+}
+
+struct Run {
+    rec: Recorded,
+    json: Value,
+}
+
+impl Run {
+    fn findings(&self) -> Vec<(String, String, u64, u64)> {
+        let base = self.rec.addrs.get("buf").copied().unwrap_or(0);
+        self.json["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| {
+                let addr = u64::from_str_radix(f["addr"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+                let size = f["size"].as_u64().unwrap();
+                (
+                    f["kind"].as_str().unwrap().to_string(),
+                    f["verdict"].as_str().unwrap_or("").to_string(),
+                    addr.wrapping_sub(base),
+                    addr.wrapping_sub(base) + size,
+                )
+            })
+            .collect()
+    }
+    /// `HostWrite`s inside [buf, buf+4096) before the first foreign call, relative to buf.
+    fn writes_before_call(&self) -> Vec<(u64, u64)> {
+        let buf = self.rec.addr("buf");
+        self.rec
+            .events()
+            .iter()
+            .take_while(|e| !matches!(e, Event::Call { .. }))
+            .filter_map(|e| match *e {
+                Event::HostWrite { addr, len, .. } if addr >= buf && addr < buf + 4096 => Some((addr - buf, len)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn unknown_bytes(&self) -> u64 {
+        self.json["summary"]["unknown_bytes"].as_u64().expect("unknown_bytes")
+    }
+    fn counter(&self, name: &str) -> u64 {
+        counter(&self.rec.trace(), name)
+    }
+}
+
+/// Records `hi_host args` with `--host-init` (plus `extra`), checks stdout and
+/// exit status are the native ones, and analyses the trace.
+fn run(test: &str, args: &[&str], extra: &[&str]) -> Run {
+    run_env(test, args, extra, &[])
+}
+
+fn run_env(test: &str, args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let prog = host();
+    let nat = native(&prog, args);
+    let mut flags = vec!["-q", "--host-init", "--lib", "libhifx.so"];
+    flags.extend_from_slice(extra);
+    let rec = if env.is_empty() {
+        record(test, &prog, args, &flags)
+    } else {
+        record_with_env(test, &prog, args, &flags, env)
+    };
+    assert_eq!(rec.out.status.code(), nat.status.code(), "exit status differs; stderr:\n{}", rec.stderr);
+    assert_eq!(rec.stdout, String::from_utf8_lossy(&nat.stdout), "stdout differs; stderr:\n{}", rec.stderr);
+    let out = common::run(common::ffirec().args(["analyze", "--format", "json"]).arg(&rec.trace), common::TIMEOUT);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("analyze: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(json["trace"]["track_host_init"], true);
+    Run { rec, json }
+}
+
+/// `record_support::record` with extra environment variables for ffirec.
+fn record_with_env(
+    test: &str,
+    prog: &std::path::Path,
+    args: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Recorded {
+    let dir = common::scratch(test);
+    let trace = dir.join("trace.ffr");
+    let mut cmd = common::ffirec();
+    cmd.envs(env.iter().copied()).arg("record").args(extra).arg("-o").arg(&trace).arg("--").arg(prog).args(args);
+    let out = common::run(&mut cmd, common::TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let addrs = record_support::parse_addrs(&stderr);
+    Recorded { out, trace, stdout, stderr, addrs }
+}
+
+fn uninit(a: u64, b: u64) -> Vec<(String, String, u64, u64)> {
+    vec![("uninit".to_string(), "exact".to_string(), a, b)]
+}
+
+#[test]
+fn hostinit_plain_stores_100_of_4096_library_reads_200() {
+    let r = run("hostinit_store", &["store"], &[]);
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+    // 25 four-byte stores, each a fault performed through /proc/PID/mem.
+    let writes = r.writes_before_call();
+    assert_eq!(writes, (0..25).map(|i| (i * 4, 4)).collect::<Vec<_>>());
+}
+
+#[test]
+fn hostinit_memset_100() {
+    let r = run("hostinit_memset", &["memset"], &[]);
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+}
+
+#[test]
+fn hostinit_memset_3000_is_one_fault() {
+    // glibc's memset switches to `rep stosb` for big sizes: one fault, one HostWrite.
+    let r = run("hostinit_memset_big", &["memset_big"], &[]);
+    assert_eq!(r.findings(), uninit(3000, 3100));
+    let writes = r.writes_before_call();
+    assert_eq!(writes, vec![(0, 3000)]);
+}
+
+#[test]
+fn hostinit_read_syscall_100_bytes() {
+    let dir = common::scratch("hostinit_read_file");
+    let file = dir.join("in.txt");
+    std::fs::write(&file, vec![b'x'; 150]).unwrap();
+    let r = run("hostinit_read", &["read", file.to_str().unwrap()], &[]);
+    assert_eq!(r.rec.stdout, "100 1\n");
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+    // The kernel's write is one HostWrite of exactly what read() returned.
+    let writes = r.writes_before_call();
+    assert_eq!(writes, vec![(0, 100)]);
+    assert!(r.counter("hostinit_syscalls") >= 1);
+}
+
+#[test]
+fn hostinit_fread_into_malloc_and_print() {
+    // stdio's own buffer is malloc'd: read() into a protected page must work.
+    let dir = common::scratch("hostinit_fread_file");
+    let file = dir.join("in.txt");
+    let text: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&file, &text).unwrap();
+    let r = run("hostinit_fread", &["fread", file.to_str().unwrap()], &[]);
+    assert!(r.rec.stdout.starts_with(&text[..4096]));
+    assert_eq!(r.rec.stdout[4096..], *"4096 1\n");
+    // Every byte the library read was written by fread's copy.
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 0);
+}
+
+#[test]
+fn hostinit_byte_loop_ends_unknown_past_the_budget() {
+    // 100 one-byte stores on one page: the page's budget (64 faults) runs out
+    // at the 65th; the bytes never written by then become unknown, never
+    // reported. Bytes [0,65) were recorded, [65,200) are unknown.
+    let r = run("hostinit_loop", &["loop"], &[]);
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 135);
+    assert_eq!(r.counter("hostinit_dead"), 1);
+    // With a budget above 100 the same loop ends exact.
+    let r = run_env("hostinit_loop_budget", &["loop"], &[], &[("FFIREC_HOSTINIT_BUDGET", "200")]);
+    assert_eq!(r.findings(), uninit(100, 200));
+}
+
+#[test]
+fn hostinit_calloc_no_finding() {
+    let r = run("hostinit_calloc", &["calloc"], &[]);
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 0);
+}
+
+#[test]
+fn hostinit_realloc_growth_only_new_tail_uninit() {
+    // malloc(64), all 64 written, realloc to 8192 (moves): the library reads
+    // [0,200). The 64 moved bytes are unknown (their copy happened inside
+    // realloc, on other pages); [64,200) is the new, never-written tail.
+    let r = run("hostinit_realloc", &["realloc"], &[]);
+    assert_eq!(r.findings(), uninit(64, 200));
+    assert_eq!(r.unknown_bytes(), 64);
+}
+
+#[test]
+fn hostinit_struct_padding_written_field_by_field() {
+    // struct { char c; long l; short s; }: bytes 1..8 and 18..24 are padding.
+    let r = run("hostinit_padding", &["padding"], &[]);
+    let mut f = r.findings();
+    f.sort();
+    assert_eq!(
+        f,
+        vec![("uninit".to_string(), "exact".to_string(), 1, 8), ("uninit".to_string(), "exact".to_string(), 18, 24)]
+    );
+}
+
+#[test]
+fn hostinit_program_reading_uninit_memory_prints_as_natively() {
+    // `run` asserts identical stdout and status; nothing is poisoned.
+    let r = run("hostinit_uninit_print", &["uninit_print"], &[]);
+    assert_eq!(r.findings(), vec![]);
+}
+
+#[test]
+fn hostinit_library_struct_fourth_field_uninit_with_guard_foreign() {
+    // The library mallocs a struct, writes 3 of its 4 fields and returns it;
+    // the host passes it back and the library reads all 4. With the default
+    // arena the library's own writes are not traced (unknown, not reported);
+    // with --guard-foreign they are, and the 4th field is an exact finding.
+    let r = run("hostinit_struct_arena", &["struct"], &[]);
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 32);
+    let r = run("hostinit_struct_guarded", &["struct"], &["--guard-foreign"]);
+    assert_eq!(r.findings(), uninit(24, 32));
+}
+
+#[test]
+fn hostinit_foreign_allocation_never_freed_is_a_leak() {
+    let r = run("hostinit_leak", &["leak"], &[]);
+    let f = r.findings();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].0.as_str(), f[0].3 - f[0].2), ("foreign_leak", 24));
+}
+
+#[test]
+fn hostinit_forked_child_writes_inherited_block() {
+    // The parent wrote [0,10) and forks; the child (followed, not tracked:
+    // its inherited pages are writable again) writes [10,200) and reads it,
+    // and reads its own malloc(300). Only the parent's read of [10,200) is a
+    // finding; the child's bytes are unknown, never reported.
+    let r = run("hostinit_fork", &["fork"], &[]);
+    assert_eq!(r.rec.stdout, format!("child {} 900\nparent 0 1\n", 10 + 190 * 2));
+    assert_eq!(r.findings(), uninit(10, 200));
+}
