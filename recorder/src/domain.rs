@@ -381,6 +381,7 @@ impl Tracer {
         self.foreign_mode = true;
         self.set_foreign_tid(tid);
         self.run_batch(tid, &regs, &batch)?;
+        self.foreign_resumed(tid);
         if self.foreign_since.is_none() {
             self.foreign_since = Some(Instant::now());
         }

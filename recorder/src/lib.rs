@@ -33,6 +33,8 @@ mod process;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod procs;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod signals;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sink;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod sys;

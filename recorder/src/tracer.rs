@@ -110,6 +110,8 @@ pub(crate) struct Thread {
     pub sys: crate::syscalls::SysState,
     /// Base of the thread's alternate signal stack, once asked (None inside: none set).
     pub altstack: Option<Option<(u64, u64)>>,
+    /// Signals held back during foreign calls (see `signals`).
+    pub sigs: crate::signals::SigState,
 }
 
 impl Thread {
@@ -340,6 +342,7 @@ impl Tracer {
                     Ok(Some(w)) => w,
                     Ok(None) => {
                         self.check_blocked_all()?;
+                        self.send_held_signals_all();
                         continue;
                     }
                     Err(Error::NoTracees) => return Ok(false),
@@ -413,6 +416,9 @@ impl Tracer {
     }
 
     pub fn resume(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
+        if sig == 0 {
+            self.send_held_signals(tid);
+        }
         self.resume_tracee(tid, sig)?;
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = true;
@@ -673,7 +679,12 @@ impl Tracer {
                 }
                 self.program_signal(tid, signal)
             }
-            _ => self.program_signal(tid, signal),
+            _ => {
+                if self.hold_back_signal(tid, signal)? {
+                    return Ok(());
+                }
+                self.program_signal(tid, signal)
+            }
         }
     }
 

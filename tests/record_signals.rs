@@ -1,0 +1,51 @@
+//! Signals during foreign calls: a SIGALRM storm (`setitimer` every 100 µs)
+//! while the library runs a ~50 ms compute loop must not livelock the
+//! recording; the handler runs in host mode, the result is the native one.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+mod record_support;
+
+use std::time::Instant;
+
+use ffirec_format::Event;
+use record_support::{bytes, native, ranges_in, record};
+
+#[test]
+fn sigalrm_storm_during_a_foreign_loop() {
+    let prog = common::program("sig_storm");
+    let t0 = Instant::now();
+    let nat = native(&prog, &["100"]);
+    let native_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let r = record("sig_storm", &prog, &["100"], &["--lib", "libsigfx.so"]);
+    let record_s = t0.elapsed().as_secs_f64();
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert!(r.stdout.starts_with("result ") && r.stdout.ends_with(" 1\n"), "{}", r.stdout);
+    // The handler counted into a global and into the heap alike: it ran in host mode.
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let hits = r.stderr.lines().find_map(|l| l.strip_prefix("hits=")).unwrap();
+    let hits: u64 = hits.split_whitespace().next().unwrap().parse().unwrap();
+    eprintln!("native {native_s:.3} s, recorded {record_s:.3} s; handler ran {hits} times recorded");
+    // Plausible: at least a few times during the call, at most once per period.
+    assert!(hits >= 5, "{hits}");
+    assert!(hits as f64 <= record_s / 100e-6, "{hits} in {record_s} s");
+    let ev = r.events();
+    // Every delivery is in the trace, one Signal event per handler run.
+    let delivered = ev.iter().filter(|e| matches!(e, Event::Signal { signo: 14, .. })).count() as u64;
+    assert_eq!(delivered, hits);
+    // The only foreign accesses: the loop's input read and its output write.
+    let calls: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Return { rax, .. } => Some(rax),
+            _ => None,
+        })
+        .collect();
+    let result = u64::from_str_radix(r.stdout.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert!(calls.contains(&result), "{calls:x?}");
+    let b = bytes(&ev);
+    assert_eq!(ranges_in(&b.read, r.addr("in"), 8), vec![(0, 8)]);
+    assert_eq!(ranges_in(&b.written, r.addr("out"), 8), vec![(0, 8)]);
+    assert_eq!((b.read.len(), b.written.len()), (8, 8), "the handler's writes are not foreign");
+}
