@@ -83,7 +83,7 @@ fn access(tid: u32, rip: u64, code: &[u8], rdi: u64, data: Vec<u8>) -> Event {
     Event::Access { tid, code: code.to_vec(), regs, fault_addr: rdi, data, vregs: vec![] }
 }
 
-fn malloc(tid: u32, size: u64) -> Event {
+fn malloc(tid: u32, size: u64, domain: Domain) -> Event {
     Event::Alloc {
         tid,
         func: AllocFn::Malloc,
@@ -91,13 +91,13 @@ fn malloc(tid: u32, size: u64) -> Event {
         size,
         old_ptr: 0,
         caller: HOST + 0x1020,
-        domain: Domain::Host,
+        domain,
         zeroed: false,
     }
 }
 
 /// The parent mallocs 64 bytes at BUF and `fill` writes [0,16); it forks.
-/// The child frees its copy and mallocs 32 bytes at the same address; its
+/// The child frees its copy and (in a foreign call's name) mallocs 32 bytes at the same address; its
 /// `sum` reads [0,40): [0,32) never written, [32,40) past the end. Then the
 /// parent's `sum` reads [0,16) of its own block: initialised, no finding.
 /// Events: 0 alloc, 1 call, 2 store, 3 return, 4 fork, 5 free, 6 alloc,
@@ -106,13 +106,15 @@ fn fork_trace(dir: &Path) -> PathBuf {
     let path = dir.join("fork.ffr");
     let mut w = TraceWriter::create(&path, header()).unwrap();
     modules(&mut w);
-    w.push(malloc(PARENT, 64)).unwrap();
+    w.push(malloc(PARENT, 64, Domain::Host)).unwrap();
     w.push(call(PARENT, 0, 0)).unwrap();
     w.push(access(PARENT, LIB + 0x1010, STORE16, BUF, vec![])).unwrap();
     w.push(Event::Return { tid: PARENT, call: 0, rax: 0, rdx: 0 }).unwrap();
     w.push(Event::Fork { tid: PARENT, parent_pid: PARENT, child_pid: CHILD }).unwrap();
     w.push(Event::Free { tid: CHILD, ptr: BUF, caller: HOST + 0x1060, domain: Domain::Host }).unwrap();
-    w.push(malloc(CHILD, 32)).unwrap();
+    // A foreign block (its whole life is traced; host bytes of a forked
+    // process are never exact).
+    w.push(malloc(CHILD, 32, Domain::Foreign)).unwrap();
     w.push(call(CHILD, 1, 1)).unwrap();
     for k in 0..5u64 {
         w.push(access(CHILD, LIB + 0x1110, LOAD, BUF + 8 * k, vec![0; 8])).unwrap();

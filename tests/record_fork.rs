@@ -213,3 +213,23 @@ fn library_that_forks_inside_a_call() {
         .collect();
     assert!(exits.contains(&(c1, 10)) && exits.contains(&(c2, 7)), "{exits:?}");
 }
+
+#[test]
+fn host_init_tracks_the_first_process_only() {
+    // --host-init tracks host writes in the first process; a forked child's
+    // host bytes are unknown (never reported): its cbuf, written by the
+    // child's host code, is no uninitialised read.
+    let prog = common::program("fork_host");
+    let r = record("fork_host_init", &prog, &[], &["--lib", "librecfx.so", "--host-init"]);
+    assert_eq!(r.stdout, "child 627 1\nchild status 7\nparent 68\n");
+    assert_eq!(r.code(), 3, "{}", r.stderr);
+    let rep = analyze(&r);
+    let kinds: Vec<(&str, u64)> = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap(), f["pid"].as_u64().unwrap()))
+        .collect();
+    let child = forks(&r.events())[0].2;
+    assert_eq!(kinds, vec![("out_of_bounds", u64::from(child))]);
+}

@@ -375,7 +375,8 @@ impl Timeline {
                         self.free(id, seq, 0, ops);
                     }
                     let id = self.allocs.len() as u32;
-                    let exact = domain == Domain::Foreign || self.track_host_init;
+                    // Host writes are tracked in the first process only (forked ones: unknown).
+                    let exact = domain == Domain::Foreign || (self.track_host_init && sp == 0);
                     let call = self.top(tid);
                     self.allocs.push(AllocInfo {
                         base: ptr,
