@@ -233,3 +233,40 @@ fn host_init_tracks_the_first_process_only() {
     let child = forks(&r.events())[0].2;
     assert_eq!(kinds, vec![("out_of_bounds", u64::from(child))]);
 }
+
+#[test]
+fn concurrent_foreign_calls_in_two_processes() {
+    // Both processes are inside slow_dup at once; each one's allocation in
+    // its call is the library's (one foreign tid per process in the shim).
+    let prog = common::program("fork_concurrent");
+    let r = record("fork_concurrent", &prog, &[], &["--lib", "libforkfx.so"]);
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, vec!["child 100", "parent 100 0"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let child = forks(&ev)[0].2;
+    // Each call's Alloc: 16 bytes, by the library, from the foreign arena.
+    let arena = ffirec_recorder::alloc::DEFAULT_ARENA;
+    let mut allocs: Vec<(u32, ffirec_format::Domain, bool)> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Alloc { tid, size: 16, ptr, domain, .. } if tid == parent || tid == child => {
+                Some((tid, domain, arena.contains(&ptr)))
+            }
+            _ => None,
+        })
+        .filter(|a| a.1 == ffirec_format::Domain::Foreign || a.2)
+        .collect();
+    allocs.sort_unstable_by_key(|a| a.0);
+    use ffirec_format::Domain::Foreign;
+    let mut want = vec![(parent, Foreign, true), (child, Foreign, true)];
+    want.sort_unstable_by_key(|a| a.0);
+    assert_eq!(allocs, want);
+    // The calls overlapped: the child's Call came before the parent's Return.
+    let pos = |f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
+    let child_call = pos(&|e| matches!(e, Event::Call { tid, .. } if *tid == child));
+    let parent_ret = pos(&|e| matches!(e, Event::Return { tid, .. } if *tid == parent));
+    assert!(child_call < parent_ret);
+}

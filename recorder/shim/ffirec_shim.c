@@ -274,12 +274,25 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
     return &g_ring[seq & (g_cap - 1)];
 }
 
+/* The foreign tid slot naming `tid` (see the header), -1 when none does. */
+static inline int foreign_slot(uint32_t tid) {
+    if (atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed) == tid)
+        return 0;
+    for (unsigned k = 0; k < FFIREC_FOREIGN_SLOTS - 1; k++)
+        if (atomic_load_explicit(hdr_u32(&g_hdr->foreign_more[k]), memory_order_relaxed) == tid)
+            return (int)k + 1;
+    return -1;
+}
+
+static inline uint32_t *allocator_slot(int slot) {
+    return slot == 0 ? &g_hdr->allocator_tid : &g_hdr->allocator_more[slot - 1];
+}
+
 static inline void fill(struct ffirec_rec *r, uint16_t kind, uint64_t ptr, uint64_t size,
                         uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     uint32_t tid = my_tid();
-    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
     r->kind = kind;
-    r->flags = (ftid != 0 && ftid == tid) ? FFIREC_F_FOREIGN : 0;
+    r->flags = foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0;
     r->tid = tid;
     r->pid = g_pid;
     r->reserved = 0;
@@ -417,8 +430,7 @@ static int __attribute__((noinline)) arena_map(void) {
 static inline int want_arena(void) {
     if (LIKELY(g_arena_len == 0))
         return 0;
-    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
-    if (LIKELY(ftid == 0) || ftid != my_tid())
+    if (LIKELY(foreign_slot(my_tid()) < 0))
         return 0;
     if (!atomic_load_explicit(hdr_u32(&g_hdr->arena_enabled), memory_order_relaxed))
         return 0;
@@ -590,8 +602,7 @@ static inline long hi_protect(uint64_t addr, uint64_t len) {
 }
 
 static void __attribute__((noinline)) hi_track_slow(const void *p, size_t n) {
-    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
-    if (ftid != 0 && ftid == my_tid())
+    if (foreign_slot(my_tid()) >= 0)
         return; /* foreign mode: host pages are guarded; the block is the library's */
     uint64_t first = (uint64_t)(uintptr_t)p >> 12;
     uint64_t last = ((uint64_t)(uintptr_t)p + n - 1) >> 12;
@@ -735,25 +746,28 @@ EXPORT pid_t fork(void) {
  * header.allocator_tid names it, so the recorder can tag the faults glibc
  * takes on guarded host heap metadata (e.g. a foreign free of a host pointer)
  * as allocator activity. Restored, not cleared, on exit (signal nesting). */
-#define NO_GUARD UINT32_MAX
+#define NO_GUARD UINT64_MAX
 
-static inline uint32_t alloc_enter(void) {
+/* Returns the slot (high half) and the allocator slot's previous value (low half). */
+static inline uint64_t alloc_enter(void) {
     if (UNLIKELY(atomic_load_explicit(&g_state, memory_order_acquire) != ST_READY))
         return NO_GUARD;
-    uint32_t ftid = atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed);
-    if (LIKELY(ftid == 0) || ftid != my_tid())
+    uint32_t tid = my_tid();
+    int slot = foreign_slot(tid);
+    if (LIKELY(slot < 0))
         return NO_GUARD;
-    uint32_t prev = atomic_load_explicit(hdr_u32(&g_hdr->allocator_tid), memory_order_relaxed);
-    atomic_store_explicit(hdr_u32(&g_hdr->allocator_tid), ftid, memory_order_relaxed);
-    return prev;
+    uint32_t *a = allocator_slot(slot);
+    uint32_t prev = atomic_load_explicit(hdr_u32(a), memory_order_relaxed);
+    atomic_store_explicit(hdr_u32(a), tid, memory_order_relaxed);
+    return (uint64_t)slot << 32 | prev;
 }
 
-static inline void alloc_leave(uint32_t *prev) {
+static inline void alloc_leave(uint64_t *prev) {
     if (UNLIKELY(*prev != NO_GUARD))
-        atomic_store_explicit(hdr_u32(&g_hdr->allocator_tid), *prev, memory_order_relaxed);
+        atomic_store_explicit(hdr_u32(allocator_slot((int)(*prev >> 32))), (uint32_t)*prev, memory_order_relaxed);
 }
 
-#define ALLOC_GUARD uint32_t alloc_guard_ __attribute__((cleanup(alloc_leave))) = alloc_enter()
+#define ALLOC_GUARD uint64_t alloc_guard_ __attribute__((cleanup(alloc_leave))) = alloc_enter()
 
 /* Foreign-mode allocations fall back to glibc when the arena is exhausted:
  * the program must get its memory exactly when it would natively. */

@@ -77,7 +77,8 @@
 #include <stdint.h>
 
 #define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
-#define FFIREC_VERSION 2u /* 2: two rings (shared, primary) */
+#define FFIREC_VERSION 3u /* 2: two rings (shared, primary); 3: foreign tid slots */
+#define FFIREC_FOREIGN_SLOTS 8u
 #define FFIREC_RINGS 2u
 #define FFIREC_HDR_SIZE 4096u
 #define FFIREC_REC_SIZE 64u
@@ -110,7 +111,7 @@ enum ffirec_kind {
                                     process `pid` forked child `aux` */
 };
 
-#define FFIREC_F_FOREIGN 1u /* the calling tid was header.foreign_tid */
+#define FFIREC_F_FOREIGN 1u /* the calling tid was in a foreign tid slot */
 
 struct ffirec_rec {
     uint64_t commit; /* seq + 1, stored last with release ordering */
@@ -143,7 +144,12 @@ struct ffirec_hdr {
                                     function (allocator activity, not the library's), else 0 */
     uint32_t hostinit_want;  /* 64: non-zero: map the host-init page table (see "Host init") */
     uint32_t hostinit_pid;   /* 68: the process whose host pages are tracked now, 0: none */
-    uint64_t pad0[23]; /* 72 */
+    /* More threads in foreign mode at once (one per traced process at most):
+     * slot 0 is foreign_tid/allocator_tid above, slot k >= 1 is
+     * foreign_more[k-1]/allocator_more[k-1]. A tid is foreign when any slot names it. */
+    uint32_t foreign_more[FFIREC_FOREIGN_SLOTS - 1];   /* 72 */
+    uint32_t allocator_more[FFIREC_FOREIGN_SLOTS - 1]; /* 100 */
+    uint64_t pad0[16]; /* 128 */
     struct ffirec_ring {
         /* line 0 */
         uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */

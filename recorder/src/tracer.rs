@@ -487,6 +487,9 @@ impl Tracer {
             ExitStatus::Signal(s) => 128 + s,
         };
         self.sink.push(Event::ThreadExit { tid: tid as u32, code })?;
+        if let Some(a) = &self.alloc {
+            a.remove_foreign_tid(tid as u32);
+        }
         if self.owner == Some(tid) {
             self.owner = None;
             self.foreign_mode = false;
@@ -944,9 +947,17 @@ impl Tracer {
         self.hostinit_on_escape(&[rax, rdx])
     }
 
+    /// The shim's foreign tid slots: `tid` runs foreign code now; 0: the
+    /// active process's owner left foreign mode (other processes' owners stay).
     pub(crate) fn set_foreign_tid(&self, tid: Pid) {
         if let Some(a) = &self.alloc {
-            a.set_foreign_tid(tid as u32);
+            match (tid, self.owner) {
+                (0, Some(o)) => a.remove_foreign_tid(o as u32),
+                (0, None) => {}
+                (t, _) => {
+                    a.add_foreign_tid(t as u32);
+                }
+            }
         }
     }
 }

@@ -172,7 +172,7 @@ impl RingControl {
     /// heap metadata, e.g. freeing a host pointer), not the library's access.
     /// Read it at the fault's ptrace stop.
     pub fn in_allocator(&self, tid: u32) -> bool {
-        tid != 0 && self.map.allocator_tid() == tid
+        self.map.in_allocator(tid)
     }
 }
 
@@ -312,6 +312,18 @@ impl AllocTracker {
         self.map.set_foreign_tid(tid);
     }
 
+    /// Thread `tid` (of any traced process) runs foreign code too; several
+    /// processes may be in foreign calls at once. False when
+    /// every slot is taken (its allocations are then the host's).
+    pub fn add_foreign_tid(&self, tid: u32) -> bool {
+        self.map.add_foreign_tid(tid)
+    }
+
+    /// Thread `tid` left foreign mode.
+    pub fn remove_foreign_tid(&self, tid: u32) {
+        self.map.remove_foreign_tid(tid);
+    }
+
     /// See [`RingControl::set_foreign_arena`].
     pub fn set_foreign_arena(&self, on: bool) {
         self.map.set_arena_enabled(on);
@@ -319,7 +331,7 @@ impl AllocTracker {
 
     /// See [`RingControl::in_allocator`].
     pub fn in_allocator(&self, tid: u32) -> bool {
-        tid != 0 && self.map.allocator_tid() == tid
+        self.map.in_allocator(tid)
     }
 
     /// Host-init tracking (see `ffirec_shim.h`, "Host init"): `want` makes

@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
+/// Threads that may be in foreign mode at once (one per traced process).
+pub(crate) const FOREIGN_SLOTS: usize = 8;
 /// Ring 0 is shared by all processes but one; ring 1 is the primary's.
 pub(crate) const RINGS: usize = 2;
 pub(crate) const HDR_SIZE: usize = 4096;
@@ -29,6 +31,25 @@ const OFF_CLOSED: usize = 56;
 const OFF_ALLOCATOR_TID: usize = 60;
 const OFF_HOSTINIT_WANT: usize = 64;
 const OFF_HOSTINIT_PID: usize = 68;
+/// Foreign tid slots 1.. and their allocator words (slot 0: OFF_FOREIGN_TID, OFF_ALLOCATOR_TID).
+const OFF_FOREIGN_MORE: usize = 72;
+const OFF_ALLOCATOR_MORE: usize = 100;
+
+fn foreign_off(slot: usize) -> usize {
+    if slot == 0 {
+        OFF_FOREIGN_TID
+    } else {
+        OFF_FOREIGN_MORE + 4 * (slot - 1)
+    }
+}
+
+fn allocator_off(slot: usize) -> usize {
+    if slot == 0 {
+        OFF_ALLOCATOR_TID
+    } else {
+        OFF_ALLOCATOR_MORE + 4 * (slot - 1)
+    }
+}
 // Per-ring control block `struct ffirec_ring`, 256 bytes, ring i at 256 * (i + 1).
 const OFF_RING: usize = 256;
 const RING_OWNER: usize = 0;
@@ -150,8 +171,35 @@ impl Mapping {
     pub(crate) fn set_tracer_present(&self, on: bool) {
         self.u32_at(OFF_TRACER_PRESENT).store(u32::from(on), Ordering::SeqCst);
     }
+    /// `tid` is the only thread in foreign mode (0: none).
     pub(crate) fn set_foreign_tid(&self, tid: u32) {
         self.u32_at(OFF_FOREIGN_TID).store(tid, Ordering::SeqCst);
+        for slot in 1..FOREIGN_SLOTS {
+            self.u32_at(foreign_off(slot)).store(0, Ordering::SeqCst);
+        }
+    }
+    /// `tid` is in foreign mode too (false: every slot is taken).
+    pub(crate) fn add_foreign_tid(&self, tid: u32) -> bool {
+        let slots = || (0..FOREIGN_SLOTS).map(|s| self.u32_at(foreign_off(s)));
+        if tid == 0 || slots().any(|w| w.load(Ordering::SeqCst) == tid) {
+            return true;
+        }
+        match slots().find(|w| w.load(Ordering::SeqCst) == 0) {
+            Some(w) => {
+                w.store(tid, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+    /// `tid` left foreign mode.
+    pub(crate) fn remove_foreign_tid(&self, tid: u32) {
+        for slot in 0..FOREIGN_SLOTS {
+            let w = self.u32_at(foreign_off(slot));
+            if tid != 0 && w.load(Ordering::SeqCst) == tid {
+                w.store(0, Ordering::SeqCst);
+            }
+        }
     }
     pub(crate) fn set_arena_enabled(&self, on: bool) {
         self.u32_at(OFF_ARENA_ENABLED).store(u32::from(on), Ordering::SeqCst);
@@ -168,8 +216,9 @@ impl Mapping {
     pub(crate) fn set_hostinit_pid(&self, pid: u32) {
         self.u32_at(OFF_HOSTINIT_PID).store(pid, Ordering::SeqCst);
     }
-    pub(crate) fn allocator_tid(&self) -> u32 {
-        self.u32_at(OFF_ALLOCATOR_TID).load(Ordering::Acquire)
+    /// Whether foreign thread `tid` is inside an allocation function now.
+    pub(crate) fn in_allocator(&self, tid: u32) -> bool {
+        tid != 0 && (0..FOREIGN_SLOTS).any(|s| self.u32_at(allocator_off(s)).load(Ordering::Acquire) == tid)
     }
     /// The pid that owns the primary ring, 0 while unclaimed.
     pub(crate) fn primary_owner(&self) -> u32 {
