@@ -244,6 +244,9 @@ fn analyze_crash_in_library_names_the_site() {
     assert_eq!(kinds(&a), vec!["crash"]);
     let f = &a.findings()[0];
     assert_eq!((f["addr"].as_str(), f["at"]["symbol"].as_str()), (Some("0x0"), Some("deref")));
+    // `*p` of an `int *`: a 4-byte read at the fault address.
+    assert_eq!((f["size"].as_u64(), f["read"].as_bool(), f["write"].as_bool()), (Some(4), Some(true), Some(false)));
+    assert!(f["detail"].as_str().is_some_and(|d| d.ends_with("fault address 0x0 (read of 4 bytes at 0x0)")), "{f:#}");
     assert!(f["at"]["file"].as_str().is_some_and(|p| p.ends_with("libanafx.c")), "{:#}", f["at"]);
     assert_eq!(f["at"]["line"], 48);
     assert_eq!(f["call"]["symbol"], "deref");

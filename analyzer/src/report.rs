@@ -597,17 +597,27 @@ pub(crate) fn build(g: Gathered, syms: &Symbolizer, suppress: &crate::Suppressio
             kind: Kind::Crash,
             verdict: Verdict::Exact,
             addr: hex(c.addr),
-            size: 0,
-            read: false,
-            write: false,
+            size: c.access.map_or(0, |a| a.size),
+            read: c.access.is_some_and(|a| a.read),
+            write: c.access.is_some_and(|a| a.write),
             detail: format!(
-                "signal {} ({}, code {}) at {}{}, fault address {}",
+                "signal {} ({}, code {}) at {}{}, fault address {}{}",
                 c.signo,
                 signal_name(c.signo),
                 c.code,
                 at.short(),
                 if c.fatal { ", fatal" } else { "" },
-                hex(c.addr)
+                hex(c.addr),
+                c.access.map_or_else(String::new, |a| format!(
+                    " ({} of {} bytes at {:#x})",
+                    match (a.read, a.write) {
+                        (true, true) => "read-modify-write",
+                        (false, true) => "write",
+                        _ => "read",
+                    },
+                    a.size,
+                    a.addr
+                ))
             ),
             at,
             syscall: None,

@@ -581,3 +581,39 @@ fn write_to_relro_made_read_only_by_mprotect() {
     let got: Vec<_> = r.findings.iter().map(|f| (f.kind, f.addr.as_str())).collect();
     assert_eq!(got, vec![(Kind::ReadOnlyWrite, "0x600010")]);
 }
+
+#[test]
+fn crash_carries_the_faulting_access_decoded_from_the_instruction() {
+    let sig = |code: &[u8], rdi: u64, addr: u64| {
+        let mut regs = Regs { rip: LIB_FOO + 0x40, ..Regs::default() };
+        regs.gpr[Regs::RDI] = rdi;
+        Event::Signal { tid: TID, signo: 11, code: 1, addr, regs, code_bytes: code.to_vec(), fatal: false }
+    };
+    let cases: Vec<(Event, (u64, bool, bool), &str)> = vec![
+        // `mov [rdi], rax` at 0x10: an 8-byte write.
+        (sig(STORE8, 0x10, 0x10), (8, false, true), "0x10"),
+        // `movdqu xmm0, [rdi]` straddling into an unmapped page: the fault
+        // address is the page, the access the whole 16 bytes before it.
+        (sig(LOAD16, 0x7ff8, 0x8000), (16, true, false), "0x8000"),
+        // A general-protection fault (non-canonical address) reports address
+        // 0: the instruction's only access is the one.
+        (sig(LOAD1, 0x8000_0000_0000_0000, 0), (1, true, false), "0x0"),
+        // No instruction bytes: unknown.
+        (sig(&[], 0x10, 0x10), (0, false, false), "0x10"),
+        // `add qword ptr [rdi], 1` (48 83 07 01): read-modify-write.
+        (sig(&[0x48, 0x83, 0x07, 0x01], 0x20, 0x20), (8, true, true), "0x20"),
+    ];
+    for (i, (ev, want, addr)) in cases.into_iter().enumerate() {
+        let p = write(&format!("crash_access{i}"), true, vec![call(0, [0; 6]), ev, ret(0)], 1000);
+        let r = run(&p, 1);
+        assert_eq!(r.findings.len(), 1, "case {i}: {:#?}", r.findings);
+        let f = &r.findings[0];
+        assert_eq!((f.kind, f.addr.as_str()), (Kind::Crash, addr), "case {i}");
+        assert_eq!((f.size, f.read, f.write), want, "case {i}");
+    }
+    let p = write("crash_access_text", true, vec![call(0, [0; 6]), sig(LOAD16, 0x7ff8, 0x8000), ret(0)], 1000);
+    assert_eq!(
+        run(&p, 1).findings[0].detail,
+        "signal 11 (SIGSEGV, code 1) at foo+0x40, fault address 0x8000 (read of 16 bytes at 0x7ff8)"
+    );
+}

@@ -153,6 +153,44 @@ pub(crate) struct Crash {
     pub addr: u64,
     pub rip: u64,
     pub fatal: bool,
+    /// The faulting instruction's memory access, decoded from the recorded
+    /// instruction bytes and registers (`None` when it cannot be told).
+    pub access: Option<CrashAccess>,
+}
+
+/// The memory access a fault signal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CrashAccess {
+    /// Where the access starts (untagged: as the program saw it).
+    pub addr: u64,
+    pub size: u64,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// Decodes the instruction at `regs.rip` and picks the access that holds the
+/// fault address `fault`; without one, a SIGSEGV/SIGBUS of an instruction
+/// with a single memory access (a general-protection fault on a
+/// non-canonical address reports address 0) is that access.
+fn faulting_access(signo: i32, fault: u64, regs: &ffirec_format::Regs, code: &[u8]) -> Option<CrashAccess> {
+    if !matches!(signo, SIGSEGV | SIGBUS) || code.is_empty() {
+        return None;
+    }
+    let d = ffirec_decode::Decoded::new(regs.rip, code).ok()?;
+    let mut accs = Vec::new();
+    d.accesses_into(regs, &[], &mut accs).ok()?;
+    let hit = accs.iter().find(|a| fault >= a.addr && fault - a.addr < a.size.max(1));
+    let a = match (hit, accs.as_slice()) {
+        (Some(a), _) => a,
+        (None, [only]) => only,
+        _ => return None,
+    };
+    let (read, write) = match a.rw {
+        ffirec_decode::Rw::Read => (true, false),
+        ffirec_decode::Rw::Write => (false, true),
+        ffirec_decode::Rw::ReadWrite => (true, true),
+    };
+    Some(CrashAccess { addr: a.addr, size: a.size, read, write })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,7 +466,7 @@ impl Timeline {
                 Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr: t(addr), len })),
                 // A fault the program handles itself (a JIT's SIGSEGV, say) is
                 // ours to report only when it hit inside a foreign call.
-                Event::Signal { tid, signo, code, addr, ref regs, fatal, .. }
+                Event::Signal { tid, signo, code, addr, ref regs, ref code_bytes, fatal }
                     if fatal
                         || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT)
                             && self.top(tid) != NO_CALL) =>
@@ -442,6 +480,7 @@ impl Timeline {
                         addr: t(addr),
                         rip: regs.rip,
                         fatal,
+                        access: faulting_access(signo, addr, regs, code_bytes),
                     });
                 }
                 Event::Gap { tid, reason, detail } => {
