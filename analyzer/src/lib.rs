@@ -215,6 +215,7 @@ fn pipeline(
             }
             spawn_until(start + BATCH + AHEAD);
             ops.clear();
+            let first_copy = tl.copies.len();
             timing::task(timing::Stage::Timeline, || {
                 for r in &recs {
                     tl.feed(&r.control, &mut ops);
@@ -226,8 +227,7 @@ fn pipeline(
             if tl.spaces.multi() {
                 recs.par_iter_mut().for_each(|r| r.tag_spaces(&tl.spaces));
             }
-            let ctx = state::Ctx { allocs: &tl.allocs, modules: mm };
-            shards.par_iter_mut().for_each(|s| timing::task(timing::Stage::Replay, || s.run(&ops, &recs, &ctx)));
+            state::replay_round(shards, &ops, &recs, tl, mm, first_copy);
             if let Some(pb) = &pb {
                 pb.inc(recs.len() as u64);
             }

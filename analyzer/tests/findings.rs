@@ -290,38 +290,94 @@ fn suppressions_silence_matching_findings() {
     assert_eq!(ffirec_analyzer::analyze(&trace, &opts).unwrap().summary.findings, 1);
 }
 
+fn realloc_event(ptr: u64, size: u64, old_ptr: u64, func: ffirec_format::AllocFn, zeroed: bool) -> Event {
+    Event::Alloc { tid: TID, func, ptr, size, old_ptr, caller: LIB_FOO + 0x8, domain: Domain::Foreign, zeroed }
+}
+
+/// Uninitialised-read findings as (offset in allocation `id`, size).
+fn uninit_ranges(r: &ffirec_analyzer::Report, id: u32) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = r
+        .findings
+        .iter()
+        .filter(|f| f.kind == Kind::Uninit)
+        .filter_map(|f| f.allocation.as_ref().filter(|a| a.id == id).map(|a| (a.distance, f.size)))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 #[test]
-fn realloc_keeps_moved_prefix_unknown_and_new_tail_exact() {
-    let new = HEAP + 0x2000;
+fn realloc_carries_each_copied_bytes_state_and_only_the_tail_is_new() {
+    use ffirec_format::AllocFn::Realloc;
+    // The new block straddles a page boundary 16 bytes in, so its bytes and
+    // the old block's live on three different shards.
+    let new = HEAP + 0x2ff0;
     let p = write(
         "realloc",
         true,
         vec![
             call(0, [0; 6]),
-            alloc(HEAP, 16, Domain::Foreign),
-            access(LIB_FOO + 0x10, STORE16, HEAP, &[]),
-            Event::Alloc {
-                tid: TID,
-                func: ffirec_format::AllocFn::Realloc,
-                ptr: new,
-                size: 48,
-                old_ptr: HEAP,
-                caller: LIB_FOO + 0x8,
-                domain: Domain::Foreign,
-                zeroed: false,
-            },
+            alloc(HEAP, 40, Domain::Foreign),
+            access(LIB_FOO + 0x10, STORE8, HEAP, &[]),
+            access(LIB_FOO + 0x18, STORE1, HEAP + 20, &[]),
+            Event::InitUnknown { addr: HEAP + 30, len: 4 },
+            realloc_event(new, 64, HEAP, Realloc, false),
             access(LIB_FOO + 0x20, LOAD32, new, &[0; 32]),
+            access(LIB_FOO + 0x28, LOAD32, new + 32, &[0; 32]),
             Event::Free { tid: TID, ptr: new, caller: LIB_FOO, domain: Domain::Foreign },
             ret(0),
         ],
         1000,
     );
     let r = run(&p, 2);
-    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
-    let f = &r.findings[0];
-    assert_eq!((f.kind, f.addr.as_str(), f.size), (Kind::Uninit, "0x55555555c010", 16));
-    assert_eq!(f.allocation.as_ref().map(|a| (a.id, a.distance)), Some((1, 16)));
-    assert_eq!(r.summary.unknown_bytes, 16);
+    // Written before the move: [0,8) and 20; unknown: [30,34); never
+    // written: [8,20), [21,30), [34,40); the grown tail [40,64).
+    assert_eq!(uninit_ranges(&r, 1), vec![(8, 12), (21, 9), (34, 30)], "{:#?}", r.findings);
+    assert_eq!(r.findings.len(), 3);
+    assert_eq!(r.summary.unknown_bytes, 4);
+    assert!(run(&p, 1).to_json() == r.to_json() && run(&p, 3).to_json() == r.to_json());
+}
+
+#[test]
+fn realloc_in_place_shrinking_and_mremap_keep_the_old_state() {
+    use ffirec_format::AllocFn::{Mmap, Mremap, Realloc};
+    let map = HEAP + 0x10_0000;
+    let p = write(
+        "realloc_more",
+        true,
+        vec![
+            call(0, [0; 6]),
+            // Grown in place: the written first 8 bytes stay written.
+            alloc(HEAP, 16, Domain::Foreign),
+            access(LIB_FOO + 0x10, STORE8, HEAP, &[]),
+            realloc_event(HEAP, 32, HEAP, Realloc, false),
+            access(LIB_FOO + 0x20, LOAD32, HEAP, &[0; 32]),
+            // Shrunk and moved: byte 0 written, the rest of the 8 kept never written.
+            alloc(HEAP + 0x1000, 64, Domain::Foreign),
+            access(LIB_FOO + 0x18, STORE1, HEAP + 0x1000, &[]),
+            realloc_event(HEAP + 0x5000, 8, HEAP + 0x1000, Realloc, false),
+            access(LIB_FOO + 0x10, LOAD8, HEAP + 0x5000, &[0; 8]),
+            // A zero-filled mapping moved and grown by mremap (which the
+            // recorder reports as not zeroed): the old pages stay initialised,
+            // the kernel zero-fills the grown tail. Reads across the old end
+            // and at the new end.
+            realloc_event(map, 0x2000, 0, Mmap, true),
+            realloc_event(map + 0x10_0000, 0x4000, map, Mremap, false),
+            access(LIB_FOO + 0x20, LOAD32, map + 0x10_0000 + 0x1ff0, &[0; 32]),
+            access(LIB_FOO + 0x20, LOAD32, map + 0x10_0000 + 0x3fe0, &[0; 32]),
+            Event::Free { tid: TID, ptr: HEAP, caller: LIB_FOO, domain: Domain::Foreign },
+            Event::Free { tid: TID, ptr: HEAP + 0x5000, caller: LIB_FOO, domain: Domain::Foreign },
+            Event::Unmap { tid: TID, addr: map + 0x10_0000, len: 0x4000 },
+            ret(0),
+        ],
+        1000,
+    );
+    let r = run(&p, 2);
+    assert_eq!(uninit_ranges(&r, 1), vec![(8, 24)], "{:#?}", r.findings);
+    assert_eq!(uninit_ranges(&r, 3), vec![(1, 7)], "{:#?}", r.findings);
+    assert_eq!(r.findings.len(), 2, "{:#?}", r.findings);
+    assert_eq!(r.summary.unknown_bytes, 0);
+    assert!(run(&p, 1).to_json() == r.to_json());
 }
 
 #[test]

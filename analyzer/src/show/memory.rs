@@ -20,7 +20,7 @@ use super::listing::Lister;
 use super::scan::{self, Chunks};
 use super::{Env, MemAddr, MemSpec, ShowError};
 use crate::decode::{self, AccessRec, ChunkRecs, Decoder, PtrLoad, SHARDS};
-use crate::state::{ByteInit, Ctx, RangeSet, Shard, Target, Timeline};
+use crate::state::{replay_round, ByteInit, Ctx, RangeSet, Shard, Target, Timeline};
 use crate::symbols::ModuleMap;
 
 /// The analyzer's state after a replay.
@@ -95,14 +95,14 @@ fn replay<F: Filter + Sync>(trace: &Trace, mm: &ModuleMap, upto: u64, f: &mut F)
         for d in decoded {
             let (first, events, mut recs) = d?;
             ops.clear();
+            let first_copy = tl.copies.len();
             tl.feed(&recs.control, &mut ops);
             for v in &mut recs.ptr_loads {
                 v.retain(|p| p.seq <= upto && f.ptr_load(p, &tl));
             }
             f.chunk(first, &events, &recs);
             drop(events);
-            let ctx = Ctx { allocs: &tl.allocs, modules: mm };
-            shards.par_iter_mut().for_each(|s| s.run(&ops, std::slice::from_ref(&recs), &ctx));
+            replay_round(&mut shards, &ops, std::slice::from_ref(&recs), &mut tl, mm, first_copy);
         }
         next = end;
     }
@@ -286,7 +286,7 @@ pub(crate) fn at(env: &Env, at: u64, spec: MemSpec, out: &mut dyn Write) -> Resu
         scratch: Vec::new(),
     };
     let mut r = replay(trace, &mm, at, &mut w)?;
-    let ctx = Ctx { allocs: &r.tl.allocs, modules: &mm };
+    let ctx = Ctx { allocs: &r.tl.allocs, modules: &mm, copies: &r.tl.copies };
     let tl = &r.tl;
     let st = env.style;
 

@@ -48,7 +48,8 @@ pub(crate) struct AllocInfo {
     /// Gaps (untraced stretches) seen before birth: a gap after birth makes
     /// the never-written bytes unknown.
     pub birth_gap: u32,
-    /// Leading bytes whose state came from a realloc'd block: unknown.
+    /// Leading bytes whose state is unknown (a forked child's copy of its
+    /// parent's block).
     pub unknown_prefix: u64,
     /// The foreign call open on the allocating thread (NO_CALL when none).
     pub call: u32,
@@ -124,6 +125,12 @@ pub(crate) enum Op {
         addr: u64,
         len: u64,
     },
+    /// A reallocation copied bytes into a new block: `copies[idx]` of the
+    /// timeline. Replay stops before the event to take the old bytes'
+    /// states from their shards (see [`replay_round`]).
+    Copy {
+        idx: u32,
+    },
     /// Execution went untraced (a Gap event): every byte's state is unknown.
     Gap,
     /// A foreign allocation's address reached host code (returned, or
@@ -131,6 +138,67 @@ pub(crate) enum Op {
     Escape {
         id: u32,
     },
+}
+
+/// A reallocation that copied `len` bytes of block `from` into block `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopyPlan {
+    pub seq: u64,
+    pub from: u32,
+    pub to: u32,
+    pub len: u64,
+    /// The copied bytes' states just before `seq`, taken during replay
+    /// and dropped after the batch.
+    pub data: Option<Vec<CopyRun>>,
+}
+
+/// The states of a run of copied bytes (offsets relative to the block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CopyRun {
+    Same { off: u64, len: u64, state: ByteInit },
+    Bytes { off: u64, bytes: Vec<ByteInit> },
+}
+
+/// Replays one batch — `ops` made by `tl` from the control events of
+/// `recs`, whose copies start at `tl.copies[first_copy]` — on every shard in
+/// parallel. Before each reallocation that copies bytes, every shard stops
+/// there and the old bytes' states are read from their shards, so the new
+/// block gets them exactly whichever shards own either block.
+pub(crate) fn replay_round(
+    shards: &mut [Shard],
+    ops: &[(u64, Op)],
+    recs: &[crate::decode::ChunkRecs],
+    tl: &mut Timeline,
+    modules: &crate::symbols::ModuleMap,
+    first_copy: usize,
+) {
+    use rayon::prelude::*;
+    let replay = |shards: &mut [Shard], tl: &Timeline, until: u64| {
+        let ctx = Ctx { allocs: &tl.allocs, modules, copies: &tl.copies };
+        shards
+            .par_iter_mut()
+            .for_each(|s| crate::timing::task(crate::timing::Stage::Replay, || s.run(ops, recs, &ctx, until)));
+    };
+    for i in first_copy..tl.copies.len() {
+        replay(shards, tl, tl.copies[i].seq);
+        let plan = &tl.copies[i];
+        let data = tl.allocs.get(plan.from as usize).map(|from| {
+            let (s, e) = (from.base, from.base.saturating_add(plan.len));
+            let mut runs = Vec::new();
+            let mut cur = s;
+            while cur < e {
+                let pe = e.min((cur / crate::decode::PAGE + 1).saturating_mul(crate::decode::PAGE));
+                runs.push(shards[crate::decode::shard_of(cur)].copy_out(plan.from, from, cur, pe));
+                cur = pe;
+            }
+            runs
+        });
+        tl.copies[i].data = data;
+    }
+    replay(shards, tl, u64::MAX);
+    for c in &mut tl.copies[first_copy..] {
+        c.data = None;
+    }
 }
 
 /// A foreign call received a pointer into a live host allocation.
@@ -213,6 +281,8 @@ pub(crate) struct Timeline {
     stacks: HashMap<Tid, Vec<u32>>,
     epoch: u32,
     pub arg_exposures: Vec<ArgExposure>,
+    /// Reallocations' copies, in order (see [`Op::Copy`]).
+    pub copies: Vec<CopyPlan>,
     pub crashes: Vec<Crash>,
     pub gaps: Vec<GapInfo>,
     pub exit: Option<ExitStatus>,
@@ -392,11 +462,11 @@ impl Timeline {
                         continue;
                     }
                     let (ptr, old_ptr) = (t(ptr), if old_ptr == 0 { 0 } else { t(old_ptr) });
-                    let mut unknown_prefix = 0;
+                    // The old block's first min(old, new) bytes move into the new one.
+                    let mut copied = None;
                     if old_ptr != 0 && matches!(func, AllocFn::Realloc | AllocFn::Reallocarray | AllocFn::Mremap) {
                         if let Some(&old) = self.live.get(&old_ptr) {
-                            // The moved bytes live on other shards' pages: unknown.
-                            unknown_prefix = self.allocs[old as usize].size.min(size);
+                            copied = Some((old, self.allocs[old as usize].size.min(size)));
                             self.free(old, seq, caller, ops);
                         }
                     }
@@ -415,6 +485,9 @@ impl Timeline {
                     let id = self.allocs.len() as u32;
                     // Host writes are tracked in the first process only (forked ones: unknown).
                     let exact = domain == Domain::Foreign || (self.track_host_init && sp == 0);
+                    // The recorder reports only anonymous mremaps: the kernel
+                    // zero-fills the grown part (the old part is copied below).
+                    let zeroed = zeroed || func == AllocFn::Mremap;
                     let call = self.top(tid);
                     self.allocs.push(AllocInfo {
                         base: ptr,
@@ -430,11 +503,16 @@ impl Timeline {
                         exact,
                         birth_epoch: self.epoch,
                         birth_gap: self.gaps.len() as u32,
-                        unknown_prefix,
+                        unknown_prefix: 0,
                         call,
                     });
                     self.live.insert(ptr, id);
                     ops.push((seq, Op::Alloc { id }));
+                    if let Some((from, len)) = copied.filter(|&(_, len)| len > 0) {
+                        let idx = self.copies.len() as u32;
+                        self.copies.push(CopyPlan { seq, from, to: id, len, data: None });
+                        ops.push((seq, Op::Copy { idx }));
+                    }
                 }
                 Event::Free { ptr, caller, .. } => match self.live.get(&t(ptr)) {
                     Some(&id) => self.free(id, seq, caller, ops),

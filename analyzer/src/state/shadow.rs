@@ -90,6 +90,11 @@ pub(crate) fn bit(bits: &[u64; WORDS], i: usize) -> bool {
 }
 
 impl Shadow {
+    /// The page, if it was ever touched.
+    pub fn get(&self, page: u64) -> Option<&PageShadow> {
+        self.pages.get(&page).map(|p| &**p)
+    }
+
     /// The page holding `addr`, created from the live allocations if new.
     pub fn page(&mut self, page: u64, live: &BTreeMap<u64, u32>, allocs: &[AllocInfo]) -> &mut PageShadow {
         self.pages.entry(page).or_insert_with(|| {

@@ -8,7 +8,7 @@ use ffirec_format::Domain;
 
 use super::intervals::{RangeSet, RegionMap};
 use super::shadow::{all_set, bit, set_bits, FastMap, Shadow};
-use super::{AllocInfo, Op, NO_ALLOC, NO_CALL};
+use super::{AllocInfo, CopyPlan, CopyRun, Op, NO_ALLOC, NO_CALL};
 use crate::decode::{AccessRec, ChunkRecs, PtrLoad, FIRST, PAGE, READ, SYSCALL, WRITE};
 use crate::findings::Kind;
 use crate::symbols::ModuleMap;
@@ -24,6 +24,8 @@ const NEAR_HEAP: u64 = 64 * 1024;
 pub(crate) struct Ctx<'a> {
     pub allocs: &'a [AllocInfo],
     pub modules: &'a ModuleMap,
+    /// Reallocations' copied bytes (see [`Op::Copy`]).
+    pub copies: &'a [CopyPlan],
 }
 
 /// What a footprint range is relative to.
@@ -126,7 +128,19 @@ pub(crate) struct Shard {
     shadow: Shadow,
     exposed: FastMap<(u32, u32), ()>,
     pending: Option<((u32, Target), Touch)>,
+    /// Where [`Shard::run`] stopped in the current batch.
+    cursor: Cursor,
     pub out: ShardOut,
+}
+
+/// A position in a batch: chunk, next access and pointer load of this
+/// shard in it, next op.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    chunk: usize,
+    ai: usize,
+    pi: usize,
+    oi: usize,
 }
 
 impl Shard {
@@ -146,37 +160,58 @@ impl Shard {
             shadow: Shadow::default(),
             exposed: FastMap::default(),
             pending: None,
+            cursor: Cursor::default(),
             out: ShardOut::default(),
         }
     }
 
-    /// Replays one batch: `ops` and this shard's records of `chunks`, merged in event order.
-    pub fn run(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
-        self.replay(ops, chunks, ctx);
-        self.flush_pending();
+    /// Replays one batch — `ops` and this shard's records of `chunks`,
+    /// merged in event order — up to (not including) event `until`; the
+    /// next call goes on from there. `u64::MAX` finishes the batch.
+    pub fn run(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx, until: u64) {
+        self.replay(ops, chunks, ctx, until);
+        if until == u64::MAX {
+            self.flush_pending();
+            self.cursor = Cursor::default();
+        }
     }
 
-    fn replay(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx) {
-        let mut oi = 0;
-        for ch in chunks {
+    fn replay(&mut self, ops: &[(u64, Op)], chunks: &[ChunkRecs], ctx: &Ctx, until: u64) {
+        let Cursor { mut chunk, mut ai, mut pi, mut oi } = self.cursor;
+        while let Some(ch) = chunks.get(chunk) {
             let accs = &ch.accesses[self.idx];
             let ptrs = &ch.ptr_loads[self.idx];
-            let mut pi = 0;
-            for a in accs {
-                while pi < ptrs.len() && ptrs[pi].seq < a.seq {
-                    oi = self.ops_until(ops, oi, ptrs[pi].seq, ctx);
-                    self.ptr_load(&ptrs[pi], ctx);
+            while let Some(a) = accs.get(ai) {
+                while let Some(p) = ptrs.get(pi).filter(|p| p.seq < a.seq) {
+                    if p.seq >= until {
+                        self.cursor = Cursor { chunk, ai, pi, oi };
+                        return;
+                    }
+                    oi = self.ops_until(ops, oi, p.seq, ctx);
+                    self.ptr_load(p, ctx);
                     pi += 1;
+                }
+                if a.seq >= until {
+                    self.cursor = Cursor { chunk, ai, pi, oi };
+                    return;
                 }
                 oi = self.ops_until(ops, oi, a.seq, ctx);
                 self.access(a, ctx);
+                ai += 1;
             }
-            for p in &ptrs[pi..] {
+            while let Some(p) = ptrs.get(pi) {
+                if p.seq >= until {
+                    self.cursor = Cursor { chunk, ai, pi, oi };
+                    return;
+                }
                 oi = self.ops_until(ops, oi, p.seq, ctx);
                 self.ptr_load(p, ctx);
+                pi += 1;
             }
+            (chunk, ai, pi) = (chunk + 1, 0, 0);
         }
-        self.ops_until(ops, oi, u64::MAX, ctx);
+        oi = self.ops_until(ops, oi, until, ctx);
+        self.cursor = Cursor { chunk, ai, pi, oi };
     }
 
     #[inline]
@@ -230,6 +265,7 @@ impl Shard {
                 }
                 self.freed.insert(a.base, id);
             }
+            Op::Copy { idx } => self.copy_in(idx, ctx),
             Op::Init { addr, len } => self.mark(addr, len, true, ctx),
             Op::Unknown { addr, len } => self.mark(addr, len, false, ctx),
             Op::Map { addr, len, prot, flags, host } => {
@@ -276,6 +312,84 @@ impl Shard {
                         set_bits(&mut p.unknown, bs, be, false);
                     } else {
                         set_bits(&mut p.unknown, bs, be, true);
+                    }
+                }
+                cur = pe;
+            }
+        }
+    }
+
+    /// The state of bytes `[s, e)` (within one page this shard owns) of live
+    /// allocation `id` now, as a read would judge it (see [`Shard::byte_state`]).
+    pub(crate) fn copy_out(&self, id: u32, al: &AllocInfo, s: u64, e: u64) -> CopyRun {
+        let off = s - al.base;
+        let exact = self.exact_now(id, al);
+        let page = s / PAGE;
+        let judge = |a: u64, init: bool, unknown: bool| {
+            if init {
+                ByteInit::Init
+            } else if !exact || unknown || a - al.base < al.unknown_prefix {
+                ByteInit::Unknown
+            } else {
+                ByteInit::Uninit
+            }
+        };
+        match self.shadow.get(page) {
+            Some(p) => {
+                let bytes: Vec<ByteInit> = (s..e)
+                    .map(|a| {
+                        let i = (a - page * PAGE) as usize;
+                        judge(a, bit(&p.init, i), bit(&p.unknown, i))
+                    })
+                    .collect();
+                match bytes.first() {
+                    Some(&b0) if bytes.iter().all(|&b| b == b0) => CopyRun::Same { off, len: e - s, state: b0 },
+                    _ => CopyRun::Bytes { off, bytes },
+                }
+            }
+            // An untouched page holds the allocation's birth state.
+            None if al.zeroed => CopyRun::Same { off, len: e - s, state: ByteInit::Init },
+            None if !exact || e - al.base <= al.unknown_prefix => {
+                CopyRun::Same { off, len: e - s, state: ByteInit::Unknown }
+            }
+            None if off >= al.unknown_prefix => CopyRun::Same { off, len: e - s, state: ByteInit::Uninit },
+            None => CopyRun::Bytes { off, bytes: (s..e).map(|a| judge(a, false, false)).collect() },
+        }
+    }
+
+    /// Gives the new block of a reallocation the copied bytes' states (on
+    /// this shard's pages); the rest keeps its birth state.
+    fn copy_in(&mut self, idx: u32, ctx: &Ctx) {
+        let Some(plan) = ctx.copies.get(idx as usize) else { return };
+        let (Some(runs), Some(to)) = (plan.data.as_ref(), ctx.allocs.get(plan.to as usize)) else { return };
+        let birth = if to.zeroed { ByteInit::Init } else { ByteInit::Uninit };
+        for run in runs {
+            let (off, len) = match run {
+                CopyRun::Same { state, .. } if *state == birth => continue,
+                CopyRun::Same { off, len, .. } => (*off, *len),
+                CopyRun::Bytes { off, bytes } => (*off, bytes.len() as u64),
+            };
+            let (s, e) = (to.base.saturating_add(off), to.base.saturating_add(off).saturating_add(len).min(to.end()));
+            let mut cur = s;
+            while cur < e {
+                let page = cur / PAGE;
+                let pe = e.min((page + 1).saturating_mul(PAGE));
+                if self.owns(cur) {
+                    let p = self.shadow.page(page, &self.live, ctx.allocs);
+                    let base = page * PAGE;
+                    match run {
+                        CopyRun::Same { state, .. } => {
+                            let (bs, be) = ((cur - base) as usize, (pe - base) as usize);
+                            set_bits(&mut p.init, bs, be, *state == ByteInit::Init);
+                            set_bits(&mut p.unknown, bs, be, *state == ByteInit::Unknown);
+                        }
+                        CopyRun::Bytes { bytes, .. } => {
+                            for a in cur..pe {
+                                let (i, st) = ((a - base) as usize, bytes[(a - s) as usize]);
+                                set_bits(&mut p.init, i, i + 1, st == ByteInit::Init);
+                                set_bits(&mut p.unknown, i, i + 1, st == ByteInit::Unknown);
+                            }
+                        }
                     }
                 }
                 cur = pe;
