@@ -27,10 +27,15 @@ fn sigalrm_storm_during_a_foreign_loop() {
     let hits = r.stderr.lines().find_map(|l| l.strip_prefix("hits=")).unwrap();
     let hits: u64 = hits.split_whitespace().next().unwrap().parse().unwrap();
     eprintln!("native {native_s:.3} s, recorded {record_s:.3} s; handler ran {hits} times recorded");
-    // Plausible: at least a few times during the call, at most once per period.
-    assert!(hits >= 5, "{hits}");
+    // Plausible: at most once per period; and during the call too, in host
+    // mode (each run is a Callback of the call).
     assert!(hits as f64 <= record_s / 100e-6, "{hits} in {record_s} s");
     let ev = r.events();
+    let call = ev.iter().position(|e| matches!(e, Event::Call { .. })).unwrap();
+    let ret = ev.iter().position(|e| matches!(e, Event::Return { .. })).unwrap();
+    let in_call = ev[call..ret].iter().filter(|e| matches!(e, Event::Callback { .. })).count();
+    eprintln!("handler runs inside the foreign call: {in_call}");
+    assert!(in_call >= 2, "{in_call}");
     // Every delivery is in the trace, one Signal event per handler run.
     let delivered = ev.iter().filter(|e| matches!(e, Event::Signal { signo: 14, .. })).count() as u64;
     assert_eq!(delivered, hits);

@@ -4,14 +4,18 @@
 //! protection flips (host mode for the handler, foreign mode after it). A
 //! periodic signal faster than that (a `setitimer` of 100 µs) would then be
 //! delivered again before a single foreign instruction ran: a livelock.
-//! So after each handler the foreign code gets a slice of time at least
-//! [`FLIPS_PER_SLICE`] times what the flips cost (and [`MIN_SLICE`]); a
-//! caught signal arriving within the slice is held back — one pending
-//! instance per standard signal, as the kernel itself coalesces them — and
-//! delivered when the slice is over (at the thread's next stop or the next
-//! timer check), or as soon as the thread is back in host mode. The handler
-//! still runs, later; the foreign code always progresses. A held-back
-//! signal is re-sent with `tgkill` (its `si_code` becomes `SI_TKILL`).
+//! So after each handler the foreign code gets a slice of time
+//! [`FLIPS_PER_SLICE`] times what the flips cost (within [`MIN_SLICE`] and
+//! [`MAX_SLICE`]). A
+//! caught signal arriving within the slice is held back: it is blocked in
+//! the thread's signal mask and re-sent, so it waits in the kernel as a
+//! pending signal does natively (standard signals coalesce, real-time ones
+//! queue) and costs no further stop; a one-shot timer of ours ends the slice
+//! (`PTRACE_INTERRUPT`), the mask is restored, and the signal is delivered.
+//! The thread leaving foreign mode restores it at once. The handler still
+//! runs, later; the foreign code always progresses. A held-back signal is
+//! re-sent with `tgkill` (its `si_code` becomes `SI_TKILL`), and the library
+//! would see the signal in its mask if it asked during the slice.
 
 use std::time::{Duration, Instant};
 
@@ -20,15 +24,20 @@ use crate::tracer::Tracer;
 use crate::Error;
 
 /// Shortest slice of foreign execution between two handlers.
-pub(crate) const MIN_SLICE: Duration = Duration::from_millis(1);
+pub(crate) const MIN_SLICE: Duration = Duration::from_micros(500);
 /// The slice is at least this many times the cost of the last handler's flips.
-pub(crate) const FLIPS_PER_SLICE: u32 = 4;
+pub(crate) const FLIPS_PER_SLICE: u32 = 2;
+/// Longest slice: any slice guarantees progress; a long one (one slow flip
+/// measured) would only hold the program's handlers back for longer.
+pub(crate) const MAX_SLICE: Duration = Duration::from_millis(5);
 
 /// Per-thread bookkeeping of signals delivered during foreign calls.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SigState {
-    /// Signals held back, in arrival order (standard signals once each).
+    /// Signals held back without a mask (the mask could not be changed).
     pub deferred: Vec<i32>,
+    /// Signals we added to the thread's blocked mask (bit N-1: signal N).
+    blocked: u64,
     /// When a handler was last let run from foreign mode.
     delivered: Option<Instant>,
     /// When foreign mode resumed after it.
@@ -36,21 +45,22 @@ pub(crate) struct SigState {
 }
 
 impl SigState {
-    /// Whether the foreign code has had its slice since the last handler.
-    fn slice_over(&self, now: Instant) -> bool {
+    /// When the foreign code's slice since the last handler is over.
+    fn slice_end(&self) -> Option<Instant> {
         match (self.delivered, self.back) {
             (Some(d), Some(b)) if b >= d => {
-                let flips = b.duration_since(d);
-                now.duration_since(b) >= MIN_SLICE.max(flips * FLIPS_PER_SLICE)
+                Some(b + (b.duration_since(d) * FLIPS_PER_SLICE).clamp(MIN_SLICE, MAX_SLICE))
             }
-            _ => true,
+            _ => None,
         }
     }
 
-    fn hold(&mut self, signal: i32) {
-        if signal >= libc::SIGRTMIN() || !self.deferred.contains(&signal) {
-            self.deferred.push(signal);
-        }
+    fn slice_over(&self, now: Instant) -> bool {
+        self.slice_end().is_none_or(|e| now >= e)
+    }
+
+    fn pending(&self) -> bool {
+        self.blocked != 0 || !self.deferred.is_empty()
     }
 }
 
@@ -63,6 +73,14 @@ fn synchronous(signal: i32) -> bool {
     )
 }
 
+fn bit(signal: i32) -> u64 {
+    if (1..=64).contains(&signal) {
+        1u64 << (signal - 1)
+    } else {
+        0
+    }
+}
+
 /// Whether process `pid` has a handler installed for `signal`.
 fn caught(pid: Pid, signal: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
@@ -71,7 +89,67 @@ fn caught(pid: Pid, signal: i32) -> bool {
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    (1..=64).contains(&signal) && mask & (1u64 << (signal - 1)) != 0
+    mask & bit(signal) != 0
+}
+
+/// A periodic timer that interrupts the recorder's `waitpid` (SIGALRM to
+/// this thread, as the ticker does) every [`MIN_SLICE`] while signals are
+/// held back, so a slice's end is noticed (a tick lost while the recorder
+/// was busy is followed by the next).
+#[derive(Debug, Default)]
+pub(crate) struct SliceTimer {
+    id: Option<libc::timer_t>,
+    running: bool,
+}
+
+impl SliceTimer {
+    fn set(&mut self, period: Option<Duration>) {
+        if self.id.is_none() {
+            // SAFETY: sigevent is plain data; zeroed is a valid start.
+            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = libc::SIGALRM;
+            // SAFETY: gettid has no preconditions.
+            sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+            // SAFETY: timer_t is a pointer-sized handle the kernel fills.
+            let mut id: libc::timer_t = unsafe { std::mem::zeroed() };
+            // SAFETY: timer_create reads `sev` and writes `id`.
+            if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) } < 0 {
+                return;
+            }
+            self.id = Some(id);
+        }
+        let Some(id) = self.id else { return };
+        let ts = period.map_or(libc::timespec { tv_sec: 0, tv_nsec: 0 }, |p| libc::timespec {
+            tv_sec: p.as_secs() as i64,
+            tv_nsec: i64::from(p.subsec_nanos()),
+        });
+        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+        // SAFETY: `id` is our timer; timer_settime reads `spec`.
+        unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
+        self.running = period.is_some();
+    }
+
+    fn start(&mut self) {
+        if !self.running {
+            self.set(Some(MIN_SLICE));
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.running {
+            self.set(None);
+        }
+    }
+}
+
+impl Drop for SliceTimer {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            // SAFETY: deleting the timer we created.
+            unsafe { libc::timer_delete(id) };
+        }
+    }
 }
 
 impl Tracer {
@@ -87,13 +165,36 @@ impl Tracer {
             // Delivered now: the handler runs in host mode, foreign mode resumes after it.
             t.sigs.delivered = Some(now);
             t.sigs.back = None;
-            // A held-back instance of a standard signal merges with this one.
             if signal < libc::SIGRTMIN() {
+                // A held-back instance of a standard signal merges with this one.
                 t.sigs.deferred.retain(|&s| s != signal);
             }
             return Ok(false);
         }
-        t.sigs.hold(signal);
+        // Blocked and sent again, it waits in the kernel without stopping the thread.
+        let blocked = sys::getsigmask(tid)
+            .and_then(|m| {
+                if m & bit(signal) == 0 {
+                    sys::setsigmask(tid, m | bit(signal)).map(|()| true)
+                } else {
+                    Ok(false)
+                }
+            })
+            .and_then(|added| sys::tgkill(self.pid, tid, signal).map(|()| added));
+        let Some(t) = self.threads.get_mut(&tid) else { return Ok(false) };
+        match blocked {
+            Ok(added) => {
+                if added {
+                    t.sigs.blocked |= bit(signal);
+                }
+            }
+            Err(_) => {
+                if signal >= libc::SIGRTMIN() || !t.sigs.deferred.contains(&signal) {
+                    t.sigs.deferred.push(signal);
+                }
+            }
+        }
+        self.slice_timer.start();
         self.resume(tid, 0)?;
         Ok(true)
     }
@@ -107,35 +208,51 @@ impl Tracer {
         }
     }
 
-    /// Before `tid` is resumed: re-sends its held-back signals once their
-    /// time has come (the slice is over, or the thread left foreign mode).
+    /// Before `tid` (stopped) is resumed: once the slice is over, or the
+    /// thread left foreign mode, its held-back signals are let through.
     pub(crate) fn send_held_signals(&mut self, tid: Pid) {
         let in_foreign = self.foreign_mode && self.owner == Some(tid);
         let pid = self.pid;
         let Some(t) = self.threads.get_mut(&tid) else { return };
-        if t.sigs.deferred.is_empty() || (in_foreign && !t.sigs.slice_over(Instant::now())) {
+        if !t.sigs.pending() || (in_foreign && !t.sigs.slice_over(Instant::now())) {
             return;
         }
-        for s in std::mem::take(&mut t.sigs.deferred) {
+        if t.sigs.blocked != 0 {
+            let added = std::mem::take(&mut t.sigs.blocked);
             // Gone meanwhile: nothing to deliver.
+            if let Ok(m) = sys::getsigmask(tid) {
+                let _ = sys::setsigmask(tid, m & !added);
+            }
+        }
+        for s in std::mem::take(&mut t.sigs.deferred) {
             let _ = sys::tgkill(pid, tid, s);
         }
     }
 
-    /// Timer tick: a foreign call that stops for nothing (a compute loop)
-    /// still gets its held-back signals once the slice is over.
+    /// Slice timer or ticker: an owner with held-back signals whose slice
+    /// is over is interrupted, so they are let through at that stop.
     pub(crate) fn send_held_signals_all(&mut self) {
         let busy: Vec<Pid> = std::iter::once((self.pid, self.owner))
             .chain(self.procs.values().map(|p| (p.pid, p.owner)))
             .filter_map(|(p, o)| o.map(|_| p))
             .collect();
+        let now = Instant::now();
+        let mut waiting = false;
         for p in busy {
             self.activate(p);
-            if let Some(o) = self.owner {
-                if self.threads.get(&o).is_some_and(|t| t.running) {
-                    self.send_held_signals(o);
-                }
+            let Some(o) = self.owner else { continue };
+            let Some(t) = self.threads.get(&o) else { continue };
+            if !t.sigs.pending() {
+                continue;
             }
+            waiting = true;
+            if t.running && t.sigs.slice_over(now) {
+                // Its interrupt stop resumes it through `resume`, which lets them through.
+                let _ = sys::interrupt(o);
+            }
+        }
+        if !waiting {
+            self.slice_timer.stop();
         }
     }
 }

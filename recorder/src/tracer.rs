@@ -187,6 +187,8 @@ pub(crate) struct Tracer {
     pub deferred: Vec<Stop>,
     /// The thread pinned with the recorder (`saved_affinity`).
     pub pinned_tid: Option<Pid>,
+    /// Ends the foreign code's slice between two signal handlers (`signals`).
+    pub slice_timer: crate::signals::SliceTimer,
     /// Host initialisation tracking (`hostinit`).
     pub hostinit: crate::hostinit::HostInit,
 }
@@ -305,6 +307,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         tgids: std::collections::HashMap::from([(pid, pid)]),
         deferred: Vec::new(),
         pinned_tid: None,
+        slice_timer: crate::signals::SliceTimer::default(),
         hostinit: crate::hostinit::HostInit::new(host_init),
     };
     t.threads.insert(pid, Thread::default());

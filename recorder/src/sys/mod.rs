@@ -84,6 +84,30 @@ pub fn interrupt(tid: Pid) -> Result<(), Error> {
     ptrace_simple(libc::PTRACE_INTERRUPT, "PTRACE_INTERRUPT", tid, 0, 0).map(drop)
 }
 
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+
+/// A stopped thread's blocked-signal mask (bit N-1: signal N).
+pub fn getsigmask(tid: Pid) -> Result<u64, Error> {
+    let mut mask: u64 = 0;
+    // SAFETY: the kernel writes one 8-byte sigset (addr = its size) to the pointer.
+    let r = unsafe { libc::ptrace(PTRACE_GETSIGMASK, tid, 8usize, &mut mask as *mut u64) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_GETSIGMASK", tid));
+    }
+    Ok(mask)
+}
+
+/// Sets a stopped thread's blocked-signal mask.
+pub fn setsigmask(tid: Pid, mask: u64) -> Result<(), Error> {
+    // SAFETY: the kernel reads one 8-byte sigset (addr = its size) from the pointer.
+    let r = unsafe { libc::ptrace(PTRACE_SETSIGMASK, tid, 8usize, &mask as *const u64) };
+    if r < 0 {
+        return Err(sys_err("PTRACE_SETSIGMASK", tid));
+    }
+    Ok(())
+}
+
 pub fn listen(tid: Pid) -> Result<(), Error> {
     ptrace_simple(libc::PTRACE_LISTEN, "PTRACE_LISTEN", tid, 0, 0).map(drop)
 }
