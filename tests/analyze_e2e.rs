@@ -147,6 +147,9 @@ fn analyze_off_by_one_after_malloc10() {
         (Some("after"), Some(0), Some(10))
     );
     assert_eq!(al["id"].as_u64(), Some(a.alloc_id(buf)));
+    // Named by number, allocator, size and site.
+    let label = format!("alloc#{} (malloc 10 at main+0x", a.alloc_id(buf));
+    assert!(al["label"].as_str().is_some_and(|l| l.starts_with(&label)), "{al:#}");
     assert_eq!(f["at"]["symbol"], "sum_off_by_one");
     assert_eq!(f["at"]["module"], "libanafx.so");
     assert!(f["at"]["file"].as_str().is_some_and(|p| p.ends_with("libanafx.c")), "{:#}", f["at"]);
@@ -164,8 +167,24 @@ fn analyze_read_after_free() {
     assert_eq!(kinds(&a), vec!["use_after_free"]);
     let f = &a.findings()[0];
     assert_eq!(f["addr"], format!("{buf:#x}"));
+    // sum_bytes(p, 8) after free(p): eight 1-byte reads of bytes [0,8) of the freed block.
     assert_eq!((f["size"].as_u64(), f["count"].as_u64()), (Some(8), Some(8)));
-    assert_eq!((f["allocation"]["relation"].as_str(), f["allocation"]["size"].as_u64()), (Some("freed"), Some(48)));
+    assert_eq!(
+        (f["read"].as_bool(), f["write"].as_bool(), f["verdict"].as_str()),
+        (Some(true), Some(false), Some("exact"))
+    );
+    assert_eq!(
+        (f["allocation"]["relation"].as_str(), f["allocation"]["size"].as_u64(), f["allocation"]["distance"].as_u64()),
+        (Some("freed"), Some(48), Some(0))
+    );
+    assert_eq!(f["allocation"]["id"].as_u64(), Some(a.alloc_id(buf)));
+    assert_eq!((f["at"]["symbol"].as_str(), f["at"]["line"].as_u64()), (Some("sum_bytes"), Some(10)));
+    assert_eq!(
+        (f["call"]["symbol"].as_str(), f["call"]["call_site"]["symbol"].as_str()),
+        (Some("sum_bytes"), Some("main"))
+    );
+    let t = &a.call("sum_bytes")["touched"][0];
+    assert_eq!((t["alloc"].as_u64(), &t["read"]), (Some(a.alloc_id(buf)), &serde_json::json!([[0, 8]])));
     assert_eq!(a.code, 1);
 }
 

@@ -187,4 +187,17 @@ fn real_zlib_eight_threads_compress2_uncompress() {
         }
     }
     assert_eq!(tids.len(), 8, "eight distinct threads");
+    // Eight threads' accesses interleaved over several chunks: the report
+    // is byte-identical whatever the analysis thread count.
+    assert!(r.trace().chunks().len() >= 2, "{} chunks", r.trace().chunks().len());
+    let analyse = |threads: &str| {
+        let out = common::run(
+            common::ffirec().args(["analyze", "--format", "json", "--threads", threads]).arg(&r.trace),
+            common::TIMEOUT,
+        );
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let one = analyse("1");
+    assert!(one == analyse("2") && one == analyse("3"), "JSON differs between --threads 1, 2 and 3");
 }
