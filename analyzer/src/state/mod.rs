@@ -565,7 +565,12 @@ impl Timeline {
                     self.gaps.push(GapInfo { seq, tid, call: self.top(tid), reason, detail });
                     ops.push((seq, Op::Gap));
                 }
-                Event::Exit { status, .. } if self.exit.is_none() => self.exit = Some(status),
+                // The program's exit is the first process's (not a forked child's).
+                Event::Exit { pid, status }
+                    if self.exit.is_none() && (!self.spaces.multi() || self.spaces.pid(0) == Some(pid)) =>
+                {
+                    self.exit = Some(status)
+                }
                 _ => {}
             }
         }
