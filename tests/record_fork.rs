@@ -270,3 +270,28 @@ fn concurrent_foreign_calls_in_two_processes() {
     let parent_ret = pos(&|e| matches!(e, Event::Return { tid, .. } if *tid == parent));
     assert!(child_call < parent_ret);
 }
+
+#[test]
+fn library_runs_system_inside_a_call() {
+    // posix_spawn's CLONE_VFORK child shares the guarded memory of the call
+    // until it execs; the command string it passes is on the guarded heap.
+    let prog = common::program("fork_lib_system");
+    let nat = native(&prog, &[]);
+    let r = record("fork_lib_system", &prog, &[], &["--lib", "libforkfx.so"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "from-lib\nstatus 5\n");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let f = forks(&ev);
+    assert_eq!(f.len(), 1, "{f:?}");
+    let execs: Vec<u32> = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Exec { pid, .. } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs, vec![f[0].2]);
+    assert_eq!(host_calls_by_tid(&r, &ev)[0], (parent, "lib_system".to_string()));
+}

@@ -142,7 +142,31 @@ pub(crate) fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) 
             vec![r(addr, len, write, when)]
         }
     };
+    // execve's argv/envp: the pointer array through its NULL, and every string.
+    let strings = |base: u64| -> Vec<Touch> {
+        let mut out = Vec::new();
+        if base == 0 {
+            return out;
+        }
+        let mut n = 0u64;
+        while n < 65536 {
+            let mut w = [0u8; 8];
+            if t.mem.read_partial(RemoteAddr(base + 8 * n), &mut w) != 8 {
+                break;
+            }
+            let p = u64::from_le_bytes(w);
+            n += 1;
+            if p == 0 {
+                break;
+            }
+            out.extend(path(p));
+        }
+        out.push(r(base, 8 * n.max(1), false, When::Always));
+        out
+    };
     let v = match nr as i64 {
+        libc::SYS_execve => [path(a[0]), strings(a[1]), strings(a[2])].concat(),
+        libc::SYS_execveat => [path(a[1]), strings(a[2]), strings(a[3])].concat(),
         libc::SYS_read | libc::SYS_pread64 => vec![r(a[1], a[2], true, When::UpToRet)],
         libc::SYS_write | libc::SYS_pwrite64 => vec![r(a[1], a[2], false, When::UpToRet)],
         libc::SYS_readv | libc::SYS_preadv | libc::SYS_preadv2 => iov(a[1], a[2], true),
