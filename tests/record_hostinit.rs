@@ -254,3 +254,15 @@ fn hostinit_forked_child_writes_inherited_block() {
     assert_eq!(r.rec.stdout, format!("child {} 900\nparent 0 1\n", 10 + 190 * 2));
     assert_eq!(r.findings(), uninit(10, 200));
 }
+
+#[test]
+fn hostinit_second_thread_ends_tracking() {
+    // A second thread writes [10,200) of a tracked block: tracking ends for
+    // the process (every page given back, every byte not yet written
+    // unknown), the program runs as natively, nothing is reported.
+    let r = run("hostinit_thread", &["thread"], &[]);
+    assert_eq!(r.rec.stdout, format!("{} 1\n", 10 + 190 * 2));
+    assert_eq!(r.findings(), vec![]);
+    // p's [10,200) and all 200 bytes read of q (allocated after the thread).
+    assert_eq!(r.unknown_bytes(), 190 + 200);
+}

@@ -387,6 +387,17 @@ impl Tracer {
         };
         let accesses = self.sink.accesses;
         let counters = self.sink.counters;
+        if self.hostinit.enabled && !self.opts.quiet {
+            eprintln!(
+                "ffirec: host-init: {} write faults ({} performed, {} run natively), {} pages released, {} given up, {} syscalls",
+                counters.hostinit_faults,
+                counters.hostinit_emulated,
+                counters.hostinit_reexecuted,
+                counters.hostinit_released,
+                counters.hostinit_dead,
+                counters.hostinit_syscalls
+            );
+        }
         let written = self.sink.finish(Some(status))?;
         let secs = counters.foreign_ns as f64 / 1e9;
         let rate = if secs > 0.0 { counters.faults as f64 / secs } else { 0.0 };

@@ -36,6 +36,7 @@ pub struct RecordArgs {
     /// library read them (write-protects host heap pages while host code runs;
     /// single-threaded processes only): reads of bytes the host never wrote
     /// become exact uninitialised-read findings instead of `unknown`.
+    /// Also on with FFIREC_HOST_INIT=1 in the environment.
     #[arg(long)]
     pub host_init: bool,
     /// Only print warnings and the summary line.
@@ -62,7 +63,8 @@ pub fn run(args: RecordArgs) -> ExitCode {
     opts.quiet = args.quiet;
     opts.guard_foreign = args.guard_foreign;
     opts.follow = !args.no_follow;
-    opts.host_init = args.host_init;
+    // FFIREC_HOST_INIT=1 turns it on without the flag (whole test suites, scripts).
+    opts.host_init = args.host_init || std::env::var_os("FFIREC_HOST_INIT").is_some_and(|v| v == "1");
     match ffirec_recorder::record(opts) {
         Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
         Err(e) => {
