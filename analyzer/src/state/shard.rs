@@ -184,6 +184,8 @@ impl Shard {
             while let Some(a) = accs.get(ai) {
                 while let Some(p) = ptrs.get(pi).filter(|p| p.seq < a.seq) {
                     if p.seq >= until {
+                        // Ops before `until` still apply (a copy reads their result).
+                        oi = self.ops_until(ops, oi, until, ctx);
                         self.cursor = Cursor { chunk, ai, pi, oi };
                         return;
                     }
@@ -192,6 +194,7 @@ impl Shard {
                     pi += 1;
                 }
                 if a.seq >= until {
+                    oi = self.ops_until(ops, oi, until, ctx);
                     self.cursor = Cursor { chunk, ai, pi, oi };
                     return;
                 }
@@ -201,6 +204,7 @@ impl Shard {
             }
             while let Some(p) = ptrs.get(pi) {
                 if p.seq >= until {
+                    oi = self.ops_until(ops, oi, until, ctx);
                     self.cursor = Cursor { chunk, ai, pi, oi };
                     return;
                 }
