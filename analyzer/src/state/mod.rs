@@ -160,10 +160,12 @@ pub(crate) enum CopyRun {
 }
 
 /// Replays one batch — `ops` made by `tl` from the control events of
-/// `recs`, whose copies start at `tl.copies[first_copy]` — on every shard in
-/// parallel. Before each reallocation that copies bytes, every shard stops
-/// there and the old bytes' states are read from their shards, so the new
-/// block gets them exactly whichever shards own either block.
+/// `recs`, whose copies start at `tl.copies[first_copy]` — on every shard.
+/// Before each reallocation that copies bytes, the shards owning the old
+/// bytes are brought up to that event and the bytes' states read from them;
+/// the other shards apply the copy when they get there, in the parallel
+/// pass over the whole batch at the end. So the new block gets the states
+/// exactly whichever shards own either block.
 pub(crate) fn replay_round(
     shards: &mut [Shard],
     ops: &[(u64, Op)],
@@ -172,30 +174,43 @@ pub(crate) fn replay_round(
     modules: &crate::symbols::ModuleMap,
     first_copy: usize,
 ) {
+    use crate::decode::{shard_of, PAGE, SHARDS};
     use rayon::prelude::*;
-    let replay = |shards: &mut [Shard], tl: &Timeline, until: u64| {
-        let ctx = Ctx { allocs: &tl.allocs, modules, copies: &tl.copies };
-        shards
-            .par_iter_mut()
-            .for_each(|s| crate::timing::task(crate::timing::Stage::Replay, || s.run(ops, recs, &ctx, until)));
+    let task = |s: &mut Shard, ctx: &Ctx, until: u64| {
+        crate::timing::task(crate::timing::Stage::Replay, || s.run(ops, recs, ctx, until))
     };
     for i in first_copy..tl.copies.len() {
-        replay(shards, tl, tl.copies[i].seq);
-        let plan = &tl.copies[i];
-        let data = tl.allocs.get(plan.from as usize).map(|from| {
-            let (s, e) = (from.base, from.base.saturating_add(plan.len));
-            let mut runs = Vec::new();
-            let mut cur = s;
-            while cur < e {
-                let pe = e.min((cur / crate::decode::PAGE + 1).saturating_mul(crate::decode::PAGE));
-                runs.push(shards[crate::decode::shard_of(cur)].copy_out(plan.from, from, cur, pe));
-                cur = pe;
+        let (seq, from, len) = (tl.copies[i].seq, tl.copies[i].from, tl.copies[i].len);
+        let Some(old) = tl.allocs.get(from as usize) else { continue };
+        let (s, e) = (old.base, old.base.saturating_add(len));
+        let pages = (e - 1) / PAGE - s / PAGE + 1;
+        let mut owners = [false; SHARDS];
+        if pages >= SHARDS as u64 {
+            owners = [true; SHARDS];
+        } else {
+            (0..pages).for_each(|k| owners[shard_of(s + k * PAGE)] = true);
+        }
+        {
+            let ctx = Ctx { allocs: &tl.allocs, modules, copies: &tl.copies };
+            let mut behind: Vec<&mut Shard> =
+                shards.iter_mut().enumerate().filter(|(k, _)| owners[*k]).map(|(_, s)| s).collect();
+            if behind.len() > 1 {
+                behind.par_iter_mut().for_each(|s| task(s, &ctx, seq));
+            } else {
+                behind.into_iter().for_each(|s| task(s, &ctx, seq));
             }
-            runs
-        });
-        tl.copies[i].data = data;
+        }
+        let mut runs = Vec::new();
+        let mut cur = s;
+        while cur < e {
+            let pe = e.min((cur / PAGE + 1).saturating_mul(PAGE));
+            runs.push(shards[shard_of(cur)].copy_out(from, old, cur, pe));
+            cur = pe;
+        }
+        tl.copies[i].data = Some(runs);
     }
-    replay(shards, tl, u64::MAX);
+    let ctx = Ctx { allocs: &tl.allocs, modules, copies: &tl.copies };
+    shards.par_iter_mut().for_each(|s| task(s, &ctx, u64::MAX));
     for c in &mut tl.copies[first_copy..] {
         c.data = None;
     }
