@@ -137,8 +137,9 @@ fn run(trace: &Trace, opts: &Options) -> Result<Report, Error> {
     Ok(report)
 }
 
-/// A chunk's records, or why it could not be read; filled by a decode task.
-type Slot = Mutex<Option<Result<decode::ChunkRecs, Error>>>;
+/// A chunk's records, or why it could not be read; filled by a decode task
+/// (with its panic, if it panicked: the waiting driver re-raises it).
+type Slot = Mutex<Option<std::thread::Result<Result<decode::ChunkRecs, Error>>>>;
 
 /// Decodes every chunk and replays it on the shards; returns the number of
 /// access events and of decode failures.
@@ -185,7 +186,9 @@ fn pipeline(
                     let out =
                         spare.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(decode::ChunkRecs::empty);
                     let mut d = decoders[w].0.lock().unwrap_or_else(|e| e.into_inner());
-                    let r = timing::task(timing::Stage::Decode, || d.chunk(trace, i, out));
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        timing::task(timing::Stage::Decode, || d.chunk(trace, i, out))
+                    }));
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 });
                 spawned += 1;
@@ -206,8 +209,12 @@ fn pipeline(
                     }
                 };
                 match r {
-                    Ok(r) => recs.push(r),
-                    Err(e) => {
+                    Ok(Ok(r)) => recs.push(r),
+                    Err(panic) => {
+                        stop.store(true, Relaxed);
+                        std::panic::resume_unwind(panic);
+                    }
+                    Ok(Err(e)) => {
                         stop.store(true, Relaxed);
                         return Err(e);
                     }
