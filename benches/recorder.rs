@@ -2,9 +2,14 @@
 //! over a host buffer, next to the ceiling of a minimal tracer measured in
 //! the same run (a tracee faulting on a PROT_NONE page in a loop; a tracer
 //! that only does GETSIGINFO / GETREGS / SETREGS(rip += 3) / CONT).
-//! Both with tracer and tracee pinned to one CPU and unpinned.
+//! Both with tracer and tracee pinned to one CPU and unpinned. Loops: 8-byte
+//! loads; 8-byte load+store, 16-byte SSE and 32-byte AVX copies (emulated
+//! through the GPR and XSAVE register sets); a read-modify-write `add` that
+//! goes through a trampoline.
 //!
-//! `cargo bench --bench recorder` (env FFIREC_BENCH_FAULTS to change the size).
+//! `cargo bench --bench recorder` (env FFIREC_BENCH_FAULTS to change the
+//! size, FFIREC_BENCH_ROUNDS the rounds, FFIREC_BENCH_SCENARIOS=loop,avxloop
+//! to run some loops only).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,29 +108,64 @@ fn ceiling(n: u64, pinned: bool) -> f64 {
     count as f64 / secs
 }
 
-/// ffirec on the fixture's tight loop: faults/s inside foreign calls.
-/// `scenario` is `loop` (loads: emulated) or `addloop` (read-modify-write:
-/// trampolined).
-fn recorder(n: u64, pinned: bool, scenario: &str) -> (f64, u64, u64) {
+/// One foreign loop of the fixture (`rec_host SCENARIO ELEMS ROUNDS`).
+struct Scenario {
+    name: &'static str,
+    label: &'static str,
+    /// Faults per element and round (a copy loads and stores).
+    faults_per_elem: u64,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "loop", label: "8-byte loads", faults_per_elem: 1 },
+    Scenario { name: "copyloop", label: "8-byte load+store", faults_per_elem: 2 },
+    Scenario { name: "sseloop", label: "16-byte SSE copy", faults_per_elem: 2 },
+    Scenario { name: "avxloop", label: "32-byte AVX copy", faults_per_elem: 2 },
+    Scenario { name: "addloop", label: "add [m] (trampoline)", faults_per_elem: 1 },
+];
+
+/// What one recorded run measured.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    stops: u64,
+    faults: u64,
+    emulated: u64,
+    trampolined: u64,
+}
+
+/// ffirec on one of the fixture's tight loops: faults/s inside foreign calls.
+fn recorder(n: u64, pinned: bool, sc: &Scenario) -> Run {
     let prog = common::program("rec_host");
     let dir = common::scratch(if pinned { "bench_pinned" } else { "bench_unpinned" });
     let trace = dir.join("bench.ffr");
-    let longs = 4096u64;
-    let rounds = (n / longs).max(1);
+    let elems = 4096u64;
+    let rounds = (n / (elems * sc.faults_per_elem)).max(1);
     let mut cmd = common::ffirec();
     cmd.args(["record", "-q", "--lib", "librecfx.so", "-o"]).arg(&trace);
     if !pinned {
         cmd.arg("--no-pin");
     }
-    cmd.arg("--").arg(&prog).args([scenario, &longs.to_string(), &rounds.to_string()]);
+    cmd.arg("--").arg(&prog).args([sc.name, &elems.to_string(), &rounds.to_string()]);
     let out = common::run(&mut cmd, std::time::Duration::from_secs(600));
     assert!(out.status.success(), "ffirec failed: {}", String::from_utf8_lossy(&out.stderr));
+    let native = common::run(
+        std::process::Command::new(&prog).args([sc.name, &elems.to_string(), &rounds.to_string()]),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.stdout, native.stdout, "{}: program output differs under ffirec", sc.name);
     let t = Trace::open(&trace).expect("open bench trace");
     let s = t.summary().expect("complete trace");
     let c = |n: &str| s.counter(n).unwrap_or(0);
     let faults = c("faults");
     let secs = c("foreign_ns") as f64 / 1e9;
-    (faults as f64 / secs, c("fault_stops"), faults)
+    Run {
+        rate: faults as f64 / secs,
+        stops: c("fault_stops"),
+        faults,
+        emulated: c("emulated"),
+        trampolined: c("trampolined"),
+    }
 }
 
 fn main() {
@@ -136,34 +176,35 @@ fn main() {
     println!("recorder bench: {n} faults per measurement");
     let rounds: usize = std::env::var("FFIREC_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     println!("  (best of {rounds} interleaved rounds each: the machine is shared, single runs are noisy)");
+    let only: Option<Vec<String>> =
+        std::env::var("FFIREC_BENCH_SCENARIOS").ok().map(|v| v.split(',').map(String::from).collect());
+    let scenarios: Vec<&Scenario> =
+        SCENARIOS.iter().filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s.name))).collect();
     for pinned in [true, false] {
         let label = if pinned { "pinned (same CPU)" } else { "unpinned" };
-        let (mut ceil, mut emu, mut tramp) = (0f64, (0f64, 0, 0), (0f64, 0, 0));
+        let mut ceil = 0f64;
+        let mut best = vec![Run::default(); scenarios.len()];
         for _ in 0..rounds {
             ceil = ceil.max(ceiling(n, pinned));
-            let e = recorder(n, pinned, "loop");
-            if e.0 > emu.0 {
-                emu = e;
-            }
-            let t = recorder(n / 2, pinned, "addloop");
-            if t.0 > tramp.0 {
-                tramp = t;
+            for (sc, b) in scenarios.iter().zip(best.iter_mut()) {
+                let r = recorder(n, pinned, sc);
+                if r.rate > b.rate {
+                    *b = r;
+                }
             }
         }
-        println!("  {label:18} ceiling            {ceil:>9.0} faults/s");
-        println!(
-            "  {label:18} ffirec emulated    {:>9.0} faults/s ({} stops for {} faults) | ratio {:.2}",
-            emu.0,
-            emu.1,
-            emu.2,
-            emu.0 / ceil
-        );
-        println!(
-            "  {label:18} ffirec trampolined {:>9.0} faults/s ({} stops for {} faults) | ratio {:.2}",
-            tramp.0,
-            tramp.1,
-            tramp.2,
-            tramp.0 / ceil
-        );
+        println!("  {label:18} {:<22} {ceil:>9.0} faults/s", "ceiling");
+        for (sc, r) in scenarios.iter().zip(&best) {
+            println!(
+                "  {label:18} {:<22} {:>9.0} faults/s | ratio {:.2} | {:.2} stops/fault, {} of {} faults emulated, {} trampolined",
+                sc.label,
+                r.rate,
+                r.rate / ceil,
+                r.stops as f64 / r.faults.max(1) as f64,
+                r.emulated,
+                r.faults,
+                r.trampolined
+            );
+        }
     }
 }

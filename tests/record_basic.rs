@@ -291,6 +291,24 @@ fn record_signal_handler_during_a_foreign_call() {
 }
 
 #[test]
+fn record_calls_under_a_fast_timer_signal() {
+    // SIGALRM every 500 µs lands in the middle of protection batches (the
+    // return batch runs without a stop and holds signals back until it is
+    // done): the program's results and the recorded accesses stay exact.
+    let r = scenario("timercalls", "timercalls");
+    assert_eq!(r.stdout, "1\n");
+    let ev = r.events();
+    let b = bytes(&ev);
+    assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 16)]);
+    assert_eq!(ranges_in(&b.written, r.addr("buf"), 32), vec![]);
+    let calls = ev.iter().filter(|e| matches!(e, Event::Call { .. })).count();
+    let returns = ev.iter().filter(|e| matches!(e, Event::Return { .. })).count();
+    assert!(calls >= 4001, "{calls} calls");
+    assert_eq!(returns, calls, "every call returns");
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
+
+#[test]
 fn record_realloc_moving_a_guarded_block_keeps_the_program_working() {
     // glibc moves the 1 MiB mmap'd block with mremap, which carries our
     // PROT_NONE along: the recorder adopts the new range and restores it.

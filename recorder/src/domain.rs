@@ -371,7 +371,8 @@ impl Tracer {
         if self.owner != Some(tid) {
             self.owner = Some(tid);
             self.hold_others(tid)?;
-            self.pin(tid);
+            // Pinned at the call's first fault (`on_fault`): a call that
+            // faults rarely would pay more for the pinning than it saves.
         }
         self.last_owner_stop = Instant::now();
         let guards = self.compute_guards(tid, &regs)?;
@@ -405,6 +406,23 @@ impl Tracer {
         }
         // Tracked host-init pages were guarded read-write: read-only again.
         batch.extend(self.hostinit_unguard_batch());
+        let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
+        let to_release = done && self.threads.iter().any(|(&t, th)| t != tid && !th.running);
+        if !to_release {
+            // Nothing else may run before the batch is done: the thread runs
+            // it on its way back, with no stop.
+            self.guards.clear();
+            self.foreign_mode = false;
+            self.set_foreign_tid(0);
+            if let Some(since) = self.foreign_since.take() {
+                self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
+            }
+            if done {
+                self.unpin(tid);
+                self.owner = None;
+            }
+            return self.run_batch_go(tid, &regs, &batch);
+        }
         self.run_batch(tid, &regs, &batch)?;
         self.guards.clear();
         self.foreign_mode = false;
@@ -413,7 +431,6 @@ impl Tracer {
             self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
         }
         sys::setregs(tid, &regs)?;
-        let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
         if done {
             self.unpin(tid);
             self.owner = None;

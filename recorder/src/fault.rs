@@ -110,6 +110,9 @@ fn page_down(x: u64, page: u64) -> u64 {
 impl Tracer {
     /// SIGSEGV from a foreign-mode thread on a guarded page.
     pub fn on_fault(&mut self, tid: Pid, raw: RawRegs, fault_addr: u64) -> Result<(), Error> {
+        if self.saved_affinity.is_none() {
+            self.pin(tid);
+        }
         self.sink.counters.faults += 1;
         self.sink.counters.fault_stops += 1;
         let mut code = [0u8; 16];
@@ -143,10 +146,20 @@ impl Tracer {
         }
         // The shim names the foreign thread while it runs inside malloc/free/
         // realloc: such a fault is the allocator's (see `Counters::allocator_accesses`).
+        // The bytes a single-range load reads, kept for the emulation below
+        // (one `/proc/PID/mem` read per fault, not two).
+        let mut loaded = [0u8; DATA_MAX as usize];
+        let mut loaded_at: Option<(u64, usize)> = None;
         if self.alloc.as_ref().is_some_and(|a| a.in_allocator(tid as u32)) {
             self.sink.counters.allocator_accesses += 1;
         } else {
             let data = self.read_data(&self.ranges);
+            if let [r] = self.ranges.as_slice() {
+                if r.rw == Rw::Read && !data.is_empty() {
+                    loaded[..data.len()].copy_from_slice(&data);
+                    loaded_at = Some((r.addr, data.len()));
+                }
+            }
             self.sink.push(Event::Access {
                 tid: tid as u32,
                 code: code[..len].to_vec(),
@@ -157,7 +170,8 @@ impl Tracer {
             })?;
         }
         if let Some(emu) = emulation {
-            if self.emulate(tid, raw, regs, &emu, next_ip)? {
+            let pre = loaded_at.map(|(a, n)| (a, &loaded[..n]));
+            if self.emulate(tid, raw, regs, &emu, next_ip, pre)? {
                 self.sink.counters.emulated += 1;
                 return Ok(());
             }
@@ -196,6 +210,7 @@ impl Tracer {
 
     /// Performs a simple move through `/proc/PID/mem` and skips the
     /// instruction: one SETREGS, no window. Returns false to fall back.
+    /// `pre`: bytes already read at an address (the Access event's data).
     pub(crate) fn emulate(
         &mut self,
         tid: Pid,
@@ -203,6 +218,7 @@ impl Tracer {
         mut regs: Regs,
         emu: &Emulation,
         next_ip: u64,
+        pre: Option<(u64, &[u8])>,
     ) -> Result<bool, Error> {
         let addr = emu.address(&regs);
         let size = emu.size();
@@ -210,9 +226,18 @@ impl Tracer {
         if size > buf.len() || next_ip == 0 {
             return Ok(false);
         }
+        let load = |mem: &sys::Mem, buf: &mut [u8]| -> bool {
+            match pre {
+                Some((a, b)) if a == addr && b.len() == buf.len() => {
+                    buf.copy_from_slice(b);
+                    true
+                }
+                _ => mem.read_partial(RemoteAddr(addr), buf) == buf.len(),
+            }
+        };
         match *emu {
             Emulation::Load { .. } => {
-                if self.mem.read_partial(RemoteAddr(addr), &mut buf[..size]) != size {
+                if !load(&self.mem, &mut buf[..size]) {
                     return Ok(false);
                 }
                 if emu.apply_load(&mut regs, &buf[..size]).is_err() {
@@ -229,7 +254,7 @@ impl Tracer {
                 }
             }
             Emulation::VecLoad { reg, kind, zero_upper, .. } => {
-                if self.mem.read_partial(RemoteAddr(addr), &mut buf[..size]) != size {
+                if !load(&self.mem, &mut buf[..size]) {
                     return Ok(false);
                 }
                 let got = sys::get_xstate(tid, &mut self.xsave)?;

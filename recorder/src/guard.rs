@@ -49,7 +49,14 @@ const RSYS_DONE: u64 = 0x4d;
 pub const CODE_LEN: u64 = 256 << 10;
 pub const DATA_LEN: u64 = 256 << 10;
 /// Offset in the code area where trampoline slots begin.
-pub const SLOTS_OFF: u64 = 0x1000;
+pub const SLOTS_OFF: u64 = 0x8000;
+/// Code-area offset of the go stub (see [`GoBatch`]), below the slots.
+const GO_OFF: u64 = 0x100;
+/// Data-area offset of the go stub's per-range results.
+const GO_RES: u64 = 0xb000;
+/// Most ranges one go stub changes (59 code bytes and one result each);
+/// larger batches take the stopping path.
+const GO_MAX: usize = 480;
 /// Data-area scratch for the remote `sigaltstack` query.
 const ALTSTACK_OFF: u64 = 0xa000;
 /// Batch table: entries of 32 bytes at the start of the data area.
@@ -124,6 +131,103 @@ impl ArenaBlocks {
         }
         out
     }
+}
+
+/// A protection batch the thread runs on its way back to `final_regs`
+/// without stopping: straight-line `pkey_mprotect` calls, then every
+/// general register, `rflags` and `rip` reloaded from immediates, so the
+/// batch costs no ptrace stop of its own (the synchronous [`Tracer::run_batch`]
+/// costs one). Kept until the thread's next stop, which tells whether it is
+/// still inside (see [`Tracer::go_stop`]).
+///
+/// Signals that arrive while the protections are half applied are held back:
+/// the `test` before the error trap is patched into an `int3`, and at that
+/// trap they are re-sent, as [`Tracer::run_until_trap`] does. A signal that
+/// arrives after the last call is delivered at `final_regs` directly.
+#[derive(Debug, Clone)]
+pub struct GoBatch {
+    start: u64,
+    /// `test rbx, rbx`: every protection call is done once rip passes it.
+    check: u64,
+    /// After the error trap's `int3`: the register reload.
+    restore: u64,
+    end: u64,
+    results: u64,
+    entries: Vec<(u64, u64, u32)>,
+    final_regs: RawRegs,
+    deferred: Vec<i32>,
+    patched: bool,
+}
+
+/// Code of a go stub at `at` for `entries` (results stored at `res`), and
+/// the offsets of its `check` and `restore` points. `rbx` must be zero on
+/// entry (it collects "some call failed", ENOMEM aside: the range was
+/// unmapped meanwhile).
+fn build_go(at: u64, res: u64, nr: u32, entries: &[(u64, u64, u32)], fin: &RawRegs) -> Option<(Vec<u8>, u64, u64)> {
+    let mut c: Vec<u8> = Vec::with_capacity(entries.len() * 59 + 200);
+    let rip_disp = |c: &Vec<u8>, len_after: u64, target: u64| -> Option<[u8; 4]> {
+        let next = at + c.len() as u64 + len_after;
+        i32::try_from(target as i64 - next as i64).ok().map(i32::to_le_bytes)
+    };
+    for (i, &(addr, len, prot)) in entries.iter().enumerate() {
+        c.push(0xb8); // mov eax, nr
+        c.extend_from_slice(&nr.to_le_bytes());
+        c.extend_from_slice(&[0x48, 0xbf]); // mov rdi, addr
+        c.extend_from_slice(&addr.to_le_bytes());
+        c.extend_from_slice(&[0x48, 0xbe]); // mov rsi, len
+        c.extend_from_slice(&len.to_le_bytes());
+        c.push(0xba); // mov edx, prot
+        c.extend_from_slice(&prot.to_le_bytes());
+        c.extend_from_slice(&[0x49, 0xc7, 0xc2, 0xff, 0xff, 0xff, 0xff]); // mov r10, -1
+        c.extend_from_slice(&[0x0f, 0x05]); // syscall
+        c.extend_from_slice(&[0x48, 0x89, 0x05]); // mov [rip+res_i], rax
+        let d = rip_disp(&c, 4, res + 8 * i as u64)?;
+        c.extend_from_slice(&d);
+        c.extend_from_slice(&[0x48, 0x85, 0xc0]); // test rax, rax
+        c.extend_from_slice(&[0x74, 0x08]); // jz next
+        c.extend_from_slice(&[0x48, 0x83, 0xf8, (-libc::ENOMEM) as u8]); // cmp rax, -ENOMEM
+        c.extend_from_slice(&[0x74, 0x02]); // je next
+        c.extend_from_slice(&[0xb3, 0x01]); // mov bl, 1
+    }
+    let check = c.len() as u64;
+    c.extend_from_slice(&[0x48, 0x85, 0xdb]); // test rbx, rbx
+    c.extend_from_slice(&[0x74, 0x01]); // jz restore
+    c.push(0xcc); // int3: some call failed
+    let restore = c.len() as u64;
+    c.extend_from_slice(&[0x48, 0x8d, 0x25]); // lea rsp, [rip+flags]
+    let flags_at = c.len();
+    c.extend_from_slice(&[0; 4]);
+    c.push(0x9d); // popfq
+    let gprs: [(u8, u64); 15] = [
+        (0, fin.rax),
+        (1, fin.rcx),
+        (2, fin.rdx),
+        (3, fin.rbx),
+        (5, fin.rbp),
+        (6, fin.rsi),
+        (7, fin.rdi),
+        (8, fin.r8),
+        (9, fin.r9),
+        (10, fin.r10),
+        (11, fin.r11),
+        (12, fin.r12),
+        (13, fin.r13),
+        (14, fin.r14),
+        (15, fin.r15),
+    ];
+    for (r, v) in gprs.into_iter().chain(std::iter::once((4, fin.rsp))) {
+        c.push(0x48 | if r >= 8 { 1 } else { 0 }); // mov r64, imm64
+        c.push(0xb8 + (r & 7));
+        c.extend_from_slice(&v.to_le_bytes());
+    }
+    c.extend_from_slice(&[0xff, 0x25, 0, 0, 0, 0]); // jmp [rip+0]
+    c.extend_from_slice(&fin.rip.to_le_bytes());
+    // popfq reads its qword here (the code area is readable).
+    let flags_off = c.len() as u64;
+    let disp = i32::try_from(flags_off as i64 - (flags_at as i64 + 4)).ok()?;
+    c[flags_at..flags_at + 4].copy_from_slice(&disp.to_le_bytes());
+    c.extend_from_slice(&fin.eflags.to_le_bytes());
+    Some((c, check, restore))
 }
 
 /// A host range made `PROT_NONE`, with the protection to restore.
@@ -277,6 +381,98 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// Runs `entries` on the way to `final_regs` and resumes the thread,
+    /// with no stop (see [`GoBatch`]); too many ranges take the stopping
+    /// path. The thread must be stopped; its next stop goes to [`Tracer::go_stop`].
+    pub fn run_batch_go(&mut self, tid: Pid, final_regs: &RawRegs, entries: &[(u64, u64, u32)]) -> Result<(), Error> {
+        let Some(inj) = self.inject.filter(|_| entries.len() <= GO_MAX) else {
+            self.run_batch(tid, final_regs, entries)?;
+            sys::setregs(tid, final_regs)?;
+            return self.resume(tid, 0);
+        };
+        let (start, results) = (inj.code + GO_OFF, inj.data + GO_RES);
+        let Some((code, check, restore)) = build_go(start, results, self.protect_nr, entries, final_regs) else {
+            return Err(Error::Protocol("go stub out of reach of its data".into()));
+        };
+        self.mem.write(RemoteAddr(start), &code)?;
+        let mut r = *final_regs;
+        r.rip = start;
+        r.rbx = 0;
+        r.orig_rax = u64::MAX;
+        sys::setregs(tid, &r)?;
+        self.sink.counters.batches += 1;
+        self.sink.counters.batch_ranges += entries.len() as u64;
+        let go = GoBatch {
+            start,
+            check: start + check,
+            restore: start + restore,
+            end: start + code.len() as u64,
+            results,
+            entries: entries.to_vec(),
+            final_regs: *final_regs,
+            deferred: Vec::new(),
+            patched: false,
+        };
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.go = Some(go);
+        }
+        self.resume(tid, 0)
+    }
+
+    /// A signal stop of the thread a [`GoBatch`] was started on. Returns
+    /// false when the thread has left the stub (the stop is an ordinary one).
+    pub fn go_stop(&mut self, tid: Pid, signal: i32) -> Result<bool, Error> {
+        let regs = sys::getregs(tid)?;
+        let Some(go) = self.threads.get_mut(&tid).and_then(|t| t.go.as_mut()) else { return Ok(false) };
+        if regs.rip < go.start || regs.rip >= go.end {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.go = None;
+            }
+            return Ok(false);
+        }
+        let (check, restore) = (go.check, go.restore);
+        let trapped = signal == libc::SIGTRAP && (regs.rip == check + 1 || regs.rip == restore);
+        if !trapped && signal == libc::SIGSEGV {
+            return Err(Error::Protocol(format!("injected code faulted at {:#x}", regs.rip)));
+        }
+        if !trapped && regs.rip <= check {
+            // Protections half applied: hold the signal back until the trap.
+            go.deferred.push(signal);
+            if !go.patched {
+                go.patched = true;
+                self.mem.write(RemoteAddr(check), &[0xcc])?;
+            }
+            sys::cont(tid, 0)?;
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.running = true;
+            }
+            return Ok(true);
+        }
+        // Every call is done: finish here, at the registers the stub restores.
+        let Some(go) = self.threads.get_mut(&tid).and_then(|t| t.go.take()) else { return Ok(true) };
+        if go.patched {
+            self.mem.write(RemoteAddr(check), &[0x48])?;
+        }
+        let mut res = vec![0u8; go.entries.len() * 8];
+        self.mem.read(RemoteAddr(go.results), &mut res)?;
+        for (e, r) in go.entries.iter().zip(res.chunks_exact(8)) {
+            let r = i64::from_le_bytes(r.try_into().unwrap_or([0; 8]));
+            if r != 0 && r != -(libc::ENOMEM as i64) && !self.warned_batch {
+                self.warned_batch = true;
+                eprintln!(
+                    "ffirec: warning: mprotect({:#x}, {:#x}, {}) in the tracee failed: errno {}",
+                    e.0, e.1, e.2, -r
+                );
+            }
+        }
+        sys::setregs(tid, &go.final_regs)?;
+        for s in go.deferred {
+            let _ = sys::tgkill(self.pid, tid, s);
+        }
+        self.resume(tid, if trapped { 0 } else { signal })?;
+        Ok(true)
     }
 
     /// The guard set, from a fresh read of the maps: the heap, anonymous
@@ -483,6 +679,74 @@ mod tests {
         b.on_event(arena, &alloc(0x6f00_0000_8010, 64, 0x6f00_0000_0010, Domain::Host));
         b.on_event(arena, &Event::Free { tid: 1, ptr: 0x6f00_0000_1ff0, caller: 0, domain: Domain::Host });
         assert_eq!(b.pages(4096), vec![(0x6f00_0000_8000, 0x6f00_0000_9000)]);
+    }
+
+    #[test]
+    fn go_stub_protects_then_reloads_every_register() {
+        use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+        let (at, res) = (0x7f00_1000_0100u64, 0x7f00_1004_b000u64);
+        let entries = [(0x5555_0000_0000u64, 0x3000u64, 3u32), (0x7f00_2000_0000, 0x1000, 0)];
+        // SAFETY: user_regs_struct is plain integers.
+        let mut fin: RawRegs = unsafe { std::mem::zeroed() };
+        (fin.rax, fin.rbx, fin.rsp, fin.r11, fin.r15) = (1, 2, 0x7ffd_0000_1000, 4, 5);
+        (fin.rip, fin.eflags) = (0x5555_0000_1234, 0x246);
+        let (code, check, restore) = build_go(at, res, 329, &entries, &fin).expect("stub");
+        let mut d = Decoder::with_ip(64, &code, at, DecoderOptions::NONE);
+        let mut ins = Vec::new();
+        while d.can_decode() {
+            let i = d.decode();
+            let done = i.mnemonic() == Mnemonic::Jmp;
+            ins.push(i);
+            if done {
+                break;
+            }
+        }
+        let sys: Vec<_> = ins.iter().filter(|i| i.mnemonic() == Mnemonic::Syscall).collect();
+        assert_eq!(sys.len(), 2);
+        // Every call's arguments are immediates; its result goes to its own slot.
+        let imm = |reg: Register| -> Vec<u64> {
+            ins.iter()
+                .filter(|i| {
+                    i.mnemonic() == Mnemonic::Mov
+                        && i.op0_register().full_register() == reg
+                        && i.op1_kind() != OpKind::Register
+                        && i.op1_kind() != OpKind::Memory
+                })
+                .map(|i| i.immediate(1))
+                .collect()
+        };
+        assert_eq!(imm(Register::RDI)[..2], [0x5555_0000_0000, 0x7f00_2000_0000]);
+        assert_eq!(imm(Register::RSI)[..2], [0x3000, 0x1000]);
+        assert_eq!(imm(Register::RDX)[..2], [3, 0]);
+        let stores: Vec<u64> = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Mov && i.op0_kind() == OpKind::Memory)
+            .map(|i| i.ip_rel_memory_address())
+            .collect();
+        assert_eq!(stores, vec![res, res + 8]);
+        // The check and restore points, then popfq from the flags slot and
+        // all 16 registers loaded from immediates, rsp last, then jmp to rip.
+        let at_check = ins.iter().position(|i| i.ip() == at + check).expect("check");
+        assert_eq!(ins[at_check].mnemonic(), Mnemonic::Test);
+        assert_eq!(ins[at_check + 2].mnemonic(), Mnemonic::Int3);
+        let at_restore = ins.iter().position(|i| i.ip() == at + restore).expect("restore");
+        assert_eq!(ins[at_restore].mnemonic(), Mnemonic::Lea);
+        let flags_slot = ins[at_restore].ip_rel_memory_address() - at;
+        assert_eq!(u64::from_le_bytes(code[flags_slot as usize..][..8].try_into().unwrap()), 0x246);
+        assert_eq!(ins[at_restore + 1].mnemonic(), Mnemonic::Popfq);
+        let reload = &ins[at_restore + 2..ins.len() - 1];
+        assert_eq!(reload.len(), 16);
+        assert!(reload.iter().all(|i| i.mnemonic() == Mnemonic::Mov && i.op1_kind() == OpKind::Immediate64));
+        assert_eq!((reload[0].op0_register(), reload[0].immediate(1)), (Register::RAX, 1));
+        assert_eq!((reload[3].op0_register(), reload[3].immediate(1)), (Register::RBX, 2));
+        assert_eq!((reload[10].op0_register(), reload[10].immediate(1)), (Register::R11, 4));
+        assert_eq!((reload[15].op0_register(), reload[15].immediate(1)), (Register::RSP, 0x7ffd_0000_1000));
+        // No flag-changing instruction between popfq and the jump.
+        assert!(reload.iter().all(|i| i.rflags_modified() == 0));
+        let jmp = ins.last().expect("jmp");
+        assert_eq!(jmp.mnemonic(), Mnemonic::Jmp);
+        let target_at = (jmp.next_ip() - at) as usize;
+        assert_eq!(u64::from_le_bytes(code[target_at..][..8].try_into().unwrap()), 0x5555_0000_1234);
     }
 
     #[test]

@@ -632,7 +632,7 @@ impl Tracer {
         }
         if emulate {
             let done = match (emulation, instr) {
-                (Some(emu), _) => self.emulate(tid, raw, regs, &emu, next_ip)?,
+                (Some(emu), _) => self.emulate(tid, raw, regs, &emu, next_ip, None)?,
                 (None, Some(i)) => self.emulate_rep(tid, raw, &i)?,
                 _ => false,
             };

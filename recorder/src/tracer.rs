@@ -112,6 +112,8 @@ pub(crate) struct Thread {
     pub altstack: Option<Option<(u64, u64)>>,
     /// Signals held back during foreign calls (see `signals`).
     pub sigs: crate::signals::SigState,
+    /// A protection batch the thread runs without stopping (`guard::GoBatch`).
+    pub go: Option<crate::guard::GoBatch>,
 }
 
 impl Thread {
@@ -453,6 +455,12 @@ impl Tracer {
         let tid = stop.tid();
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = false;
+        }
+        if let Stop::Signal { signal, .. } = stop {
+            // A thread sent through a go stub (`guard::GoBatch`) may stop inside it.
+            if self.threads.get(&tid).is_some_and(|t| t.go.is_some()) && self.go_stop(tid, signal)? {
+                return Ok(());
+            }
         }
         match stop {
             Stop::Exited { tid, code } => return self.on_death(tid, ExitStatus::Code(code)),
