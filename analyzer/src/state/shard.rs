@@ -113,6 +113,9 @@ pub(crate) struct ShardOut {
     pub stats: Stats,
 }
 
+/// Aligned so shards replayed side by side on different cores share no
+/// cache line (each writes its caches and counters on every access).
+#[repr(align(128))]
 pub(crate) struct Shard {
     idx: usize,
     live: BTreeMap<u64, u32>,
