@@ -295,3 +295,61 @@ fn library_runs_system_inside_a_call() {
     assert_eq!(execs, vec![f[0].2]);
     assert_eq!(host_calls_by_tid(&r, &ev)[0], (parent, "lib_system".to_string()));
 }
+
+/// A real python3 binary (not a wrapper script) with zlib and multiprocessing.
+fn python() -> Option<std::path::PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys, zlib, multiprocessing, subprocess; print(sys.executable)"])
+        .output()
+        .ok()?;
+    let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || exe.is_empty() {
+        eprintln!("note: no python3 with zlib and multiprocessing; test skipped");
+        return None;
+    }
+    Some(exe.into())
+}
+
+const MP_PY: &str = "import multiprocessing as mp, zlib, subprocess
+def work(i):
+    d = bytes(range(256)) * (i + 1)
+    return zlib.crc32(zlib.compress(d))
+if __name__ == '__main__':
+    mp.set_start_method('fork')
+    with mp.Pool(2) as p:
+        print(p.map(work, range(4)))
+    print(subprocess.run(['echo', 'sub'], capture_output=True).stdout)
+    print(work(9))
+";
+
+#[test]
+fn python_multiprocessing_workers_call_zlib() {
+    let Some(py) = python() else { return };
+    let nat = native(&py, &["-c", MP_PY]);
+    let r = record("fork_python_mp", &py, &["-c", MP_PY], &["--lib", "libz.so*"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "[2320552445, 3213480209, 4130155209, 959860250]\nb'sub\\n'\n3656055523\n");
+    assert_eq!((r.code(), nat.status.code()), (0, Some(0)), "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let children: BTreeSet<u32> = forks(&ev).iter().map(|f| f.2).collect();
+    // crc32: four in the pool's workers (forked children), one in the parent.
+    let crc: Vec<u32> = record_support::call_names(&r.trace(), &ev)
+        .into_iter()
+        .zip(ev.iter().filter_map(|e| match *e {
+            Event::Call { tid, .. } => Some(tid),
+            _ => None,
+        }))
+        .filter(|(n, _)| n == "crc32")
+        .map(|(_, tid)| tid)
+        .collect();
+    assert_eq!(crc.len(), 5, "{crc:?}");
+    assert_eq!(crc.iter().filter(|&&t| t == parent).count(), 1, "{crc:?}");
+    let workers: BTreeSet<u32> = crc.iter().copied().filter(|&t| t != parent).collect();
+    assert!(!workers.is_empty() && workers.len() <= 2 && workers.is_subset(&children), "{crc:?} {children:?}");
+    // subprocess: a child that execs echo.
+    let echo = ev
+        .iter()
+        .any(|e| matches!(e, Event::Exec { pid, path, .. } if children.contains(pid) && path.ends_with("/echo")));
+    assert!(echo);
+}
