@@ -54,3 +54,35 @@ fn sigalrm_storm_during_a_foreign_loop() {
     assert_eq!(ranges_in(&b.written, r.addr("out"), 8), vec![(0, 8)]);
     assert_eq!((b.read.len(), b.written.len()), (8, 8), "the handler's writes are not foreign");
 }
+
+#[test]
+fn sigalrm_storm_during_a_foreign_sleep() {
+    // The library sleeps 100 ms in nanosleep, resuming after every handler:
+    // a held-back signal must still interrupt the sleep once its slice is over.
+    let prog = common::program("sig_storm");
+    let args = ["100", "2000000", "100"];
+    let nat = native(&prog, &args);
+    let t0 = Instant::now();
+    let r = record("sig_storm_sleep", &prog, &args, &["--lib", "libsigfx.so"]);
+    let record_s = t0.elapsed().as_secs_f64();
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let field = |name: &str| -> i64 {
+        let line = r.stderr.lines().find(|l| l.starts_with("hits=")).unwrap();
+        let v = line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap();
+        v.parse().unwrap()
+    };
+    let (hits, interrupted) = (field("hits="), field("interrupted="));
+    eprintln!("recorded {record_s:.3} s; handler ran {hits} times, the sleep was interrupted {interrupted} times");
+    assert!(interrupted >= 1 && interrupted < hits, "{interrupted} of {hits}");
+    assert!(record_s >= 0.1);
+    let ev = r.events();
+    let sleep_ret = ev
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Return { rax, .. } => Some(rax as i64),
+            _ => None,
+        })
+        .any(|rax| rax == interrupted);
+    assert!(sleep_ret, "sleep_through's return value is the interruption count");
+}
