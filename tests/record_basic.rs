@@ -206,6 +206,54 @@ fn record_one_ptrace_stop_per_fault() {
 }
 
 #[test]
+fn record_simd_copies_emulated_and_trampolined_agree() {
+    // 8-byte GPR, 16-byte SSE (movdqu) and 32-byte AVX (vmovdqu) copies
+    // between two host buffers: emulated through the register sets, and
+    // with FFIREC_NO_EMULATE=1 run through trampolines. Same output as
+    // native, same exact byte sets, one stop per fault either way.
+    let prog = host();
+    for (sc, w) in [("copyloop", 8u64), ("sseloop", 16), ("avxloop", 32)] {
+        if sc == "avxloop" && !record_support::cpu_has("avx") {
+            continue;
+        }
+        let args = [sc, "64", "3"];
+        let nat = native(&prog, &args);
+        let mut sets = Vec::new();
+        for no_emulate in [false, true] {
+            let test = format!("simd_{sc}_{no_emulate}");
+            let trace = common::scratch(&test).join("trace.ffr");
+            let mut cmd = common::ffirec();
+            cmd.env("FFIREC_NO_EMULATE", if no_emulate { "1" } else { "0" });
+            cmd.args(["record", "--lib", "librecfx.so", "-o"]).arg(&trace).arg("--").arg(&prog).args(args);
+            let out = common::run(&mut cmd, common::TIMEOUT);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.stdout, nat.stdout, "{sc} no_emulate={no_emulate}: output differs; stderr:\n{stderr}");
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            let t = ffirec_format::Trace::open(&trace).expect("trace");
+            let faults = record_support::counter(&t, "faults");
+            assert_eq!(faults, 2 * 64 * 3, "{sc}");
+            assert_eq!(record_support::counter(&t, "fault_stops"), faults, "{sc}: one stop per fault");
+            let path = if no_emulate { "trampolined" } else { "emulated" };
+            assert_eq!(record_support::counter(&t, path), faults, "{sc} no_emulate={no_emulate}");
+            let addrs = record_support::parse_addrs(&stderr);
+            let (src, dst) = (addrs["src"], addrs["dst"]);
+            let ev: Vec<Event> = t.events().map(|r| r.expect("event").1).collect();
+            let b = bytes(&ev);
+            let n = 64 * w;
+            let set = (
+                ranges_in(&b.read, src, n),
+                ranges_in(&b.written, src, n),
+                ranges_in(&b.read, dst, n),
+                ranges_in(&b.written, dst, n),
+            );
+            assert_eq!(set, (vec![(0, n)], vec![], vec![], vec![(0, n)]), "{sc} no_emulate={no_emulate}");
+            sets.push(set);
+        }
+        assert_eq!(sets[0], sets[1], "{sc}");
+    }
+}
+
+#[test]
 fn record_one_ptrace_stop_per_fault_through_trampolines() {
     let prog = host();
     let r = record("stops_tramp", &prog, &["addloop", "256", "40"], &["--lib", "librecfx.so"]);
