@@ -418,7 +418,7 @@ impl Tracer {
 }
 
 /// Trampoline slots already written into the injected code area.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Trampolines {
     /// (ip, ranges to open) → slot address.
     slots: std::collections::HashMap<(u64, usize), u64>,

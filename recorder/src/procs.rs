@@ -204,8 +204,9 @@ impl Tracer {
             protect_nr: self.protect_nr,
             moved: self.moved.clone(),
             none_at_entry: self.none_at_entry.clone(),
-            // The child's copy of our code area is reused from its start.
-            tramp: crate::fault::Trampolines::default(),
+            // The child's code area holds the same slots (a vfork child's is
+            // ours: it must not write over our slots, only after them).
+            tramp: self.tramp.clone(),
         };
         self.procs.insert(child, st);
         self.tgids.insert(child, child);
