@@ -3,15 +3,45 @@
 //! recorded (the recorder's LD_PRELOAD shim reports every allocation through
 //! its shared-memory ring), rounds interleaved, best of N rounds. Times are
 //! the allocation loop's own (CLOCK_MONOTONIC in the fixture), so start-up and
-//! the recorder's set-up are not counted. Target: ≤ 3× native.
+//! the recorder's set-up are not counted; "through call" also counts the wait
+//! at the foreign call, where a recorder that lags behind the ring makes the
+//! program catch up. Target: ≤ 3× native.
 //!
-//! Run: `cargo bench --bench alloc` (`FFIREC_BENCH_PAIRS=N`, `FFIREC_BENCH_ROUNDS=R`).
+//! Run: `cargo bench --bench alloc` (`FFIREC_BENCH_PAIRS=N`, `FFIREC_BENCH_ROUNDS=R`;
+//! `FFIREC_BENCH_BASELINE=/path/to/an/older/ffirec` adds that binary's figures
+//! to the same run, for before/after comparisons).
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ffirec_format::Trace;
+
+struct Config {
+    label: String,
+    /// None: the program natively; Some(bin): recorded by that ffirec.
+    ffirec: Option<PathBuf>,
+    loop_ns: u64,
+    through_ns: u64,
+    wall: Duration,
+    events: (u64, u64),
+    counters: String,
+}
+
+impl Config {
+    fn new(label: &str, ffirec: Option<PathBuf>) -> Config {
+        Config {
+            label: label.into(),
+            ffirec,
+            loop_ns: u64::MAX,
+            through_ns: u64::MAX,
+            wall: Duration::MAX,
+            events: (0, 0),
+            counters: String::new(),
+        }
+    }
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -25,50 +55,72 @@ fn main() {
     println!("alloc bench: {n} malloc/free pairs then one foreign call, best of {rounds} interleaved rounds");
     println!("  machine: {}; load before: {}", support::machine(), support::load());
 
-    let (mut native_ns, mut rec_ns) = (u64::MAX, u64::MAX);
-    let (mut native_wall, mut rec_wall) = (Duration::MAX, Duration::MAX);
-    let mut events = (0, 0);
-    let mut recorder_counters = String::new();
-    for _ in 0..rounds {
-        let (out, wall) =
-            support::run_ok(std::process::Command::new(&prog).arg(n.to_string()), Duration::from_secs(60));
-        native_ns = native_ns.min(support::stderr_value(&out, "loop_ns"));
-        native_wall = native_wall.min(wall);
-        let native_stdout = out.stdout;
-
-        let mut cmd = support::ffirec();
-        cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&prog).arg(n.to_string());
-        let (out, wall) = support::run_ok(&mut cmd, Duration::from_secs(1800));
-        assert_eq!(out.stdout, native_stdout, "program output differs under ffirec");
-        rec_ns = rec_ns.min(support::stderr_value(&out, "loop_ns"));
-        rec_wall = rec_wall.min(wall);
-        let t = Trace::open(&trace).expect("open alloc trace");
-        let s = t.summary().expect("complete trace");
-        events = (s.counter("events.alloc").unwrap_or(0), s.counter("events.free").unwrap_or(0));
-        recorder_counters = s
-            .counters
-            .iter()
-            .filter(|(k, v)| *v != 0 && !k.starts_with("events.") && !k.ends_with("_ns"))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+    let mut configs = vec![Config::new("native", None), Config::new("ffirec record", Some(support::ffirec_bin()))];
+    if let Some(base) = std::env::var_os("FFIREC_BENCH_BASELINE") {
+        configs.push(Config::new("baseline record", Some(PathBuf::from(base))));
     }
-    let ratio = rec_ns as f64 / native_ns as f64;
-    println!("  {:<16} {:>12} {:>14} {:>12}", "", "loop time", "ns per pair", "run wall");
-    for (label, ns, wall) in [("native", native_ns, native_wall), ("ffirec record", rec_ns, rec_wall)] {
+    let mut native_stdout = None;
+    for _ in 0..rounds {
+        for c in configs.iter_mut() {
+            let mut cmd = match &c.ffirec {
+                None => std::process::Command::new(&prog),
+                Some(bin) => {
+                    let mut cmd = std::process::Command::new(bin);
+                    cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&prog);
+                    cmd
+                }
+            };
+            cmd.arg(n.to_string());
+            let (out, wall) = support::run_ok(&mut cmd, Duration::from_secs(1800));
+            match &native_stdout {
+                None => native_stdout = Some(out.stdout.clone()),
+                Some(s) => assert_eq!(&out.stdout, s, "program output differs under {}", c.label),
+            }
+            c.loop_ns = c.loop_ns.min(support::stderr_value(&out, "loop_ns"));
+            c.through_ns = c.through_ns.min(support::stderr_value(&out, "through_call_ns"));
+            c.wall = c.wall.min(wall);
+            if c.ffirec.is_none() {
+                continue;
+            }
+            let t = Trace::open(&trace).expect("open alloc trace");
+            let s = t.summary().expect("complete trace");
+            c.events = (s.counter("events.alloc").unwrap_or(0), s.counter("events.free").unwrap_or(0));
+            c.counters = s
+                .counters
+                .iter()
+                .filter(|(k, v)| *v != 0 && !k.starts_with("events.") && !k.ends_with("_ns"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+    let (native_loop, native_through) = (configs[0].loop_ns, configs[0].through_ns);
+    println!(
+        "  {:<16} {:>12} {:>12} {:>8} {:>14} {:>8} {:>10}",
+        "", "loop time", "ns per pair", "ratio", "through call", "ratio", "run wall"
+    );
+    for c in &configs {
         println!(
-            "  {label:<16} {:>9.1} ms {:>14.1} {:>9.0} ms",
-            ns as f64 / 1e6,
-            ns as f64 / n as f64,
-            support::ms(wall)
+            "  {:<16} {:>9.1} ms {:>12.1} {:>7.2}x {:>11.1} ms {:>7.2}x {:>7.0} ms",
+            c.label,
+            c.loop_ns as f64 / 1e6,
+            c.loop_ns as f64 / n as f64,
+            c.loop_ns as f64 / native_loop as f64,
+            c.through_ns as f64 / 1e6,
+            c.through_ns as f64 / native_through as f64,
+            support::ms(c.wall)
         );
     }
-    println!(
-        "  overhead: {ratio:.2}x native (target <= 3x: {}); trace has {} alloc and {} free events",
-        if ratio <= 3.0 { "met" } else { "NOT met" },
-        events.0,
-        events.1
-    );
-    println!("  recorder counters (last run): {recorder_counters}");
+    for c in configs.iter().filter(|c| c.ffirec.is_some()) {
+        let ratio = c.loop_ns as f64 / native_loop as f64;
+        println!(
+            "  {}: {ratio:.2}x native loop (target <= 3x: {}); trace has {} alloc and {} free events",
+            c.label,
+            if ratio <= 3.0 { "met" } else { "NOT met" },
+            c.events.0,
+            c.events.1
+        );
+        println!("    recorder counters (last run): {}", c.counters);
+    }
     println!("  load after: {}", support::load());
 }

@@ -13,6 +13,16 @@
 //! - data bytes are a length column plus one concatenated byte stream;
 //! - extended registers (rare) are a sparse list keyed by access ordinal.
 //!
+//! Alloc and Free events (format v2; v1 stored them as `WEvent`s) have
+//! columns of their own, because a program can make millions of them between
+//! two foreign calls: a head byte each (function, domain, zeroed, old pointer
+//! present), the thread as a difference from the previous one, the pointer as
+//! a difference from the previous Alloc's (a Free of the block just allocated
+//! is one byte), the size, and the caller as a difference from the previous
+//! caller of the same kind. The writer builds these columns on its caller's
+//! thread as the events arrive ([`MemCols`]): a few bytes per event instead of
+//! moving a whole `Event` to the background thread.
+//!
 //! Every other kind is stored as a `wire::WEvent` in event order. All
 //! prediction state is per batch, so each chunk decodes on its own.
 
@@ -21,7 +31,7 @@ use std::collections::HashMap;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::event::{AccessRef, Event, EventRef, Regs, Tid, VecReg};
-use crate::wire::{self, WAccessVReg, WEvent, WRegs};
+use crate::wire::{self, ArchivedWAccessVReg, ArchivedWEvent, WAccessVReg, WEvent, WRegs};
 
 /// Kind byte of every event (index into [`crate::EVENT_KINDS`]; frozen).
 pub fn kind_id(e: &Event) -> u8 {
@@ -74,9 +84,30 @@ fn wire_kind_id(e: &WEvent) -> u8 {
 }
 
 const KIND_ACCESS: u8 = 0;
+const KIND_ALLOC: u8 = 5;
+const KIND_FREE: u8 = 6;
 const NREGS: usize = 20;
 const RIP: usize = 16;
 
+/// The batch layout of format version 1 (frozen: old files still decode).
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub struct BatchV1 {
+    pub kinds: Vec<u8>,
+    pub ip_addr: Vec<u64>,
+    pub ip_code_len: Vec<u32>,
+    pub ip_code: Vec<u8>,
+    pub a_tid: Vec<u8>,
+    pub a_ip: Vec<u8>,
+    pub a_fault: Vec<u8>,
+    pub a_mask: Vec<u8>,
+    pub a_regs: Vec<u8>,
+    pub a_data_len: Vec<u8>,
+    pub a_data: Vec<u8>,
+    pub a_vregs: Vec<WAccessVReg>,
+    pub others: Vec<WEvent>,
+}
+
+/// The batch layout of format version 2: version 1's plus the Alloc/Free columns.
 #[derive(Archive, Serialize, Deserialize, Debug, Default)]
 pub struct Batch {
     /// One kind byte per event.
@@ -96,6 +127,78 @@ pub struct Batch {
     /// Sorted by `access`.
     pub a_vregs: Vec<WAccessVReg>,
     pub others: Vec<WEvent>,
+    /// Alloc/Free columns, one head byte per event (see the module doc).
+    pub m_head: Vec<u8>,
+    pub m_tid: Vec<u8>,
+    pub m_ptr: Vec<u8>,
+    pub m_size: Vec<u8>,
+    pub m_old: Vec<u8>,
+    pub m_caller: Vec<u8>,
+}
+
+// Alloc/Free head byte: bits 0-3 allocator function (Alloc), bits 4-5 domain,
+// bit 6 zeroed, bit 7 an old pointer follows (Alloc).
+const M_FUNC: u8 = 0x0f;
+const M_DOMAIN_SHIFT: u8 = 4;
+const M_ZEROED: u8 = 0x40;
+const M_OLD: u8 = 0x80;
+
+/// Alloc/Free columns under construction, with their prediction state.
+#[derive(Debug, Default)]
+pub struct MemCols {
+    pub head: Vec<u8>,
+    pub tid: Vec<u8>,
+    pub ptr: Vec<u8>,
+    pub size: Vec<u8>,
+    pub old: Vec<u8>,
+    pub caller: Vec<u8>,
+    prev_tid: u32,
+    prev_alloc_ptr: u64,
+    prev_alloc_caller: u64,
+    prev_free_caller: u64,
+}
+
+impl MemCols {
+    /// Appends `e` if it is an Alloc or a Free; returns whether it was.
+    #[inline]
+    pub fn push(&mut self, e: &Event) -> bool {
+        match *e {
+            Event::Alloc { tid, func, ptr, size, old_ptr, caller, domain, zeroed } => {
+                let mut h = wire::alloc_fn_code(func) & M_FUNC;
+                h |= wire::domain_code(domain) << M_DOMAIN_SHIFT;
+                if zeroed {
+                    h |= M_ZEROED;
+                }
+                if old_ptr != 0 {
+                    h |= M_OLD;
+                    put(&mut self.old, zigzag(old_ptr.wrapping_sub(ptr)));
+                }
+                self.head.push(h);
+                self.put_tid(tid);
+                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+                self.prev_alloc_ptr = ptr;
+                put(&mut self.size, size);
+                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_alloc_caller)));
+                self.prev_alloc_caller = caller;
+                true
+            }
+            Event::Free { tid, ptr, caller, domain } => {
+                self.head.push(wire::domain_code(domain) << M_DOMAIN_SHIFT);
+                self.put_tid(tid);
+                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_free_caller)));
+                self.prev_free_caller = caller;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn put_tid(&mut self, tid: u32) {
+        put(&mut self.tid, zigzag(tid.wrapping_sub(self.prev_tid) as i32 as i64 as u64));
+        self.prev_tid = tid;
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -149,15 +252,39 @@ fn unzigzag(z: u64) -> u64 {
 }
 
 /// Encodes `events` (any kinds, any threads) into a batch.
+#[cfg(test)]
 pub fn encode(events: &[Event]) -> Batch {
-    let mut b = Batch { kinds: Vec::with_capacity(events.len()), ..Batch::default() };
+    let mut mem = MemCols::default();
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut rest = Vec::new();
+    for e in events {
+        kinds.push(kind_id(e));
+        if !mem.push(e) {
+            rest.push(e.clone());
+        }
+    }
+    encode_parts(kinds, &rest, mem)
+}
+
+/// A batch from its parts: the kind of every event, the Alloc/Free columns
+/// already built ([`MemCols`]) and every other event in order.
+pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols) -> Batch {
+    let mut b = Batch {
+        kinds,
+        m_head: mem.head,
+        m_tid: mem.tid,
+        m_ptr: mem.ptr,
+        m_size: mem.size,
+        m_old: mem.old,
+        m_caller: mem.caller,
+        ..Batch::default()
+    };
     let mut threads = Threads::default();
     // rip -> table indices with that rip (almost always one).
     let mut ip_index: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut ip_code_off: Vec<usize> = Vec::new();
     let mut accesses: u32 = 0;
     for e in events {
-        b.kinds.push(kind_id(e));
         let Event::Access { tid, code, regs, fault_addr, data, vregs } = e else {
             if let Some(w) = wire::event_to(e) {
                 b.others.push(w);
@@ -279,10 +406,10 @@ impl<'a> Stream<'a> {
 /// wraps it into `Error::Corrupt` with the chunk number); some checks (e.g.
 /// trailing column bytes) can only fail after every event was visited, so on
 /// error the caller must discard whatever `f` saw.
-pub fn visit(b: &ArchivedBatch, mut f: impl FnMut(usize, EventRef<'_>)) -> Result<(), String> {
-    let ip_addr = b.ip_addr.as_slice();
-    let ip_code_len = b.ip_code_len.as_slice();
-    let ip_code = b.ip_code.as_slice();
+pub fn visit(b: &View<'_>, mut f: impl FnMut(usize, EventRef<'_>)) -> Result<(), String> {
+    let ip_addr = b.ip_addr;
+    let ip_code_len = b.ip_code_len;
+    let ip_code = b.ip_code;
     if ip_addr.len() != ip_code_len.len() {
         return Err("instruction table columns differ in length".into());
     }
@@ -295,20 +422,25 @@ pub fn visit(b: &ArchivedBatch, mut f: impl FnMut(usize, EventRef<'_>)) -> Resul
     if off != ip_code.len() {
         return Err("instruction table code lengths do not add up".into());
     }
-    let mut tid_s = Stream::new(b.a_tid.as_slice(), "tid");
-    let mut ip_s = Stream::new(b.a_ip.as_slice(), "ip");
-    let mut fault_s = Stream::new(b.a_fault.as_slice(), "fault_addr");
-    let mut mask_s = Stream::new(b.a_mask.as_slice(), "register mask");
-    let mut regs_s = Stream::new(b.a_regs.as_slice(), "registers");
-    let mut dlen_s = Stream::new(b.a_data_len.as_slice(), "data length");
-    let mut data_s = Stream::new(b.a_data.as_slice(), "data");
+    let mut tid_s = Stream::new(b.a_tid, "tid");
+    let mut ip_s = Stream::new(b.a_ip, "ip");
+    let mut fault_s = Stream::new(b.a_fault, "fault_addr");
+    let mut mask_s = Stream::new(b.a_mask, "register mask");
+    let mut regs_s = Stream::new(b.a_regs, "registers");
+    let mut dlen_s = Stream::new(b.a_data_len, "data length");
+    let mut data_s = Stream::new(b.a_data, "data");
     let mut vregs = b.a_vregs.iter().peekable();
     let mut others = b.others.iter();
+    let mut mem = b.mem.map(MemReader::new);
     let mut threads = Threads::default();
-    let kinds = b.kinds.as_slice();
+    let kinds = b.kinds;
     let mut vr: Vec<VecReg> = Vec::new();
     let mut accesses: u32 = 0;
     for (n, &k) in kinds.iter().enumerate() {
+        if let (KIND_ALLOC | KIND_FREE, Some(m)) = (k, mem.as_mut()) {
+            f(n, EventRef::Other(m.next(k == KIND_ALLOC).map_err(|e| format!("event {n}: {e}"))?));
+            continue;
+        }
         if k != KIND_ACCESS {
             let a = others.next().ok_or_else(|| format!("event {n}: kind {k} but no stored event left"))?;
             let w = rkyv::deserialize::<WEvent, rkyv::rancor::Error>(a).map_err(|e| format!("event {n}: {e}"))?;
@@ -361,7 +493,132 @@ pub fn visit(b: &ArchivedBatch, mut f: impl FnMut(usize, EventRef<'_>)) -> Resul
     if others.next().is_some() {
         return Err("stored events left over after the kind column".into());
     }
+    if let Some(m) = mem {
+        m.done()?;
+    }
     Ok(())
+}
+
+/// An archived batch of either version, as borrowed columns.
+pub struct View<'a> {
+    pub kinds: &'a [u8],
+    pub ip_addr: &'a [rkyv::Archived<u64>],
+    pub ip_code_len: &'a [rkyv::Archived<u32>],
+    pub ip_code: &'a [u8],
+    pub a_tid: &'a [u8],
+    pub a_ip: &'a [u8],
+    pub a_fault: &'a [u8],
+    pub a_mask: &'a [u8],
+    pub a_regs: &'a [u8],
+    pub a_data_len: &'a [u8],
+    pub a_data: &'a [u8],
+    pub a_vregs: &'a [ArchivedWAccessVReg],
+    pub others: &'a [ArchivedWEvent],
+    /// head, tid, ptr, size, old, caller (version 2); None: Alloc/Free are in `others`.
+    pub mem: Option<[&'a [u8]; 6]>,
+}
+
+macro_rules! view_common {
+    ($b:expr, $mem:expr) => {
+        View {
+            kinds: $b.kinds.as_slice(),
+            ip_addr: $b.ip_addr.as_slice(),
+            ip_code_len: $b.ip_code_len.as_slice(),
+            ip_code: $b.ip_code.as_slice(),
+            a_tid: $b.a_tid.as_slice(),
+            a_ip: $b.a_ip.as_slice(),
+            a_fault: $b.a_fault.as_slice(),
+            a_mask: $b.a_mask.as_slice(),
+            a_regs: $b.a_regs.as_slice(),
+            a_data_len: $b.a_data_len.as_slice(),
+            a_data: $b.a_data.as_slice(),
+            a_vregs: $b.a_vregs.as_slice(),
+            others: $b.others.as_slice(),
+            mem: $mem,
+        }
+    };
+}
+
+impl ArchivedBatch {
+    pub fn view(&self) -> View<'_> {
+        let mem = [
+            self.m_head.as_slice(),
+            self.m_tid.as_slice(),
+            self.m_ptr.as_slice(),
+            self.m_size.as_slice(),
+            self.m_old.as_slice(),
+            self.m_caller.as_slice(),
+        ];
+        view_common!(self, Some(mem))
+    }
+}
+
+impl ArchivedBatchV1 {
+    pub fn view(&self) -> View<'_> {
+        view_common!(self, None)
+    }
+}
+
+/// Decodes the Alloc/Free columns, mirroring [`MemCols`].
+struct MemReader<'a> {
+    head: Stream<'a>,
+    tid: Stream<'a>,
+    ptr: Stream<'a>,
+    size: Stream<'a>,
+    old: Stream<'a>,
+    caller: Stream<'a>,
+    prev_tid: u32,
+    prev_alloc_ptr: u64,
+    prev_alloc_caller: u64,
+    prev_free_caller: u64,
+}
+
+impl<'a> MemReader<'a> {
+    fn new(c: [&'a [u8]; 6]) -> Self {
+        MemReader {
+            head: Stream::new(c[0], "alloc head"),
+            tid: Stream::new(c[1], "alloc tid"),
+            ptr: Stream::new(c[2], "alloc ptr"),
+            size: Stream::new(c[3], "alloc size"),
+            old: Stream::new(c[4], "alloc old_ptr"),
+            caller: Stream::new(c[5], "alloc caller"),
+            prev_tid: 0,
+            prev_alloc_ptr: 0,
+            prev_alloc_caller: 0,
+            prev_free_caller: 0,
+        }
+    }
+
+    fn next(&mut self, alloc: bool) -> Result<Event, String> {
+        let h = *self.head.take(1)?.first().ok_or("alloc head column ends early")?;
+        let domain = wire::domain_from((h >> M_DOMAIN_SHIFT) & 3)?;
+        let d = i32::try_from(unzigzag(self.tid.get()?) as i64).map_err(|_| "thread id out of range".to_string())?;
+        let tid = self.prev_tid.wrapping_add(d as u32);
+        self.prev_tid = tid;
+        let ptr = self.prev_alloc_ptr.wrapping_add(unzigzag(self.ptr.get()?));
+        if !alloc {
+            if h & !(3 << M_DOMAIN_SHIFT) != 0 {
+                return Err(format!("free head byte {h:#x} has unknown bits"));
+            }
+            let caller = self.prev_free_caller.wrapping_add(unzigzag(self.caller.get()?));
+            self.prev_free_caller = caller;
+            return Ok(Event::Free { tid, ptr, caller, domain });
+        }
+        let func = wire::alloc_fn_from(h & M_FUNC)?;
+        let old_ptr = if h & M_OLD != 0 { ptr.wrapping_add(unzigzag(self.old.get()?)) } else { 0 };
+        self.prev_alloc_ptr = ptr;
+        let size = self.size.get()?;
+        let caller = self.prev_alloc_caller.wrapping_add(unzigzag(self.caller.get()?));
+        self.prev_alloc_caller = caller;
+        Ok(Event::Alloc { tid, func, ptr, size, old_ptr, caller, domain, zeroed: h & M_ZEROED != 0 })
+    }
+
+    fn done(&self) -> Result<(), String> {
+        for s in [&self.head, &self.tid, &self.ptr, &self.size, &self.old, &self.caller] {
+            s.done()?;
+        }
+        Ok(())
+    }
 }
 
 fn wire_regs(w: &WRegs) -> Regs {
@@ -379,6 +636,79 @@ mod tests {
         let e = Event::Exit { pid: 1, status: crate::ExitStatus::Code(0) };
         assert_eq!(crate::EVENT_KINDS[usize::from(kind_id(&e))], e.kind());
         assert_eq!(crate::EVENT_KINDS.len(), 20);
+    }
+
+    fn alloc(tid: u32, ptr: u64, size: u64, old_ptr: u64, func: crate::AllocFn) -> Event {
+        Event::Alloc {
+            tid,
+            func,
+            ptr,
+            size,
+            old_ptr,
+            caller: 0x5555_0000_1234,
+            domain: crate::Domain::Host,
+            zeroed: false,
+        }
+    }
+
+    fn decode_all(raw: &[u8], v1: bool) -> Vec<Event> {
+        let view = if v1 {
+            rkyv::access::<ArchivedBatchV1, rkyv::rancor::Error>(raw).unwrap().view()
+        } else {
+            rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(raw).unwrap().view()
+        };
+        let mut out = vec![];
+        visit(&view, |_, e| out.push(e.into_event())).unwrap();
+        out
+    }
+
+    #[test]
+    fn alloc_free_columns_roundtrip_and_a_malloc_free_pair_takes_ten_bytes() {
+        use crate::{AllocFn, Domain};
+        let mut events = vec![];
+        for i in 0..1000u64 {
+            let p = 0x5555_5555_a000 + (i * 48) % 4096;
+            events.push(alloc(77, p, 16 + i % 1025, 0, AllocFn::Malloc));
+            events.push(Event::Free { tid: 77, ptr: p, caller: 0x5555_0000_2000, domain: Domain::Host });
+        }
+        // Thread changes (both ways), realloc with an old pointer below and
+        // above, calloc, foreign domain, a zero pointer and tid.
+        events.push(Event::Alloc {
+            tid: 5,
+            func: AllocFn::Calloc,
+            ptr: 0x10,
+            size: 0,
+            old_ptr: 0,
+            caller: 0,
+            domain: Domain::Foreign,
+            zeroed: true,
+        });
+        events.push(alloc(u32::MAX, 0x7fff_0000_0000, u64::MAX, 0x1000, AllocFn::Realloc));
+        events.push(alloc(0, 0x1000, 8, 0x7fff_ffff_0000, AllocFn::Mremap));
+        events.push(Event::Free { tid: 9, ptr: 0, caller: u64::MAX, domain: Domain::Neutral });
+        let b = encode(&events);
+        let pair_bytes =
+            [&b.m_head, &b.m_tid, &b.m_ptr, &b.m_size, &b.m_old, &b.m_caller].iter().map(|c| c.len()).sum::<usize>();
+        assert!(pair_bytes <= 1000 * 10 + 100, "{pair_bytes} column bytes");
+        assert!(b.others.is_empty());
+        let raw = rkyv::to_bytes::<rkyv::rancor::Error>(&b).unwrap();
+        assert_eq!(decode_all(&raw, false), events);
+    }
+
+    #[test]
+    fn version_1_batches_keep_alloc_and_free_in_others() {
+        let events = vec![
+            alloc(1, 0x1000, 32, 0, crate::AllocFn::Malloc),
+            Event::Free { tid: 1, ptr: 0x1000, caller: 7, domain: crate::Domain::Host },
+            Event::InitUnknown { addr: 0x1000, len: 32 },
+        ];
+        let v1 = BatchV1 {
+            kinds: events.iter().map(kind_id).collect(),
+            others: events.iter().filter_map(wire::event_to).collect(),
+            ..BatchV1::default()
+        };
+        let raw = rkyv::to_bytes::<rkyv::rancor::Error>(&v1).unwrap();
+        assert_eq!(decode_all(&raw, true), events);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub const END_MAGIC: [u8; 8] = *b"FFIRECnd";
 pub const CHUNK_MAGIC: [u8; 4] = *b"FRCK";
 
 /// The version this crate writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The oldest version this crate reads.
 pub const MIN_VERSION: u16 = 1;
 

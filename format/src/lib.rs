@@ -41,7 +41,7 @@
 //! # }
 //! ```
 //!
-//! # File layout (version 1)
+//! # File layout (version 2)
 //!
 //! A 12-byte preamble (magic `FFIRECtr`, format version `u16`, layout flags
 //! `u16`), then self-delimiting chunks — the header chunk, event and module
@@ -59,7 +59,7 @@
 //!
 //! # Versioning
 //!
-//! - This crate writes version 1 and reads versions 1..=1
+//! - This crate writes version 2 and reads versions 1..=2
 //!   ([`Error::Incompatible`] otherwise).
 //! - Event kinds, fields and chunk kinds are only ever *added*. Because an
 //!   rkyv archive's shape is its layout, any addition bumps the format
@@ -67,7 +67,9 @@
 //!   keep decoding old files into the (grown) public types, with the new
 //!   fields given neutral defaults. Kind numbers (the order of
 //!   [`EVENT_KINDS`]) never change.
-//! - History: **v1** — initial format.
+//! - History: **v1** — initial format. **v2** — Alloc/Free events get
+//!   columns of their own in event batches (`m_*`, ~3 bytes per event before
+//!   compression) instead of one stored `WEvent` each; v1 batches still decode.
 
 mod batch;
 mod error;

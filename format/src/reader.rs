@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::batch::{self, ArchivedBatch};
+use crate::batch::{self, ArchivedBatch, ArchivedBatchV1};
 use crate::layout::{
     self, ChunkHeader, ChunkKind, Trailer, CHUNK_HEADER_LEN, MAGIC, MAX_RAW_LEN, MIN_VERSION, PREAMBLE_LEN,
     TRAILER_LEN, VERSION,
@@ -184,16 +184,21 @@ impl Trace {
             .as_slice()
             .get(start..start.saturating_add(info.compressed_len as usize))
             .ok_or_else(|| corrupt("payload beyond the end of the file".into()))?;
+        let version = self.version();
         // The thread's buffer (a fresh one if `f` reads chunks itself).
         let mut raw = CHUNK_BUF.with(|c| c.take()).unwrap_or_default();
         let res = unpack_into(payload, info.raw_len, crc, &mut raw).and_then(|()| {
-            let batch = rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw)
-                .map_err(|e| format!("invalid archive: {e}"))?;
-            if batch.kinds.len() != info.events as usize {
-                return Err(format!("chunk header says {} events, payload holds {}", info.events, batch.kinds.len()));
+            let invalid = |e: rkyv::rancor::Error| format!("invalid archive: {e}");
+            let view = if version == 1 {
+                rkyv::access::<ArchivedBatchV1, rkyv::rancor::Error>(&raw).map_err(invalid)?.view()
+            } else {
+                rkyv::access::<ArchivedBatch, rkyv::rancor::Error>(&raw).map_err(invalid)?.view()
+            };
+            if view.kinds.len() != info.events as usize {
+                return Err(format!("chunk header says {} events, payload holds {}", info.events, view.kinds.len()));
             }
             let first = info.first_event;
-            batch::visit(batch, |n, e| f(first.wrapping_add(n as u64), e))
+            batch::visit(&view, |n, e| f(first.wrapping_add(n as u64), e))
         });
         if raw.capacity() <= KEEP_BUF {
             CHUNK_BUF.with(|c| c.set(Some(raw)));

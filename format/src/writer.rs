@@ -1,6 +1,8 @@
 //! Appending events: batches on the caller's thread, compression and I/O on a background thread.
 //!
-//! The caller's thread only moves events into a `Vec`. Full batches go through
+//! The caller's thread only moves events into a `Vec` (Alloc and Free events,
+//! which can come by the million, go straight into their compact columns,
+//! `batch::MemCols`, a few bytes each). Full batches go through
 //! a bounded `sync_channel` to one background thread that encodes, compresses
 //! and appends chunks, so memory stays bounded by `queue_depth + 2` batches
 //! however long the recording runs. If the writer is dropped without
@@ -48,7 +50,7 @@ pub struct Written {
 const BATCH_BYTES: usize = 64 << 20;
 
 enum Msg {
-    Events { first: u64, events: Vec<Event> },
+    Events { first: u64, kinds: Vec<u8>, events: Vec<Event>, mem: batch::MemCols },
     Module { at_event: u64, module: Box<Module> },
     Finish { summary: Summary },
 }
@@ -58,7 +60,12 @@ pub struct TraceWriter {
     path: PathBuf,
     partial: PathBuf,
     options: WriterOptions,
+    /// Kind of every event of the current batch.
+    kinds: Vec<u8>,
+    /// Its events other than Alloc/Free, in order.
     batch: Vec<Event>,
+    /// Its Alloc/Free events, encoded.
+    mem: batch::MemCols,
     batch_bytes: usize,
     batch_first: u64,
     next_event: u64,
@@ -93,7 +100,9 @@ impl TraceWriter {
         Ok(TraceWriter {
             path,
             partial,
-            batch: Vec::with_capacity(options.events_per_chunk.clamp(1, 1 << 20)),
+            kinds: Vec::with_capacity(options.events_per_chunk.clamp(1, 1 << 20)),
+            batch: Vec::new(),
+            mem: batch::MemCols::default(),
             options,
             batch_bytes: 0,
             batch_first: 0,
@@ -109,11 +118,17 @@ impl TraceWriter {
     /// the caller's thread; blocks only when `queue_depth` batches are pending.
     pub fn push(&mut self, event: Event) -> Result<u64, Error> {
         let n = self.next_event;
-        self.kind_counts[usize::from(batch::kind_id(&event))] += 1;
-        self.batch_bytes += approx_size(&event);
-        self.batch.push(event);
+        let kind = batch::kind_id(&event);
+        self.kind_counts[usize::from(kind)] += 1;
+        self.kinds.push(kind);
+        if self.mem.push(&event) {
+            self.batch_bytes += 24;
+        } else {
+            self.batch_bytes += approx_size(&event);
+            self.batch.push(event);
+        }
         self.next_event += 1;
-        if self.batch.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
+        if self.kinds.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
             self.flush_batch()?;
         }
         Ok(n)
@@ -154,15 +169,17 @@ impl TraceWriter {
     }
 
     fn flush_batch(&mut self) -> Result<(), Error> {
-        if self.batch.is_empty() {
+        if self.kinds.is_empty() {
             return Ok(());
         }
         let cap = self.options.events_per_chunk.clamp(1, 1 << 20);
-        let events = std::mem::replace(&mut self.batch, Vec::with_capacity(cap));
+        let kinds = std::mem::replace(&mut self.kinds, Vec::with_capacity(cap));
+        let events = std::mem::take(&mut self.batch);
+        let mem = std::mem::take(&mut self.mem);
         let first = self.batch_first;
         self.batch_first = self.next_event;
         self.batch_bytes = 0;
-        self.send(Msg::Events { first, events })
+        self.send(Msg::Events { first, kinds, events, mem })
     }
 
     fn send(&mut self, msg: Msg) -> Result<(), Error> {
@@ -242,10 +259,11 @@ impl Sink {
     fn run(mut self, rx: Receiver<Msg>) -> Result<u64, Error> {
         for msg in rx {
             match msg {
-                Msg::Events { first, events } => {
-                    let raw = to_rkyv(&batch::encode(&events))?;
-                    let count = u32::try_from(events.len())
-                        .map_err(|_| Error::Writer("more than 2^32 events in one chunk".into()))?;
+                Msg::Events { first, kinds, events, mem } => {
+                    let count = kinds.len();
+                    let raw = to_rkyv(&batch::encode_parts(kinds, &events, mem))?;
+                    let count =
+                        u32::try_from(count).map_err(|_| Error::Writer("more than 2^32 events in one chunk".into()))?;
                     drop(events);
                     self.write_chunk(ChunkKind::Events, &raw, first, count)?;
                 }

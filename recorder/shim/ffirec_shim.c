@@ -84,6 +84,9 @@ static struct ffirec_rec *g_recs; /* ring 0's records; ring i at g_recs + i * g_
 static uint64_t g_cap;
 static uint64_t g_fork_head; /* our ring's head, read just before fork() */
 static uint32_t g_pid;
+/* READY, and this process owns the primary ring: record() may take its fast
+ * path (see there). Cleared by use_ring(), set by ring_init(). */
+static int g_fast;
 
 /* The foreign arena's range, copied from the header at init (len 0: none). */
 static uint64_t g_arena_lo, g_arena_len;
@@ -112,6 +115,7 @@ static void use_ring(uint32_t index) {
     g_rc = &g_hdr->ring[index];
     g_ring = g_recs + (uint64_t)index * g_cap;
     g_primary = index == 1;
+    g_fast = 0;
 }
 
 /* Maps the ring. Runs once per process image, from the constructor or from the
@@ -168,6 +172,7 @@ static void ring_init(void) {
     if (next == ST_READY)
         hi_init();
     atomic_store_explicit(&g_state, next, memory_order_release);
+    g_fast = next == ST_READY && g_primary;
     if (next == ST_READY) {
         /* We may be called from reserve() before it reserved anything, so no
          * slot of this thread is pending: the start record may wait. */
@@ -315,8 +320,9 @@ static inline void commit(struct ffirec_rec *r, uint64_t seq) {
     __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
 }
 
-static inline void record(uint16_t kind, uint64_t ptr, uint64_t size, uint64_t old_ptr,
-                          uint64_t caller, uint64_t aux) {
+/* The general record path: any ring, any thread, nested frames. */
+static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, uint64_t size,
+                                                  uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     t_depth++;
     uint64_t seq;
     struct ffirec_rec *r = reserve(&seq);
@@ -327,6 +333,32 @@ static inline void record(uint16_t kind, uint64_t ptr, uint64_t size, uint64_t o
             t_pending = 0;
     }
     t_depth--;
+}
+
+/* Appends one record. Fast path, inlined into every allocation function: the
+ * sole producer of the primary ring (single-threaded), not nested — the same
+ * steps as reserve()'s outermost frame, without its calls and re-checks. The
+ * interposed malloc/free pair cost ~1.7x native before (passthrough alone),
+ * most of it in those calls. */
+static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t ptr, uint64_t size,
+                                                         uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    if (LIKELY(g_fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
+        t_depth = 1;
+        t_pending = PENDING_UNKNOWN;
+        __asm__ volatile("" ::: "memory");
+        uint64_t seq = 1;
+        __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
+        t_pending = seq + 1;
+        if (UNLIKELY(seq >= t_limit))
+            wait_for_room(seq);
+        struct ffirec_rec *r = &g_ring[seq & (g_cap - 1)];
+        fill(r, kind, ptr, size, old_ptr, caller, aux);
+        commit(r, seq);
+        t_pending = 0;
+        t_depth = 0;
+        return;
+    }
+    record_slow(kind, ptr, size, old_ptr, caller, aux);
 }
 
 static void record_proc(uint16_t kind, uint64_t aux) { record(kind, 0, 0, 0, 0, aux); }
@@ -808,8 +840,8 @@ EXPORT void free(void *p) {
         __libc_free(p);
         return;
     }
-    struct pending s = begin();
-    end(s, FFIREC_K_FREE, (uintptr_t)p, 0, 0, CALLER, 0);
+    /* Recorded before the real free (see "Ordering" above). */
+    record(FFIREC_K_FREE, (uintptr_t)p, 0, 0, CALLER, 0);
     if (UNLIKELY(in_arena(p)))
         arena_free(p);
     else

@@ -27,7 +27,16 @@ pub(crate) const SEGV_ACCERR: i32 = 2;
 /// before we assume it waits for one of them.
 pub(crate) const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
 
+/// Records drained between two `WNOHANG` polls while the program runs.
+const DRAIN_BATCH: usize = 4096;
+/// The longest and shortest sleep of an idle recorder that drains the
+/// allocation ring (doubling from the shortest while the ring stays empty).
+const IDLE_MIN: Duration = Duration::from_micros(100);
+const IDLE_MAX: Duration = Duration::from_millis(20);
+
 static SIGINTS: AtomicU32 = AtomicU32::new(0);
+/// SIGALRM ticks not yet seen by the wait loop.
+static TICKS: AtomicU32 = AtomicU32::new(0);
 static SIGTERMS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_sigint(_: libc::c_int) {
@@ -36,7 +45,9 @@ extern "C" fn on_sigint(_: libc::c_int) {
 extern "C" fn on_sigterm(_: libc::c_int) {
     SIGTERMS.fetch_add(1, Ordering::Relaxed);
 }
-extern "C" fn on_alarm(_: libc::c_int) {}
+extern "C" fn on_alarm(_: libc::c_int) {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+}
 
 fn install_handlers() {
     for (sig, h) in [
@@ -234,6 +245,9 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         | libc::PTRACE_O_TRACEEXIT
         | libc::PTRACE_O_TRACESYSGOOD;
     let pid = process::spawn(&exe, &argv, &env, i64::from(options))?;
+    // Before the trace writer's thread exists, so it inherits the mask: the
+    // wait loop sleeps on SIGCHLD while it drains the allocation ring.
+    sys::block_sigchld();
 
     let page = sys::page_size();
     let policy = Policy::new(opts.libs.clone(), neutral_extra);
@@ -331,6 +345,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
 impl Tracer {
     /// The wait loop. Returns true when ffirec killed the program on request.
     pub(crate) fn run(&mut self) -> Result<bool, Error> {
+        let mut idle = IDLE_MIN;
         loop {
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 eprintln!("ffirec: interrupted: finishing the trace and killing the program");
@@ -343,7 +358,7 @@ impl Tracer {
             let stop = if let Some(stop) = self.deferred.pop() {
                 stop
             } else {
-                let w = match sys::wait(-1, false) {
+                let w = match self.wait_any(&mut idle) {
                     Ok(Some(w)) => w,
                     Ok(None) => {
                         self.check_blocked_all()?;
@@ -889,7 +904,13 @@ impl Tracer {
     /// Alloc-shim events are drained here (before every stop is processed
     /// and before every boundary event), so they land in program order.
     pub fn drain_allocs(&mut self) -> Result<(), Error> {
-        let Some(a) = self.alloc.as_mut() else { return Ok(()) };
+        self.drain_allocs_some(usize::MAX).map(|_| ())
+    }
+
+    /// [`Self::drain_allocs`] for at most about `max` records; returns how
+    /// many were consumed.
+    pub fn drain_allocs_some(&mut self, max: usize) -> Result<usize, Error> {
+        let Some(a) = self.alloc.as_mut() else { return Ok(0) };
         let sink = &mut self.sink;
         let active_moved = &mut self.moved;
         let active_guarding = self.foreign_mode;
@@ -902,7 +923,7 @@ impl Tracer {
         let hostinit = &mut self.hostinit;
         let mut extra = Vec::new();
         let mut err = None;
-        a.drain(|e| {
+        let consumed = a.drain_some(max, |e| {
             let g = match e.tid().map(|t| tgids.get(&(t as Pid)).copied()) {
                 Some(Some(g)) => g,
                 // A process not followed (--no-follow): not ours to record.
@@ -939,7 +960,44 @@ impl Tracer {
                 }
             }
         });
-        err.map_or(Ok(()), Err)
+        err.map_or(Ok(consumed), Err)
+    }
+
+    /// True while the recorder may drain the allocation ring between stops:
+    /// no foreign call is in progress in any process (during one, every stop
+    /// matters and the wait for it stays a plain blocking `waitpid`).
+    fn drains_while_waiting(&self) -> bool {
+        self.alloc.is_some() && self.owner.is_none() && self.procs.values().all(|p| p.owner.is_none())
+    }
+
+    /// Waits for the next stop. With no foreign call in progress, drains the
+    /// allocation ring meanwhile, so the program (which records allocations
+    /// without stopping) only waits for the recorder when the ring is full:
+    /// `WNOHANG` polls between bounded drains, and an empty ring sleeps on
+    /// SIGCHLD (blocked in every recorder thread) for at most `idle`, doubled
+    /// while the ring stays empty.
+    fn wait_any(&mut self, idle: &mut Duration) -> Result<Option<sys::WaitStatus>, Error> {
+        if !self.drains_while_waiting() {
+            return sys::wait(-1, false);
+        }
+        loop {
+            if let Some(w) = sys::wait(-1, true)? {
+                return Ok(Some(w));
+            }
+            if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
+                return Ok(None);
+            }
+            if self.drain_allocs_some(DRAIN_BATCH)? > 0 {
+                *idle = IDLE_MIN;
+                continue;
+            }
+            sys::wait_sigchld(*idle);
+            *idle = (*idle * 2).min(IDLE_MAX);
+            if TICKS.swap(0, Ordering::Relaxed) > 0 {
+                // The 0.5 s ticker's turn (what an interrupted blocking wait does).
+                return Ok(None);
+            }
+        }
     }
 
     pub(crate) fn drain_final(&mut self) -> Result<(), Error> {

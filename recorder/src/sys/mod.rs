@@ -265,6 +265,36 @@ pub fn wait(pid: Pid, nohang: bool) -> Result<Option<WaitStatus>, Error> {
     }))
 }
 
+/// Blocks SIGCHLD in the calling thread (and in threads it creates later),
+/// so [`wait_sigchld`] can sleep until a tracee stops. A blocked SIGCHLD is
+/// queued, never lost; `waitpid` does not need it.
+pub fn block_sigchld() {
+    // SAFETY: sigset_t is plain data filled by sigemptyset/sigaddset, and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Sleeps until a SIGCHLD is pending (a tracee stopped or died), another
+/// signal arrives, or `timeout` passes. Needs [`block_sigchld`] first.
+pub fn wait_sigchld(timeout: std::time::Duration) {
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: as in `block_sigchld`; sigtimedwait reads the set and the
+    // timeout and writes nothing when the info pointer is null. Its result
+    // (the signal, EAGAIN on timeout, EINTR) needs no handling: the caller
+    // polls waitpid next either way.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
+    }
+}
+
 /// The tracee's memory through `/proc/PID/mem`, which reads and writes
 /// `PROT_NONE` private pages and read-only code alike.
 pub struct Mem {
