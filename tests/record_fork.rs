@@ -347,6 +347,11 @@ fn python_multiprocessing_workers_call_zlib() {
     assert_eq!(crc.iter().filter(|&&t| t == parent).count(), 1, "{crc:?}");
     let workers: BTreeSet<u32> = crc.iter().copied().filter(|&t| t != parent).collect();
     assert!(!workers.is_empty() && workers.len() <= 2 && workers.is_subset(&children), "{crc:?} {children:?}");
+    // Pool workers terminated by their parent (SIGTERM) did not crash.
+    let rep = analyze(&r);
+    let kinds: BTreeSet<&str> =
+        rep["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(!kinds.contains("crash"), "{kinds:?}");
     // subprocess: a child that execs echo.
     let echo = ev
         .iter()

@@ -558,9 +558,14 @@ impl Timeline {
                 Event::HostWrite { addr, len, .. } => ops.push((seq, Op::Init { addr: t(addr), len })),
                 Event::InitUnknown { addr, len } => ops.push((seq, Op::Unknown { addr: t(addr), len })),
                 // A fault the program handles itself (a JIT's SIGSEGV, say) is
-                // ours to report only when it hit inside a foreign call.
+                // ours to report only when it hit inside a foreign call. A
+                // process killed by another (SIGTERM from a pool's parent:
+                // si_code <= 0) outside any foreign call did not crash.
                 Event::Signal { tid, signo, code, addr, ref regs, ref code_bytes, fatal }
-                    if fatal
+                    if (fatal
+                        && (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT)
+                            || code > 0
+                            || self.top(tid) != NO_CALL))
                         || (matches!(signo, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT)
                             && self.top(tid) != NO_CALL) =>
                 {
