@@ -358,3 +358,20 @@ fn python_multiprocessing_workers_call_zlib() {
         .any(|e| matches!(e, Event::Exec { pid, path, .. } if children.contains(pid) && path.ends_with("/echo")));
     assert!(echo);
 }
+
+#[test]
+fn no_follow_library_runs_system_inside_a_call() {
+    // --no-follow: the vfork child shares the call's guarded memory, so it
+    // is followed silently until it execs (its exec needs its arguments
+    // opened), then detached; nothing of it is recorded.
+    let prog = common::program("fork_lib_system");
+    let r = record("fork_lib_system_no_follow", &prog, &[], &["--lib", "libforkfx.so", "--no-follow"]);
+    assert_eq!(r.stdout, "from-lib\nstatus 5\n");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let parent = root_pid(&r);
+    let tids: BTreeSet<u32> = ev.iter().filter_map(Event::tid).collect();
+    assert_eq!(tids, BTreeSet::from([parent]));
+    assert_eq!(forks(&ev).len(), 1);
+    assert!(!ev.iter().any(|e| matches!(e, Event::Exec { .. })));
+}

@@ -49,6 +49,7 @@ pub(crate) struct ProcState {
     pub moved: Vec<(u64, u64)>,
     pub none_at_entry: Vec<(u64, u64)>,
     pub tramp: crate::fault::Trampolines,
+    pub until_exec: bool,
 }
 
 /// Swaps the per-process fields of `t` with `s`.
@@ -74,6 +75,7 @@ fn swap(t: &mut Tracer, s: &mut ProcState) {
     swap(&mut t.moved, &mut s.moved);
     swap(&mut t.none_at_entry, &mut s.none_at_entry);
     swap(&mut t.tramp, &mut s.tramp);
+    swap(&mut t.until_exec, &mut s.until_exec);
 }
 
 impl Tracer {
@@ -145,13 +147,17 @@ impl Tracer {
 
     /// The forking thread `tid` of the active process made `child`: follow
     /// it. Its first stop is handled when it comes (or now, if it came first).
+    /// With `--no-follow` only a vfork child made during a foreign call is
+    /// followed, silently and until it execs: it shares the call's guarded
+    /// memory, so its exec needs its arguments opened like any foreign syscall.
     pub(crate) fn follow_child(&mut self, tid: Pid, child: Pid) -> Result<(), Error> {
+        let record = self.opts.follow;
         let parent = self.threads.get(&tid);
         let mut frames: Vec<Frame> = parent.map(|t| t.frames.clone()).unwrap_or_default();
         let altstack = parent.and_then(|t| t.altstack);
         // A call in progress continues in the child as a call of its own.
         let mut call = 0;
-        for f in &mut frames {
+        for f in frames.iter_mut().filter(|_| record) {
             if f.kind == FrameKind::Foreign {
                 call = self.next_call;
                 self.next_call += 1;
@@ -214,6 +220,7 @@ impl Tracer {
             // The child's code area holds the same slots (a vfork child's is
             // ours: it must not write over our slots, only after them).
             tramp: self.tramp.clone(),
+            until_exec: !record,
         };
         self.procs.insert(child, st);
         self.tgids.insert(child, child);

@@ -202,6 +202,9 @@ pub(crate) struct Tracer {
     pub pinned_tid: Option<Pid>,
     /// Ends the foreign code's slice between two signal handlers (`signals`).
     pub slice_timer: crate::signals::SliceTimer,
+    /// This process is a vfork child followed only until it execs
+    /// (`--no-follow`: it shares the guarded memory of a call in progress).
+    pub until_exec: bool,
     /// Host initialisation tracking (`hostinit`).
     pub hostinit: crate::hostinit::HostInit,
 }
@@ -324,6 +327,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         deferred: Vec::new(),
         pinned_tid: None,
         slice_timer: crate::signals::SliceTimer::default(),
+        until_exec: false,
         hostinit: crate::hostinit::HostInit::new(host_init),
     };
     t.threads.insert(pid, Thread::default());
@@ -563,7 +567,7 @@ impl Tracer {
                         child_pid: child as u32,
                     })?;
                     let vfork = event == libc::PTRACE_EVENT_VFORK;
-                    if self.opts.follow {
+                    if self.opts.follow || (vfork && self.foreign_mode) {
                         self.follow_child(tid, child)?;
                     } else if let Some(stop) = self.early_children.remove(&child) {
                         self.release_child(child, vfork, stop)?;
@@ -572,6 +576,14 @@ impl Tracer {
                     }
                 }
                 self.resume(tid, 0)
+            }
+            libc::PTRACE_EVENT_EXEC if self.until_exec => {
+                // A new program with fresh memory: nothing of ours left in it,
+                // and nothing of it to record.
+                self.threads.clear();
+                let pid = self.pid;
+                self.tgids.retain(|_, g| *g != pid);
+                sys::detach(tid, 0)
             }
             libc::PTRACE_EVENT_EXEC => {
                 // Every other thread is gone; the exec'ing thread is now the leader.
