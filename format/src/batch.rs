@@ -234,6 +234,7 @@ impl Threads {
     }
 }
 
+#[inline]
 fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);

@@ -127,6 +127,29 @@ impl TraceWriter {
             self.batch_bytes += approx_size(&event);
             self.batch.push(event);
         }
+        self.end_push(n)
+    }
+
+    /// [`Self::push`] by reference: an Alloc or Free (the events that come by
+    /// the million) is encoded without being moved or cloned; any other
+    /// event is cloned.
+    #[inline]
+    pub fn push_ref(&mut self, event: &Event) -> Result<u64, Error> {
+        let n = self.next_event;
+        let kind = batch::kind_id(event);
+        self.kind_counts[usize::from(kind)] += 1;
+        self.kinds.push(kind);
+        if self.mem.push(event) {
+            self.batch_bytes += 24;
+        } else {
+            self.batch_bytes += approx_size(event);
+            self.batch.push(event.clone());
+        }
+        self.end_push(n)
+    }
+
+    #[inline]
+    fn end_push(&mut self, n: u64) -> Result<u64, Error> {
         self.next_event += 1;
         if self.kinds.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
             self.flush_batch()?;

@@ -101,6 +101,17 @@ impl Sink {
         Ok(())
     }
 
+    /// [`Self::push`] without moving the event: an Alloc or Free is encoded
+    /// in place, anything else cloned.
+    #[inline]
+    pub fn push_ref(&mut self, event: &Event) -> Result<(), Error> {
+        if matches!(event, Event::Access { .. }) {
+            self.accesses += 1;
+        }
+        self.writer.push_ref(event)?;
+        Ok(())
+    }
+
     pub fn add_module(&mut self, module: Module) -> Result<u32, Error> {
         Ok(self.writer.add_module(module)?)
     }

@@ -935,19 +935,32 @@ impl Tracer {
         let hostinit = &mut self.hostinit;
         let mut extra = Vec::new();
         let mut err = None;
+        // Runs of records from one thread are the rule: look its process up once.
+        let mut last: Option<(u32, Option<Pid>)> = None;
         let consumed = a.drain_some(max, |e| {
-            let g = match e.tid().map(|t| tgids.get(&(t as Pid)).copied()) {
-                Some(Some(g)) => g,
-                // A process not followed (--no-follow): not ours to record.
-                Some(None) if !follow => return,
-                _ => active,
+            let g = match e.tid() {
+                Some(t) => match last {
+                    Some((lt, g)) if lt == t => g,
+                    _ => {
+                        let g = tgids.get(&(t as Pid)).copied();
+                        last = Some((t, g));
+                        g
+                    }
+                },
+                None => Some(active),
             };
-            let (blocks, moved, guarding, guards) = match procs.get_mut(&g) {
-                Some(p) if g != active => (&mut p.arena_blocks, &mut p.moved, p.foreign_mode, &p.guards[..]),
-                _ => (&mut *active_blocks, &mut *active_moved, active_guarding, &active_guards[..]),
+            let g = match g {
+                Some(g) => g,
+                // A process not followed (--no-follow): not ours to record.
+                None if !follow => return,
+                None => active,
+            };
+            let (blocks, moved, guarding, guards) = match (g != active).then(|| procs.get_mut(&g)).flatten() {
+                Some(p) => (&mut p.arena_blocks, &mut p.moved, p.foreign_mode, &p.guards[..]),
+                None => (&mut *active_blocks, &mut *active_moved, active_guarding, &active_guards[..]),
             };
             if let Some(r) = arena {
-                blocks.on_event(r, &e);
+                blocks.on_event(r, e);
             }
             // A guarded block moved by realloc/mremap keeps PROT_NONE at its
             // new address; remember it so the return restores it too.
@@ -957,16 +970,20 @@ impl Tracer {
                 size,
                 old_ptr,
                 ..
-            } = e
+            } = *e
             {
                 if guarding && old_ptr != 0 && ptr != old_ptr && ptr != 0 {
                     moved.push((ptr, size));
                 }
             }
-            let unknown = untracked_init(arena, &e).or_else(|| unguarded_foreign_block(guarding, guards, &e));
+            let unknown = untracked_init(arena, e).or_else(|| unguarded_foreign_block(guarding, guards, e));
             extra.clear();
-            hostinit.on_alloc_event(g, arena, &e, &mut extra);
-            for ev in std::iter::once(e).chain(unknown).chain(extra.drain(..)) {
+            hostinit.on_alloc_event(g, arena, e, &mut extra);
+            // By reference: an Alloc/Free goes into its columns without a copy.
+            if let Err(x) = sink.push_ref(e) {
+                err.get_or_insert(x);
+            }
+            for ev in unknown.into_iter().chain(extra.drain(..)) {
                 if let Err(x) = sink.push(ev) {
                     err.get_or_insert(x);
                 }

@@ -42,7 +42,7 @@ fn alloc_fn(kind: u16) -> Option<AllocFn> {
 
 impl Model {
     /// Turns one record into zero or more events, in order.
-    pub(crate) fn convert(&mut self, r: &Rec, out: &mut impl FnMut(Event)) -> usize {
+    pub(crate) fn convert(&mut self, r: &Rec, out: &mut impl FnMut(&Event)) -> usize {
         let domain = if r.flags & F_FOREIGN != 0 { Domain::Foreign } else { Domain::Host };
         let free = |ptr| Event::Free { tid: r.tid, ptr, caller: r.caller, domain };
         let alloc = |func, zeroed| Event::Alloc {
@@ -81,18 +81,18 @@ impl Model {
             }
             kind::NOP => 0, // the call failed after reserving its slot
             kind::FREE => {
-                out(free(r.ptr));
+                out(&free(r.ptr));
                 1
             }
             kind::REALLOC | kind::REALLOCARRAY if r.ptr == 0 => {
                 // realloc(p, 0) freed p.
-                out(free(r.old_ptr));
+                out(&free(r.old_ptr));
                 1
             }
             kind::MMAP => {
                 let n = self.unmap(r, r.ptr, r.size, out);
                 self.anon.entry(r.pid).or_default().insert(r.ptr, r.ptr.saturating_add(page_up(r.size)));
-                out(alloc(AllocFn::Mmap, true));
+                out(&alloc(AllocFn::Mmap, true));
                 n + 1
             }
             kind::MUNMAP => self.unmap(r, r.ptr, r.size, out),
@@ -113,12 +113,12 @@ impl Model {
                 let map = self.anon.entry(r.pid).or_default();
                 remove_range(map, r.ptr, end);
                 map.insert(r.ptr, end);
-                out(alloc(AllocFn::Mremap, false));
+                out(&alloc(AllocFn::Mremap, false));
                 n + 1
             }
             k => match alloc_fn(k) {
                 Some(func) => {
-                    out(alloc(func, func == AllocFn::Calloc));
+                    out(&alloc(func, func == AllocFn::Calloc));
                     1
                 }
                 None => 0, // a kind this version does not know
@@ -128,7 +128,7 @@ impl Model {
 
     /// Removes `[addr, addr+len)` from the pid's anonymous mappings: a mapping
     /// wholly inside becomes `Free`, a partly covered one an `Unmap` of the part.
-    fn unmap(&mut self, r: &Rec, addr: u64, len: u64, out: &mut impl FnMut(Event)) -> usize {
+    fn unmap(&mut self, r: &Rec, addr: u64, len: u64, out: &mut impl FnMut(&Event)) -> usize {
         let Some(map) = self.anon.get_mut(&r.pid) else {
             return 0;
         };
@@ -137,10 +137,10 @@ impl Model {
         let hit: Vec<(u64, u64)> = overlapping(map, addr, end);
         for &(s, e) in &hit {
             if addr <= s && e <= end {
-                out(Event::Free { tid: r.tid, ptr: s, caller: r.caller, domain });
+                out(&Event::Free { tid: r.tid, ptr: s, caller: r.caller, domain });
             } else {
                 let (a, b) = (s.max(addr), e.min(end));
-                out(Event::Unmap { tid: r.tid, addr: a, len: b - a });
+                out(&Event::Unmap { tid: r.tid, addr: a, len: b - a });
             }
         }
         remove_range(map, addr, end);
@@ -176,7 +176,7 @@ mod tests {
 
     fn run(model: &mut Model, r: Rec) -> Vec<Event> {
         let mut v = vec![];
-        model.convert(&r, &mut |e| v.push(e));
+        model.convert(&r, &mut |e| v.push(e.clone()));
         v
     }
 

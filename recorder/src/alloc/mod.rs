@@ -363,13 +363,14 @@ impl AllocTracker {
     /// fork point); stops in each ring at the first slot not yet committed.
     /// Returns the number of events produced.
     pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
-        self.drain_inner(&mut f, false, usize::MAX)
+        self.drain_inner(&mut |e: &Event| f(e.clone()), false, usize::MAX)
     }
 
     /// [`Self::drain`], stopping after about `max` records (a recorder that
     /// drains while the program runs stays responsive to ptrace stops).
-    /// Returns the number of records consumed (not events).
-    pub fn drain_some(&mut self, max: usize, mut f: impl FnMut(Event)) -> usize {
+    /// Returns the number of records consumed (not events). Events are lent,
+    /// not moved: the caller copies what it keeps.
+    pub fn drain_some(&mut self, max: usize, mut f: impl FnMut(&Event)) -> usize {
         let before = self.tails[0] + self.tails[1];
         self.drain_inner(&mut f, false, max);
         (self.tails[0] + self.tails[1] - before) as usize
@@ -379,10 +380,10 @@ impl AllocTracker {
     /// process has exited): reserved slots that were never committed are
     /// skipped and counted in [`RingStats::skipped`].
     pub fn drain_final(&mut self, mut f: impl FnMut(Event)) -> usize {
-        self.drain_inner(&mut f, true, usize::MAX)
+        self.drain_inner(&mut |e: &Event| f(e.clone()), true, usize::MAX)
     }
 
-    fn drain_inner(&mut self, f: &mut impl FnMut(Event), skip_holes: bool, max: usize) -> usize {
+    fn drain_inner(&mut self, f: &mut impl FnMut(&Event), skip_holes: bool, max: usize) -> usize {
         // The primary ring first: a forked child's records (ring 0) may wait
         // for their parent's (ring 1), never the other way round.
         let mut events = self.drain_ring(1, f, skip_holes, max);
@@ -390,7 +391,7 @@ impl AllocTracker {
         events
     }
 
-    fn drain_ring(&mut self, ring: usize, f: &mut impl FnMut(Event), skip_holes: bool, max: usize) -> usize {
+    fn drain_ring(&mut self, ring: usize, f: &mut impl FnMut(&Event), skip_holes: bool, max: usize) -> usize {
         // Publish progress often enough that producers on a small ring keep going.
         let publish_every = (self.map.capacity() / 4).max(1);
         let mut events = 0;
