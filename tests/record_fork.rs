@@ -375,3 +375,32 @@ fn no_follow_library_runs_system_inside_a_call() {
     assert_eq!(forks(&ev).len(), 1);
     assert!(!ev.iter().any(|e| matches!(e, Event::Exec { .. })));
 }
+
+#[test]
+fn fork_inside_a_callback_returns_through_the_library_in_both() {
+    let prog = common::program("fork_callback");
+    let nat = native(&prog, &[]);
+    let r = record("fork_callback", &prog, &[], &["--lib", "librecfx.so"]);
+    assert_eq!(r.stdout, String::from_utf8_lossy(&nat.stdout));
+    assert_eq!(r.stdout, "child 106 5\nparent 206 5\n");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    let ev = r.events();
+    let child = forks(&ev)[0].2;
+    // The child's view: the call and its callback in progress (inherited),
+    // the callback's return, the library's read of p[3], its return.
+    let mine: Vec<String> = of_tid(&ev, child)
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Call { .. } => Some("call".to_string()),
+            Event::Callback { .. } => Some("callback".into()),
+            Event::CallbackReturn { rax, .. } => Some(format!("callback_return {rax}")),
+            Event::Access { .. } => Some("access".into()),
+            Event::Return { rax, .. } => Some(format!("return {rax}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mine, vec!["call", "callback", "callback_return 100", "access", "return 106"]);
+    let buf = r.addr("buf");
+    assert_eq!(ranges_in(&bytes(&of_tid(&ev, child)).read, buf, 16), vec![(12, 16)]);
+    assert_eq!(ranges_in(&bytes(&of_tid(&ev, root_pid(&r))).read, buf, 16), vec![(0, 4), (12, 16)]);
+}
