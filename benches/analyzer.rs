@@ -170,6 +170,7 @@ fn main() {
     println!("read_chunk only, 1 thread: {:.2} M events/s", read_rate / 1e6);
 
     let mut rates = Vec::new();
+    let mut cpus = Vec::new();
     let mut json = Vec::new();
     for threads in [1, all] {
         let opts = Options { threads: Some(threads), dwarf: false, ..Options::default() };
@@ -187,9 +188,13 @@ fn main() {
             report.summary.findings
         );
         rates.push(rate);
+        cpus.push(cpu);
         json.push(report.to_json());
     }
     println!("speed-up 1 -> {all} threads: {:.2}x", rates[1] / rates[0]);
+    // Independent of how much of a shared machine we got: 1.00 means the
+    // threads do no more work per event than one thread alone.
+    println!("CPU time {all} threads / 1 thread: {:.2}", cpus[1] / cpus[0].max(1e-9));
     println!("identical JSON: {}", json[0] == json[1]);
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
