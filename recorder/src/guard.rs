@@ -480,7 +480,26 @@ impl Tracer {
     /// host modules — minus every thread's stack and TLS, neutral and foreign
     /// data, our own pages and vvar/vdso.
     pub fn compute_guards(&mut self, owner: Pid, owner_regs: &RawRegs) -> Result<Vec<GuardRange>, Error> {
-        let maps = crate::maps::read(self.pid)?;
+        // Only writable mappings can be guarded: the kernel lists just those
+        // (PROCMAP_QUERY), at about half the cost of the whole text, every
+        // call — nothing tells us what host code mapped, unmapped or
+        // reprotected since the last one. Host-init tracking also needs the
+        // read-only pages it protected, so it reads everything.
+        // Without the alloc shim, `adopt_moved` needs the PROT_NONE mappings
+        // too (see there).
+        let walk = self.alloc.is_some() && !self.hostinit.enabled;
+        let writable = if walk { crate::maps::read_writable(&self.mem)? } else { None };
+        let maps = match writable {
+            Some(m) => {
+                self.none_at_entry = None;
+                m
+            }
+            None => {
+                let maps = crate::maps::read(self.pid)?;
+                self.none_at_entry = Some(maps.iter().filter(|m| m.prot == 0).map(|m| (m.start, m.end)).collect());
+                maps
+            }
+        };
         // The owner's alternate signal stack: a signal delivered on it
         // during the call must find it writable (it may sit in the heap, so
         // only its own pages are carved out, below).
@@ -502,7 +521,6 @@ impl Tracer {
             }
         }
         let mut out: Vec<GuardRange> = Vec::new();
-        self.none_at_entry = maps.iter().filter(|m| m.prot == 0).map(|m| (m.start, m.end)).collect();
         for m in &maps {
             if !self.guardable(m, &keep) {
                 continue;
@@ -578,14 +596,26 @@ impl Tracer {
     }
 
     /// A foreign-mode fault outside the guard set on a PROT_NONE anonymous
-    /// mapping that did not exist as such at entry: guarded memory that
+    /// mapping where a block moved during this call: guarded memory that
     /// moved (realloc → mremap keeps PROT_NONE). Adopt it as guarded, with
     /// read-write restored at return.
-    pub fn adopt_moved(&mut self, addr: u64) -> Result<bool, Error> {
+    pub fn adopt_moved(&mut self, tid: Pid, addr: u64) -> Result<bool, Error> {
         let maps = crate::maps::read(self.pid)?;
         let Some(m) = maps.iter().find(|m| m.contains(addr)) else { return Ok(false) };
         let in_arena = self.arena.is_some_and(|(a, b)| m.start < b && a < m.end);
-        if m.prot != 0 || m.shared || !m.path.is_empty() || in_arena || self.none_at_entry.contains(&(m.start, m.end)) {
+        let moved = match &self.none_at_entry {
+            Some(none) => !none.contains(&(m.start, m.end)),
+            // Only the writable mappings were listed at entry. A block moves
+            // inside realloc (glibc writes the moved chunk's header before
+            // returning) or has moved during this call (the shim's ring); a
+            // PROT_NONE mapping of the program's own, or one the library made,
+            // faults as it would natively.
+            None => {
+                self.alloc.as_ref().is_some_and(|a| a.in_allocator(tid as u32))
+                    || self.moved.iter().any(|&(p, n)| p < m.end && m.start < p.saturating_add(n.max(1)))
+            }
+        };
+        if m.prot != 0 || m.shared || !m.path.is_empty() || in_arena || !moved {
             return Ok(false);
         }
         let g = GuardRange { start: m.start, end: m.end, prot: PROT_R | PROT_W };

@@ -47,7 +47,7 @@ pub(crate) struct ProcState {
     pub shim_trap: Option<u64>,
     pub protect_nr: u32,
     pub moved: Vec<(u64, u64)>,
-    pub none_at_entry: Vec<(u64, u64)>,
+    pub none_at_entry: Option<Vec<(u64, u64)>>,
     pub tramp: crate::fault::Trampolines,
     pub until_exec: bool,
 }

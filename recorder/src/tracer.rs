@@ -180,8 +180,9 @@ pub(crate) struct Tracer {
     pub announced_none: bool,
     /// Blocks realloc/mremap moved during the current foreign call.
     pub moved: Vec<(u64, u64)>,
-    /// PROT_NONE mappings the program itself had when guards went on.
-    pub none_at_entry: Vec<(u64, u64)>,
+    /// PROT_NONE mappings the program itself had when guards went on (None
+    /// when the guard set came from the writable mappings only: see `adopt_moved`).
+    pub none_at_entry: Option<Vec<(u64, u64)>>,
     pub warned_syscalls: std::collections::HashSet<u64>,
     /// FFIREC_DEBUG set: print every stop.
     pub debug: bool,
@@ -315,7 +316,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         protect_nr: libc::SYS_mprotect as u32,
         announced_none: false,
         moved: Vec::new(),
-        none_at_entry: Vec::new(),
+        none_at_entry: None,
         warned_syscalls: std::collections::HashSet::new(),
         debug: std::env::var_os("FFIREC_DEBUG").is_some(),
         forks: std::collections::HashMap::new(),
@@ -716,7 +717,7 @@ impl Tracer {
                     && self.foreign_mode
                     && si.code == SEGV_ACCERR
                     && si.addr != regs.rip
-                    && self.adopt_moved(si.addr)?
+                    && self.adopt_moved(tid, si.addr)?
                 {
                     return self.on_fault(tid, regs, si.addr);
                 }

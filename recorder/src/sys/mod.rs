@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 
 use ffirec_format::Regs;
 
@@ -130,6 +131,48 @@ pub fn geteventmsg(tid: Pid) -> Result<u64, Error> {
         return Err(sys_err("PTRACE_GETEVENTMSG", tid));
     }
     Ok(msg)
+}
+
+/// `struct procmap_query` (linux/fs.h, Linux 6.11+).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == 104);
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = 0xc000_0000 | (104 << 16) | (0x66 << 8) | 17;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+pub const PROCMAP_QUERY_VMA_READABLE: u64 = 0x1;
+pub const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x2;
+pub const PROCMAP_QUERY_VMA_EXECUTABLE: u64 = 0x4;
+pub const PROCMAP_QUERY_VMA_SHARED: u64 = 0x8;
+
+/// One mapping as `PROCMAP_QUERY` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct VmaInfo {
+    pub start: u64,
+    pub end: u64,
+    /// `PROCMAP_QUERY_VMA_*` bits.
+    pub flags: u64,
+    pub offset: u64,
+    pub inode: u64,
 }
 
 /// The raw kernel register block.
@@ -300,6 +343,9 @@ pub fn wait_sigchld(timeout: std::time::Duration) {
 pub struct Mem {
     file: File,
     pid: Pid,
+    /// `/proc/PID/maps`, kept open for `PROCMAP_QUERY` (opened with the
+    /// memory, so it always describes the same address space).
+    maps: Option<File>,
 }
 
 impl Mem {
@@ -309,7 +355,45 @@ impl Mem {
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .map_err(|source| Error::Sys { what: "open /proc/PID/mem", source })?;
-        Ok(Mem { file, pid })
+        let maps = File::open(format!("/proc/{pid}/maps")).ok();
+        Ok(Mem { file, pid, maps })
+    }
+
+    /// The first mapping at or above `addr` whose protection includes every
+    /// bit of `need` (`PROCMAP_QUERY_VMA_*`), with its name in `name`
+    /// (cleared when it has none). `Ok(None)`: no such mapping; `Err`: the
+    /// kernel lacks `PROCMAP_QUERY` (before Linux 6.11) or the process is gone.
+    pub fn query_vma(&self, addr: u64, need: u64, name: &mut Vec<u8>) -> Result<Option<VmaInfo>, Error> {
+        let Some(maps) = &self.maps else { return Err(Error::Protocol("no /proc/PID/maps".into())) };
+        name.clear();
+        name.resize(4096, 0);
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: need | PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+            query_addr: addr,
+            vma_name_size: name.len() as u32,
+            vma_name_addr: name.as_mut_ptr() as u64,
+            ..ProcmapQuery::default()
+        };
+        // SAFETY: PROCMAP_QUERY reads and writes one `ProcmapQuery` and writes
+        // at most `vma_name_size` bytes to `vma_name_addr` (our `name` buffer).
+        let r = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q as *mut ProcmapQuery) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            name.clear();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                _ => Err(Error::Sys { what: "PROCMAP_QUERY", source: e }),
+            };
+        }
+        name.truncate((q.vma_name_size as usize).saturating_sub(1));
+        Ok(Some(VmaInfo {
+            start: q.vma_start,
+            end: q.vma_end,
+            flags: q.vma_flags,
+            offset: q.vma_offset,
+            inode: q.inode,
+        }))
     }
 
     /// Reads as much of `buf` as is mapped; returns the byte count.
