@@ -4,7 +4,6 @@
 mod common;
 mod record_support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use record_support::{bytes, call_names, host_calls, ranges_in, record};
@@ -37,30 +36,6 @@ fn record_program_not_executable_exits_126() {
     assert_eq!(out.status.code(), Some(126));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot execute: permission denied"), "{err}");
-}
-
-#[test]
-fn record_static_binary_is_refused_with_a_reason() {
-    let dir = common::scratch("cli_static");
-    let exe = dir.join("static");
-    let st = Command::new("cc")
-        .args(["-static", "-O0"])
-        .arg(common::fixtures_src().join("rec_static.c"))
-        .arg("-o")
-        .arg(&exe)
-        .status()
-        .unwrap();
-    if !st.success() {
-        eprintln!("note: cannot link statically (no libc.a); skipped");
-        return;
-    }
-    let out = common::run(
-        common::ffirec().args(["record", "-o"]).arg(dir.join("t.ffr")).arg("--").arg(&exe),
-        common::TIMEOUT,
-    );
-    assert_eq!(out.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is statically linked: there are no shared libraries"), "{err}");
 }
 
 #[test]

@@ -225,8 +225,10 @@ impl Tracer {
             } else {
                 let mut b = [0u8; 1];
                 self.mem.read(RemoteAddr(f.return_addr), &mut b)?;
+                // An allocation breakpoint may already sit there (`allocbp`).
+                let orig = self.allocbp.as_ref().and_then(|a| a.saved_byte(f.return_addr)).unwrap_or(b[0]);
                 self.mem.write(RemoteAddr(f.return_addr), &[0xcc])?;
-                self.ret_bps.insert(f.return_addr, (b[0], 1));
+                self.ret_bps.insert(f.return_addr, (orig, 1));
             }
         }
         self.threads.entry(tid).or_default().frames.push(f);
@@ -240,7 +242,9 @@ impl Tracer {
             if e.1 == 0 {
                 let orig = e.0;
                 self.ret_bps.remove(&f.return_addr);
-                self.mem.write(RemoteAddr(f.return_addr), &[orig])?;
+                if !self.allocbp.as_ref().is_some_and(|a| a.owns(f.return_addr)) {
+                    self.mem.write(RemoteAddr(f.return_addr), &[orig])?;
+                }
             }
         }
         Ok(Some(f))

@@ -17,6 +17,8 @@ pub use ffirec_format::ExitStatus;
 pub mod alloc;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod allocbp;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod domain;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod fault;
@@ -121,8 +123,6 @@ pub enum Error {
     NotExecutable { path: String, reason: String },
     #[error("ptrace is not permitted: {advice}")]
     PtraceDenied { advice: String },
-    #[error("{path} is statically linked: there are no shared libraries whose calls could be traced")]
-    StaticBinary { path: String },
     #[error("tracee {pid} died unexpectedly")]
     TraceeDied { pid: i32 },
     #[error("no traced process left")]

@@ -130,3 +130,20 @@ pub fn load(
         loads,
     ))
 }
+
+/// Addresses (ELF virtual) of the defined symbols of `elf` named in `names`,
+/// as (index into `names`, address), aliases included (the module table
+/// keeps one name per address; glibc's `malloc` is also `__libc_malloc`).
+pub fn find_symbols(elf: &[u8], names: &[&str]) -> Vec<(usize, u64)> {
+    use object::{Object, ObjectSymbol};
+    let Ok(file) = object::File::parse(elf) else { return Vec::new() };
+    let mut out: Vec<(usize, u64)> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.is_definition() && s.address() != 0)
+        .filter_map(|s| Some((names.iter().position(|n| Ok(*n) == s.name())?, s.address())))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}

@@ -41,6 +41,7 @@ pub(crate) struct ProcState {
     pub entry_bp: Option<(u64, u8)>,
     pub rbrk_bp: Option<u64>,
     pub ret_bps: HashMap<u64, (u8, u32)>,
+    pub allocbp: Option<crate::allocbp::AllocBps>,
     pub last_owner_stop: Instant,
     pub foreign_since: Option<Instant>,
     pub arena_blocks: ArenaBlocks,
@@ -67,6 +68,7 @@ fn swap(t: &mut Tracer, s: &mut ProcState) {
     swap(&mut t.entry_bp, &mut s.entry_bp);
     swap(&mut t.rbrk_bp, &mut s.rbrk_bp);
     swap(&mut t.ret_bps, &mut s.ret_bps);
+    swap(&mut t.allocbp, &mut s.allocbp);
     swap(&mut t.last_owner_stop, &mut s.last_owner_stop);
     swap(&mut t.foreign_since, &mut s.foreign_since);
     swap(&mut t.arena_blocks, &mut s.arena_blocks);
@@ -210,6 +212,7 @@ impl Tracer {
             entry_bp: self.entry_bp,
             rbrk_bp: self.rbrk_bp,
             ret_bps: self.ret_bps.clone(),
+            allocbp: self.allocbp.as_ref().map(crate::allocbp::AllocBps::forked),
             last_owner_stop: Instant::now(),
             foreign_since: self.foreign_since.map(|_| Instant::now()),
             arena_blocks: self.arena_blocks.clone(),

@@ -36,6 +36,8 @@ pub struct Counters {
     pub gaps: u64,
     /// Faults inside a trampoline slot (a range the decoder missed).
     pub widened: u64,
+    /// Stops at allocation breakpoints (statically linked programs).
+    pub alloc_bp_stops: u64,
     /// Time spent inside foreign calls, nanoseconds (for faults/s).
     pub foreign_ns: u64,
     /// Host-init tracking (`hostinit`): host write faults on tracked pages,
@@ -67,6 +69,7 @@ impl Counters {
             ("signals", self.signals),
             ("gaps", self.gaps),
             ("widened", self.widened),
+            ("alloc_bp_stops", self.alloc_bp_stops),
             ("foreign_ns", self.foreign_ns),
             ("hostinit_faults", self.hostinit_faults),
             ("hostinit_emulated", self.hostinit_emulated),

@@ -159,6 +159,8 @@ pub(crate) struct Tracer {
     /// Breakpoints on return addresses that would not fault (in neutral
     /// code): address → (original byte, frames using it).
     pub ret_bps: std::collections::HashMap<u64, (u8, u32)>,
+    /// Allocation breakpoints: Some in a process the shim cannot reach (static).
+    pub allocbp: Option<crate::allocbp::AllocBps>,
     pub exit: Option<ExitStatus>,
     pub last_owner_stop: Instant,
     pub foreign_since: Option<Instant>,
@@ -301,6 +303,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         entry_bp: None,
         rbrk_bp: None,
         ret_bps: std::collections::HashMap::new(),
+        allocbp: None,
         exit: None,
         last_owner_stop: Instant::now(),
         foreign_since: None,
@@ -602,6 +605,7 @@ impl Tracer {
                 self.tramp = crate::fault::Trampolines::default();
                 self.arena_blocks = crate::guard::ArenaBlocks::default();
                 self.ret_bps.clear();
+                self.allocbp = None;
                 self.rbrk_bp = None;
                 self.decode.clear();
                 self.mem = Mem::open(self.pid)?;
@@ -648,13 +652,9 @@ impl Tracer {
                 _ => {}
             }
         }
-        if !has_interp {
-            if self.first_image {
-                return Err(Error::StaticBinary { path: exe });
-            }
-            eprintln!("ffirec: warning: {exe} is statically linked: nothing to trace in it");
-            return self.resume(tid, 0);
-        }
+        // Statically linked: no preload, so the allocator is tracked by
+        // breakpoints (see `allocbp`).
+        self.allocbp = (!has_interp).then(crate::allocbp::AllocBps::default);
         self.first_image = false;
         let entry = entry.ok_or_else(|| Error::Protocol("no AT_ENTRY in auxv".into()))?;
         let mut b = [0u8; 1];
@@ -683,6 +683,12 @@ impl Tracer {
                 if self.shim_trap == Some(regs.rip) && regs.rax == crate::alloc::FLUSH_MAGIC {
                     // The shim's ring is full: drained at the top of `handle`.
                     return self.resume(tid, 0);
+                }
+                if self.allocbp.as_ref().is_some_and(|b| b.owns(regs.rip - 1))
+                    && !self.ret_bps.contains_key(&(regs.rip - 1))
+                    && self.on_alloc_bp(tid, regs)?
+                {
+                    return Ok(());
                 }
                 if self.ret_bps.contains_key(&(regs.rip - 1)) {
                     return self.on_return_bp(tid, regs);
@@ -774,7 +780,12 @@ impl Tracer {
     /// Entry breakpoint reached: every DT_NEEDED object is loaded and relocated.
     pub(crate) fn setup_image(&mut self, tid: Pid, regs: RawRegs) -> Result<(), Error> {
         self.inject_pages(tid, &regs)?;
-        self.scan_modules(true)?;
+        let added = self.scan_modules(true)?;
+        if self.allocbp.is_some() {
+            for i in added {
+                self.plant_alloc_bps(i)?;
+            }
+        }
         self.hostinit_activate()?;
         self.plant_rbrk()?;
         let batch = self.text_batch(false);
@@ -893,6 +904,11 @@ impl Tracer {
         regs.rip = self.mem.read_u64(RemoteAddr(regs.rsp))?;
         regs.rsp += 8;
         let added = self.scan_modules(false)?;
+        if self.allocbp.is_some() {
+            for &i in &added {
+                self.plant_alloc_bps(i)?;
+            }
+        }
         if !added.is_empty() {
             let mut batch = Vec::new();
             for &i in &added {
@@ -1091,7 +1107,7 @@ fn untracked_init(arena: Option<(u64, u64)>, e: &Event) -> Option<Event> {
 /// when the call began (fresh heap or a new mapping, e.g. with
 /// `--guard-foreign`): the library's writes to it during this call are not
 /// recorded, so its state is unknown from here on, never "uninitialised".
-fn unguarded_foreign_block(guarding: bool, guards: &[GuardRange], e: &Event) -> Option<Event> {
+pub(crate) fn unguarded_foreign_block(guarding: bool, guards: &[GuardRange], e: &Event) -> Option<Event> {
     let Event::Alloc { ptr, size, zeroed: false, .. } = *e else { return None };
     if !guarding || size == 0 {
         return None;
