@@ -266,3 +266,13 @@ fn hostinit_second_thread_ends_tracking() {
     // p's [10,200) and all 200 bytes read of q (allocated after the thread).
     assert_eq!(r.unknown_bytes(), 190 + 200);
 }
+
+#[test]
+fn hostinit_vfork_child_writes_parents_block() {
+    // A vfork child shares its parent's memory: its writes to the tracked
+    // block are the parent's too, recorded the same way (or unknown past the
+    // page's budget), never lost.
+    let r = run("hostinit_vfork", &["vfork"], &[]);
+    assert_eq!(r.rec.stdout, format!("0 {}\n", 10 + 190 * 2));
+    assert_eq!(r.findings(), vec![]);
+}

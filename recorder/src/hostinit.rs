@@ -60,6 +60,8 @@ pub(crate) struct HostInit {
     mem: Option<Mem>,
     /// Other processes whose inherited tracked pages were given back.
     released_procs: std::collections::HashSet<Pid>,
+    /// vfork children: they share the tracked process's memory until exec.
+    vforked: std::collections::HashSet<Pid>,
     /// The shim protects the main process's blocks now (table mapped, entry reached).
     pub active: bool,
     /// New blocks are tracked (false once a second thread appeared).
@@ -102,6 +104,11 @@ impl HostInit {
     pub(crate) fn reset(&mut self) {
         let (enabled, budget) = (self.enabled, self.budget);
         *self = HostInit { enabled, budget, ..HostInit::default() };
+    }
+
+    /// Process `pid` exec'd: a vfork child has its own memory from now on.
+    pub(crate) fn on_exec_of(&mut self, pid: Pid) {
+        self.vforked.remove(&pid);
     }
 
     /// True while host threads of process `pid` must stop at syscalls.
@@ -403,6 +410,15 @@ impl Tracer {
         Ok(())
     }
 
+    /// A vfork child shares its parent's memory (until it execs): its
+    /// "inherited" pages are the parent's own, so they are not given back.
+    pub(crate) fn hostinit_on_vfork(&mut self, child: Pid) {
+        if self.hi_here() {
+            self.hostinit.released_procs.insert(child);
+            self.hostinit.vforked.insert(child);
+        }
+    }
+
     /// True when the active process is the tracked one and tracking is on.
     #[inline]
     pub(crate) fn hi_here(&self) -> bool {
@@ -520,7 +536,8 @@ impl Tracer {
     /// A write fault in host mode. Ok(false): not ours (the program's).
     pub(crate) fn hostinit_fault(&mut self, tid: Pid, raw: RawRegs, addr: u64) -> Result<bool, Error> {
         let page = addr & !(PAGE - 1);
-        if self.pid != self.hostinit.pid {
+        // A vfork child writes its parent's memory: the same pages, the same model.
+        if self.pid != self.hostinit.pid && !self.hostinit.vforked.contains(&self.pid) {
             return Ok(false);
         }
         if !self.hostinit.active {
@@ -538,6 +555,13 @@ impl Tracer {
             return Ok(false);
         }
         self.sink.counters.hostinit_faults += 1;
+        // The analyzer gives each process its own memory; a vfork child's
+        // writes land in its parent's, so they are recorded as the parent's
+        // (a zero-length write first, so an `InitUnknown` lands there too).
+        let wtid = if self.pid == self.hostinit.pid { tid } else { self.hostinit.pid };
+        if wtid != tid {
+            self.sink.push(Event::HostWrite { tid: wtid as u32, addr, len: 0 })?;
+        }
         // Decode: every range the instruction writes.
         let mut code = [0u8; 16];
         let n = self.mem.read_partial(RemoteAddr(raw.rip), &mut code);
@@ -571,7 +595,7 @@ impl Tracer {
         let covers_fault = writes.iter().any(|&(a, b)| a <= addr && addr < b);
         for &(a, b) in &writes {
             if covers_fault {
-                self.sink.push(Event::HostWrite { tid: tid as u32, addr: a, len: b - a })?;
+                self.sink.push(Event::HostWrite { tid: wtid as u32, addr: a, len: b - a })?;
                 self.hostinit.never_remove(a, b);
             }
         }

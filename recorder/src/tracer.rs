@@ -571,6 +571,10 @@ impl Tracer {
                         child_pid: child as u32,
                     })?;
                     let vfork = event == libc::PTRACE_EVENT_VFORK;
+                    if vfork {
+                        // Shares the tracked pages with its parent: never given back.
+                        self.hostinit_on_vfork(child);
+                    }
                     if self.opts.follow || (vfork && self.foreign_mode) {
                         self.follow_child(tid, child)?;
                     } else if let Some(stop) = self.early_children.remove(&child) {
@@ -609,6 +613,7 @@ impl Tracer {
                 self.rbrk_bp = None;
                 self.decode.clear();
                 self.mem = Mem::open(self.pid)?;
+                self.hostinit.on_exec_of(self.pid);
                 self.hostinit_on_exec();
                 let path = std::fs::read_link(format!("/proc/{}/exe", self.pid))
                     .map(|p| p.display().to_string())
