@@ -205,6 +205,16 @@ fn hostinit_realloc_growth_only_new_tail_uninit() {
 }
 
 #[test]
+fn hostinit_realloc_carries_never_written_bytes() {
+    // malloc(64) with [0,16) written, moved by realloc to 8192, then [16,32)
+    // written in the new block: the never-written bytes that moved are still
+    // tracked, so exactly [32,200) is uninitialised.
+    let r = run("hostinit_realloc_partial", &["realloc_partial"], &[]);
+    assert_eq!(r.findings(), uninit(32, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+}
+
+#[test]
 fn hostinit_struct_padding_written_field_by_field() {
     // struct { char c; long l; short s; }: bytes 1..8 and 18..24 are padding.
     let r = run("hostinit_padding", &["padding"], &[]);

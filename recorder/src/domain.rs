@@ -379,6 +379,7 @@ impl Tracer {
             // faults rarely would pay more for the pinning than it saves.
         }
         self.last_owner_stop = Instant::now();
+        self.hostinit_flush()?;
         let guards = self.compute_guards(tid, &regs)?;
         let mut batch: Vec<(u64, u64, u32)> = guards.iter().map(|g| (g.start, g.end - g.start, 0)).collect();
         batch.extend(self.text_batch(true));

@@ -78,6 +78,12 @@ pub(crate) struct HostInit {
     never: BTreeMap<u64, u64>,
     /// Faults taken per page.
     faults: HashMap<u64, u32>,
+    /// Live tracked-process blocks whose bytes (absolute ranges) are unknown
+    /// but not yet said so: `InitUnknown` goes out before foreign code runs.
+    deferred: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// Pages whose state is known without reading the table: 1 (only the
+    /// recorder moves a page out of it) and 3 (only the recorder sets it).
+    known: HashMap<u64, u8>,
     pub budget: u32,
     /// Current program break, to see the heap shrink.
     last_brk: u64,
@@ -172,6 +178,26 @@ impl HostInit {
         out
     }
 
+    /// Table states of the pages covering [a, b), from the cache when every
+    /// page is in it (the common case: a block on a page seen before).
+    fn cached_states(&mut self, a: u64, b: u64) -> Vec<u8> {
+        let (first, last) = (a / PAGE, (b - 1) / PAGE);
+        if last - first < 64 {
+            let hit: Option<Vec<u8>> = (first..=last).map(|p| self.known.get(&(p * PAGE)).copied()).collect();
+            if let Some(v) = hit {
+                return v;
+            }
+        }
+        let Some(mem) = &self.mem else { return Vec::new() };
+        let states = read_states(mem, a, b);
+        for (i, &st) in states.iter().enumerate() {
+            if st == ST_PROTECTED || st == ST_DEAD {
+                self.known.insert((first + i as u64) * PAGE, st);
+            }
+        }
+        states
+    }
+
     /// Follows one allocation event (after it is written to the trace);
     /// `out` receives the `InitUnknown`s its untracked bytes need.
     pub(crate) fn on_alloc_event(&mut self, proc: Pid, arena: Option<(u64, u64)>, e: &Event, out: &mut Vec<Event>) {
@@ -191,11 +217,22 @@ impl HostInit {
         }
         match *e {
             Event::Alloc { func, ptr, size, old_ptr, domain, zeroed, .. } => {
+                // realloc: the old bytes' states move with them (the analyzer
+                // copies them): never-written ones stay to be tracked, unknown
+                // ones stay unknown. Offsets relative to the block.
                 let mut old_size = 0;
+                let mut carried_never: Vec<(u64, u64)> = Vec::new();
+                let mut carried_unknown: Vec<(u64, u64)> = Vec::new();
                 if old_ptr != 0 {
                     if let Some(n) = self.blocks.remove(&old_ptr) {
                         old_size = n;
-                        self.never_remove(old_ptr, old_ptr.saturating_add(n));
+                        let end = old_ptr.saturating_add(n);
+                        carried_never =
+                            self.never_in(old_ptr, end).iter().map(|&(a, b)| (a - old_ptr, b - old_ptr)).collect();
+                        self.never_remove(old_ptr, end);
+                    }
+                    if let Some(v) = self.deferred.remove(&old_ptr) {
+                        carried_unknown = v.iter().map(|&(a, b)| (a - old_ptr, b - old_ptr)).collect();
                     }
                     self.foreign.remove(&old_ptr);
                 }
@@ -212,36 +249,54 @@ impl HostInit {
                 if zeroed {
                     return;
                 }
-                // realloc: the moved bytes are the analyzer's unknown prefix.
-                let start = ptr.saturating_add(old_size.min(size));
+                let keep = old_size.min(size);
                 let end = ptr.saturating_add(size);
-                if start >= end {
-                    return;
+                let mut unknown: Vec<(u64, u64)> = carried_unknown
+                    .iter()
+                    .filter(|&&(a, _)| a < keep)
+                    .map(|&(a, b)| (ptr + a, ptr + b.min(keep)))
+                    .collect();
+                let mut want: Vec<(u64, u64)> = carried_never
+                    .iter()
+                    .filter(|&&(a, _)| a < keep)
+                    .map(|&(a, b)| (ptr + a, ptr + b.min(keep)))
+                    .collect();
+                if ptr + keep < end {
+                    want.push((ptr + keep, end));
                 }
-                if !self.tracking {
-                    out.push(Event::InitUnknown { addr: start, len: end - start });
-                    return;
-                }
-                let states = match &self.mem {
-                    Some(mem) => read_states(mem, start, end),
-                    None => Vec::new(),
-                };
-                let first = start / PAGE;
-                let mut pos = start;
-                while pos < end {
-                    let pg = pos / PAGE;
-                    let pe = end.min((pg + 1) * PAGE);
-                    let st = states.get((pg - first) as usize).copied().unwrap_or(0);
-                    if st == ST_PROTECTED {
-                        self.never_insert(pos, pe);
-                    } else {
-                        push_unknown(out, pos, pe);
+                for (start, end) in want {
+                    if !self.tracking {
+                        unknown.push((start, end));
+                        continue;
                     }
-                    pos = pe;
+                    let states = self.cached_states(start, end);
+                    let first = start / PAGE;
+                    let mut pos = start;
+                    while pos < end {
+                        let pg = pos / PAGE;
+                        let pe = end.min((pg + 1) * PAGE);
+                        let st = states.get((pg - first) as usize).copied().unwrap_or(0);
+                        if st == ST_PROTECTED {
+                            self.never_insert(pos, pe);
+                        } else {
+                            match unknown.last_mut() {
+                                Some(last) if last.1 == pos => last.1 = pe,
+                                _ => unknown.push((pos, pe)),
+                            }
+                        }
+                        pos = pe;
+                    }
                 }
+                // Said at the next switch to foreign code, if still live: a
+                // block allocated and freed in between costs no event.
+                if !unknown.is_empty() {
+                    self.deferred.insert(ptr, unknown);
+                }
+                let _ = out;
             }
             Event::Free { ptr, .. } => {
                 self.foreign.remove(&ptr);
+                self.deferred.remove(&ptr);
                 if let Some(n) = self.blocks.remove(&ptr) {
                     self.never_remove(ptr, ptr.saturating_add(n));
                 }
@@ -249,17 +304,12 @@ impl HostInit {
             _ => {}
         }
     }
-}
 
-/// Appends `InitUnknown [a, b)`, merged with the previous one when adjacent.
-fn push_unknown(out: &mut Vec<Event>, a: u64, b: u64) {
-    if let Some(Event::InitUnknown { addr, len }) = out.last_mut() {
-        if *addr + *len == a {
-            *len = b - *addr;
-            return;
-        }
+    /// The deferred `InitUnknown`s of live blocks (see `on_alloc_event`).
+    pub(crate) fn take_deferred(&mut self) -> Vec<Event> {
+        let d = std::mem::take(&mut self.deferred);
+        d.into_values().flatten().map(|(a, b)| Event::InitUnknown { addr: a, len: b - a }).collect()
     }
-    out.push(Event::InitUnknown { addr: a, len: b - a });
 }
 
 /// Table states of the pages covering [a, b) (zeros where unreadable).
@@ -329,6 +379,32 @@ fn pages(a: u64, b: u64) -> (u64, u64) {
 }
 
 impl Tracer {
+    /// Sets the table state of the pages covering [a, b) in the active
+    /// process (and the cache, when it is the tracked one).
+    fn hi_set(&mut self, a: u64, b: u64, st: u8) -> Result<(), Error> {
+        set_states(&self.mem, a, b, st)?;
+        if self.pid == self.hostinit.pid && a < b {
+            let (s, e) = pages(a, b);
+            if (e - s) / PAGE > self.hostinit.known.len() as u64 {
+                self.hostinit.known.retain(|&p, _| p < s || p >= e);
+            } else {
+                let mut p = s;
+                while p < e {
+                    self.hostinit.known.remove(&p);
+                    p += PAGE;
+                }
+            }
+            if st == ST_PROTECTED || st == ST_DEAD {
+                let mut p = s;
+                while p < e && (e - s) / PAGE <= 1 << 16 {
+                    self.hostinit.known.insert(p, st);
+                    p += PAGE;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// At the program's entry point: tell the shim to protect host blocks,
     /// if it could map its table.
     pub(crate) fn hostinit_activate(&mut self) -> Result<(), Error> {
@@ -398,7 +474,7 @@ impl Tracer {
         self.run_batch(tid, &regs, &batch)?;
         sys::setregs(tid, &regs)?;
         for &(a, b) in &ranges {
-            set_states(&self.mem, a, b, ST_DEAD)?;
+            self.hi_set(a, b, ST_DEAD)?;
         }
         let never = std::mem::take(&mut self.hostinit.never);
         for (a, b) in never {
@@ -448,6 +524,18 @@ impl Tracer {
         let batch: Vec<(u64, u64, u32)> = ranges.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
         self.run_batch(tid, &regs, &batch)?;
         sys::setregs(tid, &regs)
+    }
+
+    /// Before foreign code runs (call entry, callback return): the deferred
+    /// `InitUnknown`s of live host blocks.
+    pub(crate) fn hostinit_flush(&mut self) -> Result<(), Error> {
+        if self.hostinit.deferred.is_empty() {
+            return Ok(());
+        }
+        for ev in self.hostinit.take_deferred() {
+            self.sink.push(ev)?;
+        }
+        Ok(())
     }
 
     /// Guard-set hook: tracked pages are guarded too (their maps protection
@@ -513,7 +601,7 @@ impl Tracer {
         let ranges = std::mem::take(&mut self.hostinit.in_guards);
         let mut out = Vec::new();
         for p in std::mem::take(&mut self.hostinit.adopt) {
-            if set_states(&self.mem, p, p + PAGE, ST_PROTECTED).is_ok() {
+            if self.hi_set(p, p + PAGE, ST_PROTECTED).is_ok() {
                 out.push((p, PAGE, PROT_R));
             }
         }
@@ -645,7 +733,7 @@ impl Tracer {
             let batch: Vec<(u64, u64, u32)> = release.iter().map(|&(p, _)| (p, PAGE, PROT_R | PROT_W)).collect();
             self.run_batch(tid, &raw, &batch)?;
             for &(p, st) in &release {
-                set_states(&self.mem, p, p + PAGE, st)?;
+                self.hi_set(p, p + PAGE, st)?;
                 if st == ST_DEAD {
                     self.sink.counters.hostinit_dead += 1;
                 } else {
@@ -704,7 +792,7 @@ impl Tracer {
                 let mut close = Vec::new();
                 for &p in keep {
                     if self.hostinit.never_in(p, p + PAGE).is_empty() {
-                        set_states(&self.mem, p, p + PAGE, ST_RELEASED)?;
+                        self.hi_set(p, p + PAGE, ST_RELEASED)?;
                         self.sink.counters.hostinit_released += 1;
                     } else {
                         close.push((p, PAGE, PROT_R));
@@ -724,7 +812,7 @@ impl Tracer {
                         self.sink.push(Event::InitUnknown { addr: a, len: b - a })?;
                     }
                     self.hostinit.never_remove(p, p + PAGE);
-                    set_states(&self.mem, p, p + PAGE, ST_RELEASED)?;
+                    self.hi_set(p, p + PAGE, ST_RELEASED)?;
                 }
                 sys::setregs(tid, &now)?;
             }
@@ -893,7 +981,7 @@ impl Tracer {
             let mut pg = a;
             while pg < a + l {
                 if self.hostinit.never_in(pg, pg + PAGE).is_empty() {
-                    set_states(&self.mem, pg, pg + PAGE, ST_RELEASED)?;
+                    self.hi_set(pg, pg + PAGE, ST_RELEASED)?;
                     self.sink.counters.hostinit_released += 1;
                 } else {
                     batch.push((pg, PAGE, PROT_R));
@@ -951,7 +1039,7 @@ impl Tracer {
         }
         self.hostinit.never_remove(a, b);
         self.sink.counters.hostinit_dead += (b - a) / PAGE;
-        set_states(&self.mem, a, b, ST_DEAD)
+        self.hi_set(a, b, ST_DEAD)
     }
 
     fn hostinit_mapping_change(&mut self, regs: &RawRegs, nr: u64, args: [u64; 6], ret: i64) -> Result<(), Error> {
@@ -959,7 +1047,7 @@ impl Tracer {
         let clear = |t: &mut Tracer, a: u64, len: u64| -> Result<(), Error> {
             let (s, e) = pages(a, a.saturating_add(len));
             if read_states(&t.mem, s, e).iter().any(|&st| st != 0) {
-                set_states(&t.mem, s, e, 0)?;
+                t.hi_set(s, e, 0)?;
             }
             t.hostinit.faults.retain(|&p, _| p < s || p >= e);
             t.hostinit.never_remove(s, e);
@@ -990,6 +1078,8 @@ impl Tracer {
                 moved.resize(want as usize, tail);
                 if new / PAGE + want <= TABLE_PAGES && !moved.is_empty() {
                     self.mem.write(RemoteAddr(TABLE + new / PAGE), &moved)?;
+                    let (s, e) = (new & !(PAGE - 1), (new & !(PAGE - 1)) + moved.len() as u64 * PAGE);
+                    self.hostinit.known.retain(|&p, _| p < s || p >= e);
                 }
             }
             libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 => {
