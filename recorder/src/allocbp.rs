@@ -253,8 +253,11 @@ impl Tracer {
         };
         if let Some(e) = event {
             let unknown = crate::tracer::unguarded_foreign_block(self.foreign_mode, &self.guards, &e);
+            // Host-init: no shim, so no tracked page here: host bytes unknown.
+            let mut hi = Vec::new();
+            self.hostinit.on_alloc_event(self.pid, self.arena, &e, &mut hi);
             self.sink.push(e)?;
-            if let Some(u) = unknown {
+            for u in unknown.into_iter().chain(hi) {
                 self.sink.push(u)?;
             }
         }
