@@ -172,7 +172,7 @@ fn dump_text_is_one_compact_line_per_event_after_a_commented_preamble() {
     let o = dump(&path, &[]);
     assert_eq!(o.status.code(), Some(0));
     let lines = stdout_lines(&o);
-    assert_eq!(lines[0], "# ffirec trace, format v1, recorder 0.1.0, page size 4096: ./prog -x");
+    assert_eq!(lines[0], "# ffirec trace, format v2, recorder 0.1.0, page size 4096: ./prog -x");
     assert_eq!(lines[1], "# module 0: pid 10 0x7f0000000000 foreign /usr/lib/libz.so.1 (0 symbols)");
     let body = &lines[2..];
     assert_eq!(body.len(), events.len());
@@ -238,14 +238,14 @@ fn dump_non_trace_exits_2_with_one_line() {
     assert!(o.stdout.is_empty());
     assert!(one_line_error(&o).contains("not an ffirec trace"));
     // A newer format version is named as such.
-    let trace = dir.join("v2.ffr");
+    let trace = dir.join("v3.ffr");
     write_trace(&trace, &all_kinds()[..2], 10);
     let mut bytes = std::fs::read(&trace).unwrap();
-    bytes[8] = 2;
+    bytes[8] = 3;
     std::fs::write(&trace, &bytes).unwrap();
     let o = dump(&trace, &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(one_line_error(&o).contains("trace format version 2 is not supported"));
+    assert!(one_line_error(&o).contains("trace format version 3 is not supported"));
 }
 
 #[test]
