@@ -9,6 +9,8 @@
 //! prints `buf=0x…` to stderr and calls `hi_read(buf, n)` in libhifx.so,
 //! which reads bytes [0, n) one at a time.
 
+#![allow(clippy::unwrap_used)] // test code
+
 mod common;
 mod record_support;
 
