@@ -288,3 +288,22 @@ fn hostinit_vfork_child_writes_parents_block() {
     assert_eq!(r.rec.stdout, format!("0 {}\n", 10 + 190 * 2));
     assert_eq!(r.findings(), vec![]);
 }
+
+#[test]
+fn hostinit_program_mprotect_on_a_tracked_page() {
+    // The program makes a tracked page read-only and read-write again, then
+    // writes [10,100): that page leaves tracking (its never-written bytes
+    // become unknown) instead of silently losing the writes.
+    let r = run("hostinit_mprotect", &["mprotect"], &[]);
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 190);
+}
+
+#[test]
+fn hostinit_signal_frame_on_malloced_alternate_stack() {
+    // sigaltstack on a malloc'd block: the kernel writes the signal frame
+    // there, so those pages are never protected; the handler runs as natively.
+    let r = run("hostinit_altstack", &["altstack"], &[]);
+    assert_eq!(r.rec.stdout, "10 1\n");
+    assert_eq!(r.findings(), uninit(100, 200));
+}
