@@ -179,7 +179,7 @@ fn main() {
     let only: Option<Vec<String>> =
         std::env::var("FFIREC_BENCH_SCENARIOS").ok().map(|v| v.split(',').map(String::from).collect());
     let scenarios: Vec<&Scenario> =
-        SCENARIOS.iter().filter(|s| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s.name))).collect();
+        SCENARIOS.iter().filter(|s| only.as_ref().map_or(true, |o| o.iter().any(|x| x == s.name))).collect();
     for pinned in [true, false] {
         let label = if pinned { "pinned (same CPU)" } else { "unpinned" };
         let mut ceil = 0f64;
