@@ -412,8 +412,10 @@ impl Tracer {
         // Tracked host-init pages were guarded read-write: read-only again.
         batch.extend(self.hostinit_unguard_batch());
         let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
-        let to_release = done && self.threads.iter().any(|(&t, th)| t != tid && !th.running);
-        if !to_release {
+        // Any other thread (held, or new and not stopped yet) would be let
+        // run when the call is over: the batch must be done before that.
+        let others = done && self.threads.iter().any(|(&t, th)| t != tid && !th.exiting);
+        if !others {
             // Nothing else may run before the batch is done: the thread runs
             // it on its way back, with no stop.
             self.guards.clear();
