@@ -58,6 +58,36 @@ fn record_blocked_call_releases_held_threads() {
     assert_eq!(gaps, vec![GapReason::Blocked]);
 }
 
+/// The library waits on the host's condition variable (its futex word on a
+/// guarded page) until a held host thread signals it, then sums
+/// buf[0, 40): the wait is released at once (the owner entered FUTEX_WAIT
+/// with every other thread held), one `Blocked` gap covers only the wait, and
+/// guarding resumes when the futex returns: all 40 reads after the wait are
+/// in the trace, exactly buf[0, 320).
+#[test]
+fn record_condvar_wait_releases_at_once_and_records_after_it() {
+    let p = prog();
+    let t0 = std::time::Instant::now();
+    let r = record("condvar", &p, &["condvar"], &["--lib", "librecfx.so"]);
+    let took = t0.elapsed();
+    eprintln!("condvar fixture recorded in {took:?}");
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr);
+    assert_eq!(r.stdout, "780\n");
+    let ev = r.events();
+    let gaps: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Gap { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, vec![GapReason::Blocked]);
+    let buf = r.addr("buf");
+    let b = bytes(&ev);
+    assert_eq!(ranges_in(&b.read, buf, 48 * 8), vec![(0, 320)]);
+    assert!(ranges_in(&b.written, buf, 48 * 8).is_empty());
+}
+
 #[test]
 fn record_concurrent_callers_are_serialised() {
     let p = prog();

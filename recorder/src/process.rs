@@ -13,13 +13,30 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ffirec_format::{Event, GapReason};
 
 use crate::domain::FrameKind;
 use crate::sys::{self, Mem, Pid, RemoteAddr, WaitStatus};
+use crate::syscalls::{SysState, Touch};
 use crate::tracer::{Tracer, BLOCKED_AFTER};
 use crate::Error;
+
+/// How long a foreign call may sit in one syscall (a `read` or `poll` that
+/// only a held thread may end) before we assume it waits for a held thread.
+/// Futex waits are released at once (see `syscalls`).
+pub(crate) const BLOCKED_IN_SYSCALL_AFTER: Duration = Duration::from_millis(200);
+
+/// The syscall a released foreign call waits in: its touches are recorded
+/// when it returns, and guarding resumes there.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub ranges: Vec<Touch>,
+    pub known: bool,
+}
 
 /// A ptrace stop or death, as ptrace(2) names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,52 +356,96 @@ impl Tracer {
     pub(crate) fn check_blocked(&mut self) -> Result<(), Error> {
         let Some(owner) = self.owner else { return Ok(()) };
         let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
-        if !others_held || self.last_owner_stop.elapsed() < BLOCKED_AFTER {
+        let in_syscall = self.threads.get(&owner).is_some_and(|t| matches!(t.sys, SysState::InSyscall { .. }));
+        let after = if in_syscall { BLOCKED_IN_SYSCALL_AFTER } else { BLOCKED_AFTER };
+        if !others_held || self.last_owner_stop.elapsed() < after {
             return Ok(());
         }
         sys::interrupt(owner)?;
         // The interrupt is satisfied by whichever stop comes first; under
         // PTRACE_SYSCALL that is the blocked syscall's exit (-ERESTARTSYS).
         let mut reenter = false;
+        let mut waiting = None;
         match self.wait_thread(owner)? {
             Stop::Interrupt { .. } => {}
             Stop::Syscall { .. } => {
                 let t = self.threads.entry(owner).or_default();
-                // At an entry stop the syscall has not run: make it run again later.
-                reenter = !matches!(t.sys, crate::syscalls::SysState::InSyscall { .. });
-                t.sys = Default::default();
+                waiting = Some(match std::mem::take(&mut t.sys) {
+                    // The exit stop: the kernel restarts the syscall when resumed.
+                    SysState::InSyscall { nr, args, ranges, known, .. } => Waiting { nr, args, ranges, known },
+                    // At an entry stop the syscall has not run: make it run again later.
+                    SysState::Prepared { nr, ranges, known, .. } => {
+                        reenter = true;
+                        Waiting { nr, args: [0; 6], ranges, known }
+                    }
+                    SysState::Idle => {
+                        reenter = true;
+                        Waiting { nr: u64::MAX, args: [0; 6], ranges: Vec::new(), known: false }
+                    }
+                });
             }
             // It made progress after all.
             stop => return self.handle(stop),
         }
+        let regs = sys::getregs(owner)?;
+        let why = format!("blocked for more than {:.1} s", after.as_secs_f64());
+        self.release_blocked(owner, regs, reenter, waiting, &why)
+    }
+
+    /// The owner, stopped in foreign mode, waits for another thread (or may):
+    /// restores every protection, releases the held threads and records a
+    /// `Blocked` gap. With `waiting` (stopped at a syscall) guarding resumes
+    /// at that syscall's exit ([`Self::rearm_after_wait`]), so the gap covers
+    /// only the wait; otherwise when the thread next runs foreign text.
+    /// `reenter`: stopped at a syscall entry, the syscall runs again.
+    pub(crate) fn release_blocked(
+        &mut self,
+        owner: Pid,
+        mut regs: sys::RawRegs,
+        reenter: bool,
+        waiting: Option<Waiting>,
+        why: &str,
+    ) -> Result<(), Error> {
         let call = self.threads.get(&owner).and_then(|t| t.frames.last()).map(|f| f.call).unwrap_or(0);
-        let sym = self.call_name(owner);
-        eprintln!(
-            "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} blocked for more than {:.1} s while other threads were held; releasing them and dropping the guards until it returns (recorded as a gap)",
-            BLOCKED_AFTER.as_secs_f64()
-        );
-        let mut regs = sys::getregs(owner)?;
-        let mut batch: Vec<(u64, u64, u32)> = self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
-        batch.extend(self.text_batch(false));
-        self.run_batch(owner, &regs, &batch)?;
-        if reenter {
-            regs.rip -= 2;
-            regs.rax = regs.orig_rax;
+        if !self.warned_blocked {
+            self.warned_blocked = true;
+            let sym = self.call_name(owner);
+            let until = if waiting.is_some() { "the wait returns" } else { "it runs library code again" };
+            eprintln!(
+                "ffirec: warning: foreign call #{call} ({sym}) on thread {owner} {why} while other threads were held; releasing them and dropping the guards until {until} (recorded as a gap; further waits are not reported here)"
+            );
         }
-        sys::setregs(owner, &regs)?;
+        // In a callback the protections are the host's already: nothing to
+        // run, and a syscall-entry stop just goes on into the syscall.
+        if self.foreign_mode || !self.guards.is_empty() {
+            let mut batch: Vec<(u64, u64, u32)> =
+                self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
+            batch.extend(self.text_batch(false));
+            self.run_batch(owner, &regs, &batch)?;
+            if reenter {
+                regs.rip -= 2;
+                regs.rax = regs.orig_rax;
+            }
+            sys::setregs(owner, &regs)?;
+        }
         self.guards.clear();
         self.foreign_mode = false;
+        self.set_foreign_tid(0);
+        if let Some(since) = self.foreign_since.take() {
+            self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
+        }
         if let Some(t) = self.threads.get_mut(&owner) {
             for f in &mut t.frames {
                 f.suspended = true;
             }
             t.sys = Default::default();
+            t.rearm = waiting;
         }
         self.sink.counters.gaps += 1;
         self.sink.push(Event::Gap { tid: owner as u32, reason: GapReason::Blocked, detail: call })?;
         self.unpin(owner);
         self.owner = None;
-        // The owner is stopped by our interrupt: resume it first, then the others.
+        // The owner is stopped: resume it first, then the others.
         self.resume(owner, 0)?;
         if self.debug {
             let st: Vec<(Pid, bool, bool)> =
@@ -392,6 +453,42 @@ impl Tracer {
             eprintln!("ffirec: debug: released {owner}; threads (tid, running, pending): {st:?}");
         }
         self.release_others()
+    }
+
+    /// The syscall a released call waited in has returned (its exit stop;
+    /// no other call is in progress): record what the kernel touched, hold
+    /// the other threads again and re-apply the guards; the rest of the call
+    /// is recorded as usual. A thread that left the call meanwhile (longjmp
+    /// out of a signal handler) is only resumed.
+    pub(crate) fn rearm_after_wait(&mut self, tid: Pid, w: Waiting) -> Result<(), Error> {
+        let regs = sys::getregs(tid)?;
+        if w.known && w.nr == regs.orig_rax && !w.ranges.is_empty() {
+            let ret = regs.rax as i64;
+            let ranges = crate::syscalls::actual(&w.ranges, ret);
+            if !ranges.is_empty() {
+                self.sink.push(Event::SyscallAccess { tid: tid as u32, nr: w.nr, args: w.args, ret, ranges })?;
+            }
+        }
+        let top = self.threads.get(&tid).and_then(|t| t.frames.last().copied());
+        let Some(f) = top.filter(|f| f.suspended && regs.rsp < f.entry_rsp) else { return self.resume(tid, 0) };
+        if let Some(t) = self.threads.get_mut(&tid) {
+            for fr in &mut t.frames {
+                fr.suspended = false;
+            }
+        }
+        if f.kind == FrameKind::Foreign {
+            return self.switch_to_foreign(tid, regs);
+        }
+        // In a callback: host protections stay; the call is ours again.
+        self.owner = Some(tid);
+        self.hold_others(tid)?;
+        self.last_owner_stop = std::time::Instant::now();
+        self.resume(tid, 0)
+    }
+
+    /// Some thread other than `tid` is held (stopped by us).
+    pub(crate) fn others_held(&self, tid: Pid) -> bool {
+        self.threads.iter().any(|(&t, th)| t != tid && !th.running)
     }
 
     pub(crate) fn call_name(&self, tid: Pid) -> String {

@@ -341,6 +341,17 @@ pub(crate) fn ranges_of(t: &Tracer, nr: u64, a: [u64; 6]) -> (Vec<Touch>, bool) 
     (v, true)
 }
 
+/// A futex wait (`FUTEX_WAIT`, `WAIT_BITSET`, `LOCK_PI`, `LOCK_PI2`,
+/// `WAIT_REQUEUE_PI`) or `futex_waitv`: ended by another thread's wake (or
+/// its timeout), never by the waiter.
+fn waits_for_a_thread(nr: u64, a: [u64; 6]) -> bool {
+    const SYS_FUTEX_WAITV: u64 = 449;
+    match nr as i64 {
+        libc::SYS_futex => matches!(a[1] & 0x7f, 0 | 6 | 9 | 11 | 13),
+        _ => nr == SYS_FUTEX_WAITV,
+    }
+}
+
 /// `futex(uaddr, op, val, timeout|val2, uaddr2, val3)`.
 fn futex(a: [u64; 6]) -> Vec<Touch> {
     let r = |addr: u64, len: u64, write: bool, when: When| Touch { range: SyscallRange { addr, len, write }, when };
@@ -395,9 +406,12 @@ fn name_of(nr: u64) -> &'static str {
 
 impl Tracer {
     /// Resumes a thread: `PTRACE_SYSCALL` for the owner of a foreign call
-    /// (its syscalls may touch guarded pages), `PTRACE_CONT` otherwise.
+    /// (its syscalls may touch guarded pages; in a callback, a futex wait
+    /// releases the held threads) and for a released owner waiting in a
+    /// syscall (guarding resumes at its exit), `PTRACE_CONT` otherwise.
     pub fn resume_tracee(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
-        if (self.foreign_mode && self.owner == Some(tid)) || self.hostinit.wants_syscalls(self.pid) {
+        let waiting = self.threads.get(&tid).is_some_and(|t| t.rearm.is_some());
+        if self.owner == Some(tid) || waiting || self.hostinit.wants_syscalls(self.pid) {
             sys::syscall(tid, sig)
         } else {
             sys::cont(tid, sig)
@@ -406,6 +420,14 @@ impl Tracer {
 
     pub fn on_syscall_stop(&mut self, tid: Pid) -> Result<(), Error> {
         let state = self.threads.get_mut(&tid).map(|t| std::mem::take(&mut t.sys)).unwrap_or_default();
+        if let SysState::InSyscall { open, .. } = &state {
+            // The exit of the syscall a released foreign call waited in.
+            if open.is_empty() {
+                if let Some(w) = self.threads.get_mut(&tid).and_then(|t| t.rearm.take()) {
+                    return self.rearm_after_wait(tid, w);
+                }
+            }
+        }
         match state {
             SysState::InSyscall { nr, args, open, ranges, known } if self.hostinit.enabled && !self.foreign_mode => {
                 self.hostinit_syscall_exit(tid, nr, args, open, ranges, known)
@@ -466,6 +488,19 @@ impl Tracer {
                 t.running = true;
             }
             return Ok(());
+        }
+        if regs.rax != -(libc::ENOSYS as i64) as u64 {
+            // The exit of a syscall whose entry we did not see (a thread
+            // sent through a trampoline slot runs on with `PTRACE_CONT`).
+            return self.resume(tid, 0);
+        }
+        if self.owner == Some(tid) && waits_for_a_thread(nr, args) && self.others_held(tid) {
+            // Only another thread can end this wait, and every other thread
+            // is held (in foreign mode or in a callback, e.g. libgomp's
+            // barrier): release them now rather than after a timeout.
+            let (ranges, known) = if foreign { ranges_of(self, nr, args) } else { (Vec::new(), false) };
+            let w = crate::process::Waiting { nr, args, ranges, known };
+            return self.release_blocked(tid, regs, true, Some(w), "waits on a futex");
         }
         if !foreign && self.hostinit.enabled {
             return self.hostinit_syscall_entry(tid, regs, nr, args);

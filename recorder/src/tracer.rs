@@ -125,6 +125,9 @@ pub(crate) struct Thread {
     pub sigs: crate::signals::SigState,
     /// A protection batch the thread runs without stopping (`guard::GoBatch`).
     pub go: Option<crate::guard::GoBatch>,
+    /// Released while its foreign call waits in this syscall (see
+    /// `process::Waiting`): guarding resumes at the syscall's exit stop.
+    pub rearm: Option<crate::process::Waiting>,
 }
 
 impl Thread {
@@ -186,6 +189,8 @@ pub(crate) struct Tracer {
     /// when the guard set came from the writable mappings only: see `adopt_moved`).
     pub none_at_entry: Option<Vec<(u64, u64)>>,
     pub warned_syscalls: std::collections::HashSet<u64>,
+    /// A blocked call was reported (once per recording).
+    pub warned_blocked: bool,
     /// FFIREC_DEBUG set: print every stop.
     pub debug: bool,
     /// Forked children not yet seen stopped (pid → was vfork).
@@ -321,6 +326,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         moved: Vec::new(),
         none_at_entry: None,
         warned_syscalls: std::collections::HashSet::new(),
+        warned_blocked: false,
         debug: std::env::var_os("FFIREC_DEBUG").is_some(),
         forks: std::collections::HashMap::new(),
         early_children: std::collections::HashMap::new(),
