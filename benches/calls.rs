@@ -3,15 +3,39 @@
 //! interleaved, best of N rounds. Times are the host loop's own (the fixture
 //! reads CLOCK_MONOTONIC around the loop), so start-up and the recorder's
 //! set-up and teardown are not counted; what is left is entry + exit per call
-//! (domain flips, guard and unguard batches).
+//! (domain flips, guard and unguard batches). Also the CPU time of the whole
+//! recorded run (recorder and program, from the children's rusage) per call,
+//! which a loaded machine disturbs less than the wall time.
 //!
-//! Run: `cargo bench --bench calls` (`FFIREC_BENCH_CALLS=N`, `FFIREC_BENCH_ROUNDS=R`).
+//! Run: `cargo bench --bench calls` (`FFIREC_BENCH_CALLS=N`, `FFIREC_BENCH_ROUNDS=R`;
+//! `FFIREC_BENCH_BASELINE=/path/to/older/ffirec` adds that binary to every
+//! round, for a before/after ratio taken in one run).
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ffirec_format::Trace;
+
+/// User + system CPU time of every child waited for so far, in ns.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN with a valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Best loop time and whole-run CPU time of one recorder binary.
+struct Best {
+    label: String,
+    bin: PathBuf,
+    loop_ns: u64,
+    cpu_ns: u64,
+    counters: (u64, u64, u64, u64),
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -25,27 +49,44 @@ fn main() {
     println!("calls bench: {n} calls of lib_nop per run, best of {rounds} interleaved rounds");
     println!("  machine: {}; load before: {}", support::machine(), support::load());
 
-    let (mut native_ns, mut rec_ns, mut rec_wall) = (u64::MAX, u64::MAX, Duration::MAX);
-    let mut counters = None;
+    let mut bins = vec![Best {
+        label: "ffirec record".into(),
+        bin: support::ffirec_bin(),
+        loop_ns: u64::MAX,
+        cpu_ns: u64::MAX,
+        counters: (0, 0, 0, 0),
+    }];
+    if let Some(b) = std::env::var_os("FFIREC_BENCH_BASELINE") {
+        bins.push(Best {
+            label: "baseline record".into(),
+            bin: b.into(),
+            loop_ns: u64::MAX,
+            cpu_ns: u64::MAX,
+            counters: (0, 0, 0, 0),
+        });
+    }
+    let mut native_ns = u64::MAX;
     for _ in 0..rounds {
         let (out, _) = support::run_ok(std::process::Command::new(&prog).arg(n.to_string()), Duration::from_secs(60));
         native_ns = native_ns.min(support::stderr_value(&out, "loop_ns"));
         let native_stdout = out.stdout;
-
-        let mut cmd = support::ffirec();
-        cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&prog).arg(n.to_string());
-        let (out, wall) = support::run_ok(&mut cmd, Duration::from_secs(1800));
-        assert_eq!(out.stdout, native_stdout, "program output differs under ffirec");
-        rec_ns = rec_ns.min(support::stderr_value(&out, "loop_ns"));
-        rec_wall = rec_wall.min(wall);
-        let t = Trace::open(&trace).expect("open calls trace");
-        let s = t.summary().expect("complete trace");
-        let c = |k: &str| s.counter(k).unwrap_or(0);
-        counters = Some((c("calls"), c("ptrace_stops"), c("batches"), c("batch_ranges"), c("events.access")));
+        for b in &mut bins {
+            let mut cmd = std::process::Command::new(&b.bin);
+            cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&prog).arg(n.to_string());
+            let cpu0 = children_cpu_ns();
+            let (out, _) = support::run_ok(&mut cmd, Duration::from_secs(1800));
+            let cpu = children_cpu_ns() - cpu0;
+            assert_eq!(out.stdout, native_stdout, "program output differs under {}", b.bin.display());
+            b.loop_ns = b.loop_ns.min(support::stderr_value(&out, "loop_ns"));
+            b.cpu_ns = b.cpu_ns.min(cpu);
+            let t = Trace::open(&trace).expect("open calls trace");
+            let s = t.summary().expect("complete trace");
+            let c = |k: &str| s.counter(k).unwrap_or(0);
+            b.counters = (c("calls"), c("ptrace_stops"), c("batches"), c("batch_ranges"));
+        }
     }
-    let (calls, stops, batches, ranges, accesses) = counters.unwrap_or_default();
     let rate = |ns: u64| n as f64 / (ns as f64 / 1e9);
-    println!("  {:<28} {:>14} {:>16} {:>12}", "", "loop time", "calls/s", "µs per call");
+    println!("  {:<28} {:>14} {:>16} {:>12} {:>18}", "", "loop time", "calls/s", "µs per call", "CPU µs per call");
     println!(
         "  {:<28} {:>11.3} ms {:>16.0} {:>12.4}",
         "native",
@@ -53,23 +94,32 @@ fn main() {
         rate(native_ns),
         native_ns as f64 / 1e3 / n as f64
     );
-    println!(
-        "  {:<28} {:>11.3} ms {:>16.0} {:>12.2}",
-        "ffirec record (entry+exit)",
-        rec_ns as f64 / 1e6,
-        rate(rec_ns),
-        rec_ns as f64 / 1e3 / n as f64
-    );
-    println!(
-        "  slowdown per call: {:.0}x; whole recorded run {:.0} ms wall",
-        rec_ns as f64 / native_ns as f64,
-        support::ms(rec_wall)
-    );
-    println!(
-        "  recorder counters (last run): {calls} calls, {:.2} ptrace stops/call, {:.2} guard batches/call, {:.2} ranges/batch, {accesses} accesses",
-        stops as f64 / calls.max(1) as f64,
-        batches as f64 / calls.max(1) as f64,
-        ranges as f64 / batches.max(1) as f64
-    );
+    for b in &bins {
+        println!(
+            "  {:<28} {:>11.3} ms {:>16.0} {:>12.2} {:>18.2}",
+            b.label,
+            b.loop_ns as f64 / 1e6,
+            rate(b.loop_ns),
+            b.loop_ns as f64 / 1e3 / n as f64,
+            b.cpu_ns as f64 / 1e3 / n as f64
+        );
+    }
+    for b in &bins {
+        let (calls, stops, batches, ranges) = b.counters;
+        println!(
+            "  {}: {calls} calls, {:.2} ptrace stops/call, {:.2} guard batches/call, {:.2} ranges/batch",
+            b.label,
+            stops as f64 / calls.max(1) as f64,
+            batches as f64 / calls.max(1) as f64,
+            ranges as f64 / batches.max(1) as f64
+        );
+    }
+    if let [new, old] = &bins[..] {
+        println!(
+            "  this build / baseline: calls/s {:.2}x, CPU per call {:.2}x",
+            old.loop_ns as f64 / new.loop_ns as f64,
+            new.cpu_ns as f64 / old.cpu_ns as f64
+        );
+    }
     println!("  load after: {}", support::load());
 }
