@@ -83,6 +83,15 @@ fn record_condvar_wait_releases_at_once_and_records_after_it() {
         .collect();
     assert_eq!(gaps, vec![GapReason::Blocked]);
     let buf = r.addr("buf");
+    let gap = ev.iter().position(|e| matches!(e, Event::Gap { .. })).unwrap();
+    let on_buf: Vec<usize> = ev
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::Access { fault_addr, .. } if (buf..buf + 48 * 8).contains(fault_addr)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(on_buf.len(), 40, "one load per element");
+    assert!(on_buf.iter().all(|&i| i > gap), "every read of buf comes after the wait");
     let b = bytes(&ev);
     assert_eq!(ranges_in(&b.read, buf, 48 * 8), vec![(0, 320)]);
     assert!(ranges_in(&b.written, buf, 48 * 8).is_empty());

@@ -109,7 +109,9 @@ pub enum AllocFn {
 pub enum GapReason {
     /// A foreign-mode syscall with pointer arguments we do not model.
     UnknownSyscall,
-    /// A foreign call blocked; other threads were released and guards dropped.
+    /// A foreign call blocked (`detail`: the call); other threads were
+    /// released and guards dropped until the syscall it waited in returned
+    /// (or, released outside a syscall, until it next ran foreign text).
     Blocked,
     /// The recorder could not keep up or lost track (see `detail`).
     Lost,

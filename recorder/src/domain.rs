@@ -414,8 +414,13 @@ impl Tracer {
         let done = self.threads.get(&tid).is_none_or(|t| t.frames.is_empty());
         // Any other thread (held, or new and not stopped yet) would be let
         // run when the call is over: the batch must be done before that.
-        let others = done && self.threads.iter().any(|(&t, th)| t != tid && !th.exiting);
-        if !others {
+        let live = self.threads.iter().any(|(&t, th)| t != tid && !th.exiting);
+        let others = done && live;
+        // Into a callback with other threads held: its syscalls must stop (a
+        // futex wait there releases them, see `syscalls`), and a thread
+        // sent through the stop-free batch runs on with PTRACE_CONT.
+        let callback_held = !done && live;
+        if !others && !callback_held {
             // Nothing else may run before the batch is done: the thread runs
             // it on its way back, with no stop.
             self.guards.clear();

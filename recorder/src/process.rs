@@ -356,8 +356,11 @@ impl Tracer {
     pub(crate) fn check_blocked(&mut self) -> Result<(), Error> {
         let Some(owner) = self.owner else { return Ok(()) };
         let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
-        let in_syscall = self.threads.get(&owner).is_some_and(|t| matches!(t.sys, SysState::InSyscall { .. }));
-        let after = if in_syscall { BLOCKED_IN_SYSCALL_AFTER } else { BLOCKED_AFTER };
+        let in_syscall = match self.threads.get(&owner).map(|t| &t.sys) {
+            Some(SysState::InSyscall { nr, .. }) => Some(*nr),
+            _ => None,
+        };
+        let after = if in_syscall.is_some() { BLOCKED_IN_SYSCALL_AFTER } else { BLOCKED_AFTER };
         if !others_held || self.last_owner_stop.elapsed() < after {
             return Ok(());
         }
@@ -388,7 +391,14 @@ impl Tracer {
             stop => return self.handle(stop),
         }
         let regs = sys::getregs(owner)?;
-        let why = format!("blocked for more than {:.1} s", after.as_secs_f64());
+        let why = match in_syscall {
+            Some(nr) => format!(
+                "blocked in syscall {nr} ({}) for more than {:.1} s",
+                crate::syscalls::name_of(nr),
+                after.as_secs_f64()
+            ),
+            None => format!("blocked for more than {:.1} s", after.as_secs_f64()),
+        };
         self.release_blocked(owner, regs, reenter, waiting, &why)
     }
 

@@ -376,7 +376,7 @@ fn futex(a: [u64; 6]) -> Vec<Touch> {
 }
 
 /// Conventional short names for warnings.
-fn name_of(nr: u64) -> &'static str {
+pub(crate) fn name_of(nr: u64) -> &'static str {
     match nr as i64 {
         libc::SYS_futex => "futex",
         libc::SYS_ioctl => "ioctl",
