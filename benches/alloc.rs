@@ -7,6 +7,12 @@
 //! at the foreign call, where a recorder that lags behind the ring makes the
 //! program catch up. Target: ≤ 3× native.
 //!
+//! The breakpoint fallback (statically linked programs: no preload, so
+//! breakpoints on the allocator's entry and return) is measured on the same
+//! fixture linked statically, with fewer pairs (`FFIREC_BENCH_BP_PAIRS`,
+//! default 20 000: two to three ptrace stops per call), against that static
+//! program run natively with as many pairs.
+//!
 //! Run: `cargo bench --bench alloc` (`FFIREC_BENCH_PAIRS=N`, `FFIREC_BENCH_ROUNDS=R`;
 //! `FFIREC_BENCH_BASELINE=/path/to/an/older/ffirec` adds that binary's figures
 //! to the same run, for before/after comparisons).
@@ -20,6 +26,10 @@ use ffirec_format::Trace;
 
 struct Config {
     label: String,
+    prog: PathBuf,
+    pairs: u64,
+    /// Index of the native configuration this one is compared with.
+    base: usize,
     /// None: the program natively; Some(bin): recorded by that ffirec.
     ffirec: Option<PathBuf>,
     loop_ns: u64,
@@ -30,9 +40,12 @@ struct Config {
 }
 
 impl Config {
-    fn new(label: &str, ffirec: Option<PathBuf>) -> Config {
+    fn new(label: &str, prog: &std::path::Path, pairs: u64, base: usize, ffirec: Option<PathBuf>) -> Config {
         Config {
             label: label.into(),
+            prog: prog.to_path_buf(),
+            pairs,
+            base,
             ffirec,
             loop_ns: u64::MAX,
             through_ns: u64::MAX,
@@ -55,25 +68,36 @@ fn main() {
     println!("alloc bench: {n} malloc/free pairs then one foreign call, best of {rounds} interleaved rounds");
     println!("  machine: {}; load before: {}", support::machine(), support::load());
 
-    let mut configs = vec![Config::new("native", None), Config::new("ffirec record", Some(support::ffirec_bin()))];
+    let ffirec = support::ffirec_bin();
+    let mut configs =
+        vec![Config::new("native", &prog, n, 0, None), Config::new("ffirec record", &prog, n, 0, Some(ffirec.clone()))];
     if let Some(base) = std::env::var_os("FFIREC_BENCH_BASELINE") {
-        configs.push(Config::new("baseline record", Some(PathBuf::from(base))));
+        configs.push(Config::new("baseline record", &prog, n, 0, Some(PathBuf::from(base))));
     }
-    let mut native_stdout = None;
+    let bp_pairs: u64 = std::env::var("FFIREC_BENCH_BP_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    match support::static_program("alloc_host", &["libbnop.c"]) {
+        Some(st) => {
+            let base = configs.len();
+            configs.push(Config::new("static native", &st, bp_pairs, base, None));
+            configs.push(Config::new("breakpoints", &st, bp_pairs, base, Some(ffirec)));
+        }
+        None => println!("  (no static C library: breakpoint fallback not measured)"),
+    }
+    let mut native_stdout = std::collections::HashMap::new();
     for _ in 0..rounds {
         for c in configs.iter_mut() {
             let mut cmd = match &c.ffirec {
-                None => std::process::Command::new(&prog),
+                None => std::process::Command::new(&c.prog),
                 Some(bin) => {
                     let mut cmd = std::process::Command::new(bin);
-                    cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&prog);
+                    cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&c.prog);
                     cmd
                 }
             };
-            cmd.arg(n.to_string());
+            cmd.arg(c.pairs.to_string());
             let (out, wall) = support::run_ok(&mut cmd, Duration::from_secs(1800));
-            match &native_stdout {
-                None => native_stdout = Some(out.stdout.clone()),
+            match native_stdout.get(&c.pairs) {
+                None => drop(native_stdout.insert(c.pairs, out.stdout.clone())),
                 Some(s) => assert_eq!(&out.stdout, s, "program output differs under {}", c.label),
             }
             c.loop_ns = c.loop_ns.min(support::stderr_value(&out, "loop_ns"));
@@ -94,31 +118,35 @@ fn main() {
                 .join(" ");
         }
     }
-    let (native_loop, native_through) = (configs[0].loop_ns, configs[0].through_ns);
     println!(
-        "  {:<16} {:>12} {:>12} {:>8} {:>14} {:>8} {:>10}",
-        "", "loop time", "ns per pair", "ratio", "through call", "ratio", "run wall"
+        "  {:<16} {:>9} {:>12} {:>12} {:>8} {:>14} {:>8} {:>10}",
+        "", "pairs", "loop time", "ns per pair", "ratio", "through call", "ratio", "run wall"
     );
+    let ratio = |c: &Config| c.loop_ns as f64 / configs[c.base].loop_ns as f64;
     for c in &configs {
         println!(
-            "  {:<16} {:>9.1} ms {:>12.1} {:>7.2}x {:>11.1} ms {:>7.2}x {:>7.0} ms",
+            "  {:<16} {:>9} {:>9.1} ms {:>12.1} {:>7.2}x {:>11.1} ms {:>7.2}x {:>7.0} ms",
             c.label,
+            c.pairs,
             c.loop_ns as f64 / 1e6,
-            c.loop_ns as f64 / n as f64,
-            c.loop_ns as f64 / native_loop as f64,
+            c.loop_ns as f64 / c.pairs as f64,
+            ratio(c),
             c.through_ns as f64 / 1e6,
-            c.through_ns as f64 / native_through as f64,
+            c.through_ns as f64 / configs[c.base].through_ns as f64,
             support::ms(c.wall)
         );
     }
     for c in configs.iter().filter(|c| c.ffirec.is_some()) {
-        let ratio = c.loop_ns as f64 / native_loop as f64;
+        let ratio = ratio(c);
+        // The target is the shim's (dynamically linked programs).
+        let target = match (c.base, ratio <= 3.0) {
+            (0, true) => " (target <= 3x: met)",
+            (0, false) => " (target <= 3x: NOT met)",
+            _ => "",
+        };
         println!(
-            "  {}: {ratio:.2}x native loop (target <= 3x: {}); trace has {} alloc and {} free events",
-            c.label,
-            if ratio <= 3.0 { "met" } else { "NOT met" },
-            c.events.0,
-            c.events.1
+            "  {}: {ratio:.2}x native loop{target}; trace has {} alloc and {} free events",
+            c.label, c.events.0, c.events.1
         );
         println!("    recorder counters (last run): {}", c.counters);
     }

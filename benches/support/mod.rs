@@ -89,6 +89,19 @@ pub fn program(name: &str, libs: &[&str]) -> PathBuf {
     out
 }
 
+/// Builds `benches/fixtures/NAME.c` together with the fixture sources
+/// `extra` (e.g. `libbnop.c`) into one statically linked program
+/// (`-O2 -g -static`); None when the static C library is missing.
+pub fn static_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let out = out_dir().join(format!("{name}-static"));
+    let mut args: Vec<String> = ["-O2", "-g", "-Wall", "-static"].iter().map(|s| s.to_string()).collect();
+    args.push(fixture_src(&format!("{name}.c")).display().to_string());
+    args.extend(extra.iter().map(|e| fixture_src(e).display().to_string()));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let ok = Command::new(&cc).args(&args).arg("-o").arg(&out).status().is_ok_and(|s| s.success());
+    ok.then_some(out)
+}
+
 /// Runs `cmd` to completion (stdin empty, stdout and stderr captured) and
 /// returns its output and wall time; panics after `timeout`.
 pub fn run_timed(cmd: &mut Command, timeout: Duration) -> (Output, Duration) {

@@ -223,6 +223,7 @@ pub enum WEvent {
 
 // ---- enum codes (frozen) ----
 
+#[inline]
 pub fn domain_code(d: Domain) -> u8 {
     match d {
         Domain::Host => 0,
@@ -254,8 +255,22 @@ const ALLOC_FNS: [AllocFn; 11] = [
     AllocFn::Mremap,
 ];
 
+#[inline]
 pub fn alloc_fn_code(f: AllocFn) -> u8 {
-    ALLOC_FNS.iter().position(|&x| x == f).map_or(u8::MAX, |i| i as u8)
+    // The index in ALLOC_FNS (checked by a test), without searching it.
+    match f {
+        AllocFn::Malloc => 0,
+        AllocFn::Calloc => 1,
+        AllocFn::Realloc => 2,
+        AllocFn::Reallocarray => 3,
+        AllocFn::PosixMemalign => 4,
+        AllocFn::AlignedAlloc => 5,
+        AllocFn::Memalign => 6,
+        AllocFn::Valloc => 7,
+        AllocFn::Pvalloc => 8,
+        AllocFn::Mmap => 9,
+        AllocFn::Mremap => 10,
+    }
 }
 
 pub fn alloc_fn_from(c: u8) -> Result<AllocFn, String> {
@@ -484,4 +499,17 @@ pub fn event_from(w: WEvent) -> Result<Event, String> {
         WEvent::HostWrite { tid, addr, len } => Event::HostWrite { tid, addr, len },
         WEvent::InitUnknown { addr, len } => Event::InitUnknown { addr, len },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_fn_codes_are_indices_into_the_frozen_table() {
+        for (i, &f) in ALLOC_FNS.iter().enumerate() {
+            assert_eq!(usize::from(alloc_fn_code(f)), i);
+            assert_eq!(alloc_fn_from(i as u8), Ok(f));
+        }
+    }
 }

@@ -29,6 +29,9 @@ pub(crate) const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
 
 /// Records drained between two `WNOHANG` polls while the program runs.
 const DRAIN_BATCH: usize = 4096;
+/// Backlog below which the recorder lets records accumulate (a quarter of
+/// the default ring) rather than drain right behind the producer.
+const DRAIN_BEHIND: u64 = crate::alloc::DEFAULT_CAPACITY as u64 / 4;
 /// The longest and shortest sleep of an idle recorder that drains the
 /// allocation ring (doubling from the shortest while the ring stays empty).
 const IDLE_MIN: Duration = Duration::from_micros(100);
@@ -359,7 +362,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
 impl Tracer {
     /// The wait loop. Returns true when ffirec killed the program on request.
     pub(crate) fn run(&mut self) -> Result<bool, Error> {
-        let mut idle = IDLE_MIN;
+        let (mut idle, mut last_backlog) = (IDLE_MIN, 0);
         loop {
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 eprintln!("ffirec: interrupted: finishing the trace and killing the program");
@@ -372,7 +375,7 @@ impl Tracer {
             let stop = if let Some(stop) = self.deferred.pop() {
                 stop
             } else {
-                let w = match self.wait_any(&mut idle) {
+                let w = match self.wait_any(&mut idle, &mut last_backlog) {
                     Ok(Some(w)) => w,
                     Ok(None) => {
                         self.check_blocked_all()?;
@@ -951,7 +954,8 @@ impl Tracer {
     /// many were consumed.
     pub fn drain_allocs_some(&mut self, max: usize) -> Result<usize, Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(0) };
-        let sink = &mut self.sink;
+        // Shared by the fast path and the general one.
+        let sink = std::cell::RefCell::new(&mut self.sink);
         let active_moved = &mut self.moved;
         let active_guarding = self.foreign_mode;
         let arena = self.arena;
@@ -962,10 +966,39 @@ impl Tracer {
         let follow = self.opts.follow;
         let hostinit = &mut self.hostinit;
         let mut extra = Vec::new();
-        let mut err = None;
+        let err = std::cell::RefCell::new(None);
+        // Fast path: a host-mode malloc/free of the only process, nothing
+        // to follow but the event itself (no call in progress, no arena
+        // block, no host-init tracking): straight into the writer's columns.
+        let plain = !active_guarding && !hostinit.enabled && procs.is_empty();
+        let fast = |r: &crate::alloc::FastRec| -> bool {
+            if !plain || r.foreign || r.pid != active as u32 || arena.is_some_and(|(lo, hi)| r.ptr >= lo && r.ptr < hi)
+            {
+                return false;
+            }
+            let (tid, ptr, caller, domain) = (r.tid, r.ptr, r.caller, Domain::Host);
+            let e = if r.free {
+                Event::Free { tid, ptr, caller, domain }
+            } else {
+                Event::Alloc {
+                    tid,
+                    func: AllocFn::Malloc,
+                    ptr,
+                    size: r.size,
+                    old_ptr: 0,
+                    caller,
+                    domain,
+                    zeroed: false,
+                }
+            };
+            if let Err(x) = sink.borrow_mut().push_ref(&e) {
+                err.borrow_mut().get_or_insert(x);
+            }
+            true
+        };
         // Runs of records from one thread are the rule: look its process up once.
         let mut last: Option<(u32, Option<Pid>)> = None;
-        let consumed = a.drain_some(max, |e| {
+        let consumed = a.drain_some_fast(max, fast, |e| {
             let g = match e.tid() {
                 Some(t) => match last {
                     Some((lt, g)) if lt == t => g,
@@ -1008,16 +1041,17 @@ impl Tracer {
             extra.clear();
             hostinit.on_alloc_event(g, arena, e, &mut extra);
             // By reference: an Alloc/Free goes into its columns without a copy.
+            let mut sink = sink.borrow_mut();
             if let Err(x) = sink.push_ref(e) {
-                err.get_or_insert(x);
+                err.borrow_mut().get_or_insert(x);
             }
             for ev in unknown.into_iter().chain(extra.drain(..)) {
                 if let Err(x) = sink.push(ev) {
-                    err.get_or_insert(x);
+                    err.borrow_mut().get_or_insert(x);
                 }
             }
         });
-        err.map_or(Ok(consumed), Err)
+        err.into_inner().map_or(Ok(consumed), Err)
     }
 
     /// True while the recorder may drain the allocation ring between stops:
@@ -1033,7 +1067,7 @@ impl Tracer {
     /// `WNOHANG` polls between bounded drains, and an empty ring sleeps on
     /// SIGCHLD (blocked in every recorder thread) for at most `idle`, doubled
     /// while the ring stays empty.
-    fn wait_any(&mut self, idle: &mut Duration) -> Result<Option<sys::WaitStatus>, Error> {
+    fn wait_any(&mut self, idle: &mut Duration, last_backlog: &mut u64) -> Result<Option<sys::WaitStatus>, Error> {
         if !self.drains_while_waiting() {
             return sys::wait(-1, false);
         }
@@ -1044,9 +1078,19 @@ impl Tracer {
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 return Ok(None);
             }
-            if self.drain_allocs_some(DRAIN_BATCH)? > 0 {
+            // Drain in bursts, well behind the producer: reading slots it is
+            // writing right now costs both sides a cache-line transfer each.
+            // A backlog that stopped growing is drained whatever its size.
+            let backlog = self.alloc.as_ref().map_or(0, |a| a.backlog());
+            let settled = backlog == std::mem::replace(last_backlog, backlog);
+            if backlog >= DRAIN_BEHIND || (backlog > 0 && settled) {
+                if self.drain_allocs_some(DRAIN_BATCH)? > 0 {
+                    *idle = IDLE_MIN;
+                    *last_backlog = 0;
+                    continue;
+                }
+            } else if backlog > 0 {
                 *idle = IDLE_MIN;
-                continue;
             }
             sys::wait_sigchld(*idle);
             *idle = (*idle * 2).min(IDLE_MAX);

@@ -88,6 +88,9 @@ const TRAP_SYMBOL: &str = "ffirec_shim_flush_trap";
 /// The value of `rax` at the shim's flush trap (`"FUSHTRAP"` little-endian).
 pub const FLUSH_MAGIC: u64 = u64::from_le_bytes(*b"FUSHTRAP");
 
+/// How many records ahead of the one it reads the consumer prefetches.
+const PREFETCH_AHEAD: u64 = 16;
+
 /// Ring capacity used by [`AllocTracker::new`], in records (64 bytes each).
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
 
@@ -130,6 +133,21 @@ pub enum Error {
     Arena { start: u64, end: u64 },
     #[error("the embedded allocation shim is not a valid ELF file with symbol {TRAP_SYMBOL}")]
     BadShim,
+}
+
+/// A `malloc` (`free` false: ptr, size) or `free` (free true: ptr) record,
+/// for [`AllocTracker::drain_some_fast`]; its event would be an `Alloc`
+/// (function malloc, not zeroed, no old pointer) or a `Free`.
+#[derive(Debug, Clone, Copy)]
+pub struct FastRec {
+    pub free: bool,
+    /// The calling thread was in foreign mode.
+    pub foreign: bool,
+    pub tid: u32,
+    pub pid: u32,
+    pub ptr: u64,
+    pub size: u64,
+    pub caller: u64,
 }
 
 /// Counters of the rings (summed over both), for reports and tests.
@@ -363,7 +381,7 @@ impl AllocTracker {
     /// fork point); stops in each ring at the first slot not yet committed.
     /// Returns the number of events produced.
     pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
-        self.drain_inner(&mut |e: &Event| f(e.clone()), false, usize::MAX)
+        self.drain_inner(&mut |e: &Event| f(e.clone()), &mut |_: &FastRec| false, false, usize::MAX)
     }
 
     /// [`Self::drain`], stopping after about `max` records (a recorder that
@@ -371,8 +389,20 @@ impl AllocTracker {
     /// Returns the number of records consumed (not events). Events are lent,
     /// not moved: the caller copies what it keeps.
     pub fn drain_some(&mut self, max: usize, mut f: impl FnMut(&Event)) -> usize {
+        self.drain_some_fast(max, |_| false, &mut f)
+    }
+
+    /// [`Self::drain_some`] with a fast path: `fast` sees each plain `malloc`
+    /// or `free` record first and returns true when it has handled it (no
+    /// event is built for it then); everything else becomes events for `f`.
+    pub fn drain_some_fast(
+        &mut self,
+        max: usize,
+        mut fast: impl FnMut(&FastRec) -> bool,
+        mut f: impl FnMut(&Event),
+    ) -> usize {
         let before = self.tails[0] + self.tails[1];
-        self.drain_inner(&mut f, false, max);
+        self.drain_inner(&mut f, &mut fast, false, max);
         (self.tails[0] + self.tails[1] - before) as usize
     }
 
@@ -380,18 +410,31 @@ impl AllocTracker {
     /// process has exited): reserved slots that were never committed are
     /// skipped and counted in [`RingStats::skipped`].
     pub fn drain_final(&mut self, mut f: impl FnMut(Event)) -> usize {
-        self.drain_inner(&mut |e: &Event| f(e.clone()), true, usize::MAX)
+        self.drain_inner(&mut |e: &Event| f(e.clone()), &mut |_: &FastRec| false, true, usize::MAX)
     }
 
-    fn drain_inner(&mut self, f: &mut impl FnMut(&Event), skip_holes: bool, max: usize) -> usize {
+    fn drain_inner(
+        &mut self,
+        f: &mut impl FnMut(&Event),
+        fast: &mut impl FnMut(&FastRec) -> bool,
+        skip_holes: bool,
+        max: usize,
+    ) -> usize {
         // The primary ring first: a forked child's records (ring 0) may wait
         // for their parent's (ring 1), never the other way round.
-        let mut events = self.drain_ring(1, f, skip_holes, max);
-        events += self.drain_ring(0, f, skip_holes, max);
+        let mut events = self.drain_ring(1, f, fast, skip_holes, max);
+        events += self.drain_ring(0, f, fast, skip_holes, max);
         events
     }
 
-    fn drain_ring(&mut self, ring: usize, f: &mut impl FnMut(&Event), skip_holes: bool, max: usize) -> usize {
+    fn drain_ring(
+        &mut self,
+        ring: usize,
+        f: &mut impl FnMut(&Event),
+        fast: &mut impl FnMut(&FastRec) -> bool,
+        skip_holes: bool,
+        max: usize,
+    ) -> usize {
         // Publish progress often enough that producers on a small ring keep going.
         let publish_every = (self.map.capacity() / 4).max(1);
         let mut events = 0;
@@ -401,6 +444,7 @@ impl AllocTracker {
         while consumed < max {
             consumed += 1;
             let tail = self.tails[ring];
+            self.map.prefetch(ring, tail + PREFETCH_AHEAD);
             match self.map.read(ring, tail) {
                 Some(rec) => {
                     if rec.kind == ring::kind::FORK && !skip_holes {
@@ -410,7 +454,21 @@ impl AllocTracker {
                             break;
                         }
                     }
-                    events += self.model.convert(&rec, f);
+                    let plain = matches!(rec.kind, ring::kind::MALLOC | ring::kind::FREE);
+                    let fr = FastRec {
+                        free: rec.kind == ring::kind::FREE,
+                        foreign: rec.flags & ring::F_FOREIGN != 0,
+                        tid: rec.tid,
+                        pid: rec.pid,
+                        ptr: rec.ptr,
+                        size: rec.size,
+                        caller: rec.caller,
+                    };
+                    if plain && fast(&fr) {
+                        events += 1;
+                    } else {
+                        events += self.model.convert(&rec, f);
+                    }
                 }
                 // The ring is shared memory a broken tracee may scribble on:
                 // never trust its head for more than two rings' worth of holes.
@@ -429,6 +487,11 @@ impl AllocTracker {
         }
         self.map.publish_tail(ring, self.tails[ring]);
         events
+    }
+
+    /// Records reserved by producers and not yet consumed (both rings).
+    pub fn backlog(&self) -> u64 {
+        (0..ring::RINGS).map(|r| self.map.head(r).saturating_sub(self.tails[r])).sum()
     }
 
     /// True when the oldest unconsumed slot of a ring is reserved but not yet
