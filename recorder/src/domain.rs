@@ -379,6 +379,12 @@ impl Tracer {
             // faults rarely would pay more for the pinning than it saves.
         }
         self.last_owner_stop = Instant::now();
+        // A call released while blocked (in a callback too) is guarded again.
+        if let Some(t) = self.threads.get_mut(&tid) {
+            for f in &mut t.frames {
+                f.suspended = false;
+            }
+        }
         self.hostinit_flush()?;
         let guards = self.compute_guards(tid, &regs)?;
         let mut batch: Vec<(u64, u64, u32)> = guards.iter().map(|g| (g.start, g.end - g.start, 0)).collect();
