@@ -407,11 +407,12 @@ pub(crate) fn name_of(nr: u64) -> &'static str {
 impl Tracer {
     /// Resumes a thread: `PTRACE_SYSCALL` for the owner of a foreign call
     /// (its syscalls may touch guarded pages; in a callback while other
-    /// threads are held, a futex wait releases them) and for a released owner waiting in a
+    /// threads exist, a futex wait releases the held ones) and for a released owner waiting in a
     /// syscall (guarding resumes at its exit), `PTRACE_CONT` otherwise.
     pub fn resume_tracee(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
         let waiting = self.threads.get(&tid).is_some_and(|t| t.rearm.is_some());
-        let owner = self.owner == Some(tid) && (self.foreign_mode || self.others_held(tid));
+        let owner = self.owner == Some(tid)
+            && (self.foreign_mode || self.threads.iter().any(|(&t, th)| t != tid && !th.exiting));
         if owner || waiting || self.hostinit.wants_syscalls(self.pid) {
             sys::syscall(tid, sig)
         } else {
