@@ -355,7 +355,7 @@ impl Tracer {
     /// others are held may be waiting for one of them. Never deadlock.
     pub(crate) fn check_blocked(&mut self) -> Result<(), Error> {
         let Some(owner) = self.owner else { return Ok(()) };
-        let others_held = self.threads.iter().any(|(&t, th)| t != owner && !th.running);
+        let others_held = self.others_held(owner);
         let in_syscall = match self.threads.get(&owner).map(|t| &t.sys) {
             Some(SysState::InSyscall { nr, .. }) => Some(*nr),
             _ => None,
@@ -494,6 +494,12 @@ impl Tracer {
         self.hold_others(tid)?;
         self.last_owner_stop = std::time::Instant::now();
         self.resume(tid, 0)
+    }
+
+    /// Some thread other than `tid` lives on (held, or new and not stopped
+    /// yet; exiting threads run on regardless).
+    pub(crate) fn others_live(&self, tid: Pid) -> bool {
+        self.threads.iter().any(|(&t, th)| t != tid && !th.exiting)
     }
 
     /// Some thread other than `tid` is held (stopped by us).

@@ -411,8 +411,7 @@ impl Tracer {
     /// syscall (guarding resumes at its exit), `PTRACE_CONT` otherwise.
     pub fn resume_tracee(&mut self, tid: Pid, sig: i32) -> Result<(), Error> {
         let waiting = self.threads.get(&tid).is_some_and(|t| t.rearm.is_some());
-        let owner = self.owner == Some(tid)
-            && (self.foreign_mode || self.threads.iter().any(|(&t, th)| t != tid && !th.exiting));
+        let owner = self.owner == Some(tid) && (self.foreign_mode || self.others_live(tid));
         if owner || waiting || self.hostinit.wants_syscalls(self.pid) {
             sys::syscall(tid, sig)
         } else {
@@ -496,10 +495,11 @@ impl Tracer {
             // sent through a trampoline slot runs on with `PTRACE_CONT`).
             return self.resume(tid, 0);
         }
-        if self.owner == Some(tid) && waits_for_a_thread(nr, args) && self.others_held(tid) {
+        if self.owner == Some(tid) && waits_for_a_thread(nr, args) && self.others_live(tid) {
             // Only another thread can end this wait, and every other thread
             // is held (in foreign mode or in a callback, e.g. libgomp's
-            // barrier): release them now rather than after a timeout.
+            // barrier), or new and about to be: release them now rather
+            // than after a timeout.
             let (ranges, known) = if foreign { ranges_of(self, nr, args) } else { (Vec::new(), false) };
             let w = crate::process::Waiting { nr, args, ranges, known };
             return self.release_blocked(tid, regs, true, Some(w), "waits on a futex");
