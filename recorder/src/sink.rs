@@ -36,6 +36,9 @@ pub struct Counters {
     pub gaps: u64,
     /// Faults inside a trampoline slot (a range the decoder missed).
     pub widened: u64,
+    /// Stops at the alloc shim's flush trap (its ring was full) handled
+    /// while no foreign call ran.
+    pub flush_traps: u64,
     /// Stops at allocation breakpoints (statically linked programs).
     pub alloc_bp_stops: u64,
     /// Time spent inside foreign calls, nanoseconds (for faults/s).
@@ -69,6 +72,7 @@ impl Counters {
             ("signals", self.signals),
             ("gaps", self.gaps),
             ("widened", self.widened),
+            ("flush_traps", self.flush_traps),
             ("alloc_bp_stops", self.alloc_bp_stops),
             ("foreign_ns", self.foreign_ns),
             ("hostinit_faults", self.hostinit_faults),

@@ -478,6 +478,15 @@ impl Tracer {
         if self.debug {
             eprintln!("ffirec: debug: {stop:?} owner={:?} foreign_mode={}", self.owner, self.foreign_mode);
         }
+        if self.flush_trap_stop(&stop) {
+            // The shim's ring is full. Nothing to order against: make room
+            // for an eighth of it and let the program go on while the wait
+            // loop drains the rest.
+            let room = self.alloc.as_ref().map_or(0, |a| a.capacity() / 8);
+            self.drain_allocs_some(room)?;
+            self.sink.counters.flush_traps += 1;
+            return self.resume(stop.tid(), 0);
+        }
         self.drain_allocs()?;
         // Makes the stop's process the active one; consumes the stops of
         // children not followed or not announced yet.
@@ -1052,6 +1061,16 @@ impl Tracer {
             }
         });
         err.into_inner().map_or(Ok(consumed), Err)
+    }
+
+    /// The stop is the alloc shim's flush trap (a full ring) in the active
+    /// process, at a time the wait loop drains the ring.
+    fn flush_trap_stop(&self, stop: &Stop) -> bool {
+        let Stop::Signal { tid, signal: libc::SIGTRAP } = *stop else { return false };
+        if self.shim_trap.is_none() || self.tgids.get(&tid) != Some(&self.pid) || !self.drains_while_waiting() {
+            return false;
+        }
+        sys::getregs(tid).is_ok_and(|r| Some(r.rip) == self.shim_trap && r.rax == crate::alloc::FLUSH_MAGIC)
     }
 
     /// True while the recorder may drain the allocation ring between stops:
