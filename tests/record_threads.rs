@@ -62,8 +62,9 @@ fn record_blocked_call_releases_held_threads() {
 /// guarded page) until a held host thread signals it, then sums
 /// buf[0, 40): the wait is released at once (the owner entered FUTEX_WAIT
 /// with every other thread held), one `Blocked` gap covers only the wait, and
-/// guarding resumes when the futex returns: all 40 reads after the wait are
-/// in the trace, exactly buf[0, 320).
+/// guarding resumes when the futex returns (its 4-byte read of the condition
+/// variable is recorded then): all 40 reads after the wait are in the trace,
+/// exactly buf[0, 320).
 #[test]
 fn record_condvar_wait_releases_at_once_and_records_after_it() {
     let p = prog();
@@ -90,6 +91,25 @@ fn record_condvar_wait_releases_at_once_and_records_after_it() {
         .filter(|(_, e)| matches!(e, Event::Access { fault_addr, .. } if (buf..buf + 48 * 8).contains(fault_addr)))
         .map(|(i, _)| i)
         .collect();
+    // The wait itself: the futex on the condition variable (args[1]), read
+    // by the kernel, recorded when it returned.
+    let cv = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::Call { args, .. } => Some(args[1]),
+            _ => None,
+        })
+        .unwrap();
+    let futex: Vec<(u64, u64, bool)> = ev[gap..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::SyscallAccess { nr: 202, ranges, .. } => Some(ranges.iter().map(|r| (r.addr, r.len, r.write))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(futex.len(), 1, "{futex:?}");
+    assert!((cv..cv + 48).contains(&futex[0].0) && futex[0].1 == 4 && !futex[0].2, "{futex:?} cv={cv:#x}");
     assert_eq!(on_buf.len(), 40, "one load per element");
     assert!(on_buf.iter().all(|&i| i > gap), "every read of buf comes after the wait");
     let b = bytes(&ev);
