@@ -284,11 +284,37 @@ impl Tracer {
     }
 
     /// Continues a thread stopped on the entry `int3` at `at`, running the
-    /// instruction it replaced: a `push` of a register is done here, anything
-    /// else single-stepped.
+    /// instruction it replaced: a `push` of a register (glibc's malloc,
+    /// calloc, realloc) or a 64-bit `test` of two registers (its free) is
+    /// done here, anything else single-stepped.
     fn step_over_entry(&mut self, tid: Pid, mut regs: RawRegs, at: u64, orig: u8) -> Result<(), Error> {
-        let mut next = [0u8; 1];
+        let mut next = [0u8; 2];
         self.mem.read(RemoteAddr(at + 1), &mut next)?;
+        if (0x48..=0x4f).contains(&orig) && next[0] == 0x85 && next[1] >> 6 == 3 {
+            // test r/m64, r64 (REX.W 85 /r, register form): flags only.
+            let reg = usize::from((next[1] >> 3) & 7) + if orig & 4 != 0 { 8 } else { 0 };
+            let rm = usize::from(next[1] & 7) + if orig & 1 != 0 { 8 } else { 0 };
+            let v = *sys::gpr_mut(&mut regs, reg) & *sys::gpr_mut(&mut regs, rm);
+            const CF: u64 = 0x1;
+            const PF: u64 = 0x4;
+            const ZF: u64 = 0x40;
+            const SF: u64 = 0x80;
+            const OF: u64 = 0x800;
+            let mut fl = regs.eflags & !(CF | PF | ZF | SF | OF);
+            if v == 0 {
+                fl |= ZF;
+            }
+            if v >> 63 != 0 {
+                fl |= SF;
+            }
+            if (v as u8).count_ones() % 2 == 0 {
+                fl |= PF;
+            }
+            regs.eflags = fl;
+            regs.rip = at + 3;
+            sys::setregs(tid, &regs)?;
+            return self.resume(tid, 0);
+        }
         let reg = match (orig, next[0]) {
             (0x50..=0x57, _) => Some((usize::from(orig - 0x50), 1)),
             (0x41, 0x50..=0x57) => Some((usize::from(next[0] - 0x50) + 8, 2)),
