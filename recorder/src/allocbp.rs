@@ -307,7 +307,7 @@ impl Tracer {
             if v >> 63 != 0 {
                 fl |= SF;
             }
-            if (v as u8).count_ones() % 2 == 0 {
+            if (v as u8).count_ones().is_multiple_of(2) {
                 fl |= PF;
             }
             regs.eflags = fl;
