@@ -1077,7 +1077,9 @@ impl Tracer {
     /// no foreign call is in progress in any process (during one, every stop
     /// matters and the wait for it stays a plain blocking `waitpid`).
     fn drains_while_waiting(&self) -> bool {
-        self.alloc.is_some() && self.owner.is_none() && self.procs.values().all(|p| p.owner.is_none())
+        // Some process must have the shim loaded (a static program has none).
+        let shim = self.shim_trap.is_some() || self.procs.values().any(|p| p.shim_trap.is_some());
+        self.alloc.is_some() && shim && self.owner.is_none() && self.procs.values().all(|p| p.owner.is_none())
     }
 
     /// Waits for the next stop. With no foreign call in progress, drains the
