@@ -935,13 +935,7 @@ impl Tracer {
         }
         self.sink.counters.hostinit_syscalls += 1;
         let batch: Vec<(u64, u64, u32)> = open.iter().map(|&(a, l, p)| (a, l, p & 0xff)).collect();
-        self.run_batch(tid, &regs, &batch)?;
-        let mut again = regs;
-        again.rip -= 2;
-        again.rax = regs.orig_rax;
-        sys::setregs(tid, &again)?;
-        self.set_sys(tid, SysState::Prepared { rip: regs.rip, nr, open, ranges, known });
-        self.resume(tid, 0)
+        self.reissue_with(tid, &regs, &batch, SysState::Prepared { rip: regs.rip, nr, open, ranges, known })
     }
 
     /// Host-mode syscall exit: record what the kernel wrote into tracked

@@ -98,35 +98,17 @@ fn caught(pid: Pid, signal: i32) -> bool {
 /// was busy is followed by the next).
 #[derive(Debug, Default)]
 pub(crate) struct SliceTimer {
-    id: Option<libc::timer_t>,
+    timer: Option<crate::sys::AlarmTimer>,
     running: bool,
 }
 
 impl SliceTimer {
     fn set(&mut self, period: Option<Duration>) {
-        if self.id.is_none() {
-            // SAFETY: sigevent is plain data; zeroed is a valid start.
-            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-            sev.sigev_notify = libc::SIGEV_THREAD_ID;
-            sev.sigev_signo = libc::SIGALRM;
-            // SAFETY: gettid has no preconditions.
-            sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-            // SAFETY: timer_t is a pointer-sized handle the kernel fills.
-            let mut id: libc::timer_t = unsafe { std::mem::zeroed() };
-            // SAFETY: timer_create reads `sev` and writes `id`.
-            if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) } < 0 {
-                return;
-            }
-            self.id = Some(id);
+        if self.timer.is_none() {
+            self.timer = crate::sys::AlarmTimer::new();
         }
-        let Some(id) = self.id else { return };
-        let ts = period.map_or(libc::timespec { tv_sec: 0, tv_nsec: 0 }, |p| libc::timespec {
-            tv_sec: p.as_secs() as i64,
-            tv_nsec: i64::from(p.subsec_nanos()),
-        });
-        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
-        // SAFETY: `id` is our timer; timer_settime reads `spec`.
-        unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
+        let Some(t) = &self.timer else { return };
+        t.set(period);
         self.running = period.is_some();
     }
 
@@ -139,15 +121,6 @@ impl SliceTimer {
     fn stop(&mut self) {
         if self.running {
             self.set(None);
-        }
-    }
-}
-
-impl Drop for SliceTimer {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            // SAFETY: deleting the timer we created.
-            unsafe { libc::timer_delete(id) };
         }
     }
 }

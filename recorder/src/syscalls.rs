@@ -15,7 +15,7 @@
 
 use ffirec_format::{Event, GapReason, SyscallRange};
 
-use crate::sys::{self, Pid, RemoteAddr};
+use crate::sys::{self, Pid, RawRegs, RemoteAddr};
 use crate::tracer::Tracer;
 use crate::Error;
 
@@ -552,14 +552,30 @@ impl Tracer {
                 );
             }
         }
-        // The stub runs with orig_rax = -1, so the kernel skips this syscall;
-        // then the thread re-executes it with the pages open.
-        self.run_batch(tid, &regs, &open)?;
-        let mut again = regs;
+        self.reissue_with(
+            tid,
+            &regs,
+            &open,
+            SysState::Prepared { rip: regs.rip, nr, open: open.clone(), ranges, known },
+        )
+    }
+
+    /// At a syscall-entry stop: run `batch` (the injected stub runs with
+    /// orig_rax = -1, so the kernel skips this syscall), then make the
+    /// thread re-execute the syscall at `rip - 2` with the pages open.
+    pub(crate) fn reissue_with(
+        &mut self,
+        tid: Pid,
+        regs: &RawRegs,
+        batch: &[(u64, u64, u32)],
+        state: SysState,
+    ) -> Result<(), Error> {
+        self.run_batch(tid, regs, batch)?;
+        let mut again = *regs;
         again.rip -= 2;
         again.rax = regs.orig_rax;
         sys::setregs(tid, &again)?;
-        self.set_sys(tid, SysState::Prepared { rip: regs.rip, nr, open, ranges, known });
+        self.set_sys(tid, state);
         self.resume(tid, 0)
     }
 }

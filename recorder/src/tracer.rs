@@ -70,40 +70,11 @@ fn install_handlers() {
     }
 }
 
-/// A 0.5 s periodic SIGALRM aimed at this thread (the one in `waitpid`):
-/// a process-directed signal could land on the trace writer's thread and
-/// never interrupt the wait.
-struct Ticker(Option<libc::timer_t>);
-
-impl Ticker {
-    fn start() -> Ticker {
-        // SAFETY: sigevent is plain data; zeroed is a valid start.
-        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-        sev.sigev_notify = libc::SIGEV_THREAD_ID;
-        sev.sigev_signo = libc::SIGALRM;
-        // SAFETY: gettid has no preconditions.
-        sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-        // SAFETY: timer_t is a pointer-sized handle the kernel fills.
-        let mut id: libc::timer_t = unsafe { std::mem::zeroed() };
-        // SAFETY: timer_create reads `sev` and writes `id`.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) } < 0 {
-            return Ticker(None);
-        }
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: 500_000_000 };
-        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
-        // SAFETY: `id` is the timer just created; timer_settime reads `spec`.
-        unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
-        Ticker(Some(id))
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        if let Some(id) = self.0 {
-            // SAFETY: deleting the timer we created.
-            unsafe { libc::timer_delete(id) };
-        }
-    }
+/// A 0.5 s periodic SIGALRM aimed at this thread (see [`sys::AlarmTimer`]).
+fn start_ticker() -> Option<sys::AlarmTimer> {
+    let t = sys::AlarmTimer::new()?;
+    t.set(Some(Duration::from_millis(500)));
+    Some(t)
 }
 
 #[derive(Debug, Default)]
@@ -349,7 +320,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         return Err(e);
     }
     install_handlers();
-    let ticker = Ticker::start();
+    let ticker = start_ticker();
     let result = t.run();
     drop(ticker);
     if result.is_err() {

@@ -530,3 +530,46 @@ pub fn current_cpu() -> usize {
         c as usize
     }
 }
+
+/// A POSIX timer that sends SIGALRM to the thread that created it (the one
+/// in `waitpid`: a process-directed signal could land on the trace writer's
+/// thread and never interrupt the wait). Deleted on drop.
+#[derive(Debug)]
+pub struct AlarmTimer(libc::timer_t);
+
+impl AlarmTimer {
+    /// `None` when the kernel refuses a timer (the caller then runs without one).
+    pub fn new() -> Option<AlarmTimer> {
+        // SAFETY: sigevent is plain data; zeroed is a valid start.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGALRM;
+        // SAFETY: gettid has no preconditions.
+        sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        // SAFETY: timer_t is a pointer-sized handle the kernel fills.
+        let mut id: libc::timer_t = unsafe { std::mem::zeroed() };
+        // SAFETY: timer_create reads `sev` and writes `id`.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) } < 0 {
+            return None;
+        }
+        Some(AlarmTimer(id))
+    }
+
+    /// Fire every `period` from now on; `None` disarms the timer.
+    pub fn set(&self, period: Option<std::time::Duration>) {
+        let ts = period.map_or(libc::timespec { tv_sec: 0, tv_nsec: 0 }, |p| libc::timespec {
+            tv_sec: p.as_secs() as i64,
+            tv_nsec: i64::from(p.subsec_nanos()),
+        });
+        let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+        // SAFETY: `self.0` is our timer; timer_settime reads `spec`.
+        unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for AlarmTimer {
+    fn drop(&mut self) {
+        // SAFETY: deleting the timer we created.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
