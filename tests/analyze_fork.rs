@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use ffirec_format::*;
 use serde_json::Value;
 
-const HOST: u64 = 0x5555_5555_0000;
-const LIB: u64 = 0x7f00_0000_0000;
+use common::synth::{HOST, LIB};
 const BUF: u64 = 0x5555_6000_0010;
 const PARENT: u32 = 100;
 const CHILD: u32 = 200;
@@ -22,45 +21,11 @@ const LOAD: &[u8] = &[0x48, 0x8b, 0x07];
 const STORE16: &[u8] = &[0xf3, 0x0f, 0x7f, 0x07];
 
 fn header() -> Header {
-    Header {
-        recorder_version: "test".into(),
-        uuid: [2; 16],
-        command: vec!["synthetic-fork".into()],
-        start_time_ns: 0,
-        page_size: 4096,
-        policy: Policy {
-            foreign: vec!["libsyn.so".into()],
-            neutral: vec![],
-            track_host_init: true,
-            guard_foreign: false,
-        },
-    }
+    common::synth::header(2, "synthetic-fork", true)
 }
 
 fn modules(w: &mut TraceWriter) {
-    w.add_module(Module {
-        pid: PARENT,
-        path: "/nonexistent/host".into(),
-        build_id: vec![],
-        base: HOST,
-        segments: vec![Segment { start: HOST, len: 0x2000, prot: 5, file_offset: 0 }],
-        domain: Domain::Host,
-        symbols: vec![Symbol { name: "main".into(), addr: 0x1000, size: 0x200 }],
-    })
-    .unwrap();
-    w.add_module(Module {
-        pid: PARENT,
-        path: "/nonexistent/libsyn.so".into(),
-        build_id: vec![],
-        base: LIB,
-        segments: vec![Segment { start: LIB, len: 0x3000, prot: 5, file_offset: 0 }],
-        domain: Domain::Foreign,
-        symbols: vec![
-            Symbol { name: "fill".into(), addr: 0x1000, size: 0x100 },
-            Symbol { name: "sum".into(), addr: 0x1100, size: 0x100 },
-        ],
-    })
-    .unwrap();
+    common::synth::add_modules(w, PARENT);
 }
 
 fn call(tid: u32, call: u64, symbol: u32) -> Event {

@@ -13,48 +13,18 @@ use std::path::{Path, PathBuf};
 use ffirec_format::*;
 use serde_json::Value;
 
-const HOST: u64 = 0x5555_5555_0000;
-const LIB: u64 = 0x7f00_0000_0000;
+use common::synth::{HOST, LIB};
 const BUF: u64 = 0x5555_6000_0010;
 const TID: u32 = 100;
 const LOAD: &[u8] = &[0x48, 0x8b, 0x07];
 const STORE16: &[u8] = &[0xf3, 0x0f, 0x7f, 0x07];
 
 fn header(track_host_init: bool) -> Header {
-    Header {
-        recorder_version: "test".into(),
-        uuid: [1; 16],
-        command: vec!["synthetic".into()],
-        start_time_ns: 0,
-        page_size: 4096,
-        policy: Policy { foreign: vec!["libsyn.so".into()], neutral: vec![], track_host_init, guard_foreign: false },
-    }
+    common::synth::header(1, "synthetic", track_host_init)
 }
 
 fn modules(w: &mut TraceWriter) {
-    w.add_module(Module {
-        pid: 1,
-        path: "/nonexistent/host".into(),
-        build_id: vec![],
-        base: HOST,
-        segments: vec![Segment { start: HOST, len: 0x2000, prot: 5, file_offset: 0 }],
-        domain: Domain::Host,
-        symbols: vec![Symbol { name: "main".into(), addr: 0x1000, size: 0x200 }],
-    })
-    .unwrap();
-    w.add_module(Module {
-        pid: 1,
-        path: "/nonexistent/libsyn.so".into(),
-        build_id: vec![],
-        base: LIB,
-        segments: vec![Segment { start: LIB, len: 0x3000, prot: 5, file_offset: 0 }],
-        domain: Domain::Foreign,
-        symbols: vec![
-            Symbol { name: "fill".into(), addr: 0x1000, size: 0x100 },
-            Symbol { name: "sum".into(), addr: 0x1100, size: 0x100 },
-        ],
-    })
-    .unwrap();
+    common::synth::add_modules(w, 1);
 }
 
 fn call(call: u64, symbol: u32, args: [u64; 6]) -> Event {

@@ -13,6 +13,8 @@
 //! half-written file.
 #![allow(dead_code)]
 
+pub mod synth;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
