@@ -48,13 +48,7 @@ fn record_blocked_call_releases_held_threads() {
     assert_eq!(r.stdout, "1\n");
     assert!(r.stderr.contains("ffirec: warning: foreign call #"), "stderr:\n{}", r.stderr);
     let ev = r.events();
-    let gaps: Vec<_> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Gap { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect();
+    let gaps = gap_reasons(&ev);
     assert_eq!(gaps, vec![GapReason::Blocked]);
 }
 
@@ -75,13 +69,7 @@ fn record_condvar_wait_releases_at_once_and_records_after_it() {
     assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr);
     assert_eq!(r.stdout, "780\n");
     let ev = r.events();
-    let gaps: Vec<_> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Gap { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect();
+    let gaps = gap_reasons(&ev);
     assert_eq!(gaps, vec![GapReason::Blocked]);
     let buf = r.addr("buf");
     let gap = ev.iter().position(|e| matches!(e, Event::Gap { .. })).unwrap();
@@ -152,4 +140,14 @@ fn record_concurrent_callers_are_serialised() {
     for i in 0..4 {
         assert_eq!(ranges_in(&b.read, r.addr(&format!("buf{i}")), 256), vec![(0, 256)]);
     }
+}
+
+/// The reasons of the trace's `Gap` events, in order.
+fn gap_reasons(ev: &[Event]) -> Vec<GapReason> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Gap { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
 }
