@@ -422,13 +422,7 @@ fn real_openmp_threads_created_inside_a_foreign_call() {
     assert_eq!(outer.rax, 191_149);
     let starts = events.iter().filter(|e| matches!(e, ffirec_format::Event::ThreadStart { .. })).count();
     assert_eq!(starts, 3, "libgomp's three worker threads");
-    let tid_of: std::collections::BTreeMap<u64, u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
-            _ => None,
-        })
-        .collect();
+    let tid_of = real_support::call_tids(&events);
     // Every call that touched v: one per thread, each its own chunk.
     let mut chunks: Vec<(u64, u32, Ranges, Ranges, u64)> = calls
         .iter()
@@ -460,13 +454,7 @@ fn real_libcrypto_six_threads_sha256() {
     real_support::assert_same_as_native(&nat, &r);
     let events = r.events();
     let calls = call_bytes(&r.trace(), &events);
-    let tid_of: std::collections::BTreeMap<u64, u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
-            _ => None,
-        })
-        .collect();
+    let tid_of = real_support::call_tids(&events);
     let bufs: Vec<(u64, u64)> = (0..6).map(|k| (r.addr(&format!("in{k}")), r.addr(&format!("md{k}")))).collect();
     let digests = named(&calls, "EVP_Digest");
     assert_eq!(digests.len(), 30);

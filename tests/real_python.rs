@@ -203,13 +203,7 @@ fn real_python_threads_calling_zlib() {
     let calls = call_bytes(&r.trace(), &r.events());
     let names = ["deflateInit2_", "deflate", "deflateEnd", "crc32", "inflateInit2_", "inflate", "inflateEnd"];
     let events = r.events();
-    let tid_of: std::collections::BTreeMap<u64, u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
-            _ => None,
-        })
-        .collect();
+    let tid_of = real_support::call_tids(&events);
     let mut per_tid: std::collections::BTreeMap<u32, Vec<&str>> = std::collections::BTreeMap::new();
     for c in calls.iter().filter(|c| names.contains(&c.name.as_str())) {
         per_tid.entry(tid_of[&c.call]).or_default().push(c.name.as_str());

@@ -140,13 +140,7 @@ fn real_zlib_eight_threads_compress2_uncompress() {
     real_support::assert_same_as_native(&nat, &r);
     let events = r.events();
     let calls = call_bytes(&r.trace(), &events);
-    let tid_of: std::collections::BTreeMap<u64, u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            ffirec_format::Event::Call { tid, call, .. } => Some((*call, *tid)),
-            _ => None,
-        })
-        .collect();
+    let tid_of = real_support::call_tids(&events);
     let n = 3000;
     let bufs: Vec<[(u64, u64); 3]> = (0..8)
         .map(|k| {

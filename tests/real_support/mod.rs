@@ -187,6 +187,17 @@ fn tid_key(tid: &ffirec_format::Tid) -> u32 {
 /// Offsets into a buffer, merged into `[start, end)` ranges.
 pub type Ranges = Vec<(u64, u64)>;
 
+/// The thread of every foreign call, by call number (from the `Call` events).
+pub fn call_tids(events: &[Event]) -> BTreeMap<u64, u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Call { tid, call, .. } => Some((*call, *tid)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// (read, written) offsets of `c` into `[base, base+len)`.
 pub fn rw(c: &CallBytes, base: u64, len: u64) -> (Ranges, Ranges) {
     (crate::record_support::ranges_in(&c.read, base, len), crate::record_support::ranges_in(&c.written, base, len))
