@@ -293,6 +293,9 @@ static inline uint32_t *allocator_slot(int slot) {
     return slot == 0 ? &g_hdr->allocator_tid : &g_hdr->allocator_more[slot - 1];
 }
 
+/* The host-init epoch the next record carries (set by hi_track_slow). */
+static TLS uint32_t t_hi_ep;
+
 static inline void fill(struct ffirec_rec *r, uint16_t kind, uint64_t ptr, uint64_t size,
                         uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     uint32_t tid = my_tid();
@@ -300,7 +303,8 @@ static inline void fill(struct ffirec_rec *r, uint16_t kind, uint64_t ptr, uint6
     r->flags = foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0;
     r->tid = tid;
     r->pid = g_pid;
-    r->reserved = 0;
+    r->reserved = t_hi_ep; /* see "Host init" in ffirec_shim.h */
+    t_hi_ep = 0;
     r->ptr = ptr;
     r->size = size;
     r->old_ptr = old_ptr;
@@ -640,19 +644,32 @@ static void __attribute__((noinline)) hi_track_slow(const void *p, size_t n) {
     uint64_t last = ((uint64_t)(uintptr_t)p + n - 1) >> 12;
     if (last >= FFIREC_HI_TABLE_LEN || last < first)
         return;
+    /* Read before the table: see "Host init" in ffirec_shim.h. */
+    t_hi_ep = (uint32_t)__atomic_load_n(&g_hdr->hostinit_epoch, __ATOMIC_SEQ_CST);
     uint64_t run = 0, run_len = 0;
     for (uint64_t pg = first; pg <= last + 1; pg++) {
-        uint8_t st = pg <= last ? g_hi_table[pg] : 1;
-        if (pg <= last && (st == 0 || st == 2)) {
+        uint8_t st = pg <= last ? __atomic_load_n(&g_hi_table[pg], __ATOMIC_RELAXED) : 1;
+        if (pg <= last && (st == 0 || st == 2 || st == 4)) {
             if (run_len == 0)
                 run = pg;
             run_len++;
             continue;
         }
         if (run_len) {
+            /* 4 first: a write fault on the page between the mprotect and the
+             * final state (another thread, a signal handler here) is the
+             * recorder's to record, not the program's SIGSEGV. Another thread
+             * finding 4 protects the page itself before returning its block. */
+            for (uint64_t k = run; k < run + run_len; k++)
+                __atomic_store_n(&g_hi_table[k], 4, __ATOMIC_SEQ_CST);
             long rc = hi_protect(run << 12, run_len << 12);
-            /* Failed: never tracked here (the recorder reads 3 as unknown). */
-            memset(g_hi_table + run, rc == 0 ? 1 : 3, run_len);
+            /* Failed: never tracked here (the recorder reads 3 as unknown).
+             * A page the recorder released meanwhile stays as it said. */
+            for (uint64_t k = run; k < run + run_len; k++) {
+                uint8_t four = 4;
+                __atomic_compare_exchange_n(&g_hi_table[k], &four, rc == 0 ? 1 : 3, 0, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_RELAXED);
+            }
             run_len = 0;
         }
     }

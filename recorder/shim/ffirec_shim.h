@@ -64,12 +64,21 @@
  *    writes it through /proc/PID/mem.
  *  - States: 0 untracked, 1 write-protected by us (PROT_READ), 2 released by
  *    the recorder (all bytes written: may be protected again), 3 dead (over
- *    its fault budget, or the program changed its protection: never again).
+ *    its fault budget, or the program changed its protection: never again),
+ *    4 being protected by the shim (set before its mprotect: a write fault
+ *    there is the recorder's, which sets 1 itself).
  *  - While `hostinit_pid` is this process, a host-mode malloc/realloc/
  *    memalign family call makes every page of the returned block that is in
- *    state 0 or 2 PROT_READ and then sets it to 1, before returning. The
- *    recorder never sets 1; the shim never leaves 1 or 3.
- *  - A forked child never protects (its pages are released by the recorder).
+ *    state 0, 2 or 4 PROT_READ (setting 4 first) and then moves it from 4
+ *    to 1 (compare-and-swap: the recorder may have released it meanwhile),
+ *    before returning. The shim never leaves 1 or 3; the recorder never sets
+ *    1 (except when adopting pages while every thread is held).
+ *  - Each such call puts `hostinit_epoch` (low 32 bits, read before looking at
+ *    the table) in its record's `reserved` field: a page the recorder released
+ *    at that epoch or later may have been writable after the shim looked, so
+ *    the block's bytes there are unknown.
+ *  - Every thread of the tracked process protects. A forked child never
+ *    protects (its pages are released by the recorder).
  */
 #ifndef FFIREC_SHIM_H
 #define FFIREC_SHIM_H
@@ -119,7 +128,7 @@ struct ffirec_rec {
     uint16_t flags;
     uint32_t tid;
     uint32_t pid;
-    uint32_t reserved;
+    uint32_t reserved; /* host init: the epoch hi_track read (0: none) */
     uint64_t ptr;
     uint64_t size;
     uint64_t old_ptr;
@@ -149,7 +158,8 @@ struct ffirec_hdr {
      * foreign_more[k-1]/allocator_more[k-1]. A tid is foreign when any slot names it. */
     uint32_t foreign_more[FFIREC_FOREIGN_SLOTS - 1];   /* 72 */
     uint32_t allocator_more[FFIREC_FOREIGN_SLOTS - 1]; /* 100 */
-    uint64_t pad0[16]; /* 128 */
+    uint64_t hostinit_epoch; /* 128: bumped by the recorder before it releases a tracked page */
+    uint64_t pad0[15];       /* 136 */
     struct ffirec_ring {
         /* line 0 */
         uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */

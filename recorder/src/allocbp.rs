@@ -255,7 +255,7 @@ impl Tracer {
             let unknown = crate::tracer::unguarded_foreign_block(self.foreign_mode, &self.guards, &e);
             // Host-init: no shim, so no tracked page here: host bytes unknown.
             let mut hi = Vec::new();
-            self.hostinit.on_alloc_event(self.pid, self.arena, &e, &mut hi);
+            self.hostinit.on_alloc_event(self.pid, self.arena, &e, 0, &mut hi);
             self.sink.push(e)?;
             for u in unknown.into_iter().chain(hi) {
                 self.sink.push(u)?;

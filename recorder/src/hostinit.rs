@@ -19,14 +19,33 @@
 //!   become `HostWrite`; `munmap`/`brk`/`mremap`/`mmap` keep the table true;
 //!   the program's own `mprotect` on a tracked page kills it;
 //! - foreign calls: tracked pages join the guard set and are read-only again
-//!   when host code runs; a forked child gets its pages back read-write (it is
-//!   not traced); the first extra thread ends tracking for the process (every
-//!   page released, everything not yet written `unknown`).
+//!   when host code runs (also when a blocked call releases the held
+//!   threads); a forked child gets its pages back read-write (it is not
+//!   traced: its blocks are `unknown`).
+//!
+//! Several threads: nothing ever opens a tracked page for one thread while
+//! others run. Where the single-threaded path would open a page around one
+//! instruction (one the recorder cannot perform) or one syscall, a process
+//! with other live threads releases that page for good instead (`dead`, its
+//! never-written bytes `InitUnknown`; what the syscall wrote is still a
+//! `HostWrite`). The shim and the recorder race on the table; the rules that
+//! keep "state 1 ⇒ read-only, every write recorded" true are:
+//! - the shim marks a page 4 before its `mprotect` and moves 4 → 1 with a
+//!   compare-and-swap; a write fault on a page in state 4 is ours (like 1);
+//! - every release (1/4 → 2, 3 or 0) first bumps the epoch the shim reads
+//!   before looking at the table and puts in the block's record: a block
+//!   whose record's epoch is not above its page's last release may have
+//!   been writable without faulting, so its bytes there are unknown;
+//! - a release leaves state 2 only after the page is read-write; a shim
+//!   `mprotect` that lands after a release is undone at its syscall exit;
+//! - a write fault on a page in state 2 or 3 raced a release: the thread runs
+//!   the instruction again (while a shim `mprotect` is in flight, or once).
 //!
 //! Everything lives in one [`HostInit`] value on the tracer; the rest of the
 //! recorder calls the small hooks below.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use ffirec_decode::{Emulation, Rw};
 use ffirec_format::{AllocFn, Domain, Event};
@@ -43,10 +62,33 @@ const PAGE: u64 = 4096;
 const ST_PROTECTED: u8 = 1;
 const ST_RELEASED: u8 = 2;
 const ST_DEAD: u8 = 3;
+/// Being protected by the shim (see `ffirec_shim.h`, "Host init").
+const ST_PROTECTING: u8 = 4;
 /// Faults a page may take before it is released for good.
 pub(crate) const DEFAULT_BUDGET: u32 = 64;
 /// Largest `rep stos`/`rep movs` performed through `/proc/PID/mem`.
 const REP_MAX: u64 = 64 << 20;
+
+/// Multiply-shift hashing for page and block addresses (SipHash was a fifth
+/// of the drain's time with host init on).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) type AddrMap<V> = std::collections::HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 
 /// The recorder's half of host-init tracking. One process is tracked (the
 /// first, from its entry point); in every other process (forked children,
@@ -64,12 +106,8 @@ pub(crate) struct HostInit {
     vforked: std::collections::HashSet<Pid>,
     /// The shim protects the main process's blocks now (table mapped, entry reached).
     pub active: bool,
-    /// New blocks are tracked (false once a second thread appeared).
-    tracking: bool,
-    /// A second thread appeared: release every page at the next safe stop.
-    pending_release: bool,
     /// Live host blocks (tracked or not): address → size.
-    blocks: BTreeMap<u64, u64>,
+    blocks: AddrMap<u64>,
     /// Live foreign-mode blocks outside the arena, not yet handed to the host.
     foreign: BTreeMap<u64, u64>,
     /// Pages of foreign blocks the host now holds, to protect at the switch to host mode.
@@ -77,23 +115,25 @@ pub(crate) struct HostInit {
     /// Never-written bytes of live tracked blocks: start → end, disjoint.
     never: BTreeMap<u64, u64>,
     /// Faults taken per page.
-    faults: HashMap<u64, u32>,
+    faults: AddrMap<u32>,
     /// Live tracked-process blocks whose bytes (absolute ranges) are unknown
     /// but not yet said so: `InitUnknown` goes out before foreign code runs.
-    deferred: BTreeMap<u64, Vec<(u64, u64)>>,
+    deferred: AddrMap<Vec<(u64, u64)>>,
     /// Pages whose state is known without reading the table: 1 (only the
     /// recorder moves a page out of it) and 3 (only the recorder sets it).
-    known: HashMap<u64, u8>,
+    known: AddrMap<u8>,
+    /// The release epoch (see the module doc), and each page's last release.
+    epoch: u32,
+    released_at: AddrMap<u32>,
+    /// Shim `mprotect`s between their syscall entry and exit: (tid, start, end).
+    inflight: Vec<(Pid, u64, u64)>,
+    /// Per thread, the last fault retried on a page in state 2 or 3 (rip, page).
+    retried: std::collections::HashMap<Pid, (u64, u64)>,
     pub budget: u32,
     /// Current program break, to see the heap shrink.
     last_brk: u64,
     /// Tracked ranges added to the foreign call's guard set.
     in_guards: Vec<(u64, u64)>,
-    /// Ranges released when tracking ended: a fault there that raced the
-    /// release re-executes.
-    shut: Vec<(u64, u64)>,
-    /// The last instruction re-executed after a release (rip, page).
-    last_reexec: Option<(u64, u64)>,
 }
 
 impl HostInit {
@@ -200,7 +240,15 @@ impl HostInit {
 
     /// Follows one allocation event (after it is written to the trace);
     /// `out` receives the `InitUnknown`s its untracked bytes need.
-    pub(crate) fn on_alloc_event(&mut self, proc: Pid, arena: Option<(u64, u64)>, e: &Event, out: &mut Vec<Event>) {
+    /// `epoch`: the one the shim put in the block's record (see the module doc).
+    pub(crate) fn on_alloc_event(
+        &mut self,
+        proc: Pid,
+        arena: Option<(u64, u64)>,
+        e: &Event,
+        epoch: u32,
+        out: &mut Vec<Event>,
+    ) {
         if !self.enabled {
             return;
         }
@@ -265,10 +313,6 @@ impl HostInit {
                     want.push((ptr + keep, end));
                 }
                 for (start, end) in want {
-                    if !self.tracking {
-                        unknown.push((start, end));
-                        continue;
-                    }
                     let states = self.cached_states(start, end);
                     let first = start / PAGE;
                     let mut pos = start;
@@ -276,7 +320,7 @@ impl HostInit {
                         let pg = pos / PAGE;
                         let pe = end.min((pg + 1) * PAGE);
                         let st = states.get((pg - first) as usize).copied().unwrap_or(0);
-                        if st == ST_PROTECTED {
+                        if st == ST_PROTECTED && self.protected_since(pg * PAGE, epoch) {
                             self.never_insert(pos, pe);
                         } else {
                             match unknown.last_mut() {
@@ -302,6 +346,16 @@ impl HostInit {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Page `page` (state 1 now) has not been released since the shim read
+    /// `epoch` (0: unknown): it was read-only all along.
+    #[inline]
+    fn protected_since(&self, page: u64, epoch: u32) -> bool {
+        match self.released_at.get(&page) {
+            None => true,
+            Some(&r) => epoch != 0 && r < epoch,
         }
     }
 
@@ -382,6 +436,30 @@ impl Tracer {
     /// Sets the table state of the pages covering [a, b) in the active
     /// process (and the cache, when it is the tracked one).
     fn hi_set(&mut self, a: u64, b: u64, st: u8) -> Result<(), Error> {
+        if st != ST_PROTECTED && self.pid == self.hostinit.pid && a < b {
+            // A release: the epoch moves first (see the module doc).
+            let (s, e) = pages(a, b);
+            let states = read_states(&self.mem, s, e);
+            if states.iter().any(|&x| x != 0) {
+                self.hostinit.epoch += 1;
+                let epoch = self.hostinit.epoch;
+                if let Some(al) = &self.alloc {
+                    al.set_hostinit_epoch(u64::from(epoch));
+                }
+                for (i, &x) in states.iter().enumerate() {
+                    if x != 0 {
+                        self.hostinit.released_at.insert(s + i as u64 * PAGE, epoch);
+                    }
+                }
+                set_states(&self.mem, a, b, st)?;
+                // Once more after the table says so: a shim that reads this
+                // epoch sees the new state, so its blocks are tracked again.
+                self.hostinit.epoch += 1;
+                if let Some(al) = &self.alloc {
+                    al.set_hostinit_epoch(u64::from(self.hostinit.epoch));
+                }
+            }
+        }
         set_states(&self.mem, a, b, st)?;
         if self.pid == self.hostinit.pid && a < b {
             let (s, e) = pages(a, b);
@@ -422,7 +500,8 @@ impl Tracer {
             self.hostinit.pid = self.pid;
             self.hostinit.mem = Some(Mem::open(self.pid)?);
             self.hostinit.active = true;
-            self.hostinit.tracking = true;
+            self.hostinit.epoch = 1;
+            a.set_hostinit_epoch(1);
         }
         Ok(())
     }
@@ -438,52 +517,12 @@ impl Tracer {
         self.hostinit.reset();
     }
 
-    /// A second thread: tracking ends for this process (released at the
-    /// next stop where code can run in the tracee).
-    pub(crate) fn hostinit_on_thread(&mut self) {
-        if !self.hi_here() {
-            return;
-        }
-        if let Some(a) = &self.alloc {
-            a.set_hostinit_pid(0);
-        }
-        self.hostinit.tracking = false;
-        self.hostinit.pending_release = true;
-    }
-
     /// Tracked pages (state 1) of the active process as byte ranges.
     pub(crate) fn hostinit_protected(&self, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
         if !self.hostinit.enabled {
             return Vec::new();
         }
         protected_in(&self.mem, maps)
-    }
-
-    /// Runs the pending release (see [`Tracer::hostinit_on_thread`]) in the
-    /// stopped thread `tid`: every tracked page read-write, every byte not
-    /// yet written `unknown`.
-    pub(crate) fn hostinit_release_all(&mut self, tid: Pid) -> Result<(), Error> {
-        if !self.hostinit.pending_release {
-            return Ok(());
-        }
-        self.hostinit.pending_release = false;
-        let maps = crate::maps::read(self.pid)?;
-        let ranges = self.hostinit_protected(&maps);
-        let regs = sys::getregs(tid)?;
-        let batch: Vec<(u64, u64, u32)> = ranges.iter().map(|&(a, b)| (a, b - a, PROT_R | PROT_W)).collect();
-        self.run_batch(tid, &regs, &batch)?;
-        sys::setregs(tid, &regs)?;
-        for &(a, b) in &ranges {
-            self.hi_set(a, b, ST_DEAD)?;
-        }
-        let never = std::mem::take(&mut self.hostinit.never);
-        for (a, b) in never {
-            self.sink.push(Event::InitUnknown { addr: a, len: b - a })?;
-        }
-        self.sink.counters.hostinit_released += ranges.len() as u64;
-        self.hostinit.shut = ranges;
-        self.hostinit.active = false;
-        Ok(())
     }
 
     /// A vfork child shares its parent's memory (until it execs): its
@@ -502,15 +541,12 @@ impl Tracer {
     }
 
     /// At a stop where code may run in the tracee (signal or interrupt
-    /// stop): the pending release of the tracked process, or the first stop
-    /// of another process that inherited tracked pages (a forked child: its
-    /// shim never protects, so it gets them back read-write).
+    /// stop): the first stop of another process that inherited tracked pages
+    /// (a forked child: its shim never protects, so it gets them back
+    /// read-write; its blocks are unknown).
     pub(crate) fn hostinit_at_stop(&mut self, tid: Pid) -> Result<(), Error> {
-        if !self.hostinit.enabled || !self.threads.contains_key(&tid) {
+        if !self.hostinit.enabled || !self.threads.contains_key(&tid) || self.pid == self.hostinit.pid {
             return Ok(());
-        }
-        if self.pid == self.hostinit.pid {
-            return self.hostinit_release_all(tid);
         }
         if self.hostinit.pid == 0 || !self.hostinit.released_procs.insert(self.pid) {
             return Ok(());
@@ -566,10 +602,6 @@ impl Tracer {
             self.hostinit.foreign.remove(&p);
             self.hostinit.blocks.insert(p, n);
             let end = p.saturating_add(n);
-            if !self.hostinit.tracking {
-                self.sink.push(Event::InitUnknown { addr: p, len: n })?;
-                continue;
-            }
             let states = read_states(&self.mem, p, end);
             let mut pos = p;
             while pos < end {
@@ -613,6 +645,32 @@ impl Tracer {
         out
     }
 
+    /// `release_blocked` hook: the guard batch restores tracked pages
+    /// read-write; this batch makes them read-only again, except those the
+    /// owner's syscall in progress may be writing (`open`): they leave
+    /// tracking for good (the kernel must not fail with EFAULT).
+    pub(crate) fn hostinit_release_batch(&mut self, open: &[(u64, u64, u32)]) -> Result<Vec<(u64, u64, u32)>, Error> {
+        if !self.hi_here() {
+            return Ok(Vec::new());
+        }
+        let mut kill = Vec::new();
+        for (a, b) in self.hostinit.in_guards.clone() {
+            for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
+                let mut p = s;
+                while p < e {
+                    if open.iter().any(|&(x, l, _)| x < p + PAGE && p < x + l) {
+                        kill.push(p);
+                    }
+                    p += PAGE;
+                }
+            }
+        }
+        for &p in &kill {
+            self.hostinit_kill(p, p + PAGE)?;
+        }
+        Ok(self.hostinit_unguard_batch())
+    }
+
     /// A forked child is not traced: its copy of the tracked pages goes back
     /// to read-write (added to `release_child`'s batch).
     pub(crate) fn hostinit_child_batch(&self) -> Vec<(u64, u64, u32)> {
@@ -629,19 +687,27 @@ impl Tracer {
             return Ok(false);
         }
         if !self.hostinit.active {
-            // A fault that raced the release of every page: run it again, once.
-            let was_ours = self.hostinit.shut.iter().any(|&(a, b)| page >= a && page < b);
-            if was_ours && self.hostinit.last_reexec != Some((raw.rip, page)) {
-                self.hostinit.last_reexec = Some((raw.rip, page));
-                self.resume(tid, 0)?;
-                return Ok(true);
-            }
             return Ok(false);
         }
         let st = read_states(&self.mem, page, page + 1).first().copied().unwrap_or(0);
-        if st != ST_PROTECTED {
+        if st == ST_RELEASED || st == ST_DEAD {
+            // Raced a release (the fault was queued before the page became
+            // writable), or a shim mprotect that landed after one is still
+            // in flight (its exit undoes it): run it again. Once otherwise.
+            let inflight = self.hostinit.inflight.iter().any(|&(_, a, b)| page >= a && page < b);
+            let again = self.hostinit.retried.get(&tid) != Some(&(raw.rip, page));
+            if inflight || again {
+                self.hostinit.retried.insert(tid, (raw.rip, page));
+                self.resume(tid, 0)?;
+                return Ok(true);
+            }
+            self.hostinit.retried.remove(&tid);
             return Ok(false);
         }
+        if st != ST_PROTECTED && st != ST_PROTECTING {
+            return Ok(false);
+        }
+        self.hostinit.retried.remove(&tid);
         self.sink.counters.hostinit_faults += 1;
         // The analyzer gives each process its own memory; a vfork child's
         // writes land in its parent's, so they are recorded as the parent's
@@ -756,6 +822,20 @@ impl Tracer {
         self.sink.counters.hostinit_reexecuted += 1;
         if keep.is_empty() {
             // Every page it writes is released: it runs natively.
+            self.resume(tid, 0)?;
+            return Ok(true);
+        }
+        if self.others_live(tid) {
+            // Opening the pages for one instruction would open them for
+            // every other thread too: they leave tracking for good instead
+            // (never-written bytes unknown) and the instruction runs natively.
+            let mut batch = Vec::with_capacity(keep.len());
+            for &p in &keep {
+                self.hostinit_kill(p, p + PAGE)?;
+                batch.push((p, PAGE, PROT_R | PROT_W));
+            }
+            self.run_batch(tid, &raw, &batch)?;
+            sys::setregs(tid, &raw)?;
             self.resume(tid, 0)?;
             return Ok(true);
         }
@@ -880,21 +960,23 @@ impl Tracer {
         nr: u64,
         args: [u64; 6],
     ) -> Result<(), Error> {
-        if self.pid != self.hostinit.pid || !(self.hostinit.active || self.hostinit.pending_release) {
+        if self.pid != self.hostinit.pid || !self.hostinit.active {
             self.set_sys(tid, SysState::InSyscall { nr, args, open: Vec::new(), ranges: Vec::new(), known: true });
             return self.resume(tid, 0);
         }
-        if self.hostinit.pending_release {
-            // The release's batch skips this syscall: run it again afterwards.
-            self.hostinit_release_all(tid)?;
-            let mut again = regs;
-            again.rip -= 2;
-            again.rax = regs.orig_rax;
-            sys::setregs(tid, &again)?;
-            self.set_sys(tid, SysState::Idle);
+        // This thread's previous syscall is over, whether its exit was seen or not.
+        self.hostinit.inflight.retain(|&(t, _, _)| t != tid);
+        if nr == libc::SYS_mprotect as u64 && self.in_shim_text(regs.rip) {
+            // The shim protecting a new block's pages: in flight until its exit.
+            let (a, b) = pages(args[0], args[0].saturating_add(args[1]));
+            self.hostinit.inflight.push((tid, a, b));
+            self.set_sys(tid, SysState::InSyscall { nr, args, open: Vec::new(), ranges: Vec::new(), known: true });
             return self.resume(tid, 0);
         }
         let (ranges, known) = crate::syscalls::ranges_of(self, nr, args);
+        // Opening a page for the kernel opens it for every other thread too:
+        // with others alive, the pages it writes leave tracking instead.
+        let shared = self.others_live(tid);
         let mut open: Vec<(u64, u64, u32)> = Vec::new();
         let mut kill: Vec<(u64, u64)> = Vec::new();
         if nr == libc::SYS_sigaltstack as u64 && args[0] != 0 {
@@ -914,8 +996,11 @@ impl Tracer {
             let r = t.range;
             if r.write && r.len > 0 {
                 let (a, b) = pages(r.addr, r.addr.saturating_add(r.len));
+                kill.extend(runs_of(&self.mem, a, b, ST_PROTECTING));
                 for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
-                    if !open.iter().any(|&(x, l, _)| x <= s && e <= x + l) {
+                    if shared {
+                        kill.push((s, e));
+                    } else if !open.iter().any(|&(x, l, _)| x <= s && e <= x + l) {
                         open.push((s, e - s, PROT_R | PROT_W));
                     }
                 }
@@ -961,7 +1046,10 @@ impl Tracer {
                     continue;
                 }
                 let (a, b) = (r.addr, r.addr.saturating_add(r.len));
-                if !self.hostinit.never_in(a, b).is_empty() {
+                // Pages released for good at the entry: what it wrote there
+                // is still known.
+                let killed = open.iter().any(|&(x, l, p)| p & 0x8000_0000 != 0 && x < b && a < x + l);
+                if killed || !self.hostinit.never_in(a, b).is_empty() {
                     self.sink.push(Event::HostWrite { tid: tid as u32, addr: a, len: r.len })?;
                     self.hostinit.never_remove(a, b);
                 }
@@ -986,6 +1074,24 @@ impl Tracer {
         if !batch.is_empty() {
             self.run_batch(tid, &regs, &batch)?;
             sys::setregs(tid, &regs)?;
+        }
+        if nr == libc::SYS_mprotect as u64 {
+            if let Some(i) = self.hostinit.inflight.iter().position(|&(t, _, _)| t == tid) {
+                // A shim mprotect that landed after the recorder released one
+                // of its pages made it read-only again: writable it stays.
+                let (_, a, b) = self.hostinit.inflight.swap_remove(i);
+                let states = read_states(&self.mem, a, b);
+                let undo: Vec<(u64, u64, u32)> = states
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &st)| st == ST_RELEASED || st == ST_DEAD)
+                    .map(|(k, _)| (a + k as u64 * PAGE, PAGE, PROT_R | PROT_W))
+                    .collect();
+                if ret == 0 && !undo.is_empty() {
+                    self.run_batch(tid, &regs, &undo)?;
+                    sys::setregs(tid, &regs)?;
+                }
+            }
         }
         self.hostinit_mapping_change(&regs, nr, args, ret)?;
         if ret == -i64::from(libc::EFAULT) && !known && self.hostinit.active {
@@ -1023,6 +1129,13 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// `rip` is in the shim's text.
+    fn in_shim_text(&self, rip: u64) -> bool {
+        self.module_text(rip)
+            .zip(self.alloc.as_ref())
+            .is_some_and(|(l, a)| std::path::Path::new(&l.module.path) == a.shim_path())
     }
 
     /// Pages [a, b) leave tracking for good: their never-written bytes
@@ -1076,18 +1189,13 @@ impl Tracer {
                     self.hostinit.known.retain(|&p, _| p < s || p >= e);
                 }
             }
-            libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 => {
-                let from_shim = self
-                    .module_text(regs.rip)
-                    .zip(self.alloc.as_ref())
-                    .is_some_and(|(l, a)| std::path::Path::new(&l.module.path) == a.shim_path());
-                if !from_shim {
-                    let (s, e) = pages(args[0], args[0].saturating_add(args[1]));
-                    let mut hit = runs_of(&self.mem, s, e, ST_PROTECTED);
-                    hit.extend(runs_of(&self.mem, s, e, ST_RELEASED));
-                    for (a, b) in hit {
-                        self.hostinit_kill(a, b)?;
-                    }
+            libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 && !self.in_shim_text(regs.rip) => {
+                let (s, e) = pages(args[0], args[0].saturating_add(args[1]));
+                let mut hit = runs_of(&self.mem, s, e, ST_PROTECTED);
+                hit.extend(runs_of(&self.mem, s, e, ST_RELEASED));
+                hit.extend(runs_of(&self.mem, s, e, ST_PROTECTING));
+                for (a, b) in hit {
+                    self.hostinit_kill(a, b)?;
                 }
             }
             _ => {}

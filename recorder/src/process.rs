@@ -431,6 +431,16 @@ impl Tracer {
             let mut batch: Vec<(u64, u64, u32)> =
                 self.guards.iter().map(|g| (g.start, g.end - g.start, g.prot)).collect();
             batch.extend(self.text_batch(false));
+            // Tracked host-init pages go back to read-only: the released
+            // threads must not write them unrecorded.
+            let open = match self.threads.get(&owner).map(|t| &t.sys) {
+                Some(
+                    crate::syscalls::SysState::InSyscall { open, .. }
+                    | crate::syscalls::SysState::Prepared { open, .. },
+                ) => open.clone(),
+                _ => Vec::new(),
+            };
+            batch.extend(self.hostinit_release_batch(&open)?);
             self.run_batch(owner, &regs, &batch)?;
             if reenter {
                 regs.rip -= 2;

@@ -543,7 +543,6 @@ impl Tracer {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::geteventmsg(tid)? as Pid;
                 if event == libc::PTRACE_EVENT_CLONE {
-                    self.hostinit_on_thread();
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
@@ -945,6 +944,7 @@ impl Tracer {
         let (active, procs, tgids) = (self.pid, &mut self.procs, &self.tgids);
         let follow = self.opts.follow;
         let hostinit = &mut self.hostinit;
+        let hi_epoch = a.hi_epoch_probe();
         let mut extra = Vec::new();
         let err = std::cell::RefCell::new(None);
         // Fast path: a host-mode malloc/free of the only process, nothing
@@ -1019,7 +1019,7 @@ impl Tracer {
             }
             let unknown = untracked_init(arena, e).or_else(|| unguarded_foreign_block(guarding, guards, e));
             extra.clear();
-            hostinit.on_alloc_event(g, arena, e, &mut extra);
+            hostinit.on_alloc_event(g, arena, e, hi_epoch.load(Ordering::Relaxed), &mut extra);
             // By reference: an Alloc/Free goes into its columns without a copy.
             let mut sink = sink.borrow_mut();
             if let Err(x) = sink.push_ref(e) {

@@ -148,6 +148,8 @@ pub struct FastRec {
     pub ptr: u64,
     pub size: u64,
     pub caller: u64,
+    /// Host init: the epoch the shim read before looking at the page table (0: none).
+    pub hi_epoch: u32,
 }
 
 /// Counters of the rings (summed over both), for reports and tests.
@@ -206,6 +208,8 @@ pub struct AllocTracker {
     tails: [u64; ring::RINGS],
     skipped: u64,
     trap_offset: u64,
+    /// The host-init epoch of the record being converted (see [`AllocTracker::hi_epoch_probe`]).
+    hi_epoch: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl AllocTracker {
@@ -282,6 +286,7 @@ impl AllocTracker {
             tails: [0; ring::RINGS],
             skipped: 0,
             trap_offset,
+            hi_epoch: Arc::default(),
         })
     }
 
@@ -362,6 +367,17 @@ impl AllocTracker {
     /// The process whose host-mode blocks the shim write-protects, 0 for none.
     pub fn set_hostinit_pid(&self, pid: u32) {
         self.map.set_hostinit_pid(pid);
+    }
+
+    /// Host init: the epoch producers copy into tracked blocks' records.
+    pub fn set_hostinit_epoch(&self, epoch: u64) {
+        self.map.set_hostinit_epoch(epoch);
+    }
+
+    /// Host init: holds, while an event is handed to a drain's callback, the
+    /// epoch its record carried (see `ffirec_shim.h`, "Host init").
+    pub fn hi_epoch_probe(&self) -> Arc<std::sync::atomic::AtomicU32> {
+        self.hi_epoch.clone()
     }
 
     /// The address range foreign-mode allocations are served from, the same
@@ -463,10 +479,12 @@ impl AllocTracker {
                         ptr: rec.ptr,
                         size: rec.size,
                         caller: rec.caller,
+                        hi_epoch: rec.hi_epoch,
                     };
                     if plain && fast(&fr) {
                         events += 1;
                     } else {
+                        self.hi_epoch.store(rec.hi_epoch, std::sync::atomic::Ordering::Relaxed);
                         events += self.model.convert(&rec, f);
                     }
                 }

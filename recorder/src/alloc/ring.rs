@@ -34,6 +34,7 @@ const OFF_HOSTINIT_PID: usize = 68;
 /// Foreign tid slots 1.. and their allocator words (slot 0: OFF_FOREIGN_TID, OFF_ALLOCATOR_TID).
 const OFF_FOREIGN_MORE: usize = 72;
 const OFF_ALLOCATOR_MORE: usize = 100;
+const OFF_HOSTINIT_EPOCH: usize = 128;
 
 fn foreign_off(slot: usize) -> usize {
     if slot == 0 {
@@ -98,6 +99,8 @@ pub(crate) struct Rec {
     pub old_ptr: u64,
     pub caller: u64,
     pub aux: u64,
+    /// Host init: the epoch the shim read before looking at the page table (0: none).
+    pub hi_epoch: u32,
 }
 
 /// The recorder's shared mapping of the ring file.
@@ -216,6 +219,10 @@ impl Mapping {
     pub(crate) fn set_hostinit_pid(&self, pid: u32) {
         self.u32_at(OFF_HOSTINIT_PID).store(pid, Ordering::SeqCst);
     }
+    /// Host init: the shim copies this into each tracked block's record.
+    pub(crate) fn set_hostinit_epoch(&self, epoch: u64) {
+        self.u64_at(OFF_HOSTINIT_EPOCH).store(epoch, Ordering::SeqCst);
+    }
     /// Whether foreign thread `tid` is inside an allocation function now.
     pub(crate) fn in_allocator(&self, tid: u32) -> bool {
         tid != 0 && (0..FOREIGN_SLOTS).any(|s| self.u32_at(allocator_off(s)).load(Ordering::Acquire) == tid)
@@ -294,6 +301,7 @@ impl Mapping {
             flags: (w1 >> 16) as u16,
             tid: (w1 >> 32) as u32,
             pid: w2 as u32,
+            hi_epoch: (w2 >> 32) as u32,
             ptr: word(3),
             size: word(4),
             old_ptr: word(5),
