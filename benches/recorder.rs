@@ -9,7 +9,9 @@
 //!
 //! `cargo bench --bench recorder` (env FFIREC_BENCH_FAULTS to change the
 //! size, FFIREC_BENCH_ROUNDS the rounds, FFIREC_BENCH_SCENARIOS=loop,avxloop
-//! to run some loops only).
+//! to run some loops only, FFIREC_BENCH_PIN=pinned or unpinned for one kind
+//! of row only, FFIREC_BENCH_BASELINE=/path/to/ffirec to add an older
+//! recorder's rows to every round, for a before/after in one run).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -132,16 +134,20 @@ struct Run {
     faults: u64,
     emulated: u64,
     trampolined: u64,
+    code_cached: u64,
 }
 
 /// ffirec on one of the fixture's tight loops: faults/s inside foreign calls.
-fn recorder(n: u64, pinned: bool, sc: &Scenario) -> Run {
+fn recorder(n: u64, pinned: bool, sc: &Scenario, bin: Option<&std::path::Path>) -> Run {
     let prog = common::program("rec_host");
     let dir = common::scratch(if pinned { "bench_pinned" } else { "bench_unpinned" });
     let trace = dir.join("bench.ffr");
     let elems = 4096u64;
     let rounds = (n / (elems * sc.faults_per_elem)).max(1);
-    let mut cmd = common::ffirec();
+    let mut cmd = match bin {
+        Some(b) => std::process::Command::new(b),
+        None => common::ffirec(),
+    };
     cmd.args(["record", "-q", "--lib", "librecfx.so", "-o"]).arg(&trace);
     if !pinned {
         cmd.arg("--no-pin");
@@ -165,6 +171,7 @@ fn recorder(n: u64, pinned: bool, sc: &Scenario) -> Run {
         faults,
         emulated: c("emulated"),
         trampolined: c("trampolined"),
+        code_cached: c("code_cached"),
     }
 }
 
@@ -180,30 +187,54 @@ fn main() {
         std::env::var("FFIREC_BENCH_SCENARIOS").ok().map(|v| v.split(',').map(String::from).collect());
     let scenarios: Vec<&Scenario> =
         SCENARIOS.iter().filter(|s| only.as_ref().map_or(true, |o| o.iter().any(|x| x == s.name))).collect();
-    for pinned in [true, false] {
+    let baseline: Option<std::path::PathBuf> = std::env::var_os("FFIREC_BENCH_BASELINE").map(Into::into);
+    let pins: Vec<bool> = match std::env::var("FFIREC_BENCH_PIN").as_deref() {
+        Ok("pinned") => vec![true],
+        Ok("unpinned") => vec![false],
+        _ => vec![true, false],
+    };
+    for pinned in pins {
         let label = if pinned { "pinned (same CPU)" } else { "unpinned" };
         let mut ceil = 0f64;
         let mut best = vec![Run::default(); scenarios.len()];
+        let mut base = vec![Run::default(); scenarios.len()];
         for _ in 0..rounds {
             ceil = ceil.max(ceiling(n, pinned));
-            for (sc, b) in scenarios.iter().zip(best.iter_mut()) {
-                let r = recorder(n, pinned, sc);
+            for ((sc, b), o) in scenarios.iter().zip(best.iter_mut()).zip(base.iter_mut()) {
+                let r = recorder(n, pinned, sc, None);
                 if r.rate > b.rate {
                     *b = r;
+                }
+                if let Some(bin) = &baseline {
+                    let r = recorder(n, pinned, sc, Some(bin));
+                    if r.rate > o.rate {
+                        *o = r;
+                    }
                 }
             }
         }
         println!("  {label:18} {:<22} {ceil:>9.0} faults/s", "ceiling");
         for (sc, r) in scenarios.iter().zip(&best) {
+            if baseline.is_some() {
+                let o = &base[scenarios.iter().position(|x| x.name == sc.name).unwrap_or(0)];
+                println!(
+                    "  {label:18} {:<22} {:>9.0} faults/s | ratio {:.2} | baseline {}",
+                    sc.label,
+                    o.rate,
+                    o.rate / ceil,
+                    baseline.as_ref().map(|b| b.display().to_string()).unwrap_or_default()
+                );
+            }
             println!(
-                "  {label:18} {:<22} {:>9.0} faults/s | ratio {:.2} | {:.2} stops/fault, {} of {} faults emulated, {} trampolined",
+                "  {label:18} {:<22} {:>9.0} faults/s | ratio {:.2} | {:.2} stops/fault, {} of {} faults emulated, {} trampolined, {} code reads cached",
                 sc.label,
                 r.rate,
                 r.rate / ceil,
                 r.stops as f64 / r.faults.max(1) as f64,
                 r.emulated,
                 r.faults,
-                r.trampolined
+                r.trampolined,
+                r.code_cached
             );
         }
     }

@@ -199,6 +199,8 @@ fn record_one_ptrace_stop_per_fault() {
     assert_eq!(record_support::counter(&t, "singlestepped"), 0);
     let accesses = r.events().iter().filter(|e| matches!(e, Event::Access { .. })).count() as u64;
     assert_eq!(accesses, faults);
+    // One loop, one call: only its first fault reads the instruction bytes.
+    assert_eq!(record_support::counter(&t, "code_cached"), faults - 1);
     // Everything else is boundary work: a handful of stops per call.
     let stops = record_support::counter(&t, "ptrace_stops");
     let calls = record_support::counter(&t, "calls");
@@ -404,4 +406,63 @@ fn record_signal_on_an_alternate_stack_in_the_heap() {
     assert_eq!(r.code(), 0, "{}", r.stderr);
     let b = bytes(&r.events());
     assert_eq!(ranges_in(&b.read, r.addr("buf"), 32), vec![(0, 8)]);
+}
+
+/// (instruction bytes, rip, offset into `[base, base+len)`, size) of every
+/// access that touches the buffer, in event order.
+fn accesses_in(ev: &[Event], base: u64, len: u64) -> Vec<(Vec<u8>, u64, u64, u64)> {
+    let mut out = Vec::new();
+    for e in ev {
+        if let Event::Access { code, regs, vregs, .. } = e {
+            let d = ffirec_decode::Decoded::new(regs.rip, code).expect("decode recorded instruction");
+            for a in d.accesses(regs, vregs).expect("accesses") {
+                if a.addr >= base && a.addr + a.size <= base + len {
+                    out.push((code.clone(), regs.rip, a.addr - base, a.size));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn record_code_rewritten_inside_one_call_is_read_again() {
+    // One foreign call runs an instruction 3 times, rewrites it in place
+    // and runs the new one 3 times: the library patching its own text
+    // (mprotect RWX, write, mprotect RX), and a JIT rewriting an anonymous
+    // RWX page without any syscall. Every access must carry the bytes that
+    // ran and the range they touched, emulated or through trampolines. Text
+    // of a loaded object is cached between faults until a syscall (here the
+    // mprotects) breaks the chain; anonymous code is read on every fault.
+    let prog = host();
+    for (sc, cached) in [("patchself", 4u64), ("jit", 0)] {
+        let nat = native(&prog, &[sc, "3"]);
+        assert_eq!(nat.status.code(), Some(0), "{sc} natively");
+        for no_emulate in [false, true] {
+            let trace = common::scratch(&format!("rewrite_{sc}_{no_emulate}")).join("trace.ffr");
+            let mut cmd = common::ffirec();
+            cmd.env("FFIREC_NO_EMULATE", if no_emulate { "1" } else { "0" });
+            cmd.args(["record", "--lib", "librecfx.so", "-o"]).arg(&trace).arg("--").arg(&prog).args([sc, "3"]);
+            let out = common::run(&mut cmd, common::TIMEOUT);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.stdout, nat.stdout, "{sc} no_emulate={no_emulate}: output differs; stderr:\n{stderr}");
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            let t = ffirec_format::Trace::open(&trace).expect("trace");
+            let buf = record_support::parse_addrs(&stderr)["buf"];
+            let ev: Vec<Event> = t.events().map(|r| r.expect("event").1).collect();
+            let got = accesses_in(&ev, buf, 32);
+            assert_eq!(got.len(), 6, "{sc} no_emulate={no_emulate}: {got:x?}");
+            let rip = got[0].1;
+            let old = (vec![0x48, 0x8b, 0x07], rip, 0, 8);
+            let new = (vec![0x8b, 0x47, 0x10], rip, 16, 4);
+            let want = vec![old.clone(), old.clone(), old, new.clone(), new.clone(), new];
+            assert_eq!(got, want, "{sc} no_emulate={no_emulate}");
+            assert_eq!(record_support::counter(&t, "faults"), 6, "{sc}");
+            assert_eq!(record_support::counter(&t, "fault_stops"), 6, "{sc}: one stop per fault");
+            let path = if no_emulate { "trampolined" } else { "emulated" };
+            assert_eq!(record_support::counter(&t, path), 6, "{sc} no_emulate={no_emulate}");
+            let want_cached = if no_emulate { 0 } else { cached };
+            assert_eq!(record_support::counter(&t, "code_cached"), want_cached, "{sc} no_emulate={no_emulate}");
+        }
+    }
 }

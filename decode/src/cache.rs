@@ -29,10 +29,11 @@ impl Hasher for AddrHasher {
     }
 }
 
-/// Decoded instructions by address (code bytes checked on every hit).
+/// Decoded instructions by address (code bytes checked on every hit), each
+/// with a caller-defined stamp (see [`DecodeCache::get_stamped`]).
 #[derive(Debug, Default)]
 pub struct DecodeCache {
-    map: HashMap<u64, Decoded, BuildHasherDefault<AddrHasher>>,
+    map: HashMap<u64, (Decoded, u64), BuildHasherDefault<AddrHasher>>,
 }
 
 impl std::fmt::Debug for AddrHasher {
@@ -48,18 +49,40 @@ impl DecodeCache {
 
     /// The instruction at `ip` whose bytes begin `code` (`code` may extend
     /// past the instruction). Decodes on a miss or when the bytes changed.
+    /// The stamp of the entry is kept when the bytes match, reset to 0 when
+    /// the instruction is decoded anew.
     pub fn get_or_decode(&mut self, ip: u64, code: &[u8]) -> Result<&Decoded, DecodeError> {
         match self.map.entry(ip) {
             Entry::Occupied(e) => {
-                if code.starts_with(e.get().code()) {
-                    return Ok(e.into_mut());
+                if code.starts_with(e.get().0.code()) {
+                    return Ok(&e.into_mut().0);
                 }
                 let d = Decoded::new(ip, code)?;
                 let slot = e.into_mut();
-                *slot = d;
-                Ok(slot)
+                *slot = (d, 0);
+                Ok(&slot.0)
             }
-            Entry::Vacant(v) => Ok(v.insert(Decoded::new(ip, code)?)),
+            Entry::Vacant(v) => Ok(&v.insert((Decoded::new(ip, code)?, 0)).0),
+        }
+    }
+
+    /// The instruction at `ip` without looking at the code bytes, only if its
+    /// entry carries `stamp` (nonzero): the caller stamped it after checking
+    /// the bytes and vouches that they cannot have changed since (a recorder
+    /// uses an epoch it advances whenever code may have changed).
+    #[inline]
+    pub fn get_stamped(&self, ip: u64, stamp: u64) -> Option<&Decoded> {
+        match self.map.get(&ip) {
+            Some((d, s)) if *s == stamp && stamp != 0 => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Sets the stamp of the entry at `ip` (no-op when there is none).
+    #[inline]
+    pub fn stamp(&mut self, ip: u64, stamp: u64) {
+        if let Some(e) = self.map.get_mut(&ip) {
+            e.1 = stamp;
         }
     }
 

@@ -223,3 +223,24 @@ fn decoded_and_cache_can_cross_threads() {
     send_sync::<DecodeCache>();
     send_sync::<ffirec_decode::Emulation>();
 }
+
+#[test]
+fn cache_stamps_kept_on_hit_and_reset_on_new_bytes() {
+    let mut cache = DecodeCache::default();
+    let load = [0x8b, 0x07]; // mov eax, [rdi]
+    let store = [0x89, 0x07]; // mov [rdi], eax
+    assert!(cache.get_stamped(0x40_0000, 1).is_none(), "no entry");
+    cache.stamp(0x40_0000, 1); // no entry: nothing happens
+    assert!(cache.get_stamped(0x40_0000, 1).is_none());
+    cache.get_or_decode(0x40_0000, &load).unwrap();
+    assert!(cache.get_stamped(0x40_0000, 1).is_none(), "fresh entries are unstamped");
+    assert!(cache.get_stamped(0x40_0000, 0).is_none(), "stamp 0 never matches");
+    cache.stamp(0x40_0000, 1);
+    assert_eq!(cache.get_stamped(0x40_0000, 1).map(|d| d.code().to_vec()), Some(load.to_vec()));
+    assert!(cache.get_stamped(0x40_0000, 2).is_none(), "another epoch");
+    // Same bytes: still stamped. New bytes: re-decoded and unstamped.
+    cache.get_or_decode(0x40_0000, &load).unwrap();
+    assert!(cache.get_stamped(0x40_0000, 1).is_some());
+    cache.get_or_decode(0x40_0000, &store).unwrap();
+    assert!(cache.get_stamped(0x40_0000, 1).is_none());
+}

@@ -117,6 +117,75 @@ fn no_emulate() -> bool {
     *NO_EMULATE.get_or_init(|| std::env::var_os("FFIREC_NO_EMULATE").is_some_and(|v| v == "1"))
 }
 
+/// When the fault path may skip reading the instruction bytes at `rip`.
+///
+/// A decoded instruction is stamped with the current epoch after its bytes
+/// were read and found to lie in a private, non-writable, file-backed
+/// executable mapping (a loaded object's text: nothing but a syscall —
+/// `mprotect`, `mremap`, a write through `/proc/self/mem` — can change such
+/// bytes). The stamp is trusted only along an unbroken chain of emulated
+/// faults of one thread: each resumed under `PTRACE_SYSCALL` (so any syscall
+/// stops it) while every other thread of the process was stopped. Any other
+/// stop breaks the chain (call entry and exit, callbacks, syscalls, signals,
+/// trampolines, which resume with `PTRACE_CONT`, other threads' stops, other
+/// processes), and the first fault after a break advances the epoch: every
+/// stamp is void, every instruction is read and checked again. Anonymous or
+/// writable code (a JIT) is never stamped: read on every fault.
+#[derive(Debug, Default)]
+pub struct CodeTrust {
+    /// The thread whose last fault ended the chain's latest link.
+    thread: Option<Pid>,
+    /// Set by [`CodeTrust::at_stop`]: the current stop continues the chain.
+    at_stop: bool,
+    epoch: u64,
+    /// The last mapping found stable: (start, end, epoch).
+    vma: Option<(u64, u64, u64)>,
+    name: Vec<u8>,
+}
+
+impl CodeTrust {
+    /// Called for every stop before it is handled.
+    #[inline]
+    pub fn at_stop(&mut self, stop: &Stop) {
+        let kept = self.thread.take();
+        self.at_stop = matches!(*stop, Stop::Signal { tid, signal: libc::SIGSEGV } if kept == Some(tid));
+    }
+
+    /// Start of a fault: whether stamps of the current epoch hold. When they
+    /// do not, a new epoch begins.
+    #[inline]
+    fn begin_fault(&mut self) -> bool {
+        let trusted = std::mem::take(&mut self.at_stop);
+        if !trusted {
+            self.epoch += 1;
+        }
+        trusted
+    }
+
+    /// Whether the code at `ip` lies in a mapping whose bytes only a syscall
+    /// can change. `None` from the kernel (no `PROCMAP_QUERY` before Linux
+    /// 6.11): never, so every fault reads its code.
+    fn stable(&mut self, mem: &sys::Mem, ip: u64) -> bool {
+        if let Some((s, e, ep)) = self.vma {
+            if ep == self.epoch && s <= ip && ip < e {
+                return true;
+            }
+        }
+        let Ok(Some(v)) = mem.query_vma(ip, 0, &mut self.name) else { return false };
+        let ok = v.start <= ip
+            && ip < v.end
+            && v.flags & sys::PROCMAP_QUERY_VMA_EXECUTABLE != 0
+            && v.flags & (sys::PROCMAP_QUERY_VMA_WRITABLE | sys::PROCMAP_QUERY_VMA_SHARED) == 0
+            && v.inode != 0
+            // A memfd may be written through a second, shared mapping.
+            && !self.name.starts_with(b"/memfd:");
+        if ok {
+            self.vma = Some((v.start, v.end, self.epoch));
+        }
+        ok
+    }
+}
+
 fn page_down(x: u64, page: u64) -> u64 {
     x & !(page - 1)
 }
@@ -129,8 +198,16 @@ impl Tracer {
         }
         self.sink.counters.faults += 1;
         self.sink.counters.fault_stops += 1;
+        let trusted = self.code_trust.begin_fault();
+        let epoch = self.code_trust.epoch;
         let mut code = [0u8; 16];
-        let n = self.mem.read_partial(RemoteAddr(raw.rip), &mut code);
+        let hit = trusted && self.decode.get_stamped(raw.rip, epoch).is_some();
+        let n = if hit {
+            self.sink.counters.code_cached += 1;
+            0
+        } else {
+            self.mem.read_partial(RemoteAddr(raw.rip), &mut code)
+        };
         let regs = sys::to_regs(&raw);
         self.ranges.clear();
         let mut vregs: Vec<VecReg> = Vec::new();
@@ -138,9 +215,18 @@ impl Tracer {
         let mut instr: Option<iced_x86::Instruction> = None;
         let mut next_ip = 0;
         let mut len = n.min(15);
-        if let Ok(d) = self.decode.get_or_decode(raw.rip, &code[..n]) {
+        let decoded = if hit {
+            self.decode.get_stamped(raw.rip, epoch).ok_or(())
+        } else {
+            self.decode.get_or_decode(raw.rip, &code[..n]).map_err(drop)
+        };
+        let decoded_ok = decoded.is_ok();
+        if let Ok(d) = decoded {
             {
                 len = d.len();
+                if hit {
+                    code[..len].copy_from_slice(d.code());
+                }
                 next_ip = d.next_ip();
                 emulation = d.emulation().copied();
                 instr = Some(*d.instruction());
@@ -157,6 +243,9 @@ impl Tracer {
                     self.ranges.clear();
                 }
             }
+        }
+        if decoded_ok && !hit && self.code_trust.stable(&self.mem, raw.rip) {
+            self.decode.stamp(raw.rip, epoch);
         }
         // The shim names the foreign thread while it runs inside malloc/free/
         // realloc: such a fault is the allocator's (see `Counters::allocator_accesses`).
@@ -187,20 +276,32 @@ impl Tracer {
             let pre = loaded_at.map(|(a, n)| (a, &loaded[..n]));
             if self.emulate(tid, raw, regs, &emu, next_ip, pre)? {
                 self.sink.counters.emulated += 1;
+                self.keep_code_trust(tid);
                 return Ok(());
             }
         }
         if let Some(i) = instr {
             if self.emulate_branch(tid, raw, &i)? {
                 self.sink.counters.emulated += 1;
+                self.keep_code_trust(tid);
                 return Ok(());
             }
-            if self.trampoline(tid, raw, fault_addr, &i)? {
+            if self.trampoline(tid, raw, fault_addr, &i, &code[..len])? {
                 self.sink.counters.trampolined += 1;
                 return Ok(());
             }
         }
         self.step_fallback(tid, raw, fault_addr)
+    }
+
+    /// After an emulated fault (the thread resumed at its next instruction):
+    /// the code-trust chain goes on when nothing but this thread can run
+    /// until its next stop and any syscall of it stops (see [`CodeTrust`]).
+    fn keep_code_trust(&mut self, tid: Pid) {
+        let syscalls_stop = self.owner == Some(tid) && self.foreign_mode;
+        if syscalls_stop && !self.threads.iter().any(|(&t, th)| t != tid && th.running) {
+            self.code_trust.thread = Some(tid);
+        }
     }
 
     /// The bytes the instruction is about to read, when they are few.
@@ -428,8 +529,9 @@ impl Tracer {
 /// Trampoline slots already written into the injected code area.
 #[derive(Debug, Default, Clone)]
 pub struct Trampolines {
-    /// (ip, ranges to open) → slot address.
-    slots: std::collections::HashMap<(u64, usize), u64>,
+    /// (ip, ranges to open) → slot address and the instruction bytes it
+    /// relocated (code rewritten at the same ip gets a new slot).
+    slots: std::collections::HashMap<(u64, usize), (u64, [u8; 15])>,
     /// Slot extents, for mapping a fault inside one back to its instruction:
     /// (start, end, original ip).
     extents: Vec<(u64, u64, u64)>,
@@ -550,8 +652,12 @@ impl Tracer {
         mut raw: RawRegs,
         fault_addr: u64,
         instr: &iced_x86::Instruction,
+        code: &[u8],
     ) -> Result<bool, Error> {
         let Some(inj) = self.inject else { return Ok(false) };
+        let mut bytes = [0u8; 15];
+        let Some(b) = bytes.get_mut(..code.len()) else { return Ok(false) };
+        b.copy_from_slice(code);
         if self.tramp.full || instr.flow_control() != iced_x86::FlowControl::Next {
             return Ok(false);
         }
@@ -561,8 +667,8 @@ impl Tracer {
             return Ok(false);
         }
         let slot = match self.tramp.slots.get(&(raw.rip, k)) {
-            Some(&s) => s,
-            None => {
+            Some(&(s, b)) if b == bytes => s,
+            _ => {
                 if self.tramp.next == 0 {
                     self.tramp.next = inj.code + crate::guard::SLOTS_OFF;
                 }
@@ -576,7 +682,7 @@ impl Tracer {
                 }
                 self.mem.write(RemoteAddr(at), &code)?;
                 self.tramp.next = (at + code.len() as u64 + 15) & !15;
-                self.tramp.slots.insert((raw.rip, k), at);
+                self.tramp.slots.insert((raw.rip, k), (at, bytes));
                 self.tramp.extents.push((at, at + code.len() as u64, raw.rip));
                 at
             }

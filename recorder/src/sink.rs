@@ -27,6 +27,9 @@ pub struct Counters {
     pub calls: u64,
     pub callbacks: u64,
     pub emulated: u64,
+    /// Faults whose instruction bytes came from the decode cache without a
+    /// read of the tracee's memory (`fault::CodeTrust`).
+    pub code_cached: u64,
     pub trampolined: u64,
     pub singlestepped: u64,
     /// Protection batches run through the injected stub, and their ranges.
@@ -65,6 +68,7 @@ impl Counters {
             ("calls", self.calls),
             ("callbacks", self.callbacks),
             ("emulated", self.emulated),
+            ("code_cached", self.code_cached),
             ("trampolined", self.trampolined),
             ("singlestepped", self.singlestepped),
             ("batches", self.batches),

@@ -128,6 +128,8 @@ pub(crate) struct Tracer {
     /// Ranges currently PROT_NONE (sorted), with their real protection.
     pub guards: Vec<GuardRange>,
     pub decode: DecodeCache,
+    /// When a fault may use the cached code bytes at `rip` (`fault::CodeTrust`).
+    pub code_trust: crate::fault::CodeTrust,
     pub ranges: Vec<MemAccess>,
     pub page: u64,
     pub next_call: u64,
@@ -276,6 +278,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         foreign_mode: false,
         guards: Vec::new(),
         decode: DecodeCache::new(),
+        code_trust: crate::fault::CodeTrust::default(),
         ranges: Vec::with_capacity(16),
         page,
         next_call: 0,
@@ -446,6 +449,7 @@ impl Tracer {
     }
 
     pub(crate) fn handle(&mut self, stop: Stop) -> Result<(), Error> {
+        self.code_trust.at_stop(&stop);
         if self.debug {
             eprintln!("ffirec: debug: {stop:?} owner={:?} foreign_mode={}", self.owner, self.foreign_mode);
         }
