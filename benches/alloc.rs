@@ -1,7 +1,8 @@
 //! Allocation-tracking overhead: a host makes N malloc/free pairs (default
 //! 1 000 000, sizes 16..1040) and then one foreign call; native against
 //! recorded (the recorder's LD_PRELOAD shim reports every allocation through
-//! its shared-memory ring), rounds interleaved, best of N rounds. Times are
+//! its shared-memory ring), with host-init tracking (`--host-init`) and
+//! without (`--no-host-init`: the shim alone), rounds interleaved, best of N rounds. Times are
 //! the allocation loop's own (CLOCK_MONOTONIC in the fixture), so start-up and
 //! the recorder's set-up are not counted; "through call" also counts the wait
 //! at the foreign call, where a recorder that lags behind the ring makes the
@@ -32,6 +33,8 @@ struct Config {
     base: usize,
     /// None: the program natively; Some(bin): recorded by that ffirec.
     ffirec: Option<PathBuf>,
+    /// Extra `ffirec record` flags.
+    flags: Vec<&'static str>,
     loop_ns: u64,
     through_ns: u64,
     wall: Duration,
@@ -47,6 +50,7 @@ impl Config {
             pairs,
             base,
             ffirec,
+            flags: Vec::new(),
             loop_ns: u64::MAX,
             through_ns: u64::MAX,
             wall: Duration::MAX,
@@ -69,8 +73,12 @@ fn main() {
     println!("  machine: {}; load before: {}", support::machine(), support::load());
 
     let ffirec = support::ffirec_bin();
-    let mut configs =
-        vec![Config::new("native", &prog, n, 0, None), Config::new("ffirec record", &prog, n, 0, Some(ffirec.clone()))];
+    // Host-init tracking on and off (the shim alone), the same binary.
+    let mut host_init = Config::new("record host-init", &prog, n, 0, Some(ffirec.clone()));
+    host_init.flags.push("--host-init");
+    let mut shim_only = Config::new("record shim only", &prog, n, 0, Some(ffirec.clone()));
+    shim_only.flags.push("--no-host-init");
+    let mut configs = vec![Config::new("native", &prog, n, 0, None), host_init, shim_only];
     if let Some(base) = std::env::var_os("FFIREC_BENCH_BASELINE") {
         configs.push(Config::new("baseline record", &prog, n, 0, Some(PathBuf::from(base))));
     }
@@ -90,7 +98,8 @@ fn main() {
                 None => std::process::Command::new(&c.prog),
                 Some(bin) => {
                     let mut cmd = std::process::Command::new(bin);
-                    cmd.args(["record", "-q", "--lib", "libbnop.so", "-o"]).arg(&trace).arg("--").arg(&c.prog);
+                    cmd.args(["record", "-q", "--lib", "libbnop.so"]).args(&c.flags);
+                    cmd.arg("-o").arg(&trace).arg("--").arg(&c.prog);
                     cmd
                 }
             };

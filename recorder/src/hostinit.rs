@@ -64,6 +64,8 @@ const ST_RELEASED: u8 = 2;
 const ST_DEAD: u8 = 3;
 /// Being protected by the shim (see `ffirec_shim.h`, "Host init").
 const ST_PROTECTING: u8 = 4;
+/// `HostInit::blocks` flag: the whole block is unknown, not said yet.
+const WHOLE: u64 = 1 << 63;
 /// Faults a page may take before it is released for good.
 pub(crate) const DEFAULT_BUDGET: u32 = 64;
 /// Largest `rep stos`/`rep movs` performed through `/proc/PID/mem`.
@@ -76,7 +78,9 @@ pub(crate) struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The product's entropy is in its high bits; hashbrown picks the
+        // bucket from the low ones (as rustc-hash does).
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -84,7 +88,7 @@ impl Hasher for AddrHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 ^= (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -106,7 +110,8 @@ pub(crate) struct HostInit {
     vforked: std::collections::HashSet<Pid>,
     /// The shim protects the main process's blocks now (table mapped, entry reached).
     pub active: bool,
-    /// Live host blocks (tracked or not): address → size.
+    /// Live host blocks (tracked or not): address → size, with [`WHOLE`]
+    /// set while the whole block is unknown and not yet said so.
     blocks: AddrMap<u64>,
     /// Live foreign-mode blocks outside the arena, not yet handed to the host.
     foreign: BTreeMap<u64, u64>,
@@ -119,6 +124,11 @@ pub(crate) struct HostInit {
     /// Live tracked-process blocks whose bytes (absolute ranges) are unknown
     /// but not yet said so: `InitUnknown` goes out before foreign code runs.
     deferred: AddrMap<Vec<(u64, u64)>>,
+    /// Blocks that had [`WHOLE`] set (the fast path's), maybe freed since,
+    /// maybe twice: `blocks` says which still need their `InitUnknown`.
+    deferred_whole: Vec<u64>,
+    /// The last page state the fast path looked up (page, state).
+    last_known: (u64, u8),
     /// Pages whose state is known without reading the table: 1 (only the
     /// recorder moves a page out of it) and 3 (only the recorder sets it).
     known: AddrMap<u8>,
@@ -128,7 +138,7 @@ pub(crate) struct HostInit {
     /// Shim `mprotect`s between their syscall entry and exit: (tid, start, end).
     inflight: Vec<(Pid, u64, u64)>,
     /// Per thread, the last fault retried on a page in state 2 or 3 (rip, page).
-    retried: std::collections::HashMap<Pid, (u64, u64)>,
+    retried: AddrMap<(u64, u64)>,
     pub budget: u32,
     /// Current program break, to see the heap shrink.
     last_brk: u64,
@@ -188,20 +198,20 @@ impl HostInit {
         if a >= b {
             return;
         }
-        let mut hit: Vec<(u64, u64)> = Vec::new();
-        if let Some((&s, &e)) = self.never.range(..a).next_back() {
-            if e > a {
-                hit.push((s, e));
+        // From the last range starting below b down to the first ending
+        // after a (the ranges are disjoint and sorted): no allocation, this
+        // runs for every free.
+        while let Some((&s, &e)) = self.never.range(..b).next_back() {
+            if e <= a {
+                break;
             }
-        }
-        hit.extend(self.never.range(a..b).map(|(&s, &e)| (s, e)));
-        for (s, e) in hit {
             self.never.remove(&s);
-            if s < a {
-                self.never.insert(s, a);
-            }
             if e > b {
                 self.never.insert(b, e);
+            }
+            if s < a {
+                self.never.insert(s, a);
+                break;
             }
         }
     }
@@ -272,7 +282,11 @@ impl HostInit {
                 let mut carried_never: Vec<(u64, u64)> = Vec::new();
                 let mut carried_unknown: Vec<(u64, u64)> = Vec::new();
                 if old_ptr != 0 {
-                    if let Some(n) = self.blocks.remove(&old_ptr) {
+                    if let Some(v) = self.blocks.remove(&old_ptr) {
+                        let n = v & !WHOLE;
+                        if v & WHOLE != 0 {
+                            carried_unknown.push((old_ptr, old_ptr.saturating_add(n)));
+                        }
                         old_size = n;
                         let end = old_ptr.saturating_add(n);
                         carried_never =
@@ -280,8 +294,9 @@ impl HostInit {
                         self.never_remove(old_ptr, end);
                     }
                     if let Some(v) = self.deferred.remove(&old_ptr) {
-                        carried_unknown = v.iter().map(|&(a, b)| (a - old_ptr, b - old_ptr)).collect();
+                        carried_unknown.extend(v);
                     }
+                    carried_unknown.iter_mut().for_each(|r| *r = (r.0 - old_ptr, r.1 - old_ptr));
                     self.foreign.remove(&old_ptr);
                 }
                 let in_arena = arena.is_some_and(|(a, b)| ptr >= a && ptr < b);
@@ -341,7 +356,7 @@ impl HostInit {
             Event::Free { ptr, .. } => {
                 self.foreign.remove(&ptr);
                 self.deferred.remove(&ptr);
-                if let Some(n) = self.blocks.remove(&ptr) {
+                if let Some(n) = self.blocks.remove(&ptr).filter(|v| v & WHOLE == 0) {
                     self.never_remove(ptr, ptr.saturating_add(n));
                 }
             }
@@ -362,7 +377,83 @@ impl HostInit {
     /// The deferred `InitUnknown`s of live blocks (see `on_alloc_event`).
     pub(crate) fn take_deferred(&mut self) -> Vec<Event> {
         let d = std::mem::take(&mut self.deferred);
-        d.into_values().flatten().map(|(a, b)| Event::InitUnknown { addr: a, len: b - a }).collect()
+        let mut out: Vec<Event> =
+            d.into_values().flatten().map(|(a, b)| Event::InitUnknown { addr: a, len: b - a }).collect();
+        for p in std::mem::take(&mut self.deferred_whole) {
+            if let Some(v) = self.blocks.get_mut(&p).filter(|v| **v & WHOLE != 0) {
+                *v &= !WHOLE;
+                out.push(Event::InitUnknown { addr: p, len: *v });
+            }
+        }
+        out
+    }
+
+    /// Fast path of [`Self::on_alloc_event`] for a plain host `malloc` of the
+    /// tracked process (not zeroed, no old block, not in the arena) whose
+    /// few pages' states are all cached and alike. False: nothing done, take
+    /// the general path.
+    #[inline]
+    pub(crate) fn fast_malloc(&mut self, proc: Pid, ptr: u64, size: u64, epoch: u32) -> bool {
+        if proc != self.pid || self.pid == 0 || ptr == 0 || size == 0 {
+            return false;
+        }
+        let end = ptr.saturating_add(size);
+        let (first, last) = (ptr / PAGE, (end - 1) / PAGE);
+        if last - first > 3 {
+            return false;
+        }
+        let (mut tracked, mut dead) = (0, 0);
+        for pg in first..=last {
+            let st = if self.last_known.0 == pg {
+                self.last_known.1
+            } else {
+                let Some(&st) = self.known.get(&(pg * PAGE)) else { return false };
+                self.last_known = (pg, st);
+                st
+            };
+            match st {
+                ST_PROTECTED if self.protected_since(pg * PAGE, epoch) => tracked += 1,
+                ST_DEAD => dead += 1,
+                _ => return false,
+            }
+        }
+        if tracked > 0 && dead > 0 || size & WHOLE != 0 {
+            return false;
+        }
+        if dead > 0 {
+            self.blocks.insert(ptr, size | WHOLE);
+            self.deferred_whole.push(ptr);
+            if self.deferred_whole.len() >= 4096 && self.deferred_whole.len() > 2 * self.blocks.len() {
+                // Mostly freed since: keep the live ones, once each.
+                let blocks = &self.blocks;
+                self.deferred_whole.retain(|p| blocks.get(p).is_some_and(|v| v & WHOLE != 0));
+                self.deferred_whole.sort_unstable();
+                self.deferred_whole.dedup();
+            }
+        } else {
+            self.blocks.insert(ptr, size);
+            self.never_insert(ptr, end);
+        }
+        true
+    }
+
+    /// Fast path of [`Self::on_alloc_event`] for a plain host `free` of the
+    /// tracked process. False: take the general path.
+    #[inline]
+    pub(crate) fn fast_free(&mut self, proc: Pid, ptr: u64) -> bool {
+        if proc != self.pid || self.pid == 0 {
+            return false;
+        }
+        if !self.foreign.is_empty() {
+            self.foreign.remove(&ptr);
+        }
+        if !self.deferred.is_empty() {
+            self.deferred.remove(&ptr);
+        }
+        if let Some(n) = self.blocks.remove(&ptr).filter(|v| v & WHOLE == 0) {
+            self.never_remove(ptr, ptr.saturating_add(n));
+        }
+        true
     }
 }
 
@@ -461,6 +552,7 @@ impl Tracer {
             }
         }
         set_states(&self.mem, a, b, st)?;
+        self.hostinit.last_known = (u64::MAX, 0);
         if self.pid == self.hostinit.pid && a < b {
             let (s, e) = pages(a, b);
             if (e - s) / PAGE > self.hostinit.known.len() as u64 {
@@ -565,7 +657,7 @@ impl Tracer {
     /// Before foreign code runs (call entry, callback return): the deferred
     /// `InitUnknown`s of live host blocks.
     pub(crate) fn hostinit_flush(&mut self) -> Result<(), Error> {
-        if self.hostinit.deferred.is_empty() {
+        if self.hostinit.deferred.is_empty() && self.hostinit.deferred_whole.is_empty() {
             return Ok(());
         }
         for ev in self.hostinit.take_deferred() {
@@ -695,19 +787,19 @@ impl Tracer {
             // writable), or a shim mprotect that landed after one is still
             // in flight (its exit undoes it): run it again. Once otherwise.
             let inflight = self.hostinit.inflight.iter().any(|&(_, a, b)| page >= a && page < b);
-            let again = self.hostinit.retried.get(&tid) != Some(&(raw.rip, page));
+            let again = self.hostinit.retried.get(&(tid as u64)) != Some(&(raw.rip, page));
             if inflight || again {
-                self.hostinit.retried.insert(tid, (raw.rip, page));
+                self.hostinit.retried.insert(tid as u64, (raw.rip, page));
                 self.resume(tid, 0)?;
                 return Ok(true);
             }
-            self.hostinit.retried.remove(&tid);
+            self.hostinit.retried.remove(&(tid as u64));
             return Ok(false);
         }
         if st != ST_PROTECTED && st != ST_PROTECTING {
             return Ok(false);
         }
-        self.hostinit.retried.remove(&tid);
+        self.hostinit.retried.remove(&(tid as u64));
         self.sink.counters.hostinit_faults += 1;
         // The analyzer gives each process its own memory; a vfork child's
         // writes land in its parent's, so they are recorded as the parent's
@@ -1187,6 +1279,7 @@ impl Tracer {
                     self.mem.write(RemoteAddr(TABLE + new / PAGE), &moved)?;
                     let (s, e) = (new & !(PAGE - 1), (new & !(PAGE - 1)) + moved.len() as u64 * PAGE);
                     self.hostinit.known.retain(|&p, _| p < s || p >= e);
+                    self.hostinit.last_known = (u64::MAX, 0);
                 }
             }
             libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 && !self.in_shim_text(regs.rip) => {

@@ -947,18 +947,30 @@ impl Tracer {
         // Each record belongs to its thread's process (see `procs`).
         let (active, procs, tgids) = (self.pid, &mut self.procs, &self.tgids);
         let follow = self.opts.follow;
-        let hostinit = &mut self.hostinit;
+        // Shared by the fast path and the general one.
+        let hostinit = std::cell::RefCell::new(&mut self.hostinit);
         let hi_epoch = a.hi_epoch_probe();
         let mut extra = Vec::new();
         let err = std::cell::RefCell::new(None);
         // Fast path: a host-mode malloc/free of the only process, nothing
         // to follow but the event itself (no call in progress, no arena
         // block, no host-init tracking): straight into the writer's columns.
-        let plain = !active_guarding && !hostinit.enabled && procs.is_empty();
+        // With host-init tracking, the tracked process's records whose
+        // pages' states are cached (`HostInit::fast_malloc`).
+        let plain = !active_guarding && procs.is_empty();
+        let hi_on = hostinit.borrow().enabled;
         let fast = |r: &crate::alloc::FastRec| -> bool {
             if !plain || r.foreign || r.pid != active as u32 || arena.is_some_and(|(lo, hi)| r.ptr >= lo && r.ptr < hi)
             {
                 return false;
+            }
+            if hi_on {
+                let mut h = hostinit.borrow_mut();
+                let done =
+                    if r.free { h.fast_free(active, r.ptr) } else { h.fast_malloc(active, r.ptr, r.size, r.hi_epoch) };
+                if !done {
+                    return false;
+                }
             }
             let (tid, ptr, caller, domain) = (r.tid, r.ptr, r.caller, Domain::Host);
             let e = if r.free {
@@ -1023,7 +1035,7 @@ impl Tracer {
             }
             let unknown = untracked_init(arena, e).or_else(|| unguarded_foreign_block(guarding, guards, e));
             extra.clear();
-            hostinit.on_alloc_event(g, arena, e, hi_epoch.load(Ordering::Relaxed), &mut extra);
+            hostinit.borrow_mut().on_alloc_event(g, arena, e, hi_epoch.load(Ordering::Relaxed), &mut extra);
             // By reference: an Alloc/Free goes into its columns without a copy.
             let mut sink = sink.borrow_mut();
             if let Err(x) = sink.push_ref(e) {

@@ -34,11 +34,16 @@ pub struct RecordArgs {
     pub no_follow: bool,
     /// Track which bytes of host allocations the program wrote before the
     /// library read them (write-protects host heap pages while host code runs;
-    /// single-threaded processes only): reads of bytes the host never wrote
-    /// become exact uninitialised-read findings instead of `unknown`.
+    /// nothing is poisoned): reads of bytes the host never wrote become exact
+    /// uninitialised-read findings instead of `unknown`.
     /// Also on with FFIREC_HOST_INIT=1 in the environment.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_host_init")]
     pub host_init: bool,
+    /// Do not track host initialisation (cheaper: no write faults or syscall
+    /// stops in host code; host bytes are `unknown` to the analyzer). Also
+    /// with FFIREC_HOST_INIT=0 in the environment.
+    #[arg(long)]
+    pub no_host_init: bool,
     /// Only print warnings and the summary line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -46,6 +51,9 @@ pub struct RecordArgs {
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROG [ARGS]...")]
     pub command: Vec<OsString>,
 }
+
+/// Host-init tracking when neither flag nor FFIREC_HOST_INIT says.
+const HOST_INIT_DEFAULT: bool = false;
 
 pub fn run(args: RecordArgs) -> ExitCode {
     let mut cmd = args.command.into_iter();
@@ -63,8 +71,16 @@ pub fn run(args: RecordArgs) -> ExitCode {
     opts.quiet = args.quiet;
     opts.guard_foreign = args.guard_foreign;
     opts.follow = !args.no_follow;
-    // FFIREC_HOST_INIT=1 turns it on without the flag (whole test suites, scripts).
-    opts.host_init = args.host_init || std::env::var_os("FFIREC_HOST_INIT").is_some_and(|v| v == "1");
+    // FFIREC_HOST_INIT=1/0 without the flags (whole test suites, scripts).
+    opts.host_init = match (args.host_init, args.no_host_init) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => match std::env::var_os("FFIREC_HOST_INIT") {
+            Some(v) if v == "1" => true,
+            Some(v) if v == "0" => false,
+            _ => HOST_INIT_DEFAULT,
+        },
+    };
     match ffirec_recorder::record(opts) {
         Ok(outcome) => ExitCode::from(outcome.status.shell_code().clamp(0, 255) as u8),
         Err(e) => {
