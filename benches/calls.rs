@@ -34,7 +34,7 @@ struct Best {
     bin: PathBuf,
     loop_ns: u64,
     cpu_ns: u64,
-    counters: (u64, u64, u64, u64),
+    counters: (u64, u64, u64, u64, u64),
 }
 
 fn main() {
@@ -54,7 +54,7 @@ fn main() {
         bin: support::ffirec_bin(),
         loop_ns: u64::MAX,
         cpu_ns: u64::MAX,
-        counters: (0, 0, 0, 0),
+        counters: (0, 0, 0, 0, 0),
     }];
     if let Some(b) = std::env::var_os("FFIREC_BENCH_BASELINE") {
         bins.push(Best {
@@ -62,7 +62,7 @@ fn main() {
             bin: b.into(),
             loop_ns: u64::MAX,
             cpu_ns: u64::MAX,
-            counters: (0, 0, 0, 0),
+            counters: (0, 0, 0, 0, 0),
         });
     }
     let mut native_ns = u64::MAX;
@@ -82,7 +82,7 @@ fn main() {
             let t = Trace::open(&trace).expect("open calls trace");
             let s = t.summary().expect("complete trace");
             let c = |k: &str| s.counter(k).unwrap_or(0);
-            b.counters = (c("calls"), c("ptrace_stops"), c("batches"), c("batch_ranges"));
+            b.counters = (c("calls"), c("ptrace_stops"), c("batches"), c("batch_ranges"), c("guard_sets_reused"));
         }
     }
     let rate = |ns: u64| n as f64 / (ns as f64 / 1e9);
@@ -105,9 +105,9 @@ fn main() {
         );
     }
     for b in &bins {
-        let (calls, stops, batches, ranges) = b.counters;
+        let (calls, stops, batches, ranges, reused) = b.counters;
         println!(
-            "  {}: {calls} calls, {:.2} ptrace stops/call, {:.2} guard batches/call, {:.2} ranges/batch",
+            "  {}: {calls} calls, {:.2} ptrace stops/call, {:.2} guard batches/call, {:.2} ranges/batch, guard set reused at {reused} entries",
             b.label,
             stops as f64 / calls.max(1) as f64,
             batches as f64 / calls.max(1) as f64,

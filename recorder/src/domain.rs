@@ -375,12 +375,13 @@ impl Tracer {
         if self.owner != Some(tid) {
             self.owner = Some(tid);
             self.hold_others(tid)?;
-            // Pinned at entry, not at the first fault: on an idle machine a
-            // ptrace round trip across CPUs costs ~100 µs (the other CPU
-            // sleeps), so even a call that never faults pays more unpinned
-            // (calls bench, idle VM: 552 µs per call unpinned, 77 µs pinned).
-            self.pin(tid);
         }
+        // Pinned at entry, not at the first fault: on an idle machine a
+        // ptrace round trip across CPUs costs ~100 µs (the other CPU
+        // sleeps), so even a call that never faults pays more unpinned
+        // (calls bench, idle VM: 552 µs per call unpinned, 77 µs pinned).
+        // Back from a host callback (which ran unpinned) too.
+        self.pin(tid);
         self.last_owner_stop = Instant::now();
         // A call released while blocked (in a callback too) is guarded again.
         if let Some(t) = self.threads.get_mut(&tid) {
@@ -438,11 +439,13 @@ impl Tracer {
             if let Some(since) = self.foreign_since.take() {
                 self.sink.counters.foreign_ns += since.elapsed().as_nanos() as u64;
             }
+            // The host code runs with the thread's own affinity: the stub
+            // restores it (callbacks too: they are host code).
+            let affinity = self.unpin_by_stub(tid);
             if done {
-                self.unpin(tid);
                 self.owner = None;
             }
-            return self.run_batch_go(tid, &regs, &batch);
+            return self.run_batch_go(tid, &regs, &batch, affinity.as_ref());
         }
         self.run_batch(tid, &regs, &batch)?;
         self.guards.clear();

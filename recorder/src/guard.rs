@@ -14,13 +14,17 @@ use crate::Error;
 
 /// Batch stub: `rdi` = table of {addr, len, prot, result} (32 bytes each),
 /// `rsi` = count. Calls `pkey_mprotect(addr, len, prot, -1)` for each entry,
-/// falling back to `mprotect` on ENOSYS, stores rax in `result`, then `int3`.
-/// Followed by `syscall; int3` for one-off remote syscalls.
-const STUB: [u8; 77] = [
+/// falling back to `mprotect` on ENOSYS, stores rax in `result`, counts the
+/// non-zero results in `r12`, then `int3` (so a run where every call
+/// succeeded leaves a table whose results were written as 0 unchanged, and
+/// the recorder reads nothing back). Followed by `syscall; int3` for
+/// one-off remote syscalls.
+const STUB: [u8; 88] = [
     0x48, 0x89, 0xfb, // mov rbx, rdi
     0x48, 0x89, 0xf5, // mov rbp, rsi
+    0x45, 0x31, 0xe4, // xor r12d, r12d
     0x48, 0x85, 0xed, // 1: test rbp, rbp
-    0x74, 0x3e, // jz done
+    0x74, 0x46, // jz done
     0xb8, 0x49, 0x01, 0x00, 0x00, // mov eax, 329 (pkey_mprotect)
     0x48, 0x8b, 0x3b, // mov rdi, [rbx]
     0x48, 0x8b, 0x73, 0x08, // mov rsi, [rbx+8]
@@ -35,16 +39,19 @@ const STUB: [u8; 77] = [
     0x48, 0x8b, 0x53, 0x10, // mov rdx, [rbx+16]
     0x0f, 0x05, // syscall
     0x48, 0x89, 0x43, 0x18, // 2: mov [rbx+24], rax
-    0x48, 0x83, 0xc3, 0x20, // add rbx, 32
+    0x48, 0x85, 0xc0, // test rax, rax
+    0x74, 0x03, // jz 3f
+    0x41, 0xff, 0xc4, // inc r12d
+    0x48, 0x83, 0xc3, 0x20, // 3: add rbx, 32
     0x48, 0xff, 0xcd, // dec rbp
-    0xeb, 0xbd, // jmp 1b
+    0xeb, 0xb5, // jmp 1b
     0xcc, // done: int3
     0x0f, 0x05, // rsys: syscall
     0xcc, // int3
 ];
-const STUB_DONE: u64 = 0x49;
-const RSYS: u64 = 0x4a;
-const RSYS_DONE: u64 = 0x4d;
+const STUB_DONE: u64 = 0x54;
+const RSYS: u64 = 0x55;
+const RSYS_DONE: u64 = 0x58;
 
 pub const CODE_LEN: u64 = 256 << 10;
 pub const DATA_LEN: u64 = 256 << 10;
@@ -163,8 +170,18 @@ pub struct GoBatch {
 /// the offsets of its `check` and `restore` points. `rbx` must be zero on
 /// entry (it collects "some call failed", ENOMEM aside: the range was
 /// unmapped meanwhile).
-fn build_go(at: u64, res: u64, nr: u32, entries: &[(u64, u64, u32)], fin: &RawRegs) -> Option<(Vec<u8>, u64, u64)> {
-    let mut c: Vec<u8> = Vec::with_capacity(entries.len() * 59 + 200);
+/// With `affinity`, the thread then sets its own CPU affinity to it
+/// (`sched_setaffinity(0, …)`; the mask sits after the code; its result is
+/// not checked: affinity is a hint).
+fn build_go(
+    at: u64,
+    res: u64,
+    nr: u32,
+    entries: &[(u64, u64, u32)],
+    fin: &RawRegs,
+    affinity: Option<&libc::cpu_set_t>,
+) -> Option<(Vec<u8>, u64, u64)> {
+    let mut c: Vec<u8> = Vec::with_capacity(entries.len() * 59 + 400);
     let rip_disp = |c: &Vec<u8>, len_after: u64, target: u64| -> Option<[u8; 4]> {
         let next = at + c.len() as u64 + len_after;
         i32::try_from(target as i64 - next as i64).ok().map(i32::to_le_bytes)
@@ -188,6 +205,18 @@ fn build_go(at: u64, res: u64, nr: u32, entries: &[(u64, u64, u32)], fin: &RawRe
         c.extend_from_slice(&[0x48, 0x83, 0xf8, (-libc::ENOMEM) as u8]); // cmp rax, -ENOMEM
         c.extend_from_slice(&[0x74, 0x02]); // je next
         c.extend_from_slice(&[0xb3, 0x01]); // mov bl, 1
+    }
+    let mut mask_at = None;
+    if affinity.is_some() {
+        c.push(0xb8); // mov eax, SYS_sched_setaffinity
+        c.extend_from_slice(&(libc::SYS_sched_setaffinity as u32).to_le_bytes());
+        c.extend_from_slice(&[0x31, 0xff]); // xor edi, edi
+        c.push(0xbe); // mov esi, size
+        c.extend_from_slice(&(std::mem::size_of::<libc::cpu_set_t>() as u32).to_le_bytes());
+        c.extend_from_slice(&[0x48, 0x8d, 0x15]); // lea rdx, [rip+mask]
+        mask_at = Some(c.len());
+        c.extend_from_slice(&[0; 4]);
+        c.extend_from_slice(&[0x0f, 0x05]); // syscall
     }
     let check = c.len() as u64;
     c.extend_from_slice(&[0x48, 0x85, 0xdb]); // test rbx, rbx
@@ -227,7 +256,40 @@ fn build_go(at: u64, res: u64, nr: u32, entries: &[(u64, u64, u32)], fin: &RawRe
     let disp = i32::try_from(flags_off as i64 - (flags_at as i64 + 4)).ok()?;
     c[flags_at..flags_at + 4].copy_from_slice(&disp.to_le_bytes());
     c.extend_from_slice(&fin.eflags.to_le_bytes());
+    if let (Some(mask), Some(at)) = (affinity, mask_at) {
+        let disp = i32::try_from(c.len() as i64 - (at as i64 + 4)).ok()?;
+        c[at..at + 4].copy_from_slice(&disp.to_le_bytes());
+        // SAFETY: cpu_set_t is a plain bit array; we view its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (mask as *const libc::cpu_set_t).cast::<u8>(),
+                std::mem::size_of::<libc::cpu_set_t>(),
+            )
+        };
+        c.extend_from_slice(bytes);
+    }
     Some((c, check, restore))
+}
+
+/// The last guard set and batch table of one process, so a call entry
+/// where nothing changed redoes neither (see [`Tracer::compute_guards`]).
+#[derive(Debug, Default)]
+pub struct GuardCache {
+    pid: Pid,
+    /// The injected data area the table was written to.
+    data: u64,
+    /// Batch table bytes now in the tracee's data area (empty: unknown).
+    table: Vec<u8>,
+    /// Everything the last guard set was computed from (empty: none).
+    key: Vec<u64>,
+    guards: Vec<GuardRange>,
+}
+
+impl GuardCache {
+    /// Forget everything (exec: a new image; the data area may reappear at the same address).
+    pub fn clear(&mut self) {
+        *self = GuardCache::default();
+    }
 }
 
 /// A host range made `PROT_NONE`, with the protection to restore.
@@ -350,7 +412,9 @@ impl Tracer {
 
     /// Runs `pkey_mprotect` over every (addr, len, prot) in `thread`, one
     /// stop per 1024 ranges. Leaves the thread's registers clobbered: the
-    /// caller sets the registers it wants before resuming.
+    /// caller sets the registers it wants before resuming. A table the stub
+    /// left as it was written (every call succeeded) is not written again
+    /// when the next batch is the same (call entries usually are).
     pub fn run_batch(&mut self, tid: Pid, regs: &RawRegs, entries: &[(u64, u64, u32)]) -> Result<(), Error> {
         let Some(inj) = self.inject else { return Ok(()) };
         for chunk in entries.chunks(TABLE_ENTRIES) {
@@ -359,16 +423,27 @@ impl Tracer {
                 table.extend_from_slice(&addr.to_le_bytes());
                 table.extend_from_slice(&len.to_le_bytes());
                 table.extend_from_slice(&u64::from(prot).to_le_bytes());
-                table.extend_from_slice(&u64::MAX.to_le_bytes());
+                table.extend_from_slice(&0u64.to_le_bytes());
             }
-            self.mem.write(RemoteAddr(inj.data), &table)?;
+            let cache = &mut self.guard_cache;
+            if !(cache.pid == self.mem.pid() && cache.data == inj.data && cache.table == table) {
+                cache.table.clear();
+                self.mem.write(RemoteAddr(inj.data), &table)?;
+            }
             let mut r = *regs;
             r.rip = inj.code;
             r.rdi = inj.data;
             r.rsi = chunk.len() as u64;
-            self.run_until_trap(tid, &r, inj.code + STUB_DONE + 1)?;
+            let out = self.run_until_trap(tid, &r, inj.code + STUB_DONE + 1)?;
             self.sink.counters.batches += 1;
             self.sink.counters.batch_ranges += chunk.len() as u64;
+            if out.r12 == 0 {
+                let cache = &mut self.guard_cache;
+                (cache.pid, cache.data) = (self.mem.pid(), inj.data);
+                cache.table = table;
+                continue;
+            }
+            self.guard_cache.table.clear();
             self.mem.read(RemoteAddr(inj.data), &mut table)?;
             for (i, e) in table.chunks_exact(32).enumerate() {
                 let res = i64::from_le_bytes(e[24..32].try_into().unwrap_or([0; 8]));
@@ -386,14 +461,26 @@ impl Tracer {
     /// Runs `entries` on the way to `final_regs` and resumes the thread,
     /// with no stop (see [`GoBatch`]); too many ranges take the stopping
     /// path. The thread must be stopped; its next stop goes to [`Tracer::go_stop`].
-    pub fn run_batch_go(&mut self, tid: Pid, final_regs: &RawRegs, entries: &[(u64, u64, u32)]) -> Result<(), Error> {
+    /// With `affinity`, the thread's CPU affinity is set to it on the way
+    /// (by the stub itself, after the protection calls).
+    pub fn run_batch_go(
+        &mut self,
+        tid: Pid,
+        final_regs: &RawRegs,
+        entries: &[(u64, u64, u32)],
+        affinity: Option<&libc::cpu_set_t>,
+    ) -> Result<(), Error> {
         let Some(inj) = self.inject.filter(|_| entries.len() <= GO_MAX) else {
             self.run_batch(tid, final_regs, entries)?;
+            if let Some(mask) = affinity {
+                sys::set_affinity(tid, mask);
+            }
             sys::setregs(tid, final_regs)?;
             return self.resume(tid, 0);
         };
         let (start, results) = (inj.code + GO_OFF, inj.data + GO_RES);
-        let Some((code, check, restore)) = build_go(start, results, self.protect_nr, entries, final_regs) else {
+        let Some((code, check, restore)) = build_go(start, results, self.protect_nr, entries, final_regs, affinity)
+        else {
             return Err(Error::Protocol("go stub out of reach of its data".into()));
         };
         self.mem.write(RemoteAddr(start), &code)?;
@@ -430,6 +517,8 @@ impl Tracer {
             if let Some(t) = self.threads.get_mut(&tid) {
                 t.go = None;
             }
+            // The ordinary stop's handler needs them too.
+            self.stop_regs = Some((tid, regs));
             return Ok(false);
         }
         let (check, restore) = (go.check, go.restore);
@@ -480,26 +569,6 @@ impl Tracer {
     /// host modules — minus every thread's stack and TLS, neutral and foreign
     /// data, our own pages and vvar/vdso.
     pub fn compute_guards(&mut self, owner: Pid, owner_regs: &RawRegs) -> Result<Vec<GuardRange>, Error> {
-        // Only writable mappings can be guarded: the kernel lists just those
-        // (PROCMAP_QUERY), at about half the cost of the whole text, every
-        // call — nothing tells us what host code mapped, unmapped or
-        // reprotected since the last one. Host-init tracking also needs the
-        // read-only pages it protected, so it reads everything.
-        // Without the alloc shim, `adopt_moved` needs the PROT_NONE mappings
-        // too (see there).
-        let walk = self.alloc.is_some() && !self.hostinit.enabled;
-        let writable = if walk { crate::maps::read_writable(&self.mem)? } else { None };
-        let maps = match writable {
-            Some(m) => {
-                self.none_at_entry = None;
-                m
-            }
-            None => {
-                let maps = crate::maps::read(self.pid)?;
-                self.none_at_entry = Some(maps.iter().filter(|m| m.prot == 0).map(|m| (m.start, m.end)).collect());
-                maps
-            }
-        };
         // The owner's alternate signal stack: a signal delivered on it
         // during the call must find it writable (it may sit in the heap, so
         // only its own pages are carved out, below).
@@ -520,6 +589,39 @@ impl Tracer {
                 keep.push(fs);
             }
         }
+        // Only writable mappings can be guarded: the kernel lists just those
+        // (PROCMAP_QUERY), at about half the cost of the whole text. Nothing
+        // tells us what host code mapped, unmapped or reprotected since the
+        // last call (glibc's malloc, ld.so and raw syscalls bypass the alloc
+        // shim), so every entry asks the kernel again — first without names
+        // (no path lookups): when those mappings and every other input are
+        // what the last guard set was computed from, that set is reused.
+        // Host-init tracking also needs the read-only pages it protected, so
+        // it reads everything. Without the alloc shim, `adopt_moved` needs
+        // the PROT_NONE mappings too (see there).
+        let walk = self.alloc.is_some() && !self.hostinit.enabled;
+        let mut key = Vec::new();
+        if walk && self.guard_key(&mut key, &keep, alt, on_alt)? {
+            if self.guard_cache.key == key {
+                self.none_at_entry = None;
+                self.sink.counters.guard_sets_reused += 1;
+                return Ok(self.guard_cache.guards.clone());
+            }
+        } else {
+            key.clear();
+        }
+        let writable = if walk { crate::maps::read_writable(&self.mem)? } else { None };
+        let maps = match writable {
+            Some(m) => {
+                self.none_at_entry = None;
+                m
+            }
+            None => {
+                let maps = crate::maps::read(self.pid)?;
+                self.none_at_entry = Some(maps.iter().filter(|m| m.prot == 0).map(|m| (m.start, m.end)).collect());
+                maps
+            }
+        };
         let mut out: Vec<GuardRange> = Vec::new();
         for m in &maps {
             if !self.guardable(m, &keep) {
@@ -564,7 +666,48 @@ impl Tracer {
                 out.insert(i, GuardRange { start: a, end: b, prot: PROT_R | PROT_W });
             }
         }
+        self.guard_cache.key = key;
+        self.guard_cache.guards.clone_from(&out);
         Ok(out)
+    }
+
+    /// Everything the guard set is computed from, but the mappings' names:
+    /// the process, the writable mappings' fingerprint, which of them hold a
+    /// stack or TCB to keep, the owner's alternate stack, our pages, the
+    /// modules and the arena blocks the host holds. `Ok(false)`: the kernel
+    /// lacks `PROCMAP_QUERY`.
+    fn guard_key(
+        &self,
+        key: &mut Vec<u64>,
+        keep: &[u64],
+        alt: Option<(u64, u64)>,
+        on_alt: bool,
+    ) -> Result<bool, Error> {
+        key.push(self.mem.pid() as u64);
+        let start = key.len();
+        if !crate::maps::writable_fingerprint(&self.mem, key)? {
+            return Ok(false);
+        }
+        let n = (key.len() - start) / 5;
+        for &a in keep {
+            let hit = (0..n).find(|&i| key[start + 5 * i] <= a && a < key[start + 5 * i + 1]);
+            key.push(hit.map_or(u64::MAX, |i| i as u64));
+        }
+        let (sp, size) = alt.unwrap_or((0, 0));
+        key.extend_from_slice(&[sp, size, on_alt as u64]);
+        let (code, data) = self.inject.map_or((0, 0), |i| (i.code, i.data));
+        let (a0, a1) = self.arena.unwrap_or((0, 0));
+        key.extend_from_slice(&[code, data, a0, a1, self.modules.len() as u64]);
+        for l in &self.modules {
+            key.extend_from_slice(&[l.index as u64, l.module.domain as u64, l.loads.len() as u64]);
+            for s in &l.loads {
+                key.extend_from_slice(&[s.start, s.end, s.prot as u64]);
+            }
+        }
+        for (a, b) in self.arena_blocks.pages(self.page) {
+            key.extend_from_slice(&[a, b]);
+        }
+        Ok(true)
     }
 
     /// The thread's `sigaltstack` (its base address), asked once per thread
@@ -720,7 +863,7 @@ mod tests {
         let mut fin: RawRegs = unsafe { std::mem::zeroed() };
         (fin.rax, fin.rbx, fin.rsp, fin.r11, fin.r15) = (1, 2, 0x7ffd_0000_1000, 4, 5);
         (fin.rip, fin.eflags) = (0x5555_0000_1234, 0x246);
-        let (code, check, restore) = build_go(at, res, 329, &entries, &fin).expect("stub");
+        let (code, check, restore) = build_go(at, res, 329, &entries, &fin, None).expect("stub");
         let mut d = Decoder::with_ip(64, &code, at, DecoderOptions::NONE);
         let mut ins = Vec::new();
         while d.can_decode() {
@@ -777,6 +920,65 @@ mod tests {
         assert_eq!(jmp.mnemonic(), Mnemonic::Jmp);
         let target_at = (jmp.next_ip() - at) as usize;
         assert_eq!(u64::from_le_bytes(code[target_at..][..8].try_into().unwrap()), 0x5555_0000_1234);
+    }
+
+    #[test]
+    fn batch_stub_branches_land_where_the_offsets_say() {
+        use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+        let at = 0x7f00_0000_0000u64;
+        let mut d = Decoder::with_ip(64, &STUB, at, DecoderOptions::NONE);
+        let ins: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        assert!(ins.iter().all(|i| !i.is_invalid()));
+        let find = |m: Mnemonic| ins.iter().filter(move |i| i.mnemonic() == m);
+        let head = at + 9; // 1: test rbp, rbp
+        assert_eq!(ins.iter().find(|i| i.ip() == head).map(|i| i.mnemonic()), Some(Mnemonic::Test));
+        assert_eq!(find(Mnemonic::Je).next().map(|i| i.near_branch_target()), Some(at + STUB_DONE));
+        assert_eq!(find(Mnemonic::Jmp).next().map(|i| i.near_branch_target()), Some(head));
+        let int3: Vec<u64> = find(Mnemonic::Int3).map(|i| i.ip() - at).collect();
+        assert_eq!(int3, vec![STUB_DONE, RSYS_DONE - 1]);
+        let sys: Vec<u64> = find(Mnemonic::Syscall).map(|i| i.ip() - at).collect();
+        assert_eq!(sys.last(), Some(&RSYS));
+        assert_eq!(RSYS_DONE as usize, STUB.len());
+        // Failures are counted in r12 (zeroed first, one inc after a non-zero result).
+        assert_eq!(find(Mnemonic::Inc).map(|i| i.op0_register()).collect::<Vec<_>>(), vec![iced_x86::Register::R12D]);
+        assert_eq!(find(Mnemonic::Xor).map(|i| i.op0_register()).collect::<Vec<_>>(), vec![iced_x86::Register::R12D]);
+    }
+
+    #[test]
+    fn go_stub_gives_the_thread_its_affinity_back() {
+        use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
+        let (at, res) = (0x7f00_1000_0100u64, 0x7f00_1004_b000u64);
+        // SAFETY: user_regs_struct and cpu_set_t are plain integers.
+        let (mut fin, mut mask): (RawRegs, libc::cpu_set_t) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        fin.rip = 0x5555_0000_1234;
+        // SAFETY: sets bits in our local set.
+        unsafe {
+            libc::CPU_SET(0, &mut mask);
+            libc::CPU_SET(5, &mut mask);
+        }
+        let entries = [(0x5555_0000_0000u64, 0x3000u64, 3u32)];
+        let (code, check, _) = build_go(at, res, 329, &entries, &fin, Some(&mask)).expect("stub");
+        let mut d = Decoder::with_ip(64, &code, at, DecoderOptions::NONE);
+        let mut ins = Vec::new();
+        while d.can_decode() && d.ip() < at + check {
+            ins.push(d.decode());
+        }
+        // The protection call, then sched_setaffinity(0, sizeof mask, &mask), before the check.
+        let sys: Vec<usize> = (0..ins.len()).filter(|&i| ins[i].mnemonic() == Mnemonic::Syscall).collect();
+        assert_eq!(sys.len(), 2);
+        let before = &ins[sys[0] + 1..sys[1]];
+        let eax = before.iter().rev().find(|i| i.op0_register() == Register::EAX).map(|i| i.immediate(1));
+        assert_eq!(eax, Some(libc::SYS_sched_setaffinity as u64));
+        let esi = before.iter().rev().find(|i| i.op0_register() == Register::ESI).map(|i| i.immediate(1));
+        assert_eq!(esi, Some(std::mem::size_of::<libc::cpu_set_t>() as u64));
+        let lea = before.iter().find(|i| i.mnemonic() == Mnemonic::Lea).expect("lea rdx");
+        assert_eq!(lea.op0_register(), Register::RDX);
+        let off = (lea.ip_rel_memory_address() - at) as usize;
+        let n = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(off + n, code.len());
+        assert_eq!(code[off], 0b10_0001);
+        assert!(code[off + 1..].iter().all(|&b| b == 0));
+        assert!(before.iter().any(|i| i.mnemonic() == Mnemonic::Xor && i.op0_register() == Register::EDI));
     }
 
     #[test]

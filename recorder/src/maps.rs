@@ -104,6 +104,30 @@ pub fn read_writable(mem: &crate::sys::Mem) -> Result<Option<Vec<Mapping>>, Erro
     }
 }
 
+/// Appends start, end, flags, offset and inode of every writable mapping
+/// to `out` (`PROCMAP_QUERY` without names: no path lookups). Two equal
+/// fingerprints: no writable mapping was added, removed, moved, resized
+/// or reprotected in between (a read-write mapping that loses write
+/// permission leaves the list; one that gains exec changes its flags).
+/// `Ok(false)` when the kernel lacks the ioctl.
+pub fn writable_fingerprint(mem: &crate::sys::Mem, out: &mut Vec<u64>) -> Result<bool, Error> {
+    use crate::sys::PROCMAP_QUERY_VMA_WRITABLE as W;
+    let mut addr = 0u64;
+    loop {
+        let v = match mem.query_vma_bare(addr, W) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(true),
+            Err(_) if addr == 0 => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        out.extend_from_slice(&[v.start, v.end, v.flags, v.offset, v.inode]);
+        if v.end <= addr {
+            return Err(Error::Protocol(format!("PROCMAP_QUERY went backwards at {addr:#x}")));
+        }
+        addr = v.end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

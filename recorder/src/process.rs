@@ -295,6 +295,8 @@ impl Tracer {
             let parent_mem = std::mem::replace(&mut self.mem, child_mem);
             let r = self.run_batch(child, &regs, &batch);
             self.mem = parent_mem;
+            // The child's pid may come back as another process's.
+            self.guard_cache.clear();
             r?;
             sys::setregs(child, &regs)?;
         }
@@ -306,31 +308,69 @@ impl Tracer {
     }
 
     /// Pins the recorder and `tid` to one CPU (one thread at a time: with
-    /// several processes in foreign calls, only the first is pinned).
+    /// several processes in foreign calls, only the first is pinned). The
+    /// recorder stays pinned after the call (its own affinity is nobody's
+    /// business; [`Self::unpin_tracer`] lets it go when calls stop), so the
+    /// next call's entry stop wakes it on the CPU the thread runs on.
     pub(crate) fn pin(&mut self, tid: Pid) {
         if !self.opts.pin_cpu || self.saved_affinity.is_some() {
             return;
         }
-        let cpu = sys::current_cpu();
-        if let Some(mine) = sys::pin(0, cpu) {
-            match sys::pin(tid, cpu) {
-                Some(theirs) => {
-                    self.saved_affinity = Some((mine, theirs));
-                    self.pinned_tid = Some(tid);
-                }
-                None => sys::set_affinity(0, &mine),
+        let cpu = match self.tracer_pin {
+            Some((cpu, _)) => cpu,
+            None => {
+                let cpu = sys::current_cpu();
+                let Some(mine) = sys::pin(0, cpu) else { return };
+                self.tracer_pin = Some((cpu, mine));
+                cpu
             }
+        };
+        if let Some(theirs) = sys::pin(tid, cpu) {
+            self.saved_affinity = Some(theirs);
+            self.pinned_tid = Some(tid);
         }
     }
 
+    /// Gives `tid` its own affinity back, from here (the thread is stopped),
+    /// and lets the recorder go too.
     pub(crate) fn unpin(&mut self, tid: Pid) {
         if self.pinned_tid != Some(tid) {
             return;
         }
         self.pinned_tid = None;
-        if let Some((mine, theirs)) = self.saved_affinity.take() {
+        if let Some(theirs) = self.saved_affinity.take() {
             sys::set_affinity(tid, &theirs);
+        }
+        self.unpin_tracer();
+    }
+
+    /// `tid` is about to run host code through a go stub ([`crate::guard::GoBatch`]):
+    /// the stub gives the thread its own affinity back itself, so it wakes
+    /// on the recorder's CPU (no wake-up of another, possibly halted CPU)
+    /// and runs no host instruction pinned. The recorder stays pinned.
+    pub(crate) fn unpin_by_stub(&mut self, tid: Pid) -> Option<libc::cpu_set_t> {
+        if self.pinned_tid != Some(tid) {
+            return None;
+        }
+        self.pinned_tid = None;
+        self.saved_affinity.take()
+    }
+
+    /// The recorder's own affinity back (no thread is pinned any more).
+    pub(crate) fn unpin_tracer(&mut self) {
+        if self.pinned_tid.is_some() {
+            return;
+        }
+        if let Some((_, mine)) = self.tracer_pin.take() {
             sys::set_affinity(0, &mine);
+        }
+    }
+
+    /// The pinned thread left without an unpin (exec, exit): forget it.
+    pub(crate) fn forget_pin(&mut self, tid: Pid) {
+        if self.pinned_tid == Some(tid) {
+            self.pinned_tid = None;
+            self.saved_affinity = None;
         }
     }
 

@@ -192,7 +192,7 @@ impl Tracer {
         }
         // Forked while pinned with us (inside a call): the child gets the
         // program's own affinity back.
-        if let (Some((_, theirs)), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
+        if let (Some(theirs), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
             if p == tid {
                 sys::set_affinity(child, theirs);
             }

@@ -447,6 +447,7 @@ impl Tracer {
                         self.sink.push(Event::SyscallAccess { tid: tid as u32, nr, args, ret, ranges })?;
                     }
                 }
+                self.hide_pin(tid, nr, args, regs.rax as i64)?;
                 self.resume(tid, 0)
             }
             SysState::Prepared { rip, nr, open, ranges, known } => {
@@ -468,6 +469,38 @@ impl Tracer {
                 self.on_syscall_entry(tid)
             }
             SysState::Idle => self.on_syscall_entry(tid),
+        }
+    }
+
+    /// The exit of a syscall of the thread pinned to our CPU (`process::pin`):
+    /// asking its own affinity, it gets its own mask, not our pin; setting
+    /// it, the new mask becomes its own (restored when it runs host code
+    /// again) and the thread stays pinned meanwhile.
+    fn hide_pin(&mut self, tid: Pid, nr: u64, args: [u64; 6], ret: i64) -> Result<(), Error> {
+        if self.pinned_tid != Some(tid) || !(args[0] as i32 == 0 || args[0] as i32 == tid) {
+            return Ok(());
+        }
+        match nr as i64 {
+            libc::SYS_sched_getaffinity if ret > 0 => {
+                let Some(mask) = self.saved_affinity else { return Ok(()) };
+                // SAFETY: cpu_set_t is a plain bit array; we view its bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (&mask as *const libc::cpu_set_t).cast::<u8>(),
+                        std::mem::size_of::<libc::cpu_set_t>(),
+                    )
+                };
+                let n = (ret as usize).min(bytes.len());
+                self.mem.write(RemoteAddr(args[2]), &bytes[..n])
+            }
+            libc::SYS_sched_setaffinity if ret == 0 => {
+                let Some((cpu, _)) = self.tracer_pin else { return Ok(()) };
+                if let Some(theirs) = sys::pin(tid, cpu) {
+                    self.saved_affinity = Some(theirs);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

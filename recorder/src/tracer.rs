@@ -36,6 +36,9 @@ const DRAIN_BEHIND: u64 = crate::alloc::DEFAULT_CAPACITY as u64 / 4;
 /// allocation ring (doubling from the shortest while the ring stays empty).
 const IDLE_MIN: Duration = Duration::from_micros(100);
 const IDLE_MAX: Duration = Duration::from_millis(20);
+/// The recorder keeps its CPU pin between calls; this long without a call
+/// (checked on the 0.5 s ticker) lets it go.
+const IDLE_UNPIN: Duration = Duration::from_millis(500);
 
 static SIGINTS: AtomicU32 = AtomicU32::new(0);
 /// SIGALRM ticks not yet seen by the wait loop.
@@ -143,7 +146,10 @@ pub(crate) struct Tracer {
     pub exit: Option<ExitStatus>,
     pub last_owner_stop: Instant,
     pub foreign_since: Option<Instant>,
-    pub saved_affinity: Option<(libc::cpu_set_t, libc::cpu_set_t)>,
+    /// The pinned thread's own affinity (see `pin`).
+    pub saved_affinity: Option<libc::cpu_set_t>,
+    /// The recorder pinned itself: to this CPU, and its own affinity before.
+    pub tracer_pin: Option<(usize, libc::cpu_set_t)>,
     pub xsave: Vec<u8>,
     pub xsave_layout: crate::fault::XsaveLayout,
     pub first_image: bool,
@@ -191,6 +197,10 @@ pub(crate) struct Tracer {
     pub until_exec: bool,
     /// Host initialisation tracking (`hostinit`).
     pub hostinit: crate::hostinit::HostInit,
+    /// The last guard set and batch table (`guard::GuardCache`).
+    pub guard_cache: crate::guard::GuardCache,
+    /// Registers of the stop being handled, when already read (by `go_stop`).
+    pub stop_regs: Option<(Pid, RawRegs)>,
 }
 
 pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
@@ -290,6 +300,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         last_owner_stop: Instant::now(),
         foreign_since: None,
         saved_affinity: None,
+        tracer_pin: None,
         xsave: vec![0u8; 8192],
         xsave_layout: crate::fault::XsaveLayout::detect(),
         first_image: true,
@@ -316,6 +327,8 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         slice_timer: crate::signals::SliceTimer::default(),
         until_exec: false,
         hostinit: crate::hostinit::HostInit::new(host_init),
+        guard_cache: Default::default(),
+        stop_regs: None,
     };
     t.threads.insert(pid, Thread::default());
     if let Err(e) = t.on_exec_image(pid) {
@@ -352,6 +365,10 @@ impl Tracer {
                 let w = match self.wait_any(&mut idle, &mut last_backlog) {
                     Ok(Some(w)) => w,
                     Ok(None) => {
+                        // The ticker: no call for a while lets the recorder's own pin go.
+                        if self.owner.is_none() && self.last_owner_stop.elapsed() > IDLE_UNPIN {
+                            self.unpin_tracer();
+                        }
                         self.check_blocked_all()?;
                         self.send_held_signals_all();
                         continue;
@@ -472,6 +489,7 @@ impl Tracer {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = false;
         }
+        self.stop_regs = None;
         if let Stop::Signal { signal, .. } = stop {
             // A thread sent through a go stub (`guard::GoBatch`) may stop inside it.
             if self.threads.get(&tid).is_some_and(|t| t.go.is_some()) && self.go_stop(tid, signal)? {
@@ -486,7 +504,8 @@ impl Tracer {
         if self.owner == Some(tid) {
             self.last_owner_stop = Instant::now();
         }
-        if matches!(stop, Stop::Signal { .. } | Stop::Interrupt { .. }) {
+        if matches!(stop, Stop::Signal { .. } | Stop::Interrupt { .. }) && self.hostinit.enabled {
+            self.stop_regs = None;
             self.hostinit_at_stop(tid)?;
         }
         if self.owner.is_some_and(|o| o != tid) {
@@ -533,7 +552,10 @@ impl Tracer {
             self.foreign_mode = false;
             self.guards.clear();
         }
+        self.forget_pin(tid);
         if tid == self.pid {
+            // Its pid may come back as another process's.
+            self.guard_cache.clear();
             if self.pid == self.root {
                 self.exit = Some(status);
             }
@@ -547,6 +569,13 @@ impl Tracer {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::geteventmsg(tid)? as Pid;
                 if event == libc::PTRACE_EVENT_CLONE {
+                    // Created while pinned with us (inside a call): the new
+                    // thread gets the program's own affinity.
+                    if let (Some(theirs), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
+                        if p == tid {
+                            sys::set_affinity(child, theirs);
+                        }
+                    }
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
@@ -588,6 +617,14 @@ impl Tracer {
             libc::PTRACE_EVENT_EXEC => {
                 // Every other thread is gone; the exec'ing thread is now the leader.
                 let former = sys::geteventmsg(tid).unwrap_or(tid as u64) as Pid;
+                // Exec'd inside a call while pinned: the new program runs
+                // with the thread's own affinity.
+                if let (Some(theirs), Some(p)) = (self.saved_affinity, self.pinned_tid) {
+                    if p == former || p == tid {
+                        sys::set_affinity(tid, &theirs);
+                        self.forget_pin(p);
+                    }
+                }
                 let frames_gone = self.threads.remove(&former);
                 drop(frames_gone);
                 self.threads.retain(|&t, _| t == tid);
@@ -605,6 +642,7 @@ impl Tracer {
                 self.rbrk_bp = None;
                 self.decode.clear();
                 self.mem = Mem::open(self.pid)?;
+                self.guard_cache.clear();
                 self.hostinit.on_exec_of(self.pid);
                 self.hostinit_on_exec();
                 let path = std::fs::read_link(format!("/proc/{}/exe", self.pid))
@@ -620,6 +658,7 @@ impl Tracer {
                     t.exiting = true;
                     t.exit_regs = regs;
                 }
+                self.forget_pin(tid);
                 if self.owner == Some(tid) {
                     // Leaving through exit/exit_group inside a foreign call.
                     self.owner = None;
@@ -693,7 +732,10 @@ impl Tracer {
                 self.program_signal(tid, signal)
             }
             libc::SIGSEGV | libc::SIGBUS => {
-                let regs = sys::getregs(tid)?;
+                let regs = match self.stop_regs.take() {
+                    Some((t, r)) if t == tid => r,
+                    _ => sys::getregs(tid)?,
+                };
                 if self.foreign_mode && self.owner == Some(tid) {
                     if let Some(orig) = self.slot_origin(regs.rip) {
                         return self.on_slot_fault(tid, regs, orig, signal);

@@ -349,6 +349,11 @@ pub struct Mem {
 }
 
 impl Mem {
+    /// The process whose memory this is.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
     pub fn open(pid: Pid) -> Result<Mem, Error> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -364,15 +369,31 @@ impl Mem {
     /// (cleared when it has none). `Ok(None)`: no such mapping; `Err`: the
     /// kernel lacks `PROCMAP_QUERY` (before Linux 6.11) or the process is gone.
     pub fn query_vma(&self, addr: u64, need: u64, name: &mut Vec<u8>) -> Result<Option<VmaInfo>, Error> {
+        self.query(addr, need, Some(name))
+    }
+
+    /// [`Self::query_vma`] without the name: the kernel formats none (no
+    /// path lookup for file mappings: cheaper).
+    pub fn query_vma_bare(&self, addr: u64, need: u64) -> Result<Option<VmaInfo>, Error> {
+        self.query(addr, need, None)
+    }
+
+    fn query(&self, addr: u64, need: u64, mut name: Option<&mut Vec<u8>>) -> Result<Option<VmaInfo>, Error> {
         let Some(maps) = &self.maps else { return Err(Error::Protocol("no /proc/PID/maps".into())) };
-        name.clear();
-        name.resize(4096, 0);
+        let (name_size, name_addr) = match name.as_deref_mut() {
+            Some(n) => {
+                n.clear();
+                n.resize(4096, 0);
+                (n.len() as u32, n.as_mut_ptr() as u64)
+            }
+            None => (0, 0),
+        };
         let mut q = ProcmapQuery {
             size: std::mem::size_of::<ProcmapQuery>() as u64,
             query_flags: need | PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
             query_addr: addr,
-            vma_name_size: name.len() as u32,
-            vma_name_addr: name.as_mut_ptr() as u64,
+            vma_name_size: name_size,
+            vma_name_addr: name_addr,
             ..ProcmapQuery::default()
         };
         // SAFETY: PROCMAP_QUERY reads and writes one `ProcmapQuery` and writes
@@ -380,13 +401,17 @@ impl Mem {
         let r = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q as *mut ProcmapQuery) };
         if r < 0 {
             let e = io::Error::last_os_error();
-            name.clear();
+            if let Some(n) = name {
+                n.clear();
+            }
             return match e.raw_os_error() {
                 Some(libc::ENOENT) => Ok(None),
                 _ => Err(Error::Sys { what: "PROCMAP_QUERY", source: e }),
             };
         }
-        name.truncate((q.vma_name_size as usize).saturating_sub(1));
+        if let Some(n) = name {
+            n.truncate((q.vma_name_size as usize).saturating_sub(1));
+        }
         Ok(Some(VmaInfo {
             start: q.vma_start,
             end: q.vma_end,
