@@ -390,6 +390,7 @@ impl Tracer {
             }
         }
         self.hostinit_flush()?;
+        self.mark_texts(tid, &regs)?;
         let guards = self.compute_guards(tid, &regs)?;
         let mut batch: Vec<(u64, u64, u32)> = guards.iter().map(|g| (g.start, g.end - g.start, 0)).collect();
         batch.extend(self.text_batch(true));
