@@ -30,7 +30,7 @@ use std::collections::HashMap;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::event::{AccessRef, Event, EventRef, Regs, Tid, VecReg};
+use crate::event::{AccessRef, AllocFn, Domain, Event, EventRef, Regs, Tid, VecReg};
 use crate::wire::{self, ArchivedWAccessVReg, ArchivedWEvent, WAccessVReg, WEvent, WRegs};
 
 /// Kind byte of every event (index into [`crate::EVENT_KINDS`]; frozen).
@@ -41,8 +41,8 @@ pub fn kind_id(e: &Event) -> u8 {
         Event::Return { .. } => 2,
         Event::Callback { .. } => 3,
         Event::CallbackReturn { .. } => 4,
-        Event::Alloc { .. } => 5,
-        Event::Free { .. } => 6,
+        Event::Alloc { .. } => KIND_ALLOC,
+        Event::Free { .. } => KIND_FREE,
         Event::Map { .. } => 7,
         Event::Unmap { .. } => 8,
         Event::Protect { .. } => 9,
@@ -84,8 +84,10 @@ fn wire_kind_id(e: &WEvent) -> u8 {
 }
 
 const KIND_ACCESS: u8 = 0;
-const KIND_ALLOC: u8 = 5;
-const KIND_FREE: u8 = 6;
+/// [`kind_id`] of an `Event::Alloc`.
+pub const KIND_ALLOC: u8 = 5;
+/// [`kind_id`] of an `Event::Free`.
+pub const KIND_FREE: u8 = 6;
 const NREGS: usize = 20;
 const RIP: usize = 16;
 
@@ -159,39 +161,77 @@ pub struct MemCols {
 }
 
 impl MemCols {
+    /// Empty columns (fresh prediction state) with room for as many bytes as
+    /// `like` holds: the next batch is usually the same size, and growing
+    /// each column by doubling copied it over and over.
+    pub fn with_capacity_like(like: &MemCols) -> MemCols {
+        MemCols {
+            head: Vec::with_capacity(like.head.len()),
+            tid: Vec::with_capacity(like.tid.len()),
+            ptr: Vec::with_capacity(like.ptr.len()),
+            size: Vec::with_capacity(like.size.len()),
+            old: Vec::with_capacity(like.old.len()),
+            caller: Vec::with_capacity(like.caller.len()),
+            ..MemCols::default()
+        }
+    }
+
     /// Appends `e` if it is an Alloc or a Free; returns whether it was.
     #[inline]
     pub fn push(&mut self, e: &Event) -> bool {
         match *e {
             Event::Alloc { tid, func, ptr, size, old_ptr, caller, domain, zeroed } => {
-                let mut h = wire::alloc_fn_code(func) & M_FUNC;
-                h |= wire::domain_code(domain) << M_DOMAIN_SHIFT;
-                if zeroed {
-                    h |= M_ZEROED;
-                }
-                if old_ptr != 0 {
-                    h |= M_OLD;
-                    put(&mut self.old, zigzag(old_ptr.wrapping_sub(ptr)));
-                }
-                self.head.push(h);
-                self.put_tid(tid);
-                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
-                self.prev_alloc_ptr = ptr;
-                put(&mut self.size, size);
-                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_alloc_caller)));
-                self.prev_alloc_caller = caller;
+                self.push_alloc(tid, func, ptr, size, old_ptr, caller, domain, zeroed);
                 true
             }
             Event::Free { tid, ptr, caller, domain } => {
-                self.head.push(wire::domain_code(domain) << M_DOMAIN_SHIFT);
-                self.put_tid(tid);
-                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
-                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_free_caller)));
-                self.prev_free_caller = caller;
+                self.push_free(tid, ptr, caller, domain);
                 true
             }
             _ => false,
         }
+    }
+
+    /// Appends the fields of an `Event::Alloc`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)] // the event's fields, without building it
+    pub fn push_alloc(
+        &mut self,
+        tid: u32,
+        func: AllocFn,
+        ptr: u64,
+        size: u64,
+        old_ptr: u64,
+        caller: u64,
+        domain: Domain,
+        zeroed: bool,
+    ) {
+        let mut h = wire::alloc_fn_code(func) & M_FUNC;
+        h |= wire::domain_code(domain) << M_DOMAIN_SHIFT;
+        if zeroed {
+            h |= M_ZEROED;
+        }
+        if old_ptr != 0 {
+            h |= M_OLD;
+            put(&mut self.old, zigzag(old_ptr.wrapping_sub(ptr)));
+        }
+        self.head.push(h);
+        self.put_tid(tid);
+        put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+        self.prev_alloc_ptr = ptr;
+        put(&mut self.size, size);
+        put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_alloc_caller)));
+        self.prev_alloc_caller = caller;
+    }
+
+    /// Appends the fields of an `Event::Free`.
+    #[inline]
+    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) {
+        self.head.push(wire::domain_code(domain) << M_DOMAIN_SHIFT);
+        self.put_tid(tid);
+        put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+        put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_free_caller)));
+        self.prev_free_caller = caller;
     }
 
     #[inline]
@@ -247,8 +287,19 @@ impl<S: Default> Threads<S> {
     }
 }
 
-#[inline]
-fn put(out: &mut Vec<u8>, mut v: u64) {
+#[inline(always)]
+fn put(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        put_long(out, v);
+    }
+}
+
+/// [`put`] of a value of two bytes or more (no `memcpy` call for a few bytes).
+#[inline(never)]
+fn put_long(out: &mut Vec<u8>, mut v: u64) {
+    out.reserve(10);
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;

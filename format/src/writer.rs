@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crate::batch;
 use crate::layout::{self, ChunkHeader, ChunkKind, Trailer, MAX_RAW_LEN};
 use crate::wire::{self, WChunkEntry, WCounter, WFooter};
-use crate::{Error, Event, Header, Module, Summary, EVENT_KINDS};
+use crate::{AllocFn, Domain, Error, Event, Header, Module, Summary, EVENT_KINDS};
 
 /// Tuning for [`TraceWriter`].
 #[derive(Debug, Clone)]
@@ -148,6 +148,40 @@ impl TraceWriter {
         self.end_push(n)
     }
 
+    /// [`Self::push`] of an `Event::Alloc` given by its fields (the same
+    /// encoding, without building the event).
+    #[inline]
+    #[allow(clippy::too_many_arguments)] // the event's fields
+    pub fn push_alloc(
+        &mut self,
+        tid: u32,
+        func: AllocFn,
+        ptr: u64,
+        size: u64,
+        old_ptr: u64,
+        caller: u64,
+        domain: Domain,
+        zeroed: bool,
+    ) -> Result<u64, Error> {
+        let n = self.next_event;
+        self.kind_counts[usize::from(batch::KIND_ALLOC)] += 1;
+        self.kinds.push(batch::KIND_ALLOC);
+        self.mem.push_alloc(tid, func, ptr, size, old_ptr, caller, domain, zeroed);
+        self.batch_bytes += 24;
+        self.end_push(n)
+    }
+
+    /// [`Self::push`] of an `Event::Free` given by its fields.
+    #[inline]
+    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) -> Result<u64, Error> {
+        let n = self.next_event;
+        self.kind_counts[usize::from(batch::KIND_FREE)] += 1;
+        self.kinds.push(batch::KIND_FREE);
+        self.mem.push_free(tid, ptr, caller, domain);
+        self.batch_bytes += 24;
+        self.end_push(n)
+    }
+
     #[inline]
     fn end_push(&mut self, n: u64) -> Result<u64, Error> {
         self.next_event += 1;
@@ -198,7 +232,8 @@ impl TraceWriter {
         let cap = self.options.events_per_chunk.clamp(1, 1 << 20);
         let kinds = std::mem::replace(&mut self.kinds, Vec::with_capacity(cap));
         let events = std::mem::take(&mut self.batch);
-        let mem = std::mem::take(&mut self.mem);
+        let next = batch::MemCols::with_capacity_like(&self.mem);
+        let mem = std::mem::replace(&mut self.mem, next);
         let first = self.batch_first;
         self.batch_first = self.next_event;
         self.batch_bytes = 0;

@@ -77,10 +77,10 @@ enum { ST_UNINIT = 0, ST_INIT = 1, ST_READY = 2, ST_OFF = 3 };
 static _Atomic int g_state;
 static struct ffirec_hdr *g_hdr;
 static struct ffirec_ring *g_rc; /* this process's ring: control block */
-static struct ffirec_rec *g_ring; /* ... and its records */
+static struct ffirec_slot *g_ring; /* ... and its slots */
 static uint32_t g_ring_index;
 static int g_primary; /* we own ring 1: nobody else ever reserves in it */
-static struct ffirec_rec *g_recs; /* ring 0's records; ring i at g_recs + i * g_cap */
+static struct ffirec_slot *g_recs; /* ring 0's slots; ring i at g_recs + i * g_cap */
 static uint64_t g_cap;
 static uint64_t g_fork_head; /* our ring's head, read just before fork() */
 static uint32_t g_pid;
@@ -133,9 +133,9 @@ static void ring_init(void) {
         if (fd >= 0) {
             struct stat st;
             if (syscall(SYS_fstat, fd, &st) == 0 && st.st_size >= (off_t)FFIREC_HDR_SIZE) {
-                /* MAP_POPULATE: one batch instead of a page fault per ring page. */
+                /* Populated below: our own ring only. */
                 void *m = (void *)syscall(SYS_mmap, NULL, (size_t)st.st_size,
-                                          PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+                                          PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
                 if (m != MAP_FAILED) {
                     struct ffirec_hdr *h = m;
                     uint64_t cap = h->capacity;
@@ -147,7 +147,7 @@ static void ring_init(void) {
                         cap <= ((uint64_t)st.st_size - FFIREC_HDR_SIZE) / FFIREC_REC_SIZE /
                                    FFIREC_RINGS) {
                         g_hdr = h;
-                        g_recs = (struct ffirec_rec *)((char *)m + FFIREC_HDR_SIZE);
+                        g_recs = (struct ffirec_slot *)((char *)m + FFIREC_HDR_SIZE);
                         g_cap = cap;
                         g_pid = (uint32_t)syscall(SYS_getpid);
                         uint32_t owner = 0;
@@ -155,6 +155,14 @@ static void ring_init(void) {
                                           hdr_u32(&h->ring[1].owner_pid), &owner, g_pid) ||
                                       owner == g_pid;
                         use_ring(primary ? 1 : 0);
+                        /* The primary ring's pages (allocated by the recorder)
+                         * mapped in one batch, not one page fault per 128
+                         * records in the program's first pass over them.
+                         * Ring 0 is shared by forked children: they fault its
+                         * pages in as they go rather than each mapping it whole. */
+                        if (primary)
+                            syscall(SYS_madvise, (char *)g_ring, (size_t)(cap * FFIREC_REC_SIZE),
+                                    23 /* MADV_POPULATE_WRITE, Linux 5.14 */);
                         if (h->arena_end > h->arena_start && (h->arena_start & 4095) == 0 &&
                             (h->arena_end & 4095) == 0) {
                             g_arena_lo = h->arena_start;
@@ -217,8 +225,10 @@ static void __attribute__((noinline)) wait_for_room(uint64_t seq) {
             t_limit = tail + g_cap;
             break;
         }
-        if (atomic_load_explicit(hdr_u32(&g_hdr->closed), memory_order_relaxed))
+        if (atomic_load_explicit(hdr_u32(&g_hdr->closed), memory_order_relaxed)) {
+            t_limit = seq + g_cap; /* for good: no wait on the records after this one */
             break; /* nobody will consume: overwrite rather than hang */
+        }
         if (atomic_load_explicit(hdr_u32(&g_hdr->tracer_present), memory_order_relaxed)) {
             atomic_fetch_add_explicit(hdr_traps(), 1, memory_order_relaxed);
             ffirec_shim_flush_enter();
@@ -231,10 +241,15 @@ static void __attribute__((noinline)) wait_for_room(uint64_t seq) {
     errno = saved_errno;
 }
 
-/* Reserves a slot; returns NULL when the shim is off or the record had to be
- * dropped (re-entered from a signal handler on a full ring). A non-NULL slot
- * must be completed with fill()+commit() or with commit_nop(). */
-static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
+/* Slots a record of this process takes: 2 (EXT) when it has an old pointer
+ * or an aux word, and always on ring 0 (the pid goes with every record). */
+static inline uint64_t slots_for(int ext) { return ext || !g_primary ? 2 : 1; }
+
+/* Reserves `n` consecutive slots (1 or 2); returns NULL when the shim is off
+ * or the record had to be dropped (re-entered from a signal handler on a full
+ * ring). A non-NULL slot must be completed with fill(), whatever the outcome
+ * (FFIREC_K_NOP for a call that failed). */
+static inline struct ffirec_slot *reserve(uint64_t *seq_out, uint64_t n) {
     if (UNLIKELY(!ring_ready()))
         return NULL;
     uint64_t seq;
@@ -245,14 +260,14 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
         if (LIKELY(g_primary) && SINGLE_THREADED()) {
             /* Sole producer of this ring: no lock needed, and a single
              * instruction cannot be split by a signal handler. */
-            seq = 1;
+            seq = n;
             __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
         } else {
-            seq = atomic_fetch_add_explicit(hdr_head(), 1, memory_order_relaxed);
+            seq = atomic_fetch_add_explicit(hdr_head(), n, memory_order_relaxed);
         }
         t_pending = seq + 1;
-        if (UNLIKELY(seq >= t_limit))
-            wait_for_room(seq);
+        if (UNLIKELY(seq + n > t_limit))
+            wait_for_room(seq + n - 1);
     } else {
         /* Nested on this thread (a signal handler). Waiting for room is safe
          * unless the room needed lies past an outer frame's uncommitted slot,
@@ -262,18 +277,18 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
         int wait;
         for (;;) {
             uint64_t tail = atomic_load_explicit(hdr_tail(), memory_order_acquire);
-            wait = seq >= tail + g_cap;
-            int may_wait = pend == 0 || (pend != PENDING_UNKNOWN && seq < pend - 1 + g_cap);
+            wait = seq + n > tail + g_cap;
+            int may_wait = pend == 0 || (pend != PENDING_UNKNOWN && seq + n <= pend - 1 + g_cap);
             if (wait && !may_wait) {
                 atomic_fetch_add_explicit(hdr_dropped(), 1, memory_order_relaxed);
                 return NULL;
             }
-            if (atomic_compare_exchange_weak_explicit(hdr_head(), &seq, seq + 1,
+            if (atomic_compare_exchange_weak_explicit(hdr_head(), &seq, seq + n,
                                                       memory_order_relaxed, memory_order_relaxed))
                 break;
         }
         if (wait)
-            wait_for_room(seq);
+            wait_for_room(seq + n - 1);
     }
     *seq_out = seq;
     return &g_ring[seq & (g_cap - 1)];
@@ -281,6 +296,8 @@ static inline struct ffirec_rec *reserve(uint64_t *seq_out) {
 
 /* The foreign tid slot naming `tid` (see the header), -1 when none does. */
 static inline int foreign_slot(uint32_t tid) {
+    if (LIKELY(atomic_load_explicit(hdr_u32(&g_hdr->foreign_any), memory_order_relaxed) == 0))
+        return -1;
     if (atomic_load_explicit(hdr_u32(&g_hdr->foreign_tid), memory_order_relaxed) == tid)
         return 0;
     for (unsigned k = 0; k < FFIREC_FOREIGN_SLOTS - 1; k++)
@@ -296,29 +313,34 @@ static inline uint32_t *allocator_slot(int slot) {
 /* The host-init epoch the next record carries (set by hi_track_slow). */
 static TLS uint32_t t_hi_ep;
 
-static inline void fill(struct ffirec_rec *r, uint16_t kind, uint64_t ptr, uint64_t size,
-                        uint64_t old_ptr, uint64_t caller, uint64_t aux) {
-    uint32_t tid = my_tid();
-    r->kind = kind;
-    r->flags = foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0;
-    r->tid = tid;
-    r->pid = g_pid;
-    r->reserved = t_hi_ep; /* see "Host init" in ffirec_shim.h */
-    t_hi_ep = 0;
-    r->ptr = ptr;
-    r->size = size;
-    r->old_ptr = old_ptr;
-    r->caller = caller;
-    r->aux = aux;
-}
-
 /* How far ahead of its own record a producer asks for ownership of the slot
  * it will probably write next (the consumer last read that line on another
  * core): a few percent off the hot path, measured. */
-#define PREFETCH_AHEAD 8
+#define PREFETCH_AHEAD 16
 
-static inline void commit(struct ffirec_rec *r, uint64_t seq) {
-    atomic_store_explicit((_Atomic(uint64_t) *)&r->commit, seq + 1, memory_order_release);
+/* Writes the record into the `n` slots reserved at `seq`, the first slot's
+ * header last (the commit). A FREE leaves `size` unwritten. */
+static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, uint64_t seq, uint64_t n,
+                                                       uint16_t kind, uint64_t ptr, uint64_t size,
+                                                       uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    uint32_t tid = my_tid();
+    uint64_t flags = (foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0) | (n == 2 ? FFIREC_F_EXT : 0);
+    uint64_t who = (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT;
+    if (n == 2) {
+        struct ffirec_slot *c = &g_ring[(seq + 1) & (g_cap - 1)];
+        c->w[0] = old_ptr;
+        c->w[1] = aux;
+        c->w[2] = g_pid | (uint64_t)t_hi_ep << 32; /* see "Host init" in ffirec_shim.h */
+        c->hdr = (uint64_t)(uint32_t)(seq + 2) | (uint64_t)FFIREC_K_CONT << FFIREC_HDR_KIND_SHIFT | who;
+    }
+    t_hi_ep = 0;
+    r->w[0] = ptr;
+    if (kind != FFIREC_K_FREE)
+        r->w[1] = size;
+    r->w[2] = caller;
+    uint64_t hdr = (uint64_t)(uint32_t)(seq + 1) | (uint64_t)kind << FFIREC_HDR_KIND_SHIFT |
+                   flags << FFIREC_HDR_FLAGS_SHIFT | who;
+    atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, hdr, memory_order_release);
     /* prefetchw is a hint (a NOP on CPUs without it); spelled in asm so the
      * baseline x86-64 target still emits it. */
     __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
@@ -329,10 +351,13 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
                                                   uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     t_depth++;
     uint64_t seq;
-    struct ffirec_rec *r = reserve(&seq);
+    uint64_t n = slots_for(old_ptr != 0 || aux != 0 || t_hi_ep != 0);
+    struct ffirec_slot *r = reserve(&seq, n);
     if (r) {
-        fill(r, kind, ptr, size, old_ptr, caller, aux);
-        commit(r, seq);
+        if (n == 2)
+            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux);
+        else
+            fill(r, seq, 1, kind, ptr, size, 0, caller, 0);
         if (t_depth == 1)
             t_pending = 0;
     }
@@ -346,18 +371,24 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
  * most of it in those calls. */
 static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t ptr, uint64_t size,
                                                          uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    /* On the primary ring a record needs a second slot only for an old
+     * pointer, an aux word (a constant 0 for malloc and free) or a host-init
+     * epoch (only while --host-init tracks this process). */
+    uint64_t n = old_ptr != 0 || aux != 0 || t_hi_ep != 0 ? 2 : 1;
     if (LIKELY(g_fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
         t_depth = 1;
         t_pending = PENDING_UNKNOWN;
         __asm__ volatile("" ::: "memory");
-        uint64_t seq = 1;
+        uint64_t seq = n;
         __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
         t_pending = seq + 1;
-        if (UNLIKELY(seq >= t_limit))
-            wait_for_room(seq);
-        struct ffirec_rec *r = &g_ring[seq & (g_cap - 1)];
-        fill(r, kind, ptr, size, old_ptr, caller, aux);
-        commit(r, seq);
+        if (UNLIKELY(seq + n > t_limit))
+            wait_for_room(seq + n - 1);
+        struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
+        if (n == 2)
+            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux);
+        else
+            fill(r, seq, 1, kind, ptr, size, 0, caller, 0);
         t_pending = 0;
         t_depth = 0;
         return;
@@ -369,22 +400,31 @@ static void record_proc(uint16_t kind, uint64_t aux) { record(kind, 0, 0, 0, 0, 
 
 /* A slot reserved before a releasing call: `begin` then exactly one `end`. */
 struct pending {
-    struct ffirec_rec *r;
+    struct ffirec_slot *r;
     uint64_t seq;
+    uint64_t n;
 };
 
-static inline struct pending begin(void) {
+/* `ext`: the record may need an old pointer or an aux word (two slots). */
+static inline struct pending begin(int ext) {
     struct pending p;
     t_depth++;
-    p.r = reserve(&p.seq);
+    p.r = NULL;
+    p.n = 1;
+    if (LIKELY(ring_ready())) { /* slots_for needs the ring chosen */
+        p.n = slots_for(ext);
+        p.r = reserve(&p.seq, p.n);
+    }
     return p;
 }
 
 static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t size,
                        uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     if (p.r) {
-        fill(p.r, kind, ptr, size, old_ptr, caller, aux);
-        commit(p.r, p.seq);
+        if (p.n == 2)
+            fill(p.r, p.seq, 2, kind, ptr, size, old_ptr, caller, aux);
+        else
+            fill(p.r, p.seq, 1, kind, ptr, size, 0, caller, 0);
         if (t_depth == 1)
             t_pending = 0;
     }
@@ -777,7 +817,7 @@ EXPORT pid_t fork(void) {
         errno = ENOSYS;
         return -1;
     }
-    struct pending s = begin();
+    struct pending s = begin(1);
     pid_t child = f();
     if (child == 0) { /* the slot is the parent's to fill */
         t_depth--;
@@ -874,7 +914,7 @@ static inline void *realloc_common(void *old, size_t n, uint16_t kind, uint64_t 
         }
         return p;
     }
-    struct pending s = begin();
+    struct pending s = begin(1);
     void *p = UNLIKELY(in_arena(old)) ? arena_realloc(old, n) : __libc_realloc(old, n);
     if (p) {
         hi_track(p, n);
@@ -1005,7 +1045,7 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 EXPORT int munmap(void *addr, size_t len) {
     munmap_fn f = get_munmap();
-    struct pending s = begin();
+    struct pending s = begin(0);
     int rc = LIKELY(f != NULL) ? f(addr, len) : (int)syscall(SYS_munmap, addr, len);
     if (rc == 0)
         end(s, FFIREC_K_MUNMAP, (uintptr_t)addr, len, 0, CALLER, 0);
@@ -1023,7 +1063,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...) {
         va_end(ap);
     }
     mremap_fn f = get_mremap();
-    struct pending s = begin();
+    struct pending s = begin(1);
     void *p = LIKELY(f != NULL)
                   ? f(old, old_len, new_len, flags, want)
                   : (void *)syscall(SYS_mremap, old, old_len, new_len, flags, want);

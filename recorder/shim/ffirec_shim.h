@@ -2,9 +2,22 @@
  * shim (producers, inside the traced program) and the recorder (the single
  * consumer, recorder/src/alloc/ring.rs mirrors every offset below).
  *
- * File layout: one 4096-byte header page, then two rings of `capacity` records
- * of 64 bytes each (`capacity` a power of two): ring 0 at offset 4096, ring 1
+ * File layout: one 4096-byte header page, then two rings of `capacity` slots
+ * of 32 bytes each (`capacity` a power of two): ring 0 at offset 4096, ring 1
  * right after it. Every field is little-endian, naturally aligned.
+ *
+ * Records (version 4)
+ *  - A record is one slot, or two consecutive slots (sequence numbers seq and
+ *    seq + 1, reserved together) when it has the EXT flag. A slot is four
+ *    words: the slot header, then three payload words.
+ *  - Slot header: bits 0..31 the commit tag, (seq + 1) mod 2^32 of that slot;
+ *    bits 32..37 the kind; bit 38 FOREIGN; bit 39 EXT; bits 40..63 the tid.
+ *  - First slot: ptr, size, caller. A FREE leaves `size` unwritten (the
+ *    consumer reads 0). Second slot (kind FFIREC_K_CONT, its own tag):
+ *    old_ptr, aux, and pid in the low half of the third word with the
+ *    host-init epoch (see "Host init") in its high half.
+ *  - Without EXT, old_ptr, aux and the epoch are 0 and pid is the primary
+ *    ring's owner. Ring 0 (several processes) writes every record with EXT.
  *
  * Rings
  *  - Ring 1 is the primary ring: the first process whose shim starts claims
@@ -25,14 +38,18 @@
  *    any record of the child, and may meet FORKED after the child's records.
  *
  * Protocol (per ring)
- *  - A producer reserves sequence number `seq` with fetch_add on `head`, waits
- *    until `seq < tail + capacity` (the consumer has finished with the slot's
- *    previous use), fills slot `seq & (capacity-1)` and then stores
- *    `commit = seq + 1` with release ordering. `commit` is written last.
- *  - The consumer reads slot `tail & mask` while its `commit == tail + 1`
- *    (acquire), then publishes the new `tail` with release ordering. It stops
- *    at the first slot not yet committed, so records come out in global
- *    sequence order with no gap.
+ *  - A producer reserves sequence numbers `seq` (and `seq + 1` for an EXT
+ *    record) with fetch_add on `head`, waits until its last one is below
+ *    `tail + capacity` (the consumer has finished with the slots' previous
+ *    use), fills slot `seq & (capacity-1)` (an EXT record: the second slot
+ *    first, whole) and then stores the first slot's header, whose tag is
+ *    seq + 1, with release ordering. That header is written last.
+ *  - The consumer reads slot `tail & mask` while its header's tag is
+ *    (tail + 1) mod 2^32 (acquire), then publishes the new `tail` with
+ *    release ordering. It stops at the first slot not yet committed, so
+ *    records come out in global sequence order with no gap. A slot's header
+ *    word only ever holds a header (never payload), and the previous use of
+ *    the slot had tag seq + 1 - capacity: a stale slot never passes.
  *  - A full ring never loses a record: the producer waits. When
  *    `tracer_present` is non-zero it waits by executing the `int3` at the
  *    exported symbol `ffirec_shim_flush_trap` (rax = FFIREC_FLUSH_MAGIC), so a
@@ -74,7 +91,7 @@
  *    before returning. The shim never leaves 1 or 3; the recorder never sets
  *    1 (except when adopting pages while every thread is held).
  *  - Each such call puts `hostinit_epoch` (low 32 bits, read before looking at
- *    the table) in its record's `reserved` field: a page the recorder released
+ *    the table) in its record (an EXT record's epoch half): a page the recorder released
  *    at that epoch or later may have been writable after the shim looked, so
  *    the block's bytes there are unknown.
  *  - Every thread of the tracked process protects. A forked child never
@@ -86,11 +103,11 @@
 #include <stdint.h>
 
 #define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
-#define FFIREC_VERSION 3u /* 2: two rings (shared, primary); 3: foreign tid slots */
+#define FFIREC_VERSION 4u /* 2: two rings (shared, primary); 3: foreign tid slots; 4: 32-byte slots */
 #define FFIREC_FOREIGN_SLOTS 8u
 #define FFIREC_RINGS 2u
 #define FFIREC_HDR_SIZE 4096u
-#define FFIREC_REC_SIZE 64u
+#define FFIREC_REC_SIZE 32u /* bytes per slot */
 #define FFIREC_FLUSH_MAGIC 0x5041525448535546ull /* "FUSHTRAP" little-endian */
 #define FFIREC_HI_TABLE 0x6e0000000000ull /* host-init page table: 1 byte per page */
 #define FFIREC_HI_TABLE_LEN (1ull << 35)  /* 2^47 / 4096 */
@@ -118,22 +135,20 @@ enum ffirec_kind {
                                     ring `old_ptr` below seq `size` */
     FFIREC_K_FORKED = 34,        /* the parent's record, at the exact point of fork():
                                     process `pid` forked child `aux` */
+    FFIREC_K_CONT = 63,          /* the second slot of an EXT record */
 };
 
 #define FFIREC_F_FOREIGN 1u /* the calling tid was in a foreign tid slot */
+#define FFIREC_F_EXT 2u     /* the record goes on in the next slot */
 
-struct ffirec_rec {
-    uint64_t commit; /* seq + 1, stored last with release ordering */
-    uint16_t kind;
-    uint16_t flags;
-    uint32_t tid;
-    uint32_t pid;
-    uint32_t reserved; /* host init: the epoch hi_track read (0: none) */
-    uint64_t ptr;
-    uint64_t size;
-    uint64_t old_ptr;
-    uint64_t caller;
-    uint64_t aux;
+/* Slot header fields (see "Records"). */
+#define FFIREC_HDR_KIND_SHIFT 32
+#define FFIREC_HDR_FLAGS_SHIFT 38
+#define FFIREC_HDR_TID_SHIFT 40
+
+struct ffirec_slot {
+    uint64_t hdr; /* tag | kind | flags | tid, stored last with release ordering */
+    uint64_t w[3]; /* first slot: ptr, size, caller; CONT slot: old_ptr, aux, pid | hi_epoch << 32 */
 };
 
 struct ffirec_hdr {
@@ -143,7 +158,7 @@ struct ffirec_hdr {
     uint32_t hdr_size;       /* 12 */
     uint32_t rec_size;       /* 16 */
     uint32_t arena_enabled;  /* 20: non-zero: serve foreign-mode allocations from the arena */
-    uint64_t capacity;       /* 24: records, a power of two */
+    uint64_t capacity;       /* 24: slots per ring, a power of two */
     uint32_t tracer_present; /* 32: non-zero: wait on a full ring with the flush trap */
     uint32_t foreign_tid;    /* 36: tid currently in foreign mode, 0 when none */
     uint64_t arena_start;    /* 40: the foreign arena's fixed address range, the same in */
@@ -159,7 +174,10 @@ struct ffirec_hdr {
     uint32_t foreign_more[FFIREC_FOREIGN_SLOTS - 1];   /* 72 */
     uint32_t allocator_more[FFIREC_FOREIGN_SLOTS - 1]; /* 100 */
     uint64_t hostinit_epoch; /* 128: bumped by the recorder before it releases a tracked page */
-    uint64_t pad0[15];       /* 136 */
+    /* Non-zero whenever any foreign tid slot is (set before a slot, cleared
+     * after the last one): one load tells a host-mode call it is not foreign. */
+    uint32_t foreign_any; /* 136 */
+    uint32_t pad0[29];    /* 140 */
     struct ffirec_ring {
         /* line 0 */
         uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */

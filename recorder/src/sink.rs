@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ffirec_format::{Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
+use ffirec_format::{AllocFn, Domain, Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
 
 use crate::Error;
 
@@ -124,6 +124,21 @@ impl Sink {
             self.accesses += 1;
         }
         self.writer.push_ref(event)?;
+        Ok(())
+    }
+
+    /// A host or foreign `malloc` (an `Event::Alloc` with no old pointer, not
+    /// zeroed), pushed from its fields.
+    #[inline]
+    pub fn push_malloc(&mut self, tid: u32, ptr: u64, size: u64, caller: u64, domain: Domain) -> Result<(), Error> {
+        self.writer.push_alloc(tid, AllocFn::Malloc, ptr, size, 0, caller, domain, false)?;
+        Ok(())
+    }
+
+    /// An `Event::Free`, pushed from its fields.
+    #[inline]
+    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) -> Result<(), Error> {
+        self.writer.push_free(tid, ptr, caller, domain)?;
         Ok(())
     }
 

@@ -851,6 +851,10 @@ impl Tracer {
             if !named || seen.contains(&m.path.as_str()) {
                 continue;
             }
+            // The allocation ring (tens of MiB, no object): never read it.
+            if self.alloc.as_ref().is_some_and(|a| std::path::Path::new(&m.path) == a.ring_path()) {
+                continue;
+            }
             seen.push(&m.path);
             let group: Vec<&crate::maps::Mapping> = maps.iter().filter(|x| x.path == m.path).collect();
             let lo = group.iter().map(|g| g.start).min().unwrap_or(m.start);
@@ -1015,21 +1019,13 @@ impl Tracer {
                 }
             }
             let (tid, ptr, caller, domain) = (r.tid, r.ptr, r.caller, Domain::Host);
-            let e = if r.free {
-                Event::Free { tid, ptr, caller, domain }
+            let mut sink = sink.borrow_mut();
+            let pushed = if r.free {
+                sink.push_free(tid, ptr, caller, domain)
             } else {
-                Event::Alloc {
-                    tid,
-                    func: AllocFn::Malloc,
-                    ptr,
-                    size: r.size,
-                    old_ptr: 0,
-                    caller,
-                    domain,
-                    zeroed: false,
-                }
+                sink.push_malloc(tid, ptr, r.size, caller, domain)
             };
-            if let Err(x) = sink.borrow_mut().push_ref(&e) {
+            if let Err(x) = pushed {
                 err.borrow_mut().get_or_insert(x);
             }
             true

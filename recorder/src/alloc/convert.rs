@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     fn rec(kind: u16, ptr: u64, size: u64, old_ptr: u64, aux: u64) -> Rec {
-        Rec { kind, flags: 0, tid: 7, pid: 7, ptr, size, old_ptr, caller: 0x1234, aux, hi_epoch: 0 }
+        Rec { kind, flags: 0, tid: 7, pid: 7, ptr, size, old_ptr, caller: 0x1234, aux, hi_epoch: 0, slots: 1 }
     }
 
     fn run(model: &mut Model, r: Rec) -> Vec<Event> {

@@ -8,13 +8,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// Threads that may be in foreign mode at once (one per traced process).
 pub(crate) const FOREIGN_SLOTS: usize = 8;
 /// Ring 0 is shared by all processes but one; ring 1 is the primary's.
 pub(crate) const RINGS: usize = 2;
 pub(crate) const HDR_SIZE: usize = 4096;
-pub(crate) const REC_SIZE: usize = 64;
+/// Bytes per slot; a record takes one slot, or two with [`F_EXT`].
+pub(crate) const REC_SIZE: usize = 32;
 
 // Header field offsets (bytes).
 const OFF_MAGIC: usize = 0;
@@ -35,6 +36,8 @@ const OFF_HOSTINIT_PID: usize = 68;
 const OFF_FOREIGN_MORE: usize = 72;
 const OFF_ALLOCATOR_MORE: usize = 100;
 const OFF_HOSTINIT_EPOCH: usize = 128;
+/// Non-zero whenever a foreign tid slot is (the shim's one-load host-mode check).
+const OFF_FOREIGN_ANY: usize = 136;
 
 fn foreign_off(slot: usize) -> usize {
     if slot == 0 {
@@ -82,12 +85,26 @@ pub(crate) mod kind {
     pub const PROC_START: u16 = 32;
     pub const FORK: u16 = 33;
     pub const FORKED: u16 = 34;
+    /// The second slot of an EXT record.
+    pub const CONT: u16 = 63;
 }
 
-/// `ffirec_rec.flags` bit: the calling thread was the foreign tid.
+/// Record flag: the calling thread was in a foreign tid slot.
 pub(crate) const F_FOREIGN: u16 = 1;
+/// Record flag: the record goes on in the next slot (old_ptr, aux, pid).
+pub(crate) const F_EXT: u16 = 2;
 
-/// One record as the shim wrote it (`struct ffirec_rec` minus `commit`).
+// Slot header fields (`FFIREC_HDR_*_SHIFT`): the commit tag in bits 0..32.
+const HDR_KIND_SHIFT: u32 = 32;
+const HDR_FLAGS_SHIFT: u32 = 38;
+const HDR_TID_SHIFT: u32 = 40;
+
+/// The commit tag of the slot with sequence number `seq`.
+fn tag(seq: u64) -> u32 {
+    seq.wrapping_add(1) as u32
+}
+
+/// One record as the shim wrote it, in one or two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rec {
     pub kind: u16,
@@ -101,6 +118,8 @@ pub(crate) struct Rec {
     pub aux: u64,
     /// Host init: the epoch the shim read before looking at the page table (0: none).
     pub hi_epoch: u32,
+    /// Slots the record took (1, or 2 with [`F_EXT`]).
+    pub slots: u64,
 }
 
 /// The recorder's shared mapping of the ring file.
@@ -118,7 +137,7 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Sizes `file` for `capacity` records, maps it shared and writes the
+    /// Sizes `file` for `capacity` slots per ring, maps it shared and writes the
     /// header (magic last, so a shim never sees a half-written header).
     /// `arena`: the foreign arena's page-aligned range, fixed for the ring's life.
     pub(crate) fn create(file: &File, capacity: u64, arena: Option<(u64, u64)>) -> std::io::Result<Mapping> {
@@ -132,8 +151,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                // Allocates the tmpfs pages now, not on the tracee's hot path.
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
@@ -142,6 +160,18 @@ impl Mapping {
             return Err(std::io::Error::last_os_error());
         }
         let map = Mapping { base: ptr.cast(), len, capacity };
+        // Allocates the header's and the primary ring's tmpfs pages now, not
+        // on the tracee's hot path (its shim maps them in one batch too).
+        // Ring 0, shared by forked children, fills in as they use it. A
+        // kernel before 5.14 refuses: the pages then come on first touch.
+        let primary = HDR_SIZE + capacity as usize * REC_SIZE;
+        for (off, n) in [(0, HDR_SIZE), (primary, capacity as usize * REC_SIZE)] {
+            // SAFETY: a range inside the mapping just created; populating
+            // changes no contents.
+            unsafe {
+                libc::madvise(map.base.add(off).cast(), n, libc::MADV_POPULATE_WRITE);
+            }
+        }
         map.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
         map.u32_at(OFF_HDR_SIZE).store(HDR_SIZE as u32, Ordering::Relaxed);
         map.u32_at(OFF_REC_SIZE).store(REC_SIZE as u32, Ordering::Relaxed);
@@ -155,6 +185,7 @@ impl Mapping {
         Ok(map)
     }
 
+    #[inline]
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off & 7 == 0 && off + 8 <= self.len);
         // SAFETY: `off` is an 8-aligned offset inside the live mapping (page
@@ -176,10 +207,19 @@ impl Mapping {
     }
     /// `tid` is the only thread in foreign mode (0: none).
     pub(crate) fn set_foreign_tid(&self, tid: u32) {
+        if tid != 0 {
+            self.u32_at(OFF_FOREIGN_ANY).store(1, Ordering::SeqCst);
+        }
         self.u32_at(OFF_FOREIGN_TID).store(tid, Ordering::SeqCst);
         for slot in 1..FOREIGN_SLOTS {
             self.u32_at(foreign_off(slot)).store(0, Ordering::SeqCst);
         }
+        self.update_foreign_any();
+    }
+    /// `foreign_any` is set before a slot is and cleared after the last one is.
+    fn update_foreign_any(&self) {
+        let any = (0..FOREIGN_SLOTS).any(|s| self.u32_at(foreign_off(s)).load(Ordering::SeqCst) != 0);
+        self.u32_at(OFF_FOREIGN_ANY).store(u32::from(any), Ordering::SeqCst);
     }
     /// `tid` is in foreign mode too (false: every slot is taken).
     pub(crate) fn add_foreign_tid(&self, tid: u32) -> bool {
@@ -189,6 +229,7 @@ impl Mapping {
         }
         match slots().find(|w| w.load(Ordering::SeqCst) == 0) {
             Some(w) => {
+                self.u32_at(OFF_FOREIGN_ANY).store(1, Ordering::SeqCst);
                 w.store(tid, Ordering::SeqCst);
                 true
             }
@@ -203,6 +244,7 @@ impl Mapping {
                 w.store(0, Ordering::SeqCst);
             }
         }
+        self.update_foreign_any();
     }
     pub(crate) fn set_arena_enabled(&self, on: bool) {
         self.u32_at(OFF_ARENA_ENABLED).store(u32::from(on), Ordering::SeqCst);
@@ -228,6 +270,7 @@ impl Mapping {
         tid != 0 && (0..FOREIGN_SLOTS).any(|s| self.u32_at(allocator_off(s)).load(Ordering::Acquire) == tid)
     }
     /// The pid that owns the primary ring, 0 while unclaimed.
+    #[inline]
     pub(crate) fn primary_owner(&self) -> u32 {
         self.u32_at(ctl(1, RING_OWNER)).load(Ordering::Acquire)
     }
@@ -247,17 +290,58 @@ impl Mapping {
         self.u64_at(ctl(ring, RING_FLUSH_TRAPS)).load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn slot(&self, ring: usize, seq: u64) -> usize {
         HDR_SIZE + (ring * self.capacity as usize + (seq & (self.capacity - 1)) as usize) * REC_SIZE
     }
 
-    /// The record with sequence number `seq` of `ring`, if it is committed.
+    /// The record whose first slot has sequence number `seq` in `ring`, if it
+    /// is committed. A slot that cannot start a record (a CONT slot on its
+    /// own, an EXT record whose second slot is not its own) reads as a
+    /// one-slot NOP: a shim never writes one, a broken tracee may.
+    #[inline(always)]
     pub(crate) fn read(&self, ring: usize, seq: u64) -> Option<Rec> {
         let off = self.slot(ring, seq);
-        if self.u64_at(off).load(Ordering::Acquire) != seq.wrapping_add(1) {
+        let hdr = self.u64_at(off).load(Ordering::Acquire);
+        if hdr as u32 != tag(seq) {
             return None;
         }
-        Some(self.payload(off))
+        let word = |off: usize, i: usize| self.u64_at(off + 8 * i).load(Ordering::Relaxed);
+        let kind = ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16;
+        let flags = ((hdr >> HDR_FLAGS_SHIFT) & 3) as u16;
+        let mut rec = Rec {
+            kind,
+            flags,
+            tid: (hdr >> HDR_TID_SHIFT) as u32,
+            pid: if ring == 1 { self.primary_owner() } else { 0 },
+            ptr: word(off, 1),
+            size: if kind == kind::FREE { 0 } else { word(off, 2) },
+            old_ptr: 0,
+            caller: word(off, 3),
+            aux: 0,
+            hi_epoch: 0,
+            slots: 1,
+        };
+        let nop = Rec { kind: kind::NOP, flags: 0, slots: 1, ..rec };
+        if kind == kind::CONT {
+            return Some(nop);
+        }
+        if flags & F_EXT != 0 {
+            // Written whole before the first slot's header (release): visible.
+            let next = seq.wrapping_add(1);
+            let cont = self.slot(ring, next);
+            let h2 = self.u64_at(cont).load(Ordering::Acquire);
+            if h2 as u32 != tag(next) || ((h2 >> HDR_KIND_SHIFT) & 0x3f) as u16 != kind::CONT {
+                return Some(nop);
+            }
+            rec.old_ptr = word(cont, 1);
+            rec.aux = word(cont, 2);
+            let w = word(cont, 3);
+            rec.pid = w as u32;
+            rec.hi_epoch = (w >> 32) as u32;
+            rec.slots = 2;
+        }
+        Some(rec)
     }
 
     /// Asks the CPU to start loading the slot of `seq` (a hint, never a
@@ -276,38 +360,19 @@ impl Mapping {
 
     /// The slot of `seq` in `ring` is reserved by a producer but not committed.
     pub(crate) fn uncommitted(&self, ring: usize, seq: u64) -> bool {
-        seq < self.head(ring) && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) != seq + 1
+        seq < self.head(ring) && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) as u32 != tag(seq)
     }
 
-    /// Writes a committed record as the shim would (for consumer measurements).
+    /// Writes a committed one-slot record as the shim would (for consumer measurements).
     #[cfg(test)]
     pub(crate) fn test_write(&self, ring: usize, seq: u64, kind: u16, ptr: u64, size: u64) {
         let off = self.slot(ring, seq);
-        self.u64_at(off + 8).store(u64::from(kind) | (1234u64 << 32), Ordering::Relaxed);
-        self.u64_at(off + 16).store(1234, Ordering::Relaxed);
-        self.u64_at(off + 24).store(ptr, Ordering::Relaxed);
-        self.u64_at(off + 32).store(size, Ordering::Relaxed);
-        self.u64_at(off + 48).store(0x5555_0000, Ordering::Relaxed);
+        self.u64_at(off + 8).store(ptr, Ordering::Relaxed);
+        self.u64_at(off + 16).store(size, Ordering::Relaxed);
+        self.u64_at(off + 24).store(0x5555_0000, Ordering::Relaxed);
         self.u64_at(ctl(ring, RING_HEAD)).store(seq + 1, Ordering::Relaxed);
-        self.u64_at(off).store(seq + 1, Ordering::Release);
-    }
-
-    fn payload(&self, off: usize) -> Rec {
-        let word = |i: usize| self.u64_at(off + 8 * i).load(Ordering::Relaxed);
-        let w1 = word(1);
-        let w2 = word(2);
-        Rec {
-            kind: w1 as u16,
-            flags: (w1 >> 16) as u16,
-            tid: (w1 >> 32) as u32,
-            pid: w2 as u32,
-            hi_epoch: (w2 >> 32) as u32,
-            ptr: word(3),
-            size: word(4),
-            old_ptr: word(5),
-            caller: word(6),
-            aux: word(7),
-        }
+        let hdr = u64::from(tag(seq)) | u64::from(kind) << HDR_KIND_SHIFT | 1234u64 << HDR_TID_SHIFT;
+        self.u64_at(off).store(hdr, Ordering::Release);
     }
 }
 
