@@ -30,6 +30,10 @@ pub struct Counters {
     /// Faults whose instruction bytes came from the decode cache without a
     /// read of the tracee's memory (`fault::CodeTrust`).
     pub code_cached: u64,
+    /// Vector loads sent through their slot (`Tracer::vload_slot`), and
+    /// those a stop caught still inside the slot (completed by the recorder).
+    pub vload_slots: u64,
+    pub vload_rewound: u64,
     pub trampolined: u64,
     pub singlestepped: u64,
     /// Protection batches run through the injected stub, and their ranges.
@@ -72,6 +76,8 @@ impl Counters {
             ("callbacks", self.callbacks),
             ("emulated", self.emulated),
             ("code_cached", self.code_cached),
+            ("vload_slots", self.vload_slots),
+            ("vload_rewound", self.vload_rewound),
             ("trampolined", self.trampolined),
             ("singlestepped", self.singlestepped),
             ("batches", self.batches),

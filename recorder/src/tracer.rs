@@ -490,6 +490,9 @@ impl Tracer {
             t.running = false;
         }
         self.stop_regs = None;
+        if self.tramp.vload_pending.is_some() {
+            self.vload_at_stop(&stop)?;
+        }
         if let Stop::Signal { signal, .. } = stop {
             // A thread sent through a go stub (`guard::GoBatch`) may stop inside it.
             if self.threads.get(&tid).is_some_and(|t| t.go.is_some()) && self.go_stop(tid, signal)? {
@@ -732,10 +735,13 @@ impl Tracer {
                 self.program_signal(tid, signal)
             }
             libc::SIGSEGV | libc::SIGBUS => {
-                let regs = match self.stop_regs.take() {
+                let mut regs = match self.stop_regs.take() {
                     Some((t, r)) if t == tid => r,
                     _ => sys::getregs(tid)?,
                 };
+                if self.tramp.vload_pending.is_some() {
+                    self.vload_rewind(tid, &mut regs)?;
+                }
                 if self.foreign_mode && self.owner == Some(tid) {
                     if let Some(orig) = self.slot_origin(regs.rip) {
                         return self.on_slot_fault(tid, regs, orig, signal);
