@@ -241,6 +241,62 @@ impl MemCols {
     }
 }
 
+/// Access events of a batch as they arrive, in order, before encoding: a
+/// fixed-size record each (registers copied, instruction bytes inline), the
+/// data bytes concatenated, the rare extended registers apart. Appending one
+/// copies ~220 bytes and allocates nothing once the vectors have grown, so
+/// the recorder's stop path never builds an [`Event::Access`]; the encoding
+/// into columns happens on the writer's thread ([`encode_parts`]).
+#[derive(Debug, Default)]
+pub struct AccessCols {
+    recs: Vec<RawAccess>,
+    data: Vec<u8>,
+    /// (access ordinal in this batch, register).
+    vregs: Vec<(u32, VecReg)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawAccess {
+    tid: Tid,
+    code_len: u8,
+    code: [u8; 15],
+    data_len: u32,
+    regs: Regs,
+    fault_addr: u64,
+}
+
+impl AccessCols {
+    /// Appends one access; `code` longer than 15 bytes is cut to 15 (an
+    /// x86 instruction is never longer).
+    #[inline]
+    pub fn push(&mut self, a: &AccessRef<'_>) {
+        let n = a.code.len().min(15);
+        let mut code = [0u8; 15];
+        code[..n].copy_from_slice(&a.code[..n]);
+        for v in a.vregs {
+            self.vregs.push((self.recs.len() as u32, v.clone()));
+        }
+        self.data.extend_from_slice(a.data);
+        self.recs.push(RawAccess {
+            tid: a.tid,
+            code_len: n as u8,
+            code,
+            data_len: a.data.len() as u32,
+            regs: *a.regs,
+            fault_addr: a.fault_addr,
+        });
+    }
+
+    /// An empty set with room for as many accesses and data bytes as this one holds.
+    pub fn empty_like(&self) -> Self {
+        AccessCols {
+            recs: Vec::with_capacity(self.recs.len()),
+            data: Vec::with_capacity(self.data.len()),
+            vregs: Vec::new(),
+        }
+    }
+}
+
 /// Per-thread prediction state of the encoder.
 #[derive(Default, Clone, Copy)]
 struct ThreadState {
@@ -320,20 +376,37 @@ fn unzigzag(z: u64) -> u64 {
 #[cfg(test)]
 pub fn encode(events: &[Event]) -> Batch {
     let mut mem = MemCols::default();
+    let mut acc = AccessCols::default();
     let mut kinds = Vec::with_capacity(events.len());
     let mut rest = Vec::new();
     for e in events {
         kinds.push(kind_id(e));
-        if !mem.push(e) {
+        if !mem.push(e) && !acc.push_event(e) {
             rest.push(e.clone());
         }
     }
-    encode_parts(kinds, &rest, mem)
+    encode_parts(kinds, &rest, mem, &acc)
+}
+
+impl AccessCols {
+    /// Appends `e` if it is an Access; returns whether it was.
+    #[inline]
+    pub fn push_event(&mut self, e: &Event) -> bool {
+        match e {
+            Event::Access { tid, code, regs, fault_addr, data, vregs } => {
+                self.push(&AccessRef { tid: *tid, code, regs, fault_addr: *fault_addr, data, vregs });
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A batch from its parts: the kind of every event, the Alloc/Free columns
-/// already built ([`MemCols`]) and every other event in order.
-pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols) -> Batch {
+/// already built ([`MemCols`]), the accesses in order ([`AccessCols`]) and
+/// every other event in order (`events` holds no Access: the access columns
+/// and `others` are independent streams, ordered by `kinds`).
+pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols, acc: &AccessCols) -> Batch {
     let mut b = Batch {
         kinds,
         m_head: mem.head,
@@ -348,21 +421,27 @@ pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols) -> Batch {
     // rip -> table indices with that rip (almost always one).
     let mut ip_index: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut ip_code_off: Vec<usize> = Vec::new();
-    let mut accesses: u32 = 0;
     for e in events {
-        let Event::Access { tid, code, regs, fault_addr, data, vregs } = e else {
-            if let Some(w) = wire::event_to(e) {
-                b.others.push(w);
-            }
-            continue;
-        };
+        debug_assert!(!matches!(e, Event::Access { .. }), "accesses go through AccessCols");
+        if let Some(w) = wire::event_to(e) {
+            b.others.push(w);
+        }
+    }
+    let mut vregs_iter = acc.vregs.iter().peekable();
+    let mut data_at = 0usize;
+    for (accesses, r) in acc.recs.iter().enumerate() {
+        let accesses = accesses as u32;
+        let (tid, regs, fault_addr) = (&r.tid, &r.regs, &r.fault_addr);
+        let code = &r.code[..usize::from(r.code_len)];
+        let data = acc.data.get(data_at..data_at + r.data_len as usize).unwrap_or(&[]);
+        data_at += r.data_len as usize;
         let st = threads.get(*tid);
         // Instruction table.
         let cands = ip_index.entry(regs.rip).or_default();
         let found = cands.iter().copied().find(|&i| {
             let i = i as usize;
             let off = ip_code_off[i];
-            b.ip_code.get(off..off + b.ip_code_len[i] as usize) == Some(code.as_slice())
+            b.ip_code.get(off..off + b.ip_code_len[i] as usize) == Some(code)
         });
         let ip = match found {
             Some(i) => i,
@@ -398,7 +477,7 @@ pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols) -> Batch {
         st.regs = now;
         put(&mut b.a_data_len, data.len() as u64);
         b.a_data.extend_from_slice(data);
-        for v in vregs {
+        while let Some((_, v)) = vregs_iter.next_if(|(i, _)| *i == accesses) {
             b.a_vregs.push(WAccessVReg {
                 access: accesses,
                 kind: wire::vreg_kind_code(v.kind),
@@ -406,7 +485,6 @@ pub fn encode_parts(kinds: Vec<u8>, events: &[Event], mem: MemCols) -> Batch {
                 bytes: v.bytes.clone(),
             });
         }
-        accesses += 1;
     }
     b
 }

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crate::batch;
 use crate::layout::{self, ChunkHeader, ChunkKind, Trailer, MAX_RAW_LEN};
 use crate::wire::{self, WChunkEntry, WCounter, WFooter};
-use crate::{AllocFn, Domain, Error, Event, Header, Module, Summary, EVENT_KINDS};
+use crate::{AccessRef, AllocFn, Domain, Error, Event, Header, Module, Summary, EVENT_KINDS};
 
 /// Tuning for [`TraceWriter`].
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub struct Written {
 const BATCH_BYTES: usize = 64 << 20;
 
 enum Msg {
-    Events { first: u64, kinds: Vec<u8>, events: Vec<Event>, mem: batch::MemCols },
+    Events { first: u64, kinds: Vec<u8>, events: Vec<Event>, mem: Box<batch::MemCols>, acc: Box<batch::AccessCols> },
     Module { at_event: u64, module: Box<Module> },
     Finish { summary: Summary },
 }
@@ -66,6 +66,8 @@ pub struct TraceWriter {
     batch: Vec<Event>,
     /// Its Alloc/Free events, encoded.
     mem: batch::MemCols,
+    /// Its Access events, as fixed-size records.
+    acc: batch::AccessCols,
     batch_bytes: usize,
     batch_first: u64,
     next_event: u64,
@@ -103,6 +105,7 @@ impl TraceWriter {
             kinds: Vec::with_capacity(options.events_per_chunk.clamp(1, 1 << 20)),
             batch: Vec::new(),
             mem: batch::MemCols::default(),
+            acc: batch::AccessCols::default(),
             options,
             batch_bytes: 0,
             batch_first: 0,
@@ -125,8 +128,23 @@ impl TraceWriter {
             self.batch_bytes += 24;
         } else {
             self.batch_bytes += approx_size(&event);
-            self.batch.push(event);
+            if !self.acc.push_event(&event) {
+                self.batch.push(event);
+            }
         }
+        self.end_push(n)
+    }
+
+    /// [`Self::push`] of an Access from borrowed parts: nothing is moved,
+    /// cloned or allocated per event (the recorder's stop path).
+    #[inline]
+    pub fn push_access(&mut self, a: &AccessRef<'_>) -> Result<u64, Error> {
+        let n = self.next_event;
+        self.kind_counts[0] += 1;
+        self.kinds.push(0);
+        self.batch_bytes +=
+            64 + a.code.len() + a.data.len() + a.vregs.iter().map(|v| 16 + v.bytes.len()).sum::<usize>();
+        self.acc.push(a);
         self.end_push(n)
     }
 
@@ -143,7 +161,9 @@ impl TraceWriter {
             self.batch_bytes += 24;
         } else {
             self.batch_bytes += approx_size(event);
-            self.batch.push(event.clone());
+            if !self.acc.push_event(event) {
+                self.batch.push(event.clone());
+            }
         }
         self.end_push(n)
     }
@@ -233,11 +253,14 @@ impl TraceWriter {
         let kinds = std::mem::replace(&mut self.kinds, Vec::with_capacity(cap));
         let events = std::mem::take(&mut self.batch);
         let next = batch::MemCols::with_capacity_like(&self.mem);
-        let mem = std::mem::replace(&mut self.mem, next);
+        let mem = Box::new(std::mem::replace(&mut self.mem, next));
+        // The next batch's accesses get room for as many as this one had.
+        let room = self.acc.empty_like();
+        let acc = Box::new(std::mem::replace(&mut self.acc, room));
         let first = self.batch_first;
         self.batch_first = self.next_event;
         self.batch_bytes = 0;
-        self.send(Msg::Events { first, kinds, events, mem })
+        self.send(Msg::Events { first, kinds, events, mem, acc })
     }
 
     fn send(&mut self, msg: Msg) -> Result<(), Error> {
@@ -317,9 +340,10 @@ impl Sink {
     fn run(mut self, rx: Receiver<Msg>) -> Result<u64, Error> {
         for msg in rx {
             match msg {
-                Msg::Events { first, kinds, events, mem } => {
+                Msg::Events { first, kinds, events, mem, acc } => {
                     let count = kinds.len();
-                    let raw = to_rkyv(&batch::encode_parts(kinds, &events, mem))?;
+                    let raw = to_rkyv(&batch::encode_parts(kinds, &events, *mem, &acc))?;
+                    drop(acc);
                     let count =
                         u32::try_from(count).map_err(|_| Error::Writer("more than 2^32 events in one chunk".into()))?;
                     drop(events);

@@ -7,7 +7,7 @@
 //! always works.
 
 use ffirec_decode::{Emulation, MemAccess, Rw};
-use ffirec_format::{Event, Regs, VecReg, VecRegKind};
+use ffirec_format::{AccessRef, Regs, VecReg, VecRegKind};
 
 use crate::process::Stop;
 use crate::sys::{self, Pid, RawRegs, RemoteAddr};
@@ -263,20 +263,19 @@ impl Tracer {
         if self.alloc.as_ref().is_some_and(|a| a.in_allocator(tid as u32)) {
             self.sink.counters.allocator_accesses += 1;
         } else {
-            let data = self.read_data(&self.ranges);
+            let got = self.read_data(&self.ranges, &mut loaded);
             if let [r] = self.ranges.as_slice() {
-                if r.rw == Rw::Read && !data.is_empty() {
-                    loaded[..data.len()].copy_from_slice(&data);
-                    loaded_at = Some((r.addr, data.len()));
+                if r.rw == Rw::Read && got > 0 {
+                    loaded_at = Some((r.addr, got));
                 }
             }
-            self.sink.push(Event::Access {
+            self.sink.push_access(&AccessRef {
                 tid: tid as u32,
-                code: code[..len].to_vec(),
-                regs,
+                code: &code[..len],
+                regs: &regs,
                 fault_addr,
-                data,
-                vregs,
+                data: &loaded[..got],
+                vregs: &vregs,
             })?;
         }
         if let Some(emu) = emulation.filter(|_| !no_emulate()) {
@@ -318,23 +317,23 @@ impl Tracer {
         }
     }
 
-    /// The bytes the instruction is about to read, when they are few.
-    fn read_data(&self, ranges: &[MemAccess]) -> Vec<u8> {
+    /// The bytes the instruction is about to read, when they are few, into
+    /// `out`; returns how many (0: none, too many, or not all readable).
+    fn read_data(&self, ranges: &[MemAccess], out: &mut [u8; DATA_MAX as usize]) -> usize {
         let total: u64 = ranges.iter().filter(|r| r.rw != Rw::Write).map(|r| r.size).sum();
         if total == 0 || total > DATA_MAX {
-            return Vec::new();
+            return 0;
         }
-        let mut out = vec![0u8; total as usize];
         let mut pos = 0;
         for r in ranges.iter().filter(|r| r.rw != Rw::Write) {
             let end = pos + r.size as usize;
             let got = self.mem.read_partial(RemoteAddr(r.addr), &mut out[pos..end]);
             if got < r.size as usize {
-                return Vec::new();
+                return 0;
             }
             pos = end;
         }
-        out
+        pos
     }
 
     /// Performs a simple move through `/proc/PID/mem` and skips the

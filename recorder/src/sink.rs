@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ffirec_format::{AllocFn, Domain, Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
+use ffirec_format::{AccessRef, AllocFn, Domain, Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
 
 use crate::Error;
 
@@ -145,6 +145,15 @@ impl Sink {
     #[inline]
     pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) -> Result<(), Error> {
         self.writer.push_free(tid, ptr, caller, domain)?;
+        Ok(())
+    }
+
+    /// An Access from borrowed parts, appended without allocating (the
+    /// fault path): same event, same trace bytes as `push(Event::Access)`.
+    #[inline]
+    pub fn push_access(&mut self, access: &AccessRef<'_>) -> Result<(), Error> {
+        self.accesses += 1;
+        self.writer.push_access(access)?;
         Ok(())
     }
 
