@@ -66,3 +66,17 @@ fn calls_cpu_pin_is_invisible_to_the_program() {
     );
     assert!(r.stdout.starts_with(&expected), "{}", r.stdout);
 }
+
+#[test]
+fn calls_cpu_pin_is_invisible_to_a_program_on_one_cpu() {
+    // The thread's own mask allows one CPU: the recorder moves there and
+    // leaves the thread's affinity alone, until the program widens it.
+    let r = scenario("calls_affinity1", "affinity1");
+    let expected = "restricted to one CPU: 1\nhost before calls: 1\nlibrary: 1\nhost between calls: 1\n\
+                    thread created by the library: 1\ncallback: 1001\nhost after 100 calls: 1\n\
+                    thread created by the host: 1\nlibrary restricted to one CPU: 1\nhost after that: 1\n";
+    assert!(r.stdout.starts_with(expected), "{}", r.stdout);
+    let widened = r.stdout.lines().find(|l| l.starts_with("host widened again: ")).expect("widened line");
+    let n = widened.trim_start_matches("host widened again: ").split(' ').next().unwrap_or_default();
+    assert!(r.stdout.ends_with(&format!("library after widening: {n}\n")), "{}", r.stdout);
+}

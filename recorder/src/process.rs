@@ -316,6 +316,29 @@ impl Tracer {
         if !self.opts.pin_cpu || self.saved_affinity.is_some() {
             return;
         }
+        let Some(theirs) = sys::get_affinity(tid) else { return };
+        if let Some(c) = sys::only_cpu(&theirs) {
+            // The thread may run on one CPU only (taskset, a one-CPU
+            // machine or cpuset): the recorder goes there, the thread's
+            // affinity is left alone (nothing to restore at return).
+            if self.tracer_pin.is_none_or(|(cpu, _)| cpu != c) {
+                let mine = match self.tracer_pin.take() {
+                    Some((_, mine)) => Some(mine),
+                    None => sys::get_affinity(0),
+                };
+                if let Some(mine) = mine {
+                    if sys::pin(0, c).is_some() {
+                        self.tracer_pin = Some((c, mine));
+                    } else {
+                        sys::set_affinity(0, &mine);
+                    }
+                }
+            }
+            self.saved_affinity = Some(theirs);
+            self.pinned_tid = Some(tid);
+            self.pin_untouched = true;
+            return;
+        }
         let cpu = match self.tracer_pin {
             Some((cpu, _)) => cpu,
             None => {
@@ -325,9 +348,10 @@ impl Tracer {
                 cpu
             }
         };
-        if let Some(theirs) = sys::pin(tid, cpu) {
+        if sys::set_one_cpu(tid, cpu) {
             self.saved_affinity = Some(theirs);
             self.pinned_tid = Some(tid);
+            self.pin_untouched = false;
         }
     }
 
@@ -338,7 +362,7 @@ impl Tracer {
             return;
         }
         self.pinned_tid = None;
-        if let Some(theirs) = self.saved_affinity.take() {
+        if let Some(theirs) = self.saved_affinity.take().filter(|_| !self.pin_untouched) {
             sys::set_affinity(tid, &theirs);
         }
         self.unpin_tracer();
@@ -353,7 +377,7 @@ impl Tracer {
             return None;
         }
         self.pinned_tid = None;
-        self.saved_affinity.take()
+        self.saved_affinity.take().filter(|_| !self.pin_untouched)
     }
 
     /// The recorder's own affinity back (no thread is pinned any more).

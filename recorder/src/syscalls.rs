@@ -495,8 +495,12 @@ impl Tracer {
             }
             libc::SYS_sched_setaffinity if ret == 0 => {
                 let Some((cpu, _)) = self.tracer_pin else { return Ok(()) };
-                if let Some(theirs) = sys::pin(tid, cpu) {
-                    self.saved_affinity = Some(theirs);
+                let Some(theirs) = sys::get_affinity(tid) else { return Ok(()) };
+                self.saved_affinity = Some(theirs);
+                self.pin_untouched = sys::only_cpu(&theirs) == Some(cpu);
+                if !self.pin_untouched && !sys::set_one_cpu(tid, cpu) {
+                    // Not pinned any more: its affinity is its own.
+                    self.forget_pin(tid);
                 }
                 Ok(())
             }

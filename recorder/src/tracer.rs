@@ -150,6 +150,9 @@ pub(crate) struct Tracer {
     pub saved_affinity: Option<libc::cpu_set_t>,
     /// The recorder pinned itself: to this CPU, and its own affinity before.
     pub tracer_pin: Option<(usize, libc::cpu_set_t)>,
+    /// The pinned thread's own affinity allows only the recorder's CPU:
+    /// it was not changed, and is not restored.
+    pub pin_untouched: bool,
     pub xsave: Vec<u8>,
     pub xsave_layout: crate::fault::XsaveLayout,
     pub first_image: bool,
@@ -301,6 +304,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         foreign_since: None,
         saved_affinity: None,
         tracer_pin: None,
+        pin_untouched: false,
         xsave: vec![0u8; 8192],
         xsave_layout: crate::fault::XsaveLayout::detect(),
         first_image: true,

@@ -540,6 +540,36 @@ pub fn pin(tid: Pid, cpu: usize) -> Option<libc::cpu_set_t> {
     Some(old)
 }
 
+/// Restricts thread `tid` to `cpu`; false if the kernel refused.
+pub fn set_one_cpu(tid: Pid, cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is a plain bit array; zeroed is empty.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET only sets a bit in the local set (bounds-checked by libc).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the kernel reads one cpu_set_t.
+    unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
+}
+
+/// Thread `tid`'s CPU affinity (0 = the caller).
+pub fn get_affinity(tid: Pid) -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; zeroed is empty.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes.
+    let r = unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (r == 0).then_some(set)
+}
+
+/// The CPU of a mask that allows exactly one.
+pub fn only_cpu(set: &libc::cpu_set_t) -> Option<usize> {
+    // SAFETY: CPU_COUNT and CPU_ISSET only read the local set.
+    unsafe {
+        if libc::CPU_COUNT(set) != 1 {
+            return None;
+        }
+        (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, set))
+    }
+}
+
 pub fn set_affinity(tid: Pid, set: &libc::cpu_set_t) {
     // SAFETY: the kernel reads one cpu_set_t; failure is harmless (affinity is a hint).
     unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
