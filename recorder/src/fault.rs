@@ -41,23 +41,24 @@ impl XsaveLayout {
     }
 
     /// Byte pieces (offset in the XSAVE area, length, XSTATE_BV bit) that
-    /// make up register `index` of `kind`, low bytes first.
-    fn pieces(&self, kind: VecRegKind, index: usize) -> Vec<(usize, usize, u32)> {
+    /// make up register `index` of `kind`, low bytes first (no allocation:
+    /// the vector-store fault path calls this).
+    fn pieces(&self, kind: VecRegKind, index: usize) -> Pieces {
         let i = index;
         match kind {
-            VecRegKind::K => vec![(self.opmask + 8 * i, 8, 5)],
+            VecRegKind::K => Pieces::of(&[(self.opmask + 8 * i, 8, 5)]),
             _ if i >= 16 => {
                 let len = match kind {
                     VecRegKind::Xmm => 16,
                     VecRegKind::Ymm => 32,
                     _ => 64,
                 };
-                vec![(self.hi16_zmm + 64 * (i - 16), len, 7)]
+                Pieces::of(&[(self.hi16_zmm + 64 * (i - 16), len, 7)])
             }
-            VecRegKind::Xmm => vec![(160 + 16 * i, 16, 1)],
-            VecRegKind::Ymm => vec![(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2)],
+            VecRegKind::Xmm => Pieces::of(&[(160 + 16 * i, 16, 1)]),
+            VecRegKind::Ymm => Pieces::of(&[(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2)]),
             VecRegKind::Zmm => {
-                vec![(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2), (self.zmm_hi256 + 32 * i, 32, 6)]
+                Pieces::of(&[(160 + 16 * i, 16, 1), (self.avx + 16 * i, 16, 2), (self.zmm_hi256 + 32 * i, 32, 6)])
             }
         }
     }
@@ -71,15 +72,24 @@ impl XsaveLayout {
 
     /// Register contents (components in their init state read as zero).
     pub fn get(&self, xsave: &[u8], kind: VecRegKind, index: usize) -> Vec<u8> {
+        let mut out = [0u8; 64];
+        let n = self.get_into(xsave, kind, index, &mut out);
+        out[..n].to_vec()
+    }
+
+    /// [`Self::get`] into `out`; returns the register's size in bytes.
+    pub fn get_into(&self, xsave: &[u8], kind: VecRegKind, index: usize, out: &mut [u8; 64]) -> usize {
         let bv = xsave.get(512..520).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
-        let mut out = Vec::with_capacity(64);
-        for (off, len, bit) in self.pieces(kind, index) {
+        let mut pos = 0;
+        for &(off, len, bit) in self.pieces(kind, index).iter() {
+            let Some(dst) = out.get_mut(pos..pos + len) else { break };
             match xsave.get(off..off + len) {
-                Some(b) if bv & (1 << bit) != 0 => out.extend_from_slice(b),
-                _ => out.extend(std::iter::repeat_n(0u8, len)),
+                Some(b) if bv & (1 << bit) != 0 => dst.copy_from_slice(b),
+                _ => dst.fill(0),
             }
+            pos += len;
         }
-        out
+        pos
     }
 
     /// Writes `bytes` (low bytes first) into register `index` of `kind`,
@@ -89,7 +99,7 @@ impl XsaveLayout {
         let mut bv = xsave.get(512..520).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
         let widest = if zero_upper { VecRegKind::Zmm } else { kind };
         let mut pos = 0;
-        for (off, len, bit) in self.pieces(widest, index) {
+        for &(off, len, bit) in self.pieces(widest, index).iter() {
             let Some(dst) = xsave.get_mut(off..off + len) else { return false };
             let in_view = self.pieces(kind, index).iter().any(|p| p.0 == off) || (index >= 16);
             for (j, d) in dst.iter_mut().enumerate() {
@@ -107,6 +117,25 @@ impl XsaveLayout {
             b.copy_from_slice(&bv.to_le_bytes());
         }
         true
+    }
+}
+
+/// Up to three (offset, length, XSTATE_BV bit) pieces of one register.
+#[derive(Debug, Clone, Copy)]
+struct Pieces {
+    p: [(usize, usize, u32); 3],
+    n: usize,
+}
+
+impl Pieces {
+    fn of(v: &[(usize, usize, u32)]) -> Pieces {
+        let mut p = [(0, 0, 0); 3];
+        let n = v.len().min(3);
+        p[..n].copy_from_slice(&v[..n]);
+        Pieces { p, n }
+    }
+    fn iter(&self) -> std::slice::Iter<'_, (usize, usize, u32)> {
+        self.p[..self.n].iter()
     }
 }
 
@@ -401,8 +430,9 @@ impl Tracer {
             Emulation::VecStore { reg, kind, .. } => {
                 let want = self.xsave_layout.extent(kind, usize::from(reg)).min(self.xsave.len());
                 let got = sys::get_xstate(tid, &mut self.xsave[..want])?;
-                let bytes = self.xsave_layout.get(&self.xsave[..got], kind, usize::from(reg));
-                let Some(b) = bytes.get(..size) else { return Ok(false) };
+                let mut bytes = [0u8; 64];
+                let n = self.xsave_layout.get_into(&self.xsave[..got], kind, usize::from(reg), &mut bytes);
+                let Some(b) = bytes[..n].get(..size) else { return Ok(false) };
                 if self.mem.write(RemoteAddr(addr), b).is_err() {
                     return Ok(false);
                 }
