@@ -108,6 +108,7 @@ static _Atomic(uint64_t) *hdr_traps(void) { return (_Atomic(uint64_t) *)&g_rc->f
 static _Atomic(uint32_t) *hdr_u32(uint32_t *p) { return (_Atomic(uint32_t) *)p; }
 
 static void record_proc(uint16_t kind, uint64_t aux);
+static uint8_t *g_hi_table; /* see "host initialisation tracking" below */
 static void hi_init(void);
 
 static void use_ring(uint32_t index) {
@@ -180,7 +181,8 @@ static void ring_init(void) {
     if (next == ST_READY)
         hi_init();
     atomic_store_explicit(&g_state, next, memory_order_release);
-    g_fast = next == ST_READY && g_primary;
+    /* Host-init tracking puts an epoch in records: the general path. */
+    g_fast = next == ST_READY && g_primary && g_hi_table == NULL;
     if (next == ST_READY) {
         /* We may be called from reserve() before it reserved anything, so no
          * slot of this thread is pending: the start record may wait. */
@@ -322,7 +324,8 @@ static TLS uint32_t t_hi_ep;
  * header last (the commit). A FREE leaves `size` unwritten. */
 static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, uint64_t seq, uint64_t n,
                                                        uint16_t kind, uint64_t ptr, uint64_t size,
-                                                       uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+                                                       uint64_t old_ptr, uint64_t caller, uint64_t aux,
+                                                       uint32_t hi_ep) {
     uint32_t tid = my_tid();
     uint64_t flags = (foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0) | (n == 2 ? FFIREC_F_EXT : 0);
     uint64_t who = (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT;
@@ -330,10 +333,9 @@ static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, ui
         struct ffirec_slot *c = &g_ring[(seq + 1) & (g_cap - 1)];
         c->w[0] = old_ptr;
         c->w[1] = aux;
-        c->w[2] = g_pid | (uint64_t)t_hi_ep << 32; /* see "Host init" in ffirec_shim.h */
+        c->w[2] = g_pid | (uint64_t)hi_ep << 32; /* see "Host init" in ffirec_shim.h */
         c->hdr = (uint64_t)(uint32_t)(seq + 2) | (uint64_t)FFIREC_K_CONT << FFIREC_HDR_KIND_SHIFT | who;
     }
-    t_hi_ep = 0;
     r->w[0] = ptr;
     if (kind != FFIREC_K_FREE)
         r->w[1] = size;
@@ -351,13 +353,15 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
                                                   uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     t_depth++;
     uint64_t seq;
-    uint64_t n = slots_for(old_ptr != 0 || aux != 0 || t_hi_ep != 0);
+    uint32_t hi_ep = t_hi_ep;
+    t_hi_ep = 0;
+    uint64_t n = slots_for(old_ptr != 0 || aux != 0 || hi_ep != 0);
     struct ffirec_slot *r = reserve(&seq, n);
     if (r) {
         if (n == 2)
-            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux);
+            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
         else
-            fill(r, seq, 1, kind, ptr, size, 0, caller, 0);
+            fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
         if (t_depth == 1)
             t_pending = 0;
     }
@@ -372,9 +376,9 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
 static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t ptr, uint64_t size,
                                                          uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     /* On the primary ring a record needs a second slot only for an old
-     * pointer, an aux word (a constant 0 for malloc and free) or a host-init
-     * epoch (only while --host-init tracks this process). */
-    uint64_t n = old_ptr != 0 || aux != 0 || t_hi_ep != 0 ? 2 : 1;
+     * pointer or an aux word (a constant 0 for malloc and free); host-init
+     * epochs never come here (g_fast). */
+    uint64_t n = old_ptr != 0 || aux != 0 ? 2 : 1;
     if (LIKELY(g_fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
         t_depth = 1;
         t_pending = PENDING_UNKNOWN;
@@ -386,9 +390,9 @@ static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t
             wait_for_room(seq + n - 1);
         struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
         if (n == 2)
-            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux);
+            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, 0);
         else
-            fill(r, seq, 1, kind, ptr, size, 0, caller, 0);
+            fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
         t_pending = 0;
         t_depth = 0;
         return;
@@ -420,11 +424,13 @@ static inline struct pending begin(int ext) {
 
 static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t size,
                        uint64_t old_ptr, uint64_t caller, uint64_t aux) {
+    uint32_t hi_ep = t_hi_ep;
+    t_hi_ep = 0;
     if (p.r) {
         if (p.n == 2)
-            fill(p.r, p.seq, 2, kind, ptr, size, old_ptr, caller, aux);
+            fill(p.r, p.seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
         else
-            fill(p.r, p.seq, 1, kind, ptr, size, 0, caller, 0);
+            fill(p.r, p.seq, 1, kind, ptr, size, 0, caller, 0, 0);
         if (t_depth == 1)
             t_pending = 0;
     }

@@ -34,8 +34,11 @@ const DRAIN_BATCH: usize = 4096;
 const DRAIN_BEHIND: u64 = crate::alloc::DEFAULT_CAPACITY as u64 / 4;
 /// The longest and shortest sleep of an idle recorder that drains the
 /// allocation ring (doubling from the shortest while the ring stays empty).
+/// The longest is well below the time a program allocating flat out takes
+/// to fill the default ring (~13 ms for its 2^20 slots), so a burst that
+/// starts while the recorder sleeps finds it draining before the ring is full.
 const IDLE_MIN: Duration = Duration::from_micros(100);
-const IDLE_MAX: Duration = Duration::from_millis(20);
+const IDLE_MAX: Duration = Duration::from_millis(2);
 /// The recorder keeps its CPU pin between calls; this long without a call
 /// (checked on the 0.5 s ticker) lets it go.
 const IDLE_UNPIN: Duration = Duration::from_millis(500);
