@@ -385,3 +385,98 @@ impl Drop for Mapping {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(capacity: u64) -> (Mapping, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("ffirec-ring-test-{}-{}", std::process::id(), capacity));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let map = Mapping::create(&file, capacity, None).unwrap();
+        (map, path)
+    }
+
+    /// A slot as the shim writes it: payload words, then the header.
+    #[allow(clippy::too_many_arguments)] // one slot's fields
+    fn put(map: &Mapping, ring: usize, seq: u64, tag_seq: u64, kind: u16, flags: u16, tid: u32, w: [u64; 3]) {
+        let off = map.slot(ring, seq);
+        for (i, v) in w.into_iter().enumerate() {
+            map.u64_at(off + 8 + 8 * i).store(v, Ordering::Relaxed);
+        }
+        let hdr = u64::from(tag(tag_seq))
+            | u64::from(kind) << HDR_KIND_SHIFT
+            | u64::from(flags) << HDR_FLAGS_SHIFT
+            | u64::from(tid) << HDR_TID_SHIFT;
+        map.u64_at(off).store(hdr, Ordering::Release);
+    }
+
+    #[test]
+    fn ring_v4_slots_decode_exactly() {
+        let (map, path) = mapping(16);
+        map.u32_at(ctl(1, RING_OWNER)).store(4242, Ordering::Release);
+        // A one-slot malloc on the primary ring: pid is the ring's owner.
+        put(&map, 1, 0, 0, kind::MALLOC, F_FOREIGN, 4_194_303, [0x5555_0000_1000, 48, 0x5555_0000_2000]);
+        let r = map.read(1, 0).unwrap();
+        assert_eq!(
+            r,
+            Rec {
+                kind: kind::MALLOC,
+                flags: F_FOREIGN,
+                tid: 4_194_303,
+                pid: 4242,
+                ptr: 0x5555_0000_1000,
+                size: 48,
+                old_ptr: 0,
+                caller: 0x5555_0000_2000,
+                aux: 0,
+                hi_epoch: 0,
+                slots: 1
+            }
+        );
+        // A free leaves the size word unwritten: whatever is there reads as 0.
+        put(&map, 1, 1, 1, kind::FREE, 0, 7, [0x5555_0000_1000, 0xdead_beef, 0x5555_0000_3000]);
+        let r = map.read(1, 1).unwrap();
+        assert_eq!((r.kind, r.size, r.ptr, r.caller, r.slots), (kind::FREE, 0, 0x5555_0000_1000, 0x5555_0000_3000, 1));
+        // An EXT realloc over two slots, the second one wrapping round the ring end.
+        put(&map, 0, 16, 16, kind::CONT, 0, 9, [0x7000, 0, 99 | 5 << 32]);
+        put(&map, 0, 15, 15, kind::REALLOC, F_EXT, 9, [0x8000, 64, 0x9000]);
+        let r = map.read(0, 15).unwrap();
+        assert_eq!(
+            r,
+            Rec {
+                kind: kind::REALLOC,
+                flags: F_EXT,
+                tid: 9,
+                pid: 99,
+                ptr: 0x8000,
+                size: 64,
+                old_ptr: 0x7000,
+                caller: 0x9000,
+                aux: 0,
+                hi_epoch: 5,
+                slots: 2
+            }
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn ring_v4_stale_and_broken_slots() {
+        let (map, path) = mapping(16);
+        // The previous lap's record in slot 3 is not record 19.
+        put(&map, 1, 3, 3, kind::MALLOC, 0, 1, [1, 2, 3]);
+        assert!(map.read(1, 19).is_none());
+        map.u64_at(ctl(1, RING_HEAD)).store(20, Ordering::Release);
+        assert!(map.uncommitted(1, 19));
+        assert!(!map.uncommitted(1, 3));
+        // A continuation slot on its own, or an EXT record whose second slot
+        // is not its own, is skipped as a one-slot NOP.
+        put(&map, 1, 5, 5, kind::CONT, 0, 1, [1, 2, 3]);
+        assert_eq!(map.read(1, 5).map(|r| (r.kind, r.slots)), Some((kind::NOP, 1)));
+        put(&map, 1, 7, 7u64.wrapping_sub(16), kind::CONT, 0, 1, [1, 2, 3]);
+        put(&map, 1, 6, 6, kind::MMAP, F_EXT, 1, [1, 2, 3]);
+        assert_eq!(map.read(1, 6).map(|r| (r.kind, r.slots)), Some((kind::NOP, 1)));
+        let _ = std::fs::remove_file(path);
+    }
+}
