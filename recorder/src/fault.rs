@@ -377,6 +377,7 @@ impl Tracer {
         next_ip: u64,
         pre: Option<(u64, &[u8])>,
     ) -> Result<bool, Error> {
+        let orig = raw;
         let addr = emu.address(&regs);
         let size = emu.size();
         let mut buf = [0u8; 64];
@@ -439,7 +440,7 @@ impl Tracer {
             }
         }
         raw.rip = next_ip;
-        sys::setregs(tid, &raw)?;
+        sys::set_changed(tid, &orig, &raw)?;
         self.resume(tid, 0)?;
         Ok(true)
     }
@@ -490,6 +491,7 @@ impl Tracer {
     /// `call [m]` / `jmp [m]` through guarded memory: read the target,
     /// push the return address for `call`, set rip. One stop.
     fn emulate_branch(&mut self, tid: Pid, mut raw: RawRegs, instr: &iced_x86::Instruction) -> Result<bool, Error> {
+        let orig = raw;
         use iced_x86::{Mnemonic, OpKind};
         let m = instr.mnemonic();
         if !matches!(m, Mnemonic::Call | Mnemonic::Jmp)
@@ -512,7 +514,7 @@ impl Tracer {
             raw.rsp = sp;
         }
         raw.rip = target;
-        sys::setregs(tid, &raw)?;
+        sys::set_changed(tid, &orig, &raw)?;
         self.resume(tid, 0)?;
         Ok(true)
     }
@@ -810,8 +812,9 @@ impl Tracer {
             }
         };
         self.mem.write(RemoteAddr(inj.data + VLOAD_SCRATCH), &data[..size])?;
+        let orig = raw;
         raw.rip = slot;
-        sys::setregs(tid, &raw)?;
+        sys::set_changed(tid, &orig, &raw)?;
         self.resume(tid, 0)?;
         self.sink.counters.vload_slots += 1;
         self.tramp.vload_pending = Some(VloadPending { tid, slot, end, next_ip: instr.next_ip(), emu: *emu, data });
