@@ -124,9 +124,9 @@ fn analyze_host_malloc64_16_written_32_read() {
 
 #[test]
 fn analyze_host_malloc64_without_host_init_is_unknown() {
-    // Without --host-init the host's writes are not tracked: its bytes are
+    // With --no-host-init the host's writes are not tracked: its bytes are
     // unknown, never reported.
-    let a = analyse("analyze_uninit_untracked", "uninit");
+    let a = analyse_with("analyze_uninit_untracked", "uninit", 0, &["--no-host-init"]);
     assert_eq!(a.json["trace"]["track_host_init"], false);
     assert_eq!(kinds(&a), Vec::<&str>::new());
     assert_eq!(a.json["summary"]["unknown_bytes"], 32);

@@ -197,8 +197,13 @@ fn record_alloc_library_frees_and_reallocs_host_pointers_allocator_activity() {
     // all four fields are recorded; glibc's work for the frees and the
     // realloc still is not. (The read of the never-written 4th field is
     // still no finding: the block went to the host between the two calls,
-    // and host writes are not tracked.)
-    let g = record("record_alloc_free_realloc_gf", &prog, &[], &["--lib", "libownfx.so", "--guard-foreign"]);
+    // and host writes are not tracked here: --no-host-init.)
+    let g = record(
+        "record_alloc_free_realloc_gf",
+        &prog,
+        &[],
+        &["--lib", "libownfx.so", "--guard-foreign", "--no-host-init"],
+    );
     real_support::assert_same_as_native(&nat, &g);
     let four = g.addr("four");
     assert!(!DEFAULT_ARENA.contains(&four));

@@ -1,4 +1,4 @@
-//! Host initialisation state (issue 5, part 3), `ffirec record --host-init`:
+//! Host initialisation state (issue 5, part 3; on by default, `--host-init` here):
 //! the recorder learns exactly which bytes of host heap blocks the host wrote
 //! (write-protected pages while host code runs, one `HostWrite` per write
 //! fault or host syscall), so a library reading never-written host bytes is

@@ -19,7 +19,8 @@ fn record(test: &str, scenario: &str, expect_code: i32) -> PathBuf {
     let trace = dir.join("trace.ffr");
     let out = common::run(
         common::ffirec()
-            .args(["record", "-q", "--lib", "libanafx.so", "-o"])
+            // The snapshots are of the recording without host-init's HostWrite events.
+            .args(["record", "-q", "--no-host-init", "--lib", "libanafx.so", "-o"])
             .arg(&trace)
             .arg("--")
             .arg(host())
