@@ -190,6 +190,20 @@ fn hostinit_byte_loop_ends_unknown_past_the_budget() {
 }
 
 #[test]
+fn hostinit_guard_set_reused_keeps_pages_tracked() {
+    // Two calls with nothing changed in between: the second reuses the guard
+    // set, and its return still makes the tracked page read-only again, so
+    // the host's memset of [10,100) after it is recorded: [100,200) exact.
+    let r = run("hostinit_reuse", &["reuse"], &[]);
+    assert_eq!(r.rec.stdout, "10 10 1\n");
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+    // 5 calls (3 hi_read, 2 in the library's destructors at exit); the 2nd
+    // and 3rd hi_read and one exit call find nothing changed.
+    assert_eq!((r.counter("calls"), r.counter("guard_sets_reused")), (5, 3));
+}
+
+#[test]
 fn hostinit_calloc_no_finding() {
     let r = run("hostinit_calloc", &["calloc"], &[]);
     assert_eq!(r.findings(), vec![]);

@@ -286,6 +286,8 @@ pub struct GuardCache {
     /// Text ranges given a VMA flag of their own (`mark_texts`), sorted, and their process.
     texts: Vec<(u64, u64)>,
     texts_pid: Pid,
+    /// The host-init tracked ranges among `guards`.
+    tracked: Vec<(u64, u64)>,
 }
 
 impl GuardCache {
@@ -615,20 +617,24 @@ impl Tracer {
         // (no path lookups): when those mappings and every other input are
         // what the last guard set was computed from, that set is reused.
         // Host-init tracking also needs the read-only pages it protected, so
-        // it reads everything. Without the alloc shim, `adopt_moved` needs
-        // the PROT_NONE mappings too (see there).
-        let walk = self.alloc.is_some() && !self.hostinit.enabled;
+        // it reads everything (its pages are in the key by their generation).
+        // Without the alloc shim, `adopt_moved` needs the PROT_NONE mappings
+        // too (see there).
+        let walk = self.alloc.is_some();
         let mut key = Vec::new();
         if walk && self.guard_key(&mut key, &keep, alt, on_alt)? {
+            key.push(self.hostinit.generation);
             if self.guard_cache.key == key {
                 self.none_at_entry = None;
                 self.sink.counters.guard_sets_reused += 1;
+                let tracked = self.guard_cache.tracked.clone();
+                self.hostinit_guards_reused(tracked);
                 return Ok(self.guard_cache.guards.clone());
             }
         } else {
             key.clear();
         }
-        let writable = if walk { crate::maps::read_writable(&self.mem)? } else { None };
+        let writable = if walk && !self.hostinit.enabled { crate::maps::read_writable(&self.mem)? } else { None };
         let maps = match writable {
             Some(m) => {
                 self.none_at_entry = None;
@@ -672,10 +678,12 @@ impl Tracer {
         }
         // Pages write-protected for host-init tracking are read-only in the
         // maps (so skipped above) but host memory: guarded, opened read-write.
-        for (a, b) in self.hostinit_guards(&maps) {
+        let tracked = self.hostinit_guards(&maps);
+        for &(a, b) in &tracked {
             let i = out.partition_point(|g| g.start < a);
             out.insert(i, GuardRange { start: a, end: b, prot: PROT_R | PROT_W });
         }
+        self.guard_cache.tracked = tracked;
         if arena.is_some() {
             // Arena blocks the host holds are guarded after all (the arena is
             // one private read-write mapping).

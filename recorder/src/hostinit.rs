@@ -144,6 +144,9 @@ pub(crate) struct HostInit {
     last_brk: u64,
     /// Tracked ranges added to the foreign call's guard set.
     in_guards: Vec<(u64, u64)>,
+    /// Changes whenever the set of tracked pages may have (a state the
+    /// recorder set, a shim mprotect): part of the guard set's reuse key.
+    pub generation: u64,
 }
 
 impl HostInit {
@@ -485,7 +488,7 @@ fn protected_in(mem: &Mem, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
         if m.path.starts_with('[') && m.path != "[heap]" {
             continue;
         }
-        out.extend(runs_of(mem, m.start, m.end, ST_PROTECTED));
+        out.extend(tracked_runs(mem, m.start, m.end));
     }
     out
 }
@@ -494,11 +497,21 @@ const TABLE_PAGES: u64 = crate::alloc::HOSTINIT_TABLE.end - crate::alloc::HOSTIN
 
 /// Runs of pages in `[a, b)` whose state is `want`, as byte ranges.
 fn runs_of(mem: &Mem, a: u64, b: u64, want: u8) -> Vec<(u64, u64)> {
+    runs_where(mem, a, b, |st| st == want)
+}
+
+/// Runs of pages in `[a, b)` that are read-only for tracking: protected (1)
+/// or being protected by the shim (4: read-only already, or about to be).
+fn tracked_runs(mem: &Mem, a: u64, b: u64) -> Vec<(u64, u64)> {
+    runs_where(mem, a, b, |st| st == ST_PROTECTED || st == ST_PROTECTING)
+}
+
+fn runs_where(mem: &Mem, a: u64, b: u64, f: impl Fn(u8) -> bool) -> Vec<(u64, u64)> {
     let states = read_states(mem, a, b);
     let first = a / PAGE;
     let mut out: Vec<(u64, u64)> = Vec::new();
     for (i, &st) in states.iter().enumerate() {
-        if st != want {
+        if !f(st) {
             continue;
         }
         let s = (first + i as u64) * PAGE;
@@ -553,6 +566,7 @@ impl Tracer {
         }
         set_states(&self.mem, a, b, st)?;
         self.hostinit.last_known = (u64::MAX, 0);
+        self.hostinit.generation += 1;
         if self.pid == self.hostinit.pid && a < b {
             let (s, e) = pages(a, b);
             if (e - s) / PAGE > self.hostinit.known.len() as u64 {
@@ -609,7 +623,15 @@ impl Tracer {
         self.hostinit.reset();
     }
 
-    /// Tracked pages (state 1) of the active process as byte ranges.
+    /// The guard set is reused (see `compute_guards`): the tracked pages in
+    /// it are the ones it was computed with.
+    pub(crate) fn hostinit_guards_reused(&mut self, tracked: Vec<(u64, u64)>) {
+        if self.hi_here() {
+            self.hostinit.in_guards = tracked;
+        }
+    }
+
+    /// Tracked pages (state 1 or 4) of the active process as byte ranges.
     pub(crate) fn hostinit_protected(&self, maps: &[crate::maps::Mapping]) -> Vec<(u64, u64)> {
         if !self.hostinit.enabled {
             return Vec::new();
@@ -730,7 +752,7 @@ impl Tracer {
             }
         }
         for (a, b) in ranges {
-            for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
+            for (s, e) in tracked_runs(&self.mem, a, b) {
                 out.push((s, e - s, PROT_R));
             }
         }
@@ -747,7 +769,7 @@ impl Tracer {
         }
         let mut kill = Vec::new();
         for (a, b) in self.hostinit.in_guards.clone() {
-            for (s, e) in runs_of(&self.mem, a, b, ST_PROTECTED) {
+            for (s, e) in tracked_runs(&self.mem, a, b) {
                 let mut p = s;
                 while p < e {
                     if open.iter().any(|&(x, l, _)| x < p + PAGE && p < x + l) {
@@ -1172,6 +1194,7 @@ impl Tracer {
                 // A shim mprotect that landed after the recorder released one
                 // of its pages made it read-only again: writable it stays.
                 let (_, a, b) = self.hostinit.inflight.swap_remove(i);
+                self.hostinit.generation += 1;
                 let states = read_states(&self.mem, a, b);
                 let undo: Vec<(u64, u64, u32)> = states
                     .iter()
@@ -1280,6 +1303,7 @@ impl Tracer {
                     let (s, e) = (new & !(PAGE - 1), (new & !(PAGE - 1)) + moved.len() as u64 * PAGE);
                     self.hostinit.known.retain(|&p, _| p < s || p >= e);
                     self.hostinit.last_known = (u64::MAX, 0);
+                    self.hostinit.generation += 1;
                 }
             }
             libc::SYS_mprotect | libc::SYS_pkey_mprotect if ret == 0 && !self.in_shim_text(regs.rip) => {
