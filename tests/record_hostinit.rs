@@ -161,6 +161,19 @@ fn hostinit_read_syscall_100_bytes() {
 }
 
 #[test]
+fn hostinit_read_syscall_after_a_call_returned() {
+    // The return from a foreign call must leave host syscalls observed: the
+    // read() after it fills a tracked page (exactly [0,100) recorded).
+    let dir = common::scratch("hostinit_read_after_call_file");
+    let file = dir.join("in.txt");
+    std::fs::write(&file, vec![b'x'; 150]).unwrap();
+    let r = run("hostinit_read_after_call", &["read_after_call", file.to_str().unwrap()], &[]);
+    assert_eq!(r.rec.stdout, "0 100 1\n");
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+}
+
+#[test]
 fn hostinit_fread_into_malloc_and_print() {
     // stdio's own buffer is malloc'd: read() into a protected page must work.
     let dir = common::scratch("hostinit_fread_file");

@@ -709,6 +709,7 @@ static void __attribute__((noinline)) hi_track_slow(const void *p, size_t n) {
             for (uint64_t k = run; k < run + run_len; k++)
                 __atomic_store_n(&g_hi_table[k], 4, __ATOMIC_SEQ_CST);
             long rc = hi_protect(run << 12, run_len << 12);
+            __atomic_fetch_add(&g_hdr->hostinit_protects, 1, __ATOMIC_SEQ_CST);
             /* Failed: never tracked here (the recorder reads 3 as unknown).
              * A page the recorder released meanwhile stays as it said. */
             for (uint64_t k = run; k < run + run_len; k++) {

@@ -177,7 +177,9 @@ struct ffirec_hdr {
     /* Non-zero whenever any foreign tid slot is (set before a slot, cleared
      * after the last one): one load tells a host-mode call it is not foreign. */
     uint32_t foreign_any; /* 136 */
-    uint32_t pad0[29];    /* 140 */
+    uint32_t pad1;        /* 140 */
+    uint64_t hostinit_protects; /* 144: bumped by the shim after each protection it makes */
+    uint32_t pad0[26];    /* 152 */
     struct ffirec_ring {
         /* line 0 */
         uint32_t owner_pid; /* +0: ring 1: the owning process, 0 while unclaimed */

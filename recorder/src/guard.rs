@@ -490,7 +490,11 @@ impl Tracer {
         entries: &[(u64, u64, u32)],
         affinity: Option<&libc::cpu_set_t>,
     ) -> Result<(), Error> {
-        let Some(inj) = self.inject.filter(|_| entries.len() <= GO_MAX) else {
+        // Host-init tracking must see every host syscall from here on: a
+        // thread let go from the stub's own (unobserved) syscalls would run
+        // on unobserved, and a read() into a tracked page would fail.
+        let observe = self.hostinit.wants_syscalls(self.pid);
+        let Some(inj) = self.inject.filter(|_| entries.len() <= GO_MAX && !observe) else {
             self.run_batch(tid, final_regs, entries)?;
             if let Some(mask) = affinity {
                 sys::set_affinity(tid, mask);
@@ -623,7 +627,9 @@ impl Tracer {
         let walk = self.alloc.is_some();
         let mut key = Vec::new();
         if walk && self.guard_key(&mut key, &keep, alt, on_alt)? {
-            key.push(self.hostinit.generation);
+            // The shim's own count too: its mprotects are not all seen (a
+            // callback's syscalls may run without stops).
+            key.extend([self.hostinit.generation, self.alloc.as_ref().map_or(0, |a| a.hostinit_protects())]);
             if self.guard_cache.key == key {
                 self.none_at_entry = None;
                 self.sink.counters.guard_sets_reused += 1;

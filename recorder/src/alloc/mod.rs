@@ -371,6 +371,12 @@ impl AllocTracker {
         self.map.set_hostinit_pid(pid);
     }
 
+    /// Host init: protections the shims made so far (all processes), a
+    /// cheap "did the tracked pages change" for the guard set's reuse.
+    pub fn hostinit_protects(&self) -> u64 {
+        self.map.hostinit_protects()
+    }
+
     /// Host init: the epoch producers copy into tracked blocks' records.
     pub fn set_hostinit_epoch(&self, epoch: u64) {
         self.map.set_hostinit_epoch(epoch);

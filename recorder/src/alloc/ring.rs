@@ -38,6 +38,7 @@ const OFF_ALLOCATOR_MORE: usize = 100;
 const OFF_HOSTINIT_EPOCH: usize = 128;
 /// Non-zero whenever a foreign tid slot is (the shim's one-load host-mode check).
 const OFF_FOREIGN_ANY: usize = 136;
+const OFF_HOSTINIT_PROTECTS: usize = 144;
 
 fn foreign_off(slot: usize) -> usize {
     if slot == 0 {
@@ -264,6 +265,10 @@ impl Mapping {
     /// Host init: the shim copies this into each tracked block's record.
     pub(crate) fn set_hostinit_epoch(&self, epoch: u64) {
         self.u64_at(OFF_HOSTINIT_EPOCH).store(epoch, Ordering::SeqCst);
+    }
+    /// Host init: protections the shims made so far (all processes).
+    pub(crate) fn hostinit_protects(&self) -> u64 {
+        self.u64_at(OFF_HOSTINIT_PROTECTS).load(Ordering::SeqCst)
     }
     /// Whether foreign thread `tid` is inside an allocation function now.
     pub(crate) fn in_allocator(&self, tid: u32) -> bool {
