@@ -644,7 +644,9 @@ mod bench {
         for round in 0..rounds {
             for i in 0..cap as u64 {
                 let seq = round * cap as u64 + i;
-                t.map.test_write(1, seq, (i % 2) as u16 * ring::kind::FREE, 0x1000 + (i / 2) * 16, 32);
+                // Heap-like pointers and sizes (multi-byte deltas, as in the alloc bench).
+                let size = 16 + (i / 2 * 2654435761) % 1025;
+                t.map.test_write(1, seq, (i % 2) as u16 * ring::kind::FREE, 0x5555_0000_0000 + size * 16, size);
             }
             let t0 = thread_cpu();
             events += t.drain_some_fast(
