@@ -85,7 +85,8 @@ static uint64_t g_cap;
 static uint64_t g_fork_head; /* our ring's head, read just before fork() */
 static uint32_t g_pid;
 /* READY, and this process owns the primary ring: record() may take its fast
- * path (see there). Cleared by use_ring(), set by ring_init(). */
+ * path (see there); 2 when host init tracks it (records may carry an epoch).
+ * Cleared by use_ring(), set by ring_init(). */
 static int g_fast;
 
 /* The foreign arena's range, copied from the header at init (len 0: none). */
@@ -181,8 +182,8 @@ static void ring_init(void) {
     if (next == ST_READY)
         hi_init();
     atomic_store_explicit(&g_state, next, memory_order_release);
-    /* Host-init tracking puts an epoch in records: the general path. */
-    g_fast = next == ST_READY && g_primary && g_hi_table == NULL;
+    /* 2: host-init tracking may put an epoch in a record (see record()). */
+    g_fast = next == ST_READY && g_primary ? (g_hi_table == NULL ? 1 : 2) : 0;
     if (next == ST_READY) {
         /* We may be called from reserve() before it reserved anything, so no
          * slot of this thread is pending: the start record may wait. */
@@ -373,28 +374,42 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
  * steps as reserve()'s outermost frame, without its calls and re-checks. The
  * interposed malloc/free pair cost ~1.7x native before (passthrough alone),
  * most of it in those calls. */
+/* record()'s fast path proper: `n` slots, the epoch `hi_ep` (0: none). */
+static inline __attribute__((always_inline)) void record_fast(uint64_t n, uint16_t kind, uint64_t ptr,
+                                                              uint64_t size, uint64_t old_ptr, uint64_t caller,
+                                                              uint64_t aux, uint32_t hi_ep) {
+    t_depth = 1;
+    t_pending = PENDING_UNKNOWN;
+    __asm__ volatile("" ::: "memory");
+    uint64_t seq = n;
+    __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
+    t_pending = seq + 1;
+    if (UNLIKELY(seq + n > t_limit))
+        wait_for_room(seq + n - 1);
+    struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
+    if (n == 2)
+        fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
+    else
+        fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
+    t_pending = 0;
+    t_depth = 0;
+}
+
 static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t ptr, uint64_t size,
                                                          uint64_t old_ptr, uint64_t caller, uint64_t aux) {
-    /* On the primary ring a record needs a second slot only for an old
-     * pointer or an aux word (a constant 0 for malloc and free); host-init
-     * epochs never come here (g_fast). */
-    uint64_t n = old_ptr != 0 || aux != 0 ? 2 : 1;
-    if (LIKELY(g_fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
-        t_depth = 1;
-        t_pending = PENDING_UNKNOWN;
-        __asm__ volatile("" ::: "memory");
-        uint64_t seq = n;
-        __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
-        t_pending = seq + 1;
-        if (UNLIKELY(seq + n > t_limit))
-            wait_for_room(seq + n - 1);
-        struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
-        if (n == 2)
-            fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, 0);
-        else
-            fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
-        t_pending = 0;
-        t_depth = 0;
+    int fast = g_fast;
+    if (LIKELY(fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
+        /* On the primary ring a record needs a second slot only for an old
+         * pointer, an aux word (a constant 0 for malloc and free) or a
+         * host-init epoch (read only while host init tracks this process). */
+        if (LIKELY(fast == 1)) {
+            record_fast(old_ptr != 0 || aux != 0 ? 2 : 1, kind, ptr, size, old_ptr, caller, aux, 0);
+        } else {
+            uint32_t hi_ep = t_hi_ep;
+            t_hi_ep = 0;
+            record_fast(old_ptr != 0 || aux != 0 || hi_ep != 0 ? 2 : 1, kind, ptr, size, old_ptr, caller, aux,
+                        hi_ep);
+        }
         return;
     }
     record_slow(kind, ptr, size, old_ptr, caller, aux);
