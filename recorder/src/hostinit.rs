@@ -898,6 +898,10 @@ impl Tracer {
             };
             let left = self.hostinit.never_in(p, p + PAGE);
             if left.is_empty() {
+                // The release's batch is a stop too.
+                if let Some(c) = self.hostinit.faults.get_mut(&p) {
+                    *c += 1;
+                }
                 release.push((p, ST_RELEASED));
             } else if count > self.hostinit.budget || !covers_fault {
                 for &(a, b) in &left {
@@ -1196,12 +1200,29 @@ impl Tracer {
                 let (_, a, b) = self.hostinit.inflight.swap_remove(i);
                 self.hostinit.generation += 1;
                 let states = read_states(&self.mem, a, b);
-                let undo: Vec<(u64, u64, u32)> = states
+                let mut undo: Vec<(u64, u64, u32)> = states
                     .iter()
                     .enumerate()
                     .filter(|&(_, &st)| st == ST_RELEASED || st == ST_DEAD)
                     .map(|(k, _)| (a + k as u64 * PAGE, PAGE, PROT_R | PROT_W))
                     .collect();
+                // A page protected again counts against its budget too (its
+                // two syscall stops): a page whose blocks come and go is
+                // given up instead of cycling release/protect forever.
+                if ret == 0 {
+                    for (k, &st) in states.iter().enumerate() {
+                        let p = a + k as u64 * PAGE;
+                        if st != ST_PROTECTING || !self.hostinit.released_at.contains_key(&p) {
+                            continue;
+                        }
+                        let c = self.hostinit.faults.entry(p).or_insert(0);
+                        *c += 2;
+                        if *c > self.hostinit.budget {
+                            self.hostinit_kill(p, p + PAGE)?;
+                            undo.push((p, PAGE, PROT_R | PROT_W));
+                        }
+                    }
+                }
                 if ret == 0 && !undo.is_empty() {
                     self.run_batch(tid, &regs, &undo)?;
                     sys::setregs(tid, &regs)?;
