@@ -365,6 +365,19 @@ impl Tracer {
         pos
     }
 
+    /// Fills `buf` with the bytes at `addr`: those the fault's read already
+    /// fetched (`pre`) when they are these, else read through `/proc/PID/mem`.
+    /// False when they cannot all be read.
+    fn load_into(&self, addr: u64, pre: Option<(u64, &[u8])>, buf: &mut [u8]) -> bool {
+        match pre {
+            Some((a, b)) if a == addr && b.len() == buf.len() => {
+                buf.copy_from_slice(b);
+                true
+            }
+            _ => self.mem.read_partial(RemoteAddr(addr), buf) == buf.len(),
+        }
+    }
+
     /// Performs a simple move through `/proc/PID/mem` and skips the
     /// instruction: one SETREGS, no window. Returns false to fall back.
     /// `pre`: bytes already read at an address (the Access event's data).
@@ -384,18 +397,9 @@ impl Tracer {
         if size > buf.len() || next_ip == 0 {
             return Ok(false);
         }
-        let load = |mem: &sys::Mem, buf: &mut [u8]| -> bool {
-            match pre {
-                Some((a, b)) if a == addr && b.len() == buf.len() => {
-                    buf.copy_from_slice(b);
-                    true
-                }
-                _ => mem.read_partial(RemoteAddr(addr), buf) == buf.len(),
-            }
-        };
         match *emu {
             Emulation::Load { .. } => {
-                if !load(&self.mem, &mut buf[..size]) {
+                if !self.load_into(addr, pre, &mut buf[..size]) {
                     return Ok(false);
                 }
                 if emu.apply_load(&mut regs, &buf[..size]).is_err() {
@@ -458,13 +462,8 @@ impl Tracer {
         let (addr, size) = (emu.address(regs), emu.size());
         let mut data = [0u8; DATA_MAX as usize];
         let Some(buf) = data.get_mut(..size) else { return Ok(false) };
-        match pre {
-            Some((a, b)) if a == addr && b.len() == size => buf.copy_from_slice(b),
-            _ => {
-                if self.mem.read_partial(RemoteAddr(addr), buf) != size {
-                    return Ok(false);
-                }
-            }
+        if !self.load_into(addr, pre, buf) {
+            return Ok(false);
         }
         // Legacy SSE loads into xmm0-15 leave the upper halves alone: the
         // FXSAVE area suffices (measured here: 2.7 us for get+set against
@@ -779,13 +778,8 @@ impl Tracer {
         let (addr, size) = (emu.address(regs), emu.size());
         let mut data = [0u8; DATA_MAX as usize];
         let Some(buf) = data.get_mut(..size) else { return Ok(false) };
-        match pre {
-            Some((a, b)) if a == addr && b.len() == size => buf.copy_from_slice(b),
-            _ => {
-                if self.mem.read_partial(RemoteAddr(addr), buf) != size {
-                    return Ok(false);
-                }
-            }
+        if !self.load_into(addr, pre, buf) {
+            return Ok(false);
         }
         let mut bytes = [0u8; 15];
         let Some(b) = bytes.get_mut(..code.len()) else { return Ok(false) };
