@@ -103,6 +103,7 @@ pub fn load(
         .filter_map(|s| Some(Symbol { name: s.name().ok()?.to_string(), addr: s.address(), size: s.size() }))
         .filter(|s| !s.name.is_empty())
         .collect();
+    symbols.extend(lifecycle_symbols(&elf, data, &pt_loads));
     symbols.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
     symbols.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
     // Keep one symbol per address (prefer the one with a size): symbolize()
@@ -129,6 +130,60 @@ pub fn load(
         soname,
         loads,
     ))
+}
+
+/// Names for the code ld.so and `exit` call directly, which a stripped
+/// library has no symbol for: `_init`/`_fini` (DT_INIT/DT_FINI) and
+/// `__init_array[k]`/`__fini_array[k]` for the entries of DT_INIT_ARRAY and
+/// DT_FINI_ARRAY (a constructor or destructor such as
+/// `__do_global_dtors_aux`; a real symbol at the same address wins). An
+/// array entry is its R_X86_64_RELATIVE relocation's addend, else the word
+/// stored in the file (RELR keeps it there).
+fn lifecycle_symbols(elf: &ElfFile64<Endianness>, data: &[u8], pt_loads: &[(u64, u64, u64, u32)]) -> Vec<Symbol> {
+    use object::elf::{DT_FINI, DT_FINI_ARRAY, DT_FINI_ARRAYSZ, DT_INIT, DT_INIT_ARRAY, DT_INIT_ARRAYSZ};
+    use object::{RelocationFlags, RelocationTarget};
+    let Ok(table) = elf.elf_dynamic_table() else { return Vec::new() };
+    let value = |tag: object::elf::DynamicTag| table.iter().find(|d| d.tag == tag).map(|d| d.val);
+    let mut out = Vec::new();
+    let mut named = |name: String, addr: u64| {
+        if addr != 0 {
+            out.push(Symbol { name, addr, size: 0 });
+        }
+    };
+    if let Some(a) = value(DT_INIT) {
+        named("_init".into(), a);
+    }
+    if let Some(a) = value(DT_FINI) {
+        named("_fini".into(), a);
+    }
+    let relative: std::collections::HashMap<u64, u64> = elf
+        .dynamic_relocations()
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| {
+            matches!(r.flags(), RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE)
+                && matches!(r.target(), RelocationTarget::Absolute)
+        })
+        .map(|(off, r)| (off, r.addend() as u64))
+        .collect();
+    let stored = |vaddr: u64| -> Option<u64> {
+        let &(v, _, off, _) = pt_loads.iter().find(|&&(v, sz, _, _)| vaddr >= v && vaddr + 8 <= v + sz)?;
+        let at = usize::try_from(vaddr - v + off).ok()?;
+        let b: [u8; 8] = data.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    for (array, size, name) in
+        [(DT_INIT_ARRAY, DT_INIT_ARRAYSZ, "__init_array"), (DT_FINI_ARRAY, DT_FINI_ARRAYSZ, "__fini_array")]
+    {
+        let (Some(start), Some(len)) = (value(array), value(size)) else { continue };
+        for k in 0..len.min(4096) / 8 {
+            let slot = start + 8 * k;
+            if let Some(target) = relative.get(&slot).copied().or_else(|| stored(slot)) {
+                named(format!("{name}[{k}]"), target);
+            }
+        }
+    }
+    out
 }
 
 /// Addresses (ELF virtual) of the defined symbols of `elf` named in `names`,
