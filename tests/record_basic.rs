@@ -378,7 +378,9 @@ fn record_foreign_syscalls_on_guarded_buffers() {
     assert_eq!(r.stdout, "written by the library\n23 13 from the pipe\n");
     let ev = r.events();
     let (msg, inp) = (r.addr("msg"), r.addr("in"));
-    let sys: Vec<(u64, i64, Vec<(u64, u64, bool)>)> = ev
+    // (syscall number, return value, [(addr, len, write)])
+    type SyscallSet = (u64, i64, Vec<(u64, u64, bool)>);
+    let sys: Vec<SyscallSet> = ev
         .iter()
         .filter_map(|e| match e {
             Event::SyscallAccess { nr, ret, ranges, .. } => {
