@@ -395,8 +395,13 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
 
+    /// A fresh ring file for one test: tests run in parallel threads of one
+    /// process, so the name carries a counter (it carried only the pid and
+    /// capacity, and two tests truncated each other's file).
     fn mapping(capacity: u64) -> (Mapping, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!("ffirec-ring-test-{}-{}", std::process::id(), capacity));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ffirec-ring-test-{}-{capacity}-{n}", std::process::id()));
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         let map = Mapping::create(&file, capacity, None).unwrap();
         (map, path)
