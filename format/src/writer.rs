@@ -121,16 +121,8 @@ impl TraceWriter {
     /// the caller's thread; blocks only when `queue_depth` batches are pending.
     pub fn push(&mut self, event: Event) -> Result<u64, Error> {
         let n = self.next_event;
-        let kind = batch::kind_id(&event);
-        self.kind_counts[usize::from(kind)] += 1;
-        self.kinds.push(kind);
-        if self.mem.push(&event) {
-            self.batch_bytes += 24;
-        } else {
-            self.batch_bytes += approx_size(&event);
-            if !self.acc.push_event(&event) {
-                self.batch.push(event);
-            }
+        if self.encode(&event) {
+            self.batch.push(event);
         }
         self.end_push(n)
     }
@@ -154,18 +146,25 @@ impl TraceWriter {
     #[inline]
     pub fn push_ref(&mut self, event: &Event) -> Result<u64, Error> {
         let n = self.next_event;
+        if self.encode(event) {
+            self.batch.push(event.clone());
+        }
+        self.end_push(n)
+    }
+
+    /// Counts `event` and appends it to its columns (Alloc/Free, Access);
+    /// true when it is none of those and must be kept whole in `batch`.
+    #[inline]
+    fn encode(&mut self, event: &Event) -> bool {
         let kind = batch::kind_id(event);
         self.kind_counts[usize::from(kind)] += 1;
         self.kinds.push(kind);
         if self.mem.push(event) {
             self.batch_bytes += 24;
-        } else {
-            self.batch_bytes += approx_size(event);
-            if !self.acc.push_event(event) {
-                self.batch.push(event.clone());
-            }
+            return false;
         }
-        self.end_push(n)
+        self.batch_bytes += approx_size(event);
+        !self.acc.push_event(event)
     }
 
     /// [`Self::push`] of an `Event::Alloc` given by its fields (the same
