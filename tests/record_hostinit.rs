@@ -382,3 +382,85 @@ fn hostinit_signal_frame_on_malloced_alternate_stack() {
     assert_eq!(r.rec.stdout, "10 1\n");
     assert_eq!(r.findings(), uninit(100, 200));
 }
+
+/// `NAME=VALUE` from the recording's stderr.
+fn stderr_value(r: &Run, name: &str) -> String {
+    let key = format!("{name}=");
+    let line = r.rec.stderr.lines().find(|l| l.starts_with(&key));
+    line.unwrap_or_else(|| panic!("no {key} in stderr:\n{}", r.rec.stderr))[key.len()..].to_string()
+}
+
+/// The CPUs of a kernel-style list ("0-1,3").
+fn cpus(list: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn hostinit_burst_pin_is_invisible_to_the_program() {
+    // A burst of host write faults pins the thread with the recorder (the
+    // burst never ends here: FFIREC_HOSTINIT_PIN_MS=60000). The program sees
+    // its own mask through sched_getaffinity (by tid 0 and by pid), so do a
+    // thread it creates and a child it forks during the burst, whose real
+    // masks (/proc Cpus_allowed_list) are the program's own; restricted to
+    // its first CPU and widened back, it sees that too. Stdout is native.
+    let r = run_env("hostinit_burst_affinity", &["affinity_burst"], &[], &[("FFIREC_HOSTINIT_PIN_MS", "60000")]);
+    let mask = stderr_value(&r, "mask");
+    let first = cpus(&mask)[0].to_string();
+    let expected =
+        format!("mask {mask}, by pid {mask}\nthread {mask}\nchild {mask} 0\nrestricted {first}\nwidened {mask}\n1\n");
+    assert_eq!(r.rec.stdout, expected);
+    // Pinned: one CPU of its mask, the recorder's.
+    let main = stderr_value(&r, "main_kernel");
+    assert_eq!(cpus(&main).len(), 1, "{main}");
+    assert!(cpus(&mask).contains(&cpus(&main)[0]), "{main} not in {mask}");
+    assert_eq!(stderr_value(&r, "thread_kernel"), mask);
+    assert_eq!(stderr_value(&r, "child_kernel"), mask);
+    // Its own mask excludes the recorder's CPU: the pin ends (the recorder
+    // goes to that CPU for the next burst) or it was that CPU already.
+    assert_eq!(stderr_value(&r, "restricted_kernel"), first);
+    // Widened while pinned on that CPU: pinned there still, seeing its mask.
+    assert_eq!(stderr_value(&r, "widened_kernel"), first);
+    assert_eq!(r.counter("hostinit_pins"), if main == first { 1 } else { 2 });
+    assert_eq!(r.findings(), uninit(100, 200));
+}
+
+#[test]
+fn hostinit_burst_pin_child_not_followed_gets_its_own_mask() {
+    // --no-follow: the child forked while its parent is pinned runs
+    // untraced, with the program's own mask, not the pin.
+    let r = run_env(
+        "hostinit_burst_nofollow",
+        &["affinity_burst"],
+        &["--no-follow"],
+        &[("FFIREC_HOSTINIT_PIN_MS", "60000")],
+    );
+    let mask = stderr_value(&r, "mask");
+    assert_eq!(cpus(&stderr_value(&r, "main_kernel")).len(), 1);
+    assert_eq!(stderr_value(&r, "child_kernel"), mask);
+}
+
+#[test]
+fn hostinit_burst_pin_off_with_no_pin() {
+    // --no-pin: the same program runs on its own mask throughout.
+    let r = run_env("hostinit_burst_nopin", &["affinity_burst"], &["--no-pin"], &[("FFIREC_HOSTINIT_PIN_MS", "60000")]);
+    let mask = stderr_value(&r, "mask");
+    assert_eq!(stderr_value(&r, "main_kernel"), mask);
+    assert_eq!(stderr_value(&r, "widened_kernel"), mask);
+    assert_eq!(r.counter("hostinit_pins"), 0);
+    assert_eq!(r.findings(), uninit(100, 200));
+}
+
+#[test]
+fn hostinit_burst_pin_ends_when_stops_stop() {
+    // Two bursts 600 ms of computation apart, bursts ending after 100 ms
+    // without a host-init stop: the thread is pinned twice (its own mask
+    // back in between, given by the wait loop while it computes).
+    let r = run_env("hostinit_burst_twice", &["burst_twice"], &[], &[("FFIREC_HOSTINIT_PIN_MS", "100")]);
+    assert_eq!(r.rec.stdout, "1\n");
+    assert_eq!(r.counter("hostinit_pins"), 2);
+}

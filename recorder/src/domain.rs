@@ -380,7 +380,11 @@ impl Tracer {
         // ptrace round trip across CPUs costs ~100 µs (the other CPU
         // sleeps), so even a call that never faults pays more unpinned
         // (calls bench, idle VM: 552 µs per call unpinned, 77 µs pinned).
-        // Back from a host callback (which ran unpinned) too.
+        // Back from a host callback (which ran unpinned) too. Another
+        // thread's burst pin (`process::Burst`) makes way if it can.
+        if self.burst.pinned && self.pinned_tid != Some(tid) {
+            self.burst_unpin();
+        }
         self.pin(tid);
         self.last_owner_stop = Instant::now();
         // A call released while blocked (in a callback too) is guarded again.

@@ -804,6 +804,9 @@ impl Tracer {
             return Ok(false);
         }
         let st = read_states(&self.mem, page, page + 1).first().copied().unwrap_or(0);
+        if st == ST_PROTECTED || st == ST_PROTECTING || st == ST_RELEASED || st == ST_DEAD {
+            self.burst_stop(tid);
+        }
         if st == ST_RELEASED || st == ST_DEAD {
             // Raced a release (the fault was queued before the page became
             // writable), or a shim mprotect that landed after one is still
@@ -1082,6 +1085,7 @@ impl Tracer {
             self.set_sys(tid, SysState::InSyscall { nr, args, open: Vec::new(), ranges: Vec::new(), known: true });
             return self.resume(tid, 0);
         }
+        self.burst_stop(tid);
         // This thread's previous syscall is over, whether its exit was seen or not.
         self.hostinit.inflight.retain(|&(t, _, _)| t != tid);
         if nr == libc::SYS_mprotect as u64 && self.in_shim_text(regs.rip) {
@@ -1154,10 +1158,16 @@ impl Tracer {
         known: bool,
     ) -> Result<(), Error> {
         if self.pid != self.hostinit.pid {
+            if self.pinned_tid.is_some() {
+                let ret = sys::getregs(tid)?.rax as i64;
+                self.hide_pin(tid, nr, args, ret)?;
+            }
             return self.resume(tid, 0);
         }
+        self.burst_stop(tid);
         let mut regs = sys::getregs(tid)?;
         let ret = regs.rax as i64;
+        self.hide_pin(tid, nr, args, ret)?;
         if known {
             for r in crate::syscalls::actual(&ranges, ret) {
                 if !r.write || r.len == 0 {

@@ -13,7 +13,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ffirec_format::{Event, GapReason};
 
@@ -308,59 +308,55 @@ impl Tracer {
     }
 
     /// Pins the recorder and `tid` to one CPU (one thread at a time: with
-    /// several processes in foreign calls, only the first is pinned). The
-    /// recorder stays pinned after the call (its own affinity is nobody's
-    /// business; [`Self::unpin_tracer`] lets it go when calls stop), so the
-    /// next call's entry stop wakes it on the CPU the thread runs on.
+    /// several processes in foreign calls, only the first is pinned), a CPU
+    /// the thread's own affinity allows (the recorder moves there if it must:
+    /// the thread never runs where it asked not to). The recorder stays
+    /// pinned after the call (its own affinity is nobody's business;
+    /// [`Self::unpin_tracer`] lets it go when calls stop), so the next call's
+    /// entry stop wakes it on the CPU the thread runs on.
     pub(crate) fn pin(&mut self, tid: Pid) {
         if !self.opts.pin_cpu || self.saved_affinity.is_some() {
             return;
         }
         let Some(theirs) = sys::get_affinity(tid) else { return };
-        if let Some(c) = sys::only_cpu(&theirs) {
-            // The thread may run on one CPU only (taskset, a one-CPU
-            // machine or cpuset): the recorder goes there, the thread's
-            // affinity is left alone (nothing to restore at return).
-            if self.tracer_pin.is_none_or(|(cpu, _)| cpu != c) {
+        let cpu = match self.tracer_pin {
+            Some((cpu, _)) if sys::allows(&theirs, cpu) => cpu,
+            _ => {
+                let here = sys::current_cpu();
+                let Some(cpu) = Some(here).filter(|&c| sys::allows(&theirs, c)).or_else(|| sys::first_cpu(&theirs))
+                else {
+                    return;
+                };
                 let mine = match self.tracer_pin.take() {
                     Some((_, mine)) => Some(mine),
                     None => sys::get_affinity(0),
                 };
-                if let Some(mine) = mine {
-                    if sys::pin(0, c).is_some() {
-                        self.tracer_pin = Some((c, mine));
-                    } else {
-                        sys::set_affinity(0, &mine);
-                    }
+                let Some(mine) = mine else { return };
+                if sys::pin(0, cpu).is_none() {
+                    sys::set_affinity(0, &mine);
+                    return;
                 }
-            }
-            self.saved_affinity = Some(theirs);
-            self.pinned_tid = Some(tid);
-            self.pin_untouched = true;
-            return;
-        }
-        let cpu = match self.tracer_pin {
-            Some((cpu, _)) => cpu,
-            None => {
-                let cpu = sys::current_cpu();
-                let Some(mine) = sys::pin(0, cpu) else { return };
                 self.tracer_pin = Some((cpu, mine));
                 cpu
             }
         };
-        if sys::set_one_cpu(tid, cpu) {
+        // The thread may run on that one CPU only (taskset, a one-CPU
+        // machine or cpuset): its affinity is left alone (nothing to restore).
+        let untouched = sys::only_cpu(&theirs) == Some(cpu);
+        if untouched || sys::set_one_cpu(tid, cpu) {
             self.saved_affinity = Some(theirs);
             self.pinned_tid = Some(tid);
-            self.pin_untouched = false;
+            self.pin_untouched = untouched;
         }
     }
 
     /// Gives `tid` its own affinity back, from here (the thread is stopped),
     /// and lets the recorder go too.
     pub(crate) fn unpin(&mut self, tid: Pid) {
-        if self.pinned_tid != Some(tid) {
+        if self.pinned_tid != Some(tid) || self.burst.keeps() {
             return;
         }
+        self.burst.pinned = false;
         self.pinned_tid = None;
         if let Some(theirs) = self.saved_affinity.take().filter(|_| !self.pin_untouched) {
             sys::set_affinity(tid, &theirs);
@@ -373,9 +369,10 @@ impl Tracer {
     /// on the recorder's CPU (no wake-up of another, possibly halted CPU)
     /// and runs no host instruction pinned. The recorder stays pinned.
     pub(crate) fn unpin_by_stub(&mut self, tid: Pid) -> Option<libc::cpu_set_t> {
-        if self.pinned_tid != Some(tid) {
+        if self.pinned_tid != Some(tid) || self.burst.keeps() {
             return None;
         }
+        self.burst.pinned = false;
         self.pinned_tid = None;
         self.saved_affinity.take().filter(|_| !self.pin_untouched)
     }
@@ -395,7 +392,74 @@ impl Tracer {
         if self.pinned_tid == Some(tid) {
             self.pinned_tid = None;
             self.saved_affinity = None;
+            self.burst.pinned = false;
         }
+    }
+
+    /// A host-init stop of `tid` (see [`Burst`]): the second of a burst pins
+    /// the thread with the recorder, unless a foreign call's pin is in
+    /// charge or another burst's is not over yet.
+    pub(crate) fn burst_stop(&mut self, tid: Pid) {
+        if !self.opts.pin_cpu || self.burst.window.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let prev = self.burst.last.replace((tid, now));
+        if self.pinned_tid == Some(tid) {
+            if self.burst.pinned {
+                self.burst.pinned_last = Some(now);
+            }
+            return;
+        }
+        if self.owner.is_some() {
+            return;
+        }
+        let Some((t, at)) = prev else { return };
+        if t != tid || now.duration_since(at) > self.burst.window {
+            return;
+        }
+        // One pinned thread at a time: a quiet burst's makes way.
+        if self.pinned_tid.is_some() && !(self.burst.quiet() && self.burst_unpin()) {
+            return;
+        }
+        self.pin(tid);
+        if self.pinned_tid == Some(tid) {
+            self.burst.pinned = true;
+            self.burst.pinned_last = Some(now);
+            self.sink.counters.hostinit_pins += 1;
+        }
+    }
+
+    /// Ends a burst's pin: the thread gets its own affinity back and leaves
+    /// the recorder's CPU at once (the ring is drained beside it again). Only
+    /// while it is between syscalls (every one of them stops at its entry
+    /// with host-init), never inside one: a `clone`/`fork` in progress would
+    /// hand the pin to the child unseen, a `sched_setaffinity` would be
+    /// undone. False when it cannot be done now.
+    pub(crate) fn burst_unpin(&mut self) -> bool {
+        let Some(tid) = self.pinned_tid.filter(|_| self.burst.pinned) else { return false };
+        let idle = |t: &crate::tracer::Thread| matches!(t.sys, SysState::Idle) && t.go.is_none();
+        let between = match self.threads.get(&tid) {
+            Some(t) => idle(t),
+            None => match self.tgids.get(&tid).and_then(|g| self.procs.get(g)) {
+                Some(p) => p.threads.get(&tid).is_none_or(idle),
+                None => true,
+            },
+        };
+        if !between {
+            return false;
+        }
+        self.pinned_tid = None;
+        self.burst.pinned = false;
+        match self.saved_affinity.take() {
+            Some(theirs) if !self.pin_untouched => match self.tracer_pin {
+                Some((cpu, _)) => sys::set_affinity_away(tid, &theirs, cpu),
+                None => sys::set_affinity(tid, &theirs),
+            },
+            // Its own affinity is our CPU: the recorder leaves instead.
+            _ => self.unpin_tracer(),
+        }
+        true
     }
 
     /// [`Self::check_blocked`] for every process with a foreign call in progress.
@@ -588,5 +652,46 @@ impl Tracer {
             .and_then(|l| l.module.symbolize(f.target))
             .map(|(s, _)| s.name.clone())
             .unwrap_or_else(|| format!("{:#x}", f.target))
+    }
+}
+
+/// Co-pinning for bursts of host-init stops (write faults on tracked pages,
+/// the host syscalls host-init stops at): a host thread runs unpinned, so
+/// each of those stops waits for the other (maybe halted) CPU to wake, twice
+/// (~80-120 µs on a 2-vCPU VM, ~8 µs when the thread and the recorder share
+/// a CPU). While such stops come often, the stopping thread is pinned with
+/// the recorder ([`Tracer::pin`], hidden from the program like a call's
+/// pin); once none came for `window`, it gets its own affinity back, so the
+/// allocation ring is drained in parallel with the program again.
+#[derive(Debug)]
+pub(crate) struct Burst {
+    /// The pin (`pinned_tid`) is a burst's, not a foreign call's.
+    pub pinned: bool,
+    /// The last host-init stop: its thread and time.
+    last: Option<(Pid, Instant)>,
+    /// The last host-init stop of the pinned thread.
+    pinned_last: Option<Instant>,
+    /// Two stops of one thread this close start a burst; this long without
+    /// one ends it (FFIREC_HOSTINIT_PIN_MS; 0 turns burst pinning off).
+    window: Duration,
+}
+
+impl Default for Burst {
+    fn default() -> Burst {
+        let ms = std::env::var("FFIREC_HOSTINIT_PIN_MS").ok().and_then(|v| v.parse::<u64>().ok());
+        Burst { pinned: false, last: None, pinned_last: None, window: Duration::from_millis(ms.unwrap_or(2)) }
+    }
+}
+
+impl Burst {
+    /// The burst's pinned thread has had no host-init stop for `window`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.pinned && self.pinned_last.is_none_or(|t| t.elapsed() > self.window)
+    }
+
+    /// The pin is a burst's that is not over: a foreign call's return
+    /// leaves it in place.
+    pub(crate) fn keeps(&self) -> bool {
+        self.pinned && !self.quiet()
     }
 }

@@ -190,13 +190,6 @@ impl Tracer {
             }
             f.call = call;
         }
-        // Forked while pinned with us (inside a call): the child gets the
-        // program's own affinity back.
-        if let (Some(theirs), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
-            if p == tid {
-                sys::set_affinity(child, theirs);
-            }
-        }
         let mut threads = BTreeMap::new();
         threads.insert(child, Thread { frames, altstack, running: true, ..Thread::default() });
         let st = ProcState {

@@ -60,6 +60,9 @@ pub struct Counters {
     pub hostinit_released: u64,
     pub hostinit_dead: u64,
     pub hostinit_syscalls: u64,
+    /// Bursts of host-init stops whose thread was pinned with the recorder
+    /// (`process::Burst`).
+    pub hostinit_pins: u64,
     /// Call entries (and returns from callbacks) whose guard set was the
     /// previous one: every input the same, the mappings' names not read.
     pub guard_sets_reused: u64,
@@ -94,6 +97,7 @@ impl Counters {
             ("hostinit_released", self.hostinit_released),
             ("hostinit_dead", self.hostinit_dead),
             ("hostinit_syscalls", self.hostinit_syscalls),
+            ("hostinit_pins", self.hostinit_pins),
             ("guard_sets_reused", self.guard_sets_reused),
         ]
         .into_iter()

@@ -472,12 +472,17 @@ impl Tracer {
         }
     }
 
-    /// The exit of a syscall of the thread pinned to our CPU (`process::pin`):
-    /// asking its own affinity, it gets its own mask, not our pin; setting
-    /// it, the new mask becomes its own (restored when it runs host code
-    /// again) and the thread stays pinned meanwhile.
-    fn hide_pin(&mut self, tid: Pid, nr: u64, args: [u64; 6], ret: i64) -> Result<(), Error> {
-        if self.pinned_tid != Some(tid) || !(args[0] as i32 == 0 || args[0] as i32 == tid) {
+    /// The exit of a syscall about the thread pinned to our CPU
+    /// (`process::pin`), made by it or by another thread: asking its
+    /// affinity, the caller gets the thread's own mask, not our pin; setting
+    /// it, the new mask becomes the thread's own (given back when the pin
+    /// ends) and the thread stays pinned meanwhile — unless the new mask
+    /// excludes our CPU: then the pin ends there (it never runs where it
+    /// asked not to, `sched_getcpu` included).
+    pub(crate) fn hide_pin(&mut self, tid: Pid, nr: u64, args: [u64; 6], ret: i64) -> Result<(), Error> {
+        let Some(pinned) = self.pinned_tid else { return Ok(()) };
+        let target = if args[0] as i32 == 0 { tid } else { args[0] as i32 };
+        if target != pinned {
             return Ok(());
         }
         match nr as i64 {
@@ -495,12 +500,16 @@ impl Tracer {
             }
             libc::SYS_sched_setaffinity if ret == 0 => {
                 let Some((cpu, _)) = self.tracer_pin else { return Ok(()) };
-                let Some(theirs) = sys::get_affinity(tid) else { return Ok(()) };
+                let Some(theirs) = sys::get_affinity(pinned) else { return Ok(()) };
+                if !sys::allows(&theirs, cpu) {
+                    self.forget_pin(pinned);
+                    return Ok(());
+                }
                 self.saved_affinity = Some(theirs);
                 self.pin_untouched = sys::only_cpu(&theirs) == Some(cpu);
-                if !self.pin_untouched && !sys::set_one_cpu(tid, cpu) {
+                if !self.pin_untouched && !sys::set_one_cpu(pinned, cpu) {
                     // Not pinned any more: its affinity is its own.
-                    self.forget_pin(tid);
+                    self.forget_pin(pinned);
                 }
                 Ok(())
             }

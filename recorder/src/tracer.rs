@@ -196,6 +196,8 @@ pub(crate) struct Tracer {
     pub deferred: Vec<Stop>,
     /// The thread pinned with the recorder (`saved_affinity`).
     pub pinned_tid: Option<Pid>,
+    /// Pinning for bursts of host-init stops (`process::Burst`).
+    pub burst: crate::process::Burst,
     /// Ends the foreign code's slice between two signal handlers (`signals`).
     pub slice_timer: crate::signals::SliceTimer,
     /// This process is a vfork child followed only until it execs
@@ -331,6 +333,7 @@ pub(crate) fn record(opts: Options) -> Result<Outcome, Error> {
         tgids: std::collections::HashMap::from([(pid, pid)]),
         deferred: Vec::new(),
         pinned_tid: None,
+        burst: crate::process::Burst::default(),
         slice_timer: crate::signals::SliceTimer::default(),
         until_exec: false,
         hostinit: crate::hostinit::HostInit::new(host_init),
@@ -373,6 +376,9 @@ impl Tracer {
                     Ok(Some(w)) => w,
                     Ok(None) => {
                         // The ticker: no call for a while lets the recorder's own pin go.
+                        if self.burst.quiet() {
+                            self.burst_unpin();
+                        }
                         if self.owner.is_none() && self.last_owner_stop.elapsed() > IDLE_UNPIN {
                             self.unpin_tracer();
                         }
@@ -578,14 +584,15 @@ impl Tracer {
         match event {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 let child = sys::geteventmsg(tid)? as Pid;
-                if event == libc::PTRACE_EVENT_CLONE {
-                    // Created while pinned with us (inside a call): the new
-                    // thread gets the program's own affinity.
-                    if let (Some(theirs), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
-                        if p == tid {
-                            sys::set_affinity(child, theirs);
-                        }
+                // Created while pinned with us (a call, a burst of host-init
+                // stops): the new thread or process gets the program's own
+                // affinity (followed or not).
+                if let (Some(theirs), Some(p)) = (self.saved_affinity.as_ref(), self.pinned_tid) {
+                    if p == tid {
+                        sys::set_affinity(child, theirs);
                     }
+                }
+                if event == libc::PTRACE_EVENT_CLONE {
                     // The new thread reports a PTRACE_EVENT_STOP first; it is
                     // held by `handle` if a foreign call is in progress.
                     self.threads.entry(child).or_insert_with(|| Thread { running: true, ..Thread::default() });
@@ -1133,6 +1140,9 @@ impl Tracer {
         loop {
             if let Some(w) = sys::wait(-1, true)? {
                 return Ok(Some(w));
+            }
+            if self.burst.quiet() {
+                self.burst_unpin();
             }
             if SIGTERMS.load(Ordering::Relaxed) > 0 || SIGINTS.load(Ordering::Relaxed) > 1 {
                 return Ok(None);

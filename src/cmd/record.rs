@@ -19,7 +19,8 @@ pub struct RecordArgs {
     /// Trace file to write [default: ffirec-PROGNAME.ffr].
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Do not pin the recorder and the traced thread to one CPU during foreign calls.
+    /// Do not pin the recorder and the traced thread to one CPU during foreign
+    /// calls and bursts of host-init stops.
     #[arg(long)]
     pub no_pin: bool,
     /// Also guard the memory the library allocates for itself (its internal

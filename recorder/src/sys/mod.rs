@@ -647,6 +647,36 @@ pub fn only_cpu(set: &libc::cpu_set_t) -> Option<usize> {
     }
 }
 
+/// `set` allows `cpu`.
+pub fn allows(set: &libc::cpu_set_t, cpu: usize) -> bool {
+    // SAFETY: CPU_ISSET only reads the local set (bounds-checked by libc).
+    cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, set) }
+}
+
+/// The lowest CPU `set` allows.
+pub fn first_cpu(set: &libc::cpu_set_t) -> Option<usize> {
+    (0..libc::CPU_SETSIZE as usize).find(|&c| allows(set, c))
+}
+
+/// Gives thread `tid` affinity `set` and moves it off `cpu` now, if `set`
+/// allows another CPU (through `set` without `cpu` first: the kernel
+/// migrates a thread whose mask excludes its CPU at once, while a mask that
+/// still allows it leaves the thread queued there).
+pub fn set_affinity_away(tid: Pid, set: &libc::cpu_set_t, cpu: usize) {
+    let mut other = *set;
+    // SAFETY: CPU_CLR and CPU_COUNT only touch the local set.
+    let some_other = unsafe {
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_CLR(cpu, &mut other);
+        }
+        libc::CPU_COUNT(&other) > 0
+    };
+    if some_other {
+        set_affinity(tid, &other);
+    }
+    set_affinity(tid, set);
+}
+
 pub fn set_affinity(tid: Pid, set: &libc::cpu_set_t) {
     // SAFETY: the kernel reads one cpu_set_t; failure is harmless (affinity is a hint).
     unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
