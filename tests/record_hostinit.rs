@@ -464,3 +464,25 @@ fn hostinit_burst_pin_ends_when_stops_stop() {
     assert_eq!(r.rec.stdout, "1\n");
     assert_eq!(r.counter("hostinit_pins"), 2);
 }
+
+#[test]
+fn hostinit_page_protected_again_too_often_is_given_up() {
+    // One 8000-byte block at the same address each time, filled and freed:
+    // the page fully inside it is released and protected again 6 times in
+    // all (5 refills, then the last block, whose [0,100) of that page is
+    // written; the library reads [0,200) of it). A page may be protected
+    // again 3 times (FFIREC_HOSTINIT_CYCLES): past that it is given up, so
+    // [100,200) is unknown — never a finding.
+    let r = run("hostinit_recycle", &["recycle"], &[]);
+    assert_eq!(r.rec.stdout, "1 21 1\n");
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 200);
+    // The boundary: 5 protections again are too many, 6 allowed keep it
+    // tracked to the end, and the finding is exact.
+    let r = run_env("hostinit_recycle5", &["recycle"], &[], &[("FFIREC_HOSTINIT_CYCLES", "5")]);
+    assert_eq!(r.findings(), vec![]);
+    assert_eq!(r.unknown_bytes(), 200);
+    let r = run_env("hostinit_recycle6", &["recycle"], &[], &[("FFIREC_HOSTINIT_CYCLES", "6")]);
+    assert_eq!(r.findings(), uninit(100, 200));
+    assert_eq!(r.unknown_bytes(), 0);
+}

@@ -13,7 +13,9 @@
 //!   written;
 //! - a page is released (read-write again, state 2) when no never-written
 //!   byte of a live block is left on it, and dies (state 3, never protected
-//!   again, `InitUnknown` for the rest) after `budget` faults;
+//!   again, `InitUnknown` for the rest) after `budget` faults (its release
+//!   batches and the shim's re-protections count too), or when the shim
+//!   protects it again after a release more than `max_cycles` times;
 //! - host syscalls stop (`PTRACE_SYSCALL`): buffers the kernel writes are
 //!   opened for the call (as for foreign syscalls) and the bytes it wrote
 //!   become `HostWrite`; `munmap`/`brk`/`mremap`/`mmap` keep the table true;
@@ -68,6 +70,9 @@ const ST_PROTECTING: u8 = 4;
 const WHOLE: u64 = 1 << 63;
 /// Faults a page may take before it is released for good.
 pub(crate) const DEFAULT_BUDGET: u32 = 64;
+/// Times a released page may be protected again (a new block on it) before
+/// it is released for good (see `HostInit::cycles`).
+pub(crate) const DEFAULT_CYCLES: u32 = 3;
 /// Largest `rep stos`/`rep movs` performed through `/proc/PID/mem`.
 const REP_MAX: u64 = 64 << 20;
 
@@ -140,6 +145,15 @@ pub(crate) struct HostInit {
     /// Per thread, the last fault retried on a page in state 2 or 3 (rip, page).
     retried: AddrMap<(u64, u64)>,
     pub budget: u32,
+    /// Protections of a page after a release, per page, and how many a page
+    /// may take before it dies (FFIREC_HOSTINIT_CYCLES). Each
+    /// release/protect cycle of a page whose blocks come and go costs ~4-5
+    /// ptrace stops (the shim's mprotect stops twice, a write fault or two,
+    /// the release's batch); the budget alone let a page cycle ~13 times.
+    /// The price: blocks allocated later on a dead page are `unknown` (never
+    /// findings), so a buffer the host fills there is not checked.
+    reprotects: AddrMap<u32>,
+    pub max_cycles: u32,
     /// Current program break, to see the heap shrink.
     last_brk: u64,
     /// Tracked ranges added to the foreign call's guard set.
@@ -156,13 +170,15 @@ impl HostInit {
             .and_then(|v| v.parse().ok())
             .filter(|&b: &u32| b > 0)
             .unwrap_or(DEFAULT_BUDGET);
-        HostInit { enabled, budget, ..HostInit::default() }
+        let max_cycles =
+            std::env::var("FFIREC_HOSTINIT_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CYCLES);
+        HostInit { enabled, budget, max_cycles, ..HostInit::default() }
     }
 
     /// A new program image: nothing is tracked until its entry point.
     pub(crate) fn reset(&mut self) {
-        let (enabled, budget) = (self.enabled, self.budget);
-        *self = HostInit { enabled, budget, ..HostInit::default() };
+        let (enabled, budget, max_cycles) = (self.enabled, self.budget, self.max_cycles);
+        *self = HostInit { enabled, budget, max_cycles, ..HostInit::default() };
     }
 
     /// Process `pid` exec'd: a vfork child has its own memory from now on.
@@ -1217,8 +1233,9 @@ impl Tracer {
                     .map(|(k, _)| (a + k as u64 * PAGE, PAGE, PROT_R | PROT_W))
                     .collect();
                 // A page protected again counts against its budget too (its
-                // two syscall stops): a page whose blocks come and go is
-                // given up instead of cycling release/protect forever.
+                // two syscall stops), and against its cycles: a page whose
+                // blocks come and go is given up instead of cycling
+                // release/protect (see `HostInit::reprotects`).
                 if ret == 0 {
                     for (k, &st) in states.iter().enumerate() {
                         let p = a + k as u64 * PAGE;
@@ -1227,7 +1244,10 @@ impl Tracer {
                         }
                         let c = self.hostinit.faults.entry(p).or_insert(0);
                         *c += 2;
-                        if *c > self.hostinit.budget {
+                        let over = *c > self.hostinit.budget;
+                        let cycles = self.hostinit.reprotects.entry(p).or_insert(0);
+                        *cycles += 1;
+                        if over || *cycles > self.hostinit.max_cycles {
                             self.hostinit_kill(p, p + PAGE)?;
                             undo.push((p, PAGE, PROT_R | PROT_W));
                         }
@@ -1303,6 +1323,7 @@ impl Tracer {
                 t.hi_set(s, e, 0)?;
             }
             t.hostinit.faults.retain(|&p, _| p < s || p >= e);
+            t.hostinit.reprotects.retain(|&p, _| p < s || p >= e);
             t.hostinit.never_remove(s, e);
             Ok(())
         };
