@@ -400,7 +400,10 @@ impl Tracer {
     /// the thread with the recorder, unless a foreign call's pin is in
     /// charge or another burst's is not over yet.
     pub(crate) fn burst_stop(&mut self, tid: Pid) {
-        if !self.opts.pin_cpu || self.burst.window.is_zero() {
+        // Threads of the tracked process only: theirs are the syscalls
+        // host-init sees (a vfork child's write faults are host-init stops
+        // too, its syscalls run unseen).
+        if !self.opts.pin_cpu || self.burst.window.is_zero() || !self.hi_here() {
             return;
         }
         let now = Instant::now();
