@@ -819,7 +819,12 @@ impl Tracer {
         if !self.hostinit.active {
             return Ok(false);
         }
-        let st = read_states(&self.mem, page, page + 1).first().copied().unwrap_or(0);
+        // States 1 and 3 in the cache are the table's (only the recorder
+        // moves a page out of them): no read of the table then.
+        let st = match self.hostinit.known.get(&page) {
+            Some(&st) => st,
+            None => read_states(&self.mem, page, page + 1).first().copied().unwrap_or(0),
+        };
         if st == ST_PROTECTED || st == ST_PROTECTING || st == ST_RELEASED || st == ST_DEAD {
             self.burst_stop(tid);
         }
@@ -891,6 +896,9 @@ impl Tracer {
         if covers_fault {
             for &(a, b) in &writes {
                 let (s, e) = pages(a, b);
+                if (s, e) == (page, page + PAGE) {
+                    continue; // the fault's own page, in already
+                }
                 for (rs, re) in runs_of(&self.mem, s, e, ST_PROTECTED) {
                     let mut p = rs;
                     while p < re {
