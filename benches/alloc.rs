@@ -80,7 +80,12 @@ fn main() {
     shim_only.flags.push("--no-host-init");
     let mut configs = vec![Config::new("native", &prog, n, 0, None), host_init, shim_only];
     if let Some(base) = std::env::var_os("FFIREC_BENCH_BASELINE") {
-        configs.push(Config::new("baseline record", &prog, n, 0, Some(PathBuf::from(base))));
+        // Both modes, as for the binary under test.
+        for (label, flag) in [("baseline host-init", "--host-init"), ("baseline shim", "--no-host-init")] {
+            let mut c = Config::new(label, &prog, n, 0, Some(PathBuf::from(&base)));
+            c.flags.push(flag);
+            configs.push(c);
+        }
     }
     let bp_pairs: u64 = std::env::var("FFIREC_BENCH_BP_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     match support::static_program("alloc_host", &["libbnop.c"]) {

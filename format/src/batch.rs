@@ -239,6 +239,140 @@ impl MemCols {
         put(&mut self.tid, zigzag(tid.wrapping_sub(self.prev_tid) as i32 as i64 as u64));
         self.prev_tid = tid;
     }
+
+    /// Appends a run of plain mallocs and frees, all in `domain` — the same
+    /// bytes as [`Self::push_alloc`] (function malloc, no old pointer, not
+    /// zeroed) or [`Self::push_free`] for each in turn — and their kind bytes
+    /// to `kinds`. Each column is grown once for the run and written through
+    /// a pointer (capacity and bounds checks were a third of the recorder's
+    /// cost per malloc/free). Returns how many were frees.
+    #[inline]
+    pub fn push_plain<T>(
+        &mut self,
+        kinds: &mut Vec<u8>,
+        domain: Domain,
+        recs: &[T],
+        get: impl Fn(&T) -> PlainMem,
+    ) -> usize {
+        let n = recs.len();
+        let d = wire::domain_code(domain) << M_DOMAIN_SHIFT;
+        let malloc_head = (wire::alloc_fn_code(AllocFn::Malloc) & M_FUNC) | d;
+        let mut frees = 0;
+        let (k0, h0) = (kinds.len(), self.head.len());
+        kinds.resize(k0 + n, 0);
+        self.head.resize(h0 + n, 0);
+        for (r, (k, h)) in recs.iter().zip(kinds[k0..].iter_mut().zip(self.head[h0..].iter_mut())) {
+            let free = get(r).free;
+            frees += usize::from(free);
+            (*k, *h) = if free { (KIND_FREE, d) } else { (KIND_ALLOC, malloc_head) };
+        }
+        let mut tid = Leb::new(&mut self.tid, n);
+        let mut ptr = Leb::new(&mut self.ptr, n);
+        let mut size = Leb::new(&mut self.size, n);
+        let mut caller = Leb::new(&mut self.caller, n);
+        let (mut prev_tid, mut prev_ptr) = (self.prev_tid, self.prev_alloc_ptr);
+        let (mut prev_ac, mut prev_fc) = (self.prev_alloc_caller, self.prev_free_caller);
+        for r in recs {
+            let m = get(r);
+            let dt = zigzag(m.tid.wrapping_sub(prev_tid) as i32 as i64 as u64);
+            let dp = zigzag(m.ptr.wrapping_sub(prev_ptr));
+            prev_tid = m.tid;
+            // SAFETY: (each `put` below) `recs` has `n` records, each puts
+            // at most one value in each column, and each has room for `n`
+            // (whatever `get` answers the second time).
+            unsafe {
+                tid.put(dt);
+                ptr.put(dp);
+                if m.free {
+                    caller.put(zigzag(m.caller.wrapping_sub(prev_fc)));
+                    prev_fc = m.caller;
+                } else {
+                    prev_ptr = m.ptr;
+                    size.put(m.size);
+                    caller.put(zigzag(m.caller.wrapping_sub(prev_ac)));
+                    prev_ac = m.caller;
+                }
+            }
+        }
+        for c in [tid, ptr, size, caller] {
+            c.finish();
+        }
+        (self.prev_tid, self.prev_alloc_ptr) = (prev_tid, prev_ptr);
+        (self.prev_alloc_caller, self.prev_free_caller) = (prev_ac, prev_fc);
+        frees
+    }
+}
+
+/// Appends LEB128 values to a column through room reserved once for `room`
+/// of them ([`Leb::new`]); [`Leb::finish`] makes them part of the column.
+struct Leb<'a> {
+    col: &'a mut Vec<u8>,
+    start: *mut u8,
+    p: *mut u8,
+    /// Values still allowed (checked in debug builds).
+    #[cfg(debug_assertions)]
+    room: usize,
+}
+
+impl<'a> Leb<'a> {
+    #[inline(always)]
+    fn new(col: &'a mut Vec<u8>, room: usize) -> Leb<'a> {
+        col.reserve(10 * room);
+        let start = col.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        Leb {
+            col,
+            start,
+            p: start,
+            #[cfg(debug_assertions)]
+            room,
+        }
+    }
+
+    /// Appends `v`.
+    ///
+    /// # Safety
+    /// At most `room` (see [`Leb::new`]) values may be put.
+    #[inline(always)]
+    unsafe fn put(&mut self, mut v: u64) {
+        #[cfg(debug_assertions)]
+        {
+            assert!(self.room > 0, "LEB128 column without room");
+            self.room -= 1;
+        }
+        // SAFETY: the caller puts at most `room` values of at most 10 bytes
+        // each, into the spare capacity reserved for `10 * room` bytes.
+        unsafe {
+            while v >= 0x80 {
+                self.p.write(v as u8 | 0x80);
+                self.p = self.p.add(1);
+                v >>= 7;
+            }
+            self.p.write(v as u8);
+            self.p = self.p.add(1);
+        }
+    }
+
+    #[inline(always)]
+    fn finish(self) {
+        // SAFETY: `p` lies in the spare capacity `start` begins (the same
+        // allocation, not before it), and every byte up to it was written.
+        unsafe {
+            let written = self.p.offset_from(self.start) as usize;
+            self.col.set_len(self.col.len() + written);
+        }
+    }
+}
+
+/// A plain `malloc` (an `Event::Alloc` of function malloc, no old pointer,
+/// not zeroed) or `free`, for [`crate::TraceWriter::push_plain_mem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainMem {
+    pub free: bool,
+    pub tid: u32,
+    pub ptr: u64,
+    /// Not stored for a free.
+    pub size: u64,
+    pub caller: u64,
 }
 
 /// Access events of a batch as they arrive, in order, before encoding: a

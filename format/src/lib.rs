@@ -80,6 +80,7 @@ mod reader;
 mod wire;
 mod writer;
 
+pub use batch::PlainMem;
 pub use error::Error;
 pub use event::{
     AccessRef, AllocFn, Domain, Event, EventRef, ExitStatus, GapReason, Regs, SyscallRange, Tid, VecReg, VecRegKind,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ffirec_format::{AccessRef, AllocFn, Domain, Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
+use ffirec_format::{AccessRef, Domain, Event, ExitStatus, Header, Module, Summary, TraceWriter, Written};
 
 use crate::Error;
 
@@ -137,18 +137,16 @@ impl Sink {
         Ok(())
     }
 
-    /// A host or foreign `malloc` (an `Event::Alloc` with no old pointer, not
-    /// zeroed), pushed from its fields.
+    /// A run of plain host or foreign `malloc`s and `free`s (see
+    /// [`TraceWriter::push_plain_mem`]).
     #[inline]
-    pub fn push_malloc(&mut self, tid: u32, ptr: u64, size: u64, caller: u64, domain: Domain) -> Result<(), Error> {
-        self.writer.push_alloc(tid, AllocFn::Malloc, ptr, size, 0, caller, domain, false)?;
-        Ok(())
-    }
-
-    /// An `Event::Free`, pushed from its fields.
-    #[inline]
-    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) -> Result<(), Error> {
-        self.writer.push_free(tid, ptr, caller, domain)?;
+    pub fn push_plain_mem<T>(
+        &mut self,
+        domain: Domain,
+        recs: &[T],
+        get: impl Fn(&T) -> ffirec_format::PlainMem,
+    ) -> Result<(), Error> {
+        self.writer.push_plain_mem(domain, recs, get)?;
         Ok(())
     }
 

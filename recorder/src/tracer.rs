@@ -1025,30 +1025,36 @@ impl Tracer {
         // pages' states are cached (`HostInit::fast_malloc`).
         let plain = !active_guarding && procs.is_empty();
         let hi_on = hostinit.borrow().enabled;
-        let fast = |r: &crate::alloc::FastRec| -> bool {
-            if !plain || r.foreign || r.pid != active as u32 || arena.is_some_and(|(lo, hi)| r.ptr >= lo && r.ptr < hi)
-            {
-                return false;
+        let fast = |rs: &[crate::alloc::FastRec]| -> usize {
+            if !plain {
+                return 0;
             }
-            if hi_on {
-                let mut h = hostinit.borrow_mut();
-                let done =
-                    if r.free { h.fast_free(active, r.ptr) } else { h.fast_malloc(active, r.ptr, r.size, r.hi_epoch) };
-                if !done {
-                    return false;
-                }
-            }
-            let (tid, ptr, caller, domain) = (r.tid, r.ptr, r.caller, Domain::Host);
-            let mut sink = sink.borrow_mut();
-            let pushed = if r.free {
-                sink.push_free(tid, ptr, caller, domain)
-            } else {
-                sink.push_malloc(tid, ptr, r.size, caller, domain)
+            let ours = |r: &crate::alloc::FastRec| {
+                !r.foreign && r.pid == active as u32 && !arena.is_some_and(|(lo, hi)| r.ptr >= lo && r.ptr < hi)
             };
-            if let Err(x) = pushed {
+            let mut n = rs.iter().position(|r| !ours(r)).unwrap_or(rs.len());
+            if hi_on && n > 0 {
+                let mut h = hostinit.borrow_mut();
+                let mut done = |r: &crate::alloc::FastRec| {
+                    if r.free {
+                        h.fast_free(active, r.ptr)
+                    } else {
+                        h.fast_malloc(active, r.ptr, r.size, r.hi_epoch)
+                    }
+                };
+                n = rs[..n].iter().position(|r| !done(r)).unwrap_or(n);
+            }
+            let get = |r: &crate::alloc::FastRec| ffirec_format::PlainMem {
+                free: r.free,
+                tid: r.tid,
+                ptr: r.ptr,
+                size: r.size,
+                caller: r.caller,
+            };
+            if let Err(x) = sink.borrow_mut().push_plain_mem(Domain::Host, &rs[..n], get) {
                 err.borrow_mut().get_or_insert(x);
             }
-            true
+            n
         };
         // Runs of records from one thread are the rule: look its process up once.
         let mut last: Option<(u32, Option<Pid>)> = None;

@@ -349,23 +349,44 @@ impl Mapping {
         Some(rec)
     }
 
-    /// Asks the CPU to start loading the slot of `seq` (a hint, never a
-    /// fault): each record is a cache line last written by another CPU, and
-    /// waiting for them one at a time was most of the drain's cost.
-    #[inline]
-    pub(crate) fn prefetch(&self, ring: usize, seq: u64) {
-        let off = self.slot(ring, seq);
-        // SAFETY: `off` is inside the live mapping (`slot` masks `seq`), and
-        // a prefetch reads nothing architecturally.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(self.base.add(off).cast());
-        }
+    /// The slots of `ring`, for reading runs of records.
+    pub(crate) fn slots(&self, ring: usize) -> Slots<'_> {
+        let off = self.slot(ring, 0);
+        let n = self.capacity as usize * REC_SIZE / 8;
+        // SAFETY: ring `ring`'s slots, `capacity * REC_SIZE` bytes from `off`
+        // (8-aligned: the base is page-aligned), lie inside the live mapping,
+        // and are only ever accessed atomically here.
+        let words = unsafe { std::slice::from_raw_parts(self.base.add(off).cast::<AtomicU64>(), n) };
+        Slots { words, mask: self.capacity - 1, primary: ring == 1, map: self }
     }
 
     /// The slot of `seq` in `ring` is reserved by a producer but not committed.
     pub(crate) fn uncommitted(&self, ring: usize, seq: u64) -> bool {
         seq < self.head(ring) && self.u64_at(self.slot(ring, seq)).load(Ordering::Acquire) as u32 != tag(seq)
+    }
+
+    /// Writes slot `seq` of `ring` as the shim does (payload words, then the
+    /// header with the commit tag of `tag_seq`), and moves the head past it.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)] // one slot's fields
+    pub(crate) fn test_put(&self, ring: usize, seq: u64, tag_seq: u64, kind: u16, flags: u16, tid: u32, w: [u64; 3]) {
+        let off = self.slot(ring, seq);
+        for (i, v) in w.into_iter().enumerate() {
+            self.u64_at(off + 8 + 8 * i).store(v, Ordering::Relaxed);
+        }
+        let head = self.u64_at(ctl(ring, RING_HEAD));
+        head.store(head.load(Ordering::Relaxed).max(seq + 1), Ordering::Relaxed);
+        let hdr = u64::from(tag(tag_seq))
+            | u64::from(kind) << HDR_KIND_SHIFT
+            | u64::from(flags) << HDR_FLAGS_SHIFT
+            | u64::from(tid) << HDR_TID_SHIFT;
+        self.u64_at(off).store(hdr, Ordering::Release);
+    }
+
+    /// Claims the primary ring for `pid` (as the first shim does).
+    #[cfg(test)]
+    pub(crate) fn test_claim(&self, pid: u32) {
+        self.u32_at(ctl(1, RING_OWNER)).store(pid, Ordering::Release);
     }
 
     /// Writes a committed one-slot record as the shim would (for consumer measurements).
@@ -378,6 +399,77 @@ impl Mapping {
         self.u64_at(ctl(ring, RING_HEAD)).store(seq + 1, Ordering::Relaxed);
         let hdr = u64::from(tag(seq)) | u64::from(kind) << HDR_KIND_SHIFT | 1234u64 << HDR_TID_SHIFT;
         self.u64_at(off).store(hdr, Ordering::Release);
+    }
+}
+
+/// One ring's slots ([`Mapping::slots`]).
+pub(crate) struct Slots<'a> {
+    words: &'a [AtomicU64],
+    mask: u64,
+    primary: bool,
+    map: &'a Mapping,
+}
+
+impl Slots<'_> {
+    /// [`Mapping::read`] for the drain's runs of plain records: the `malloc`
+    /// or `free` record at `seq` with the slots it takes, or None when the
+    /// slot is not committed or holds any other record (or a broken one:
+    /// `read` says what). `owner`: the primary ring's owner if known (it is
+    /// set once, before the ring's first record; 0 reads it here).
+    #[inline(always)]
+    pub(crate) fn read_plain(&self, seq: u64, owner: u32) -> Option<(super::FastRec, u64)> {
+        let at = (seq & self.mask) as usize * (REC_SIZE / 8);
+        let w = &self.words[at..at + 4];
+        let hdr = w[0].load(Ordering::Acquire);
+        let kind = ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16;
+        if hdr as u32 != tag(seq) || kind != kind::MALLOC && kind != kind::FREE {
+            return None;
+        }
+        let flags = ((hdr >> HDR_FLAGS_SHIFT) & 3) as u16;
+        let free = kind == kind::FREE;
+        let mut rec = super::FastRec {
+            free,
+            foreign: flags & F_FOREIGN != 0,
+            tid: (hdr >> HDR_TID_SHIFT) as u32,
+            pid: match (self.primary, owner) {
+                (true, 0) => self.map.primary_owner(),
+                (true, o) => o,
+                (false, _) => 0,
+            },
+            ptr: w[1].load(Ordering::Relaxed),
+            size: if free { 0 } else { w[2].load(Ordering::Relaxed) },
+            caller: w[3].load(Ordering::Relaxed),
+            hi_epoch: 0,
+        };
+        if flags & F_EXT == 0 {
+            return Some((rec, 1));
+        }
+        // Written whole before the first slot's header (release): visible.
+        let next = seq.wrapping_add(1);
+        let at = (next & self.mask) as usize * (REC_SIZE / 8);
+        let c = &self.words[at..at + 4];
+        let h2 = c[0].load(Ordering::Acquire);
+        if h2 as u32 != tag(next) || ((h2 >> HDR_KIND_SHIFT) & 0x3f) as u16 != kind::CONT {
+            return None;
+        }
+        let pw = c[3].load(Ordering::Relaxed);
+        rec.pid = pw as u32;
+        rec.hi_epoch = (pw >> 32) as u32;
+        Some((rec, 2))
+    }
+
+    /// Asks the CPU to start loading the slot of `seq` (a hint, never a
+    /// fault): each record is a cache line last written by another CPU, and
+    /// waiting for them one at a time was most of the drain's cost.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, seq: u64) {
+        let at = (seq & self.mask) as usize * (REC_SIZE / 8);
+        // SAFETY: `at` is inside `words` (masked), and a prefetch reads
+        // nothing architecturally.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(self.words.as_ptr().add(at).cast());
+        }
     }
 }
 
