@@ -149,19 +149,30 @@ mod tests {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        let Some(q) = read_writable(&mem).unwrap() else { return }; // kernel before 6.11
-        let text: Vec<Mapping> = read(pid).unwrap().into_iter().filter(|m| m.prot & PROT_W != 0).collect();
+        let strip =
+            |v: &[Mapping]| v.iter().map(|m| (m.start, m.end, m.prot, m.shared, m.offset, m.inode)).collect::<Vec<_>>();
+        // Other threads of the test binary may map, unmap or grow a heap
+        // meanwhile: compare what both saw, and read both again (up to 5
+        // times) while they differ by more than two mappings.
+        let (mut q, mut text);
+        let mut tries = 0;
+        loop {
+            let Some(w) = read_writable(&mem).unwrap() else { return }; // kernel before 6.11
+            q = w;
+            text = read(pid).unwrap().into_iter().filter(|m| m.prot & PROT_W != 0).collect::<Vec<Mapping>>();
+            let (a, b) = (strip(&q), strip(&text));
+            let common = a.iter().filter(|x| b.contains(x)).count();
+            tries += 1;
+            if common + 2 >= a.len().max(b.len()) {
+                break;
+            }
+            assert!(tries < 5, "{a:x?}\n{b:x?}");
+        }
         // SAFETY: our mapping from above.
         unsafe { libc::munmap(p, 3 * 4096) };
         let (a, b) = (p as u64, p as u64 + 3 * 4096);
         assert!(q.iter().any(|m| m.start <= a && b <= m.end && m.prot == 3 && m.path.is_empty()));
         // Same mappings, fields and names (the text escapes nothing in them here).
-        let strip =
-            |v: &[Mapping]| v.iter().map(|m| (m.start, m.end, m.prot, m.shared, m.offset, m.inode)).collect::<Vec<_>>();
-        let (a, b) = (strip(&q), strip(&text));
-        // Other threads of the test binary may map or unmap meanwhile: compare what both saw.
-        let common: Vec<_> = a.iter().filter(|x| b.contains(x)).collect();
-        assert!(common.len() + 2 >= a.len().max(b.len()), "{a:x?}\n{b:x?}");
         for m in &q {
             if let Some(t) = text.iter().find(|t| t.start == m.start && t.end == m.end) {
                 assert_eq!(t.path, m.path);

@@ -658,10 +658,12 @@ fn trap_offset(elf: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use ffirec_format::{AllocFn, Domain};
+    use ring::F_FOREIGN;
 
-    /// Records of every shape the fast path sees or must not see, on the
-    /// primary ring (owner 4242) and the shared one, written as the shim does.
-    fn fill(t: &AllocTracker) {
+    /// Writes records of every shape the fast path sees or must not see, on
+    /// the primary ring (owner 4242) and the shared one, as the shim does;
+    /// returns the events they stand for, the primary ring's first.
+    fn fill(t: &AllocTracker) -> Vec<Event> {
         use ring::kind::*;
         t.map.test_claim(4242);
         let mut seq = [0u64; ring::RINGS];
@@ -673,22 +675,58 @@ mod tests {
             t.map.test_put(ring, s, s, kind, flags | if cont.is_some() { ring::F_EXT } else { 0 }, tid, w);
             seq[ring] += 1 + u64::from(cont.is_some());
         };
+        let mut events = [Vec::new(), Vec::new()];
         for i in 0..90u64 {
-            let (p, caller) = (0x5555_0000_1000 + 64 * (i % 7), 0x4000 + i % 3);
-            let tid = 10 + (i % 4 == 3) as u32;
+            let (ptr, caller) = (0x5555_0000_1000 + 64 * (i % 7), 0x4000 + i % 3);
+            let tid = 10 + u32::from(i % 4 == 3);
+            let (domain, mut size, mut func) = (Domain::Host, 16 + i, Some(AllocFn::Malloc));
             match i % 9 {
-                0 | 1 | 5 => put(1, MALLOC, 0, tid, [p, 16 + i, caller], None),
-                2 | 6 => put(1, FREE, 0, tid, [p, 0xdead, caller], None),
+                0 | 1 | 5 => put(1, MALLOC, 0, tid, [ptr, size, caller], None),
+                2 | 6 => {
+                    put(1, FREE, 0, tid, [ptr, 0xdead, caller], None);
+                    func = None;
+                }
                 // A tracked block's record: two slots, pid and epoch in the second.
-                3 => put(1, MALLOC, 0, tid, [p, 24, caller], Some([0, 0, 4242 | (i + 1) << 32])),
-                4 => put(1, CALLOC, 0, tid, [p, 32, caller], None),
-                7 => put(1, FREE, ring::F_FOREIGN, tid, [p, 0, caller], None),
-                _ => put(0, MALLOC, 0, 77, [p, 8, caller], Some([0, 0, 99 | 5 << 32])),
+                3 => put(1, MALLOC, 0, tid, [ptr, size, caller], Some([0, 0, 4242 | (i + 1) << 32])),
+                4 => {
+                    put(1, CALLOC, 0, tid, [ptr, size, caller], None);
+                    func = Some(AllocFn::Calloc);
+                }
+                7 => {
+                    put(1, FREE, F_FOREIGN, tid, [ptr, 0, caller], None);
+                    let e = Event::Free { tid, ptr, caller, domain: Domain::Foreign };
+                    events[1].push(e);
+                    continue;
+                }
+                _ => {
+                    size = 8;
+                    put(0, MALLOC, 0, 77, [ptr, size, caller], Some([0, 0, 99 | 5 << 32]));
+                    let e = Event::Alloc {
+                        tid: 77,
+                        func: AllocFn::Malloc,
+                        ptr,
+                        size,
+                        old_ptr: 0,
+                        caller,
+                        domain,
+                        zeroed: false,
+                    };
+                    events[0].push(e);
+                    continue;
+                }
             }
+            events[1].push(match func {
+                None => Event::Free { tid, ptr, caller, domain },
+                Some(func) => {
+                    Event::Alloc { tid, func, ptr, size, old_ptr: 0, caller, domain, zeroed: func == AllocFn::Calloc }
+                }
+            });
         }
+        let [shared, primary] = events;
+        primary.into_iter().chain(shared).collect()
     }
 
-    /// The events a fast path that took `r` would have written.
+    /// The event of a record the fast path took.
     fn event_of(r: &FastRec) -> Event {
         let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
         match r.free {
@@ -708,15 +746,12 @@ mod tests {
 
     #[test]
     fn fast_path_runs_give_the_events_of_the_general_path_in_order() {
-        let mut all = AllocTracker::with_capacity(256).unwrap();
-        fill(&all);
-        let mut want = Vec::new();
-        assert_eq!(all.drain(|e| want.push(e)), 90);
+        let mut t = AllocTracker::with_capacity(256).unwrap();
+        let want = fill(&t);
+        assert_eq!(want.len(), 90);
         // The fast path declines every record whose pointer is a multiple of
         // 192 bytes in (so runs break at different places), and the drain
         // stops every 7 records.
-        let mut t = AllocTracker::with_capacity(256).unwrap();
-        fill(&t);
         let got = std::cell::RefCell::new(Vec::new());
         let (mut seen, mut calls) = (Vec::new(), 0);
         loop {
@@ -742,7 +777,7 @@ mod tests {
             assert_eq!(ring(&got), ring(&want));
         }
         assert_eq!(got.len(), want.len());
-        assert_eq!(t.stats().consumed, all.stats().consumed);
+        assert_eq!(t.stats().consumed, 110, "90 records, 20 of them in two slots");
         assert!(calls > 10, "{calls} runs");
         // pid: the primary ring's owner, or the second slot's; epoch from there.
         assert!(seen.iter().all(|&(pid, _, _)| pid == 4242 || pid == 99));
