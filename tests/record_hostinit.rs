@@ -486,3 +486,17 @@ fn hostinit_page_protected_again_too_often_is_given_up() {
     assert_eq!(r.findings(), uninit(100, 200));
     assert_eq!(r.unknown_bytes(), 0);
 }
+
+#[test]
+fn hostinit_burst_pin_leaves_a_thread_blocked_in_read() {
+    // The main thread's burst pins it; it then blocks in read() while a
+    // second thread has a burst of its own 400 ms later (bursts end after
+    // 100 ms without a stop): the pin leaves the blocked thread (read cannot
+    // see or pass on its mask) and the second thread gets it.
+    let r = run_env("hostinit_burst_blocked", &["burst_blocked"], &[], &[("FFIREC_HOSTINIT_PIN_MS", "100")]);
+    let mask = stderr_value(&r, "mask");
+    assert_eq!(r.rec.stdout, format!("main {mask} thread {mask}\n"));
+    let thread = stderr_value(&r, "thread_kernel");
+    assert_eq!(cpus(&thread).len(), 1, "{thread}");
+    assert!(cpus(&mask).contains(&cpus(&thread)[0]), "{thread} not in {mask}");
+}

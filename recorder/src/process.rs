@@ -436,12 +436,22 @@ impl Tracer {
     /// Ends a burst's pin: the thread gets its own affinity back and leaves
     /// the recorder's CPU at once (the ring is drained beside it again). Only
     /// while it is between syscalls (every one of them stops at its entry
-    /// with host-init), never inside one: a `clone`/`fork` in progress would
-    /// hand the pin to the child unseen, a `sched_setaffinity` would be
-    /// undone. False when it cannot be done now.
+    /// with host-init) or inside one that cannot see or pass on its mask (a
+    /// `read` it blocks in: the new mask applies when it wakes), never inside
+    /// one that can: a `clone`/`fork` in progress would hand the pin to the
+    /// child unseen, a `sched_setaffinity` would be undone. False when it
+    /// cannot be done now.
     pub(crate) fn burst_unpin(&mut self) -> bool {
         let Some(tid) = self.pinned_tid.filter(|_| self.burst.pinned) else { return false };
-        let idle = |t: &crate::tracer::Thread| matches!(t.sys, SysState::Idle) && t.go.is_none();
+        let idle = |t: &crate::tracer::Thread| {
+            t.go.is_none()
+                && match t.sys {
+                    SysState::Idle => true,
+                    SysState::InSyscall { nr, .. } | SysState::Prepared { nr, .. } => {
+                        !MASK_SYSCALLS.contains(&(nr as i64))
+                    }
+                }
+        };
         let between = match self.threads.get(&tid) {
             Some(t) => idle(t),
             None => match self.tgids.get(&tid).and_then(|g| self.procs.get(g)) {
@@ -657,6 +667,19 @@ impl Tracer {
             .unwrap_or_else(|| format!("{:#x}", f.target))
     }
 }
+
+/// Syscalls that read, set or hand on a thread's CPU mask: a burst's pin
+/// never ends while its thread is inside one.
+const MASK_SYSCALLS: &[i64] = &[
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_fork,
+    libc::SYS_vfork,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sched_setaffinity,
+];
 
 /// Co-pinning for bursts of host-init stops (write faults on tracked pages,
 /// the host syscalls host-init stops at): a host thread runs unpinned, so
