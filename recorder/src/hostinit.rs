@@ -68,6 +68,17 @@ const ST_DEAD: u8 = 3;
 const ST_PROTECTING: u8 = 4;
 /// `HostInit::blocks` flag: the whole block is unknown, not said yet.
 const WHOLE: u64 = 1 << 63;
+/// Entries of `HostInit::near` (a loop's blocks cycle through a few dozen pages).
+const NEAR: usize = 64;
+
+/// `HostInit::near`: (page number, state), direct-mapped by page number.
+struct Near([(u64, u8); NEAR]);
+
+impl Default for Near {
+    fn default() -> Near {
+        Near([(u64::MAX, 0); NEAR])
+    }
+}
 /// Faults a page may take before it is released for good.
 pub(crate) const DEFAULT_BUDGET: u32 = 64;
 /// Times a released page may be protected again (a new block on it) before
@@ -132,10 +143,14 @@ pub(crate) struct HostInit {
     /// Blocks that had [`WHOLE`] set (the fast path's), maybe freed since,
     /// maybe twice: `blocks` says which still need their `InitUnknown`.
     deferred_whole: Vec<u64>,
-    /// The last page state the fast path looked up (page, state).
-    last_known: (u64, u8),
+    /// The fast paths' cache of `known` (page number, state), direct-mapped
+    /// by page; valid while `generation` is `near_gen` (every change to
+    /// `known` but an insert bumps it, and an insert changes no cached state).
+    near: Near,
+    near_gen: u64,
     /// Pages whose state is known without reading the table: 1 (only the
     /// recorder moves a page out of it) and 3 (only the recorder sets it).
+    /// Any change but an insert bumps `generation` (`near` caches it).
     known: AddrMap<u8>,
     /// The release epoch (see the module doc), and each page's last release.
     epoch: u32,
@@ -413,33 +428,8 @@ impl HostInit {
     /// the general path.
     #[inline]
     pub(crate) fn fast_malloc(&mut self, proc: Pid, ptr: u64, size: u64, epoch: u32) -> bool {
-        if proc != self.pid || self.pid == 0 || ptr == 0 || size == 0 {
-            return false;
-        }
-        let end = ptr.saturating_add(size);
-        let (first, last) = (ptr / PAGE, (end - 1) / PAGE);
-        if last - first > 3 {
-            return false;
-        }
-        let (mut tracked, mut dead) = (0, 0);
-        for pg in first..=last {
-            let st = if self.last_known.0 == pg {
-                self.last_known.1
-            } else {
-                let Some(&st) = self.known.get(&(pg * PAGE)) else { return false };
-                self.last_known = (pg, st);
-                st
-            };
-            match st {
-                ST_PROTECTED if self.protected_since(pg * PAGE, epoch) => tracked += 1,
-                ST_DEAD => dead += 1,
-                _ => return false,
-            }
-        }
-        if tracked > 0 && dead > 0 || size & WHOLE != 0 {
-            return false;
-        }
-        if dead > 0 {
+        let Some(dead) = self.fast_pages(proc, ptr, size, epoch) else { return false };
+        if dead {
             self.blocks.insert(ptr, size | WHOLE);
             self.deferred_whole.push(ptr);
             if self.deferred_whole.len() >= 4096 && self.deferred_whole.len() > 2 * self.blocks.len() {
@@ -451,9 +441,79 @@ impl HostInit {
             }
         } else {
             self.blocks.insert(ptr, size);
-            self.never_insert(ptr, end);
+            self.never_insert(ptr, ptr.saturating_add(size));
         }
         true
+    }
+
+    /// [`Self::fast_malloc`] then [`Self::fast_free`] of the same block (a
+    /// malloc whose next record is its free, the rule in allocation-heavy
+    /// loops). On dead pages the block was never tracked, and freed before
+    /// its `InitUnknown` could be said: the pair leaves exactly what the
+    /// free alone would (no entry for `ptr` in `blocks`, `foreign` or
+    /// `deferred`; a `deferred_whole` entry would find no block), so the
+    /// malloc's insert and the free's removal are skipped. False: nothing
+    /// done, take the general path for the malloc.
+    #[inline]
+    pub(crate) fn fast_pair(&mut self, proc: Pid, ptr: u64, size: u64, epoch: u32) -> bool {
+        match self.fast_pages(proc, ptr, size, epoch) {
+            None => false,
+            Some(true) => {
+                if !self.foreign.is_empty() {
+                    self.foreign.remove(&ptr);
+                }
+                if !self.deferred.is_empty() {
+                    self.deferred.remove(&ptr);
+                }
+                // An entry left by a free we never saw: the malloc would
+                // have replaced it (WHOLE set) and the free removed it.
+                self.blocks.remove(&ptr);
+                true
+            }
+            Some(false) => self.fast_malloc(proc, ptr, size, epoch) && self.fast_free(proc, ptr),
+        }
+    }
+
+    /// The fast paths' check of a block's pages: Some(true) when every page
+    /// is dead, Some(false) when every page is tracked (protected since the
+    /// record's `epoch`), None when the general path must decide (another
+    /// process, an empty block, more than 4 pages, a state not cached,
+    /// mixed states).
+    #[inline]
+    fn fast_pages(&mut self, proc: Pid, ptr: u64, size: u64, epoch: u32) -> Option<bool> {
+        if proc != self.pid || self.pid == 0 || ptr == 0 || size == 0 || size & WHOLE != 0 {
+            return None;
+        }
+        let end = ptr.saturating_add(size);
+        let (first, last) = (ptr / PAGE, (end - 1) / PAGE);
+        if last - first > 3 {
+            return None;
+        }
+        if self.near_gen != self.generation {
+            self.near = Near::default();
+            self.near_gen = self.generation;
+        }
+        let (mut tracked, mut dead) = (0, 0);
+        for pg in first..=last {
+            let slot = &mut self.near.0[pg as usize % NEAR];
+            let st = if slot.0 == pg {
+                slot.1
+            } else {
+                let &st = self.known.get(&(pg * PAGE))?;
+                *slot = (pg, st);
+                st
+            };
+            match st {
+                ST_PROTECTED if self.protected_since(pg * PAGE, epoch) => tracked += 1,
+                ST_DEAD => dead += 1,
+                _ => return None,
+            }
+        }
+        match (tracked, dead) {
+            (0, _) => Some(true),
+            (_, 0) => Some(false),
+            _ => None,
+        }
     }
 
     /// Fast path of [`Self::on_alloc_event`] for a plain host `free` of the
@@ -581,7 +641,6 @@ impl Tracer {
             }
         }
         set_states(&self.mem, a, b, st)?;
-        self.hostinit.last_known = (u64::MAX, 0);
         self.hostinit.generation += 1;
         if self.pid == self.hostinit.pid && a < b {
             let (s, e) = pages(a, b);
@@ -1362,7 +1421,6 @@ impl Tracer {
                     self.mem.write(RemoteAddr(TABLE + new / PAGE), &moved)?;
                     let (s, e) = (new & !(PAGE - 1), (new & !(PAGE - 1)) + moved.len() as u64 * PAGE);
                     self.hostinit.known.retain(|&p, _| p < s || p >= e);
-                    self.hostinit.last_known = (u64::MAX, 0);
                     self.hostinit.generation += 1;
                 }
             }
@@ -1406,5 +1464,69 @@ mod tests {
         assert_eq!(h.never_in(0, 100), vec![]);
         h.never_insert(0, 1000);
         assert_eq!(h.never.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(0, 1000)]);
+    }
+
+    /// What the tracker holds (blocks, never-written ranges, foreign blocks,
+    /// deferred blocks), for comparing two of them.
+    type State = (Vec<(u64, u64)>, Vec<(u64, u64)>, Vec<(u64, u64)>, Vec<u64>);
+
+    fn state(h: &HostInit) -> State {
+        let mut blocks: Vec<_> = h.blocks.iter().map(|(&a, &b)| (a, b)).collect();
+        blocks.sort_unstable();
+        let mut deferred: Vec<_> = h.deferred.keys().copied().collect();
+        deferred.sort_unstable();
+        (
+            blocks,
+            h.never.iter().map(|(&a, &b)| (a, b)).collect(),
+            h.foreign.iter().map(|(&a, &b)| (a, b)).collect(),
+            deferred,
+        )
+    }
+
+    #[test]
+    fn fast_pair_leaves_what_malloc_then_free_leave() {
+        // Page 0x10000 dead, 0x11000 and 0x12000 tracked (protected, never
+        // released), 0x13000 released (not cached: general path).
+        let setup = || {
+            let mut h = HostInit::new(true);
+            h.pid = 100;
+            h.known.insert(0x10000, ST_DEAD);
+            h.known.insert(0x11000, ST_PROTECTED);
+            h.known.insert(0x12000, ST_PROTECTED);
+            // A live block on the dead page, one tracked, a stale entry (a
+            // free never seen, tracked once), a foreign block and a deferred one.
+            assert!(h.fast_malloc(100, 0x10100, 0x80, 0));
+            assert!(h.fast_malloc(100, 0x11f00, 0x200, 0));
+            h.blocks.insert(0x10800, 0x40);
+            h.never_insert(0x10800, 0x10840);
+            h.foreign.insert(0x10900, 0x10);
+            h.deferred.insert(0x10a00, vec![(0x10a00, 0x10a10)]);
+            h
+        };
+        let (mut one, mut two) = (setup(), setup());
+        // (ptr, size): dead page; tracked page next to the tracked block;
+        // over the stale entry, the foreign block, the deferred block; a
+        // block across the dead and a tracked page (mixed: general path);
+        // a released page (general path); another process.
+        let pairs = [
+            (0x10200, 0x100),
+            (0x12100, 0x300),
+            (0x10800, 0x40),
+            (0x10900, 0x10),
+            (0x10a00, 0x10),
+            (0x10f80, 0x100),
+            (0x13000, 0x10),
+        ];
+        for (ptr, size) in pairs {
+            let single = one.fast_malloc(100, ptr, size, 7) && one.fast_free(100, ptr);
+            assert_eq!(two.fast_pair(100, ptr, size, 7), single, "{ptr:#x}");
+            assert_eq!(state(&one), state(&two), "{ptr:#x}");
+        }
+        assert!(!two.fast_pair(101, 0x10200, 0x10, 7));
+        // The stale entry's never-written range stays (the malloc would
+        // have replaced the entry, so the free never removed it).
+        assert!(state(&two).1.contains(&(0x10800, 0x10840)));
+        assert!(!state(&two).0.iter().any(|&(p, _)| p == 0x10800 || p == 0x10200));
+        assert_eq!(one.take_deferred(), two.take_deferred());
     }
 }

@@ -1022,7 +1022,7 @@ impl Tracer {
         // to follow but the event itself (no call in progress, no arena
         // block, no host-init tracking): straight into the writer's columns.
         // With host-init tracking, the tracked process's records whose
-        // pages' states are cached (`HostInit::fast_malloc`).
+        // pages' states are cached (`HostInit::fast_malloc`, `fast_pair`).
         let plain = !active_guarding && procs.is_empty();
         let hi_on = hostinit.borrow().enabled;
         let fast = |rs: &[crate::alloc::FastRec]| -> usize {
@@ -1034,15 +1034,24 @@ impl Tracer {
             };
             let mut n = rs.iter().position(|r| !ours(r)).unwrap_or(rs.len());
             if hi_on && n > 0 {
+                // The prefix host init follows on its fast paths; a malloc
+                // whose free comes next is one step (`HostInit::fast_pair`).
                 let mut h = hostinit.borrow_mut();
-                let mut done = |r: &crate::alloc::FastRec| {
-                    if r.free {
-                        h.fast_free(active, r.ptr)
-                    } else {
-                        h.fast_malloc(active, r.ptr, r.size, r.hi_epoch)
+                let mut i = 0;
+                while i < n {
+                    let r = &rs[i];
+                    let pair = !r.free && i + 1 < n && rs[i + 1].free && rs[i + 1].ptr == r.ptr;
+                    let done = match (r.free, pair) {
+                        (true, _) => h.fast_free(active, r.ptr),
+                        (false, true) => h.fast_pair(active, r.ptr, r.size, r.hi_epoch),
+                        (false, false) => h.fast_malloc(active, r.ptr, r.size, r.hi_epoch),
+                    };
+                    if !done {
+                        break;
                     }
-                };
-                n = rs[..n].iter().position(|r| !done(r)).unwrap_or(n);
+                    i += 1 + usize::from(pair);
+                }
+                n = i;
             }
             let get = |r: &crate::alloc::FastRec| ffirec_format::PlainMem {
                 free: r.free,
