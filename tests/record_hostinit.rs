@@ -477,6 +477,9 @@ fn hostinit_page_protected_again_too_often_is_given_up() {
     assert_eq!(r.rec.stdout, "1 21 1\n");
     assert_eq!(r.findings(), vec![]);
     assert_eq!(r.unknown_bytes(), 200);
+    // The block's three pages: its first and last, which the first free()
+    // wrote (chunk headers) and so released, cycle once more than the inner one.
+    assert_eq!(r.counter("hostinit_dead"), 3);
     // The boundary: 5 protections again are too many, 6 allowed keep it
     // tracked to the end, and the finding is exact.
     let r = run_env("hostinit_recycle5", &["recycle"], &[], &[("FFIREC_HOSTINIT_CYCLES", "5")]);
@@ -485,6 +488,8 @@ fn hostinit_page_protected_again_too_often_is_given_up() {
     let r = run_env("hostinit_recycle6", &["recycle"], &[], &[("FFIREC_HOSTINIT_CYCLES", "6")]);
     assert_eq!(r.findings(), uninit(100, 200));
     assert_eq!(r.unknown_bytes(), 0);
+    // The first and last pages were protected again 7 times: given up.
+    assert_eq!(r.counter("hostinit_dead"), 2);
 }
 
 #[test]
