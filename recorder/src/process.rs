@@ -443,8 +443,11 @@ impl Tracer {
     /// cannot be done now.
     pub(crate) fn burst_unpin(&mut self) -> bool {
         let Some(tid) = self.pinned_tid.filter(|_| self.burst.pinned) else { return false };
+        // A thread inside a foreign call (a burst pin it started the call
+        // with serves the call now) keeps it until the call returns.
         let idle = |t: &crate::tracer::Thread| {
             t.go.is_none()
+                && t.frames.is_empty()
                 && match t.sys {
                     SysState::Idle => true,
                     SysState::InSyscall { nr, .. } | SysState::Prepared { nr, .. } => {
