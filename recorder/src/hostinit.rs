@@ -479,7 +479,7 @@ impl HostInit {
     /// record's `epoch`), None when the general path must decide (another
     /// process, an empty block, more than 4 pages, a state not cached,
     /// mixed states).
-    #[inline]
+    #[inline(always)]
     fn fast_pages(&mut self, proc: Pid, ptr: u64, size: u64, epoch: u32) -> Option<bool> {
         if proc != self.pid || self.pid == 0 || ptr == 0 || size == 0 || size & WHOLE != 0 {
             return None;
