@@ -261,12 +261,18 @@ impl MemCols {
         let (k0, h0) = (kinds.len(), self.head.len());
         kinds.resize(k0 + n, 0);
         self.head.resize(h0 + n, 0);
+        // One thread's records (the rule): their thread deltas are n zeros.
+        let mut one_thread = true;
         for (r, (k, h)) in recs.iter().zip(kinds[k0..].iter_mut().zip(self.head[h0..].iter_mut())) {
-            let free = get(r).free;
-            frees += usize::from(free);
-            (*k, *h) = if free { (KIND_FREE, d) } else { (KIND_ALLOC, malloc_head) };
+            let m = get(r);
+            frees += usize::from(m.free);
+            one_thread &= m.tid == self.prev_tid;
+            (*k, *h) = if m.free { (KIND_FREE, d) } else { (KIND_ALLOC, malloc_head) };
         }
-        let mut tid = Leb::new(&mut self.tid, n);
+        if one_thread {
+            self.tid.resize(self.tid.len() + n, 0);
+        }
+        let mut tid = Leb::new(&mut self.tid, if one_thread { 0 } else { n });
         let mut ptr = Leb::new(&mut self.ptr, n);
         let mut size = Leb::new(&mut self.size, n);
         let mut caller = Leb::new(&mut self.caller, n);
@@ -279,9 +285,12 @@ impl MemCols {
             prev_tid = m.tid;
             // SAFETY: (each `put` below) `recs` has `n` records, each puts
             // at most one value in each column, and each has room for `n`
-            // (whatever `get` answers the second time).
+            // (whatever `get` answers the second time) but the thread
+            // column of a one-thread run, which gets none.
             unsafe {
-                tid.put(dt);
+                if !one_thread {
+                    tid.put(dt);
+                }
                 ptr.put(dp);
                 if m.free {
                     caller.put(zigzag(m.caller.wrapping_sub(prev_fc)));

@@ -195,8 +195,8 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
     // The recorder's run path (push_plain_mem) and push(Event::Alloc/Free)
     // one at a time must give byte-identical files: runs that cross chunk
     // boundaries (7 events per chunk), a run ending exactly on one, other
-    // kinds in between, two threads, pointer and size deltas of 1 to 10
-    // LEB128 bytes (each length of the register-built path and the loop).
+    // kinds in between, runs of one thread (the same as the run before or
+    // not) and of two, pointer and size deltas of 1 to 10 LEB128 bytes.
     let dir = std::env::temp_dir().join(format!("ffirec-format-push-plain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut runs: Vec<Vec<PlainMem>> = Vec::new();
@@ -211,7 +211,9 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
             let size = if bits == 64 { u64::MAX } else { x & ((1u64 << bits) - 1) };
             let ptr = if i % 4 == 3 { u64::MAX - size } else { 0x5555_0000_0000u64.wrapping_add(size) };
             let caller = if i % 5 == 0 { x.rotate_left(9) } else { 0x5555_0000_1234 };
-            run.push(PlainMem { free: x % 3 == 0, tid: 100 + (i % 2) as u32 * 7, ptr, size, caller });
+            // One thread per run, changing every third run; two in every fifth.
+            let tid = if r % 5 == 4 { 100 + (i % 2) as u32 * 7 } else { 100 + (r / 3 % 2) as u32 * 7 };
+            run.push(PlainMem { free: x % 3 == 0, tid, ptr, size, caller });
         }
         runs.push(run);
     }
