@@ -472,6 +472,8 @@ impl AllocTracker {
     ) -> usize {
         let AllocTracker { map, model, tails, skipped, hi_epoch, run, run_seqs, .. } = self;
         let map: &ring::Mapping = map;
+        // Plain references: the run loop keeps them in registers.
+        let (run, run_seqs): (&mut [FastRec; RUN], &mut [u64; RUN]) = (run, run_seqs);
         // Publish progress often enough that producers on a small ring keep going.
         let publish_every = (map.capacity() / 4).max(1);
         let longest_run = (publish_every as usize).min(RUN);

@@ -352,12 +352,13 @@ impl Mapping {
     /// The slots of `ring`, for reading runs of records.
     pub(crate) fn slots(&self, ring: usize) -> Slots<'_> {
         let off = self.slot(ring, 0);
-        let n = self.capacity as usize * REC_SIZE / 8;
-        // SAFETY: ring `ring`'s slots, `capacity * REC_SIZE` bytes from `off`
-        // (8-aligned: the base is page-aligned), lie inside the live mapping,
-        // and are only ever accessed atomically here.
-        let words = unsafe { std::slice::from_raw_parts(self.base.add(off).cast::<AtomicU64>(), n) };
-        Slots { words, mask: self.capacity - 1, primary: ring == 1, map: self }
+        // SAFETY: ring `ring`'s `capacity` slots of REC_SIZE (4 words) bytes
+        // from `off` (8-aligned: the base is page-aligned) lie inside the
+        // live mapping, and are only ever accessed atomically here.
+        let slots = unsafe {
+            std::slice::from_raw_parts(self.base.add(off).cast::<[AtomicU64; REC_SIZE / 8]>(), self.capacity as usize)
+        };
+        Slots { slots, primary: ring == 1, map: self }
     }
 
     /// The slot of `seq` in `ring` is reserved by a producer but not committed.
@@ -404,8 +405,8 @@ impl Mapping {
 
 /// One ring's slots ([`Mapping::slots`]).
 pub(crate) struct Slots<'a> {
-    words: &'a [AtomicU64],
-    mask: u64,
+    /// A power of two of them.
+    slots: &'a [[AtomicU64; REC_SIZE / 8]],
     primary: bool,
     map: &'a Mapping,
 }
@@ -418,8 +419,7 @@ impl Slots<'_> {
     /// set once, before the ring's first record; 0 reads it here).
     #[inline(always)]
     pub(crate) fn read_plain(&self, seq: u64, owner: u32) -> Option<(super::FastRec, u64)> {
-        let at = (seq & self.mask) as usize * (REC_SIZE / 8);
-        let w = &self.words[at..at + 4];
+        let w = &self.slots[seq as usize & (self.slots.len() - 1)];
         let hdr = w[0].load(Ordering::Acquire);
         let kind = ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16;
         if hdr as u32 != tag(seq) || kind != kind::MALLOC && kind != kind::FREE {
@@ -446,8 +446,7 @@ impl Slots<'_> {
         }
         // Written whole before the first slot's header (release): visible.
         let next = seq.wrapping_add(1);
-        let at = (next & self.mask) as usize * (REC_SIZE / 8);
-        let c = &self.words[at..at + 4];
+        let c = &self.slots[next as usize & (self.slots.len() - 1)];
         let h2 = c[0].load(Ordering::Acquire);
         if h2 as u32 != tag(next) || ((h2 >> HDR_KIND_SHIFT) & 0x3f) as u16 != kind::CONT {
             return None;
@@ -463,12 +462,12 @@ impl Slots<'_> {
     /// waiting for them one at a time was most of the drain's cost.
     #[inline(always)]
     pub(crate) fn prefetch(&self, seq: u64) {
-        let at = (seq & self.mask) as usize * (REC_SIZE / 8);
-        // SAFETY: `at` is inside `words` (masked), and a prefetch reads
+        let at = seq as usize & (self.slots.len() - 1);
+        // SAFETY: `at` is inside `slots` (masked), and a prefetch reads
         // nothing architecturally.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(self.words.as_ptr().add(at).cast());
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(self.slots.as_ptr().add(at).cast());
         }
     }
 }
