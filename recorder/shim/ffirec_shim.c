@@ -248,6 +248,13 @@ static void __attribute__((noinline)) wait_for_room(uint64_t seq) {
  * or an aux word, and always on ring 0 (the pid goes with every record). */
 static inline uint64_t slots_for(int ext) { return ext || !g_primary ? 2 : 1; }
 
+/* A record fits one slot when it has no old pointer and no aux word, and its
+ * ptr and size (a FREE's size is not written) are below 2^48: the one-slot
+ * form keeps the host-init epoch in their top 16 bits (see "Records"). */
+static inline int one_slot(uint16_t kind, uint64_t ptr, uint64_t size, uint64_t old_ptr, uint64_t aux) {
+    return old_ptr == 0 && aux == 0 && (ptr | (kind == FFIREC_K_FREE ? 0 : size)) >> 48 == 0;
+}
+
 /* Reserves `n` consecutive slots (1 or 2); returns NULL when the shim is off
  * or the record had to be dropped (re-entered from a signal handler on a full
  * ring). A non-NULL slot must be completed with fill(), whatever the outcome
@@ -337,9 +344,17 @@ static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, ui
         c->w[2] = g_pid | (uint64_t)hi_ep << 32; /* see "Host init" in ffirec_shim.h */
         c->hdr = (uint64_t)(uint32_t)(seq + 2) | (uint64_t)FFIREC_K_CONT << FFIREC_HDR_KIND_SHIFT | who;
     }
-    r->w[0] = ptr;
-    if (kind != FFIREC_K_FREE)
-        r->w[1] = size;
+    if (n == 2) {
+        r->w[0] = ptr;
+        if (kind != FFIREC_K_FREE)
+            r->w[1] = size;
+    } else {
+        /* One slot: ptr and size are below 2^48 (see one_slot()); their top
+         * 16 bits carry the host-init epoch's low and high halves. */
+        r->w[0] = ptr | (uint64_t)(hi_ep & 0xffff) << 48;
+        if (kind != FFIREC_K_FREE)
+            r->w[1] = size | (uint64_t)(hi_ep >> 16) << 48;
+    }
     r->w[2] = caller;
     uint64_t hdr = (uint64_t)(uint32_t)(seq + 1) | (uint64_t)kind << FFIREC_HDR_KIND_SHIFT |
                    flags << FFIREC_HDR_FLAGS_SHIFT | who;
@@ -356,13 +371,13 @@ static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, u
     uint64_t seq;
     uint32_t hi_ep = t_hi_ep;
     t_hi_ep = 0;
-    uint64_t n = slots_for(old_ptr != 0 || aux != 0 || hi_ep != 0);
+    uint64_t n = slots_for(!one_slot(kind, ptr, size, old_ptr, aux));
     struct ffirec_slot *r = reserve(&seq, n);
     if (r) {
         if (n == 2)
             fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
         else
-            fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
+            fill(r, seq, 1, kind, ptr, size, 0, caller, 0, hi_ep);
         if (t_depth == 1)
             t_pending = 0;
     }
@@ -390,7 +405,7 @@ static inline __attribute__((always_inline)) void record_fast(uint64_t n, uint16
     if (n == 2)
         fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
     else
-        fill(r, seq, 1, kind, ptr, size, 0, caller, 0, 0);
+        fill(r, seq, 1, kind, ptr, size, 0, caller, 0, hi_ep);
     t_pending = 0;
     t_depth = 0;
 }
@@ -401,13 +416,14 @@ static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t
     if (LIKELY(fast) && SINGLE_THREADED() && LIKELY(t_depth == 0)) {
         /* On the primary ring a record needs a second slot only for an old
          * pointer, an aux word (a constant 0 for malloc and free) or a
-         * host-init epoch (read only while host init tracks this process). */
+         * pointer or size of 2^48 or more; the host-init epoch (read only
+         * while host init tracks this process) fits in the first slot. */
         if (LIKELY(fast == 1)) {
-            record_fast(old_ptr != 0 || aux != 0 ? 2 : 1, kind, ptr, size, old_ptr, caller, aux, 0);
+            record_fast(one_slot(kind, ptr, size, old_ptr, aux) ? 1 : 2, kind, ptr, size, old_ptr, caller, aux, 0);
         } else {
             uint32_t hi_ep = t_hi_ep;
             t_hi_ep = 0;
-            record_fast(old_ptr != 0 || aux != 0 || hi_ep != 0 ? 2 : 1, kind, ptr, size, old_ptr, caller, aux,
+            record_fast(one_slot(kind, ptr, size, old_ptr, aux) ? 1 : 2, kind, ptr, size, old_ptr, caller, aux,
                         hi_ep);
         }
         return;
@@ -445,7 +461,7 @@ static inline void end(struct pending p, uint16_t kind, uint64_t ptr, uint64_t s
         if (p.n == 2)
             fill(p.r, p.seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
         else
-            fill(p.r, p.seq, 1, kind, ptr, size, 0, caller, 0, 0);
+            fill(p.r, p.seq, 1, kind, ptr, size, 0, caller, 0, hi_ep);
         if (t_depth == 1)
             t_pending = 0;
     }
@@ -1067,7 +1083,7 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 EXPORT int munmap(void *addr, size_t len) {
     munmap_fn f = get_munmap();
-    struct pending s = begin(0);
+    struct pending s = begin(!one_slot(FFIREC_K_MUNMAP, (uintptr_t)addr, len, 0, 0));
     int rc = LIKELY(f != NULL) ? f(addr, len) : (int)syscall(SYS_munmap, addr, len);
     if (rc == 0)
         end(s, FFIREC_K_MUNMAP, (uintptr_t)addr, len, 0, CALLER, 0);

@@ -16,8 +16,12 @@
  *    consumer reads 0). Second slot (kind FFIREC_K_CONT, its own tag):
  *    old_ptr, aux, and pid in the low half of the third word with the
  *    host-init epoch (see "Host init") in its high half.
- *  - Without EXT, old_ptr, aux and the epoch are 0 and pid is the primary
- *    ring's owner. Ring 0 (several processes) writes every record with EXT.
+ *  - Without EXT, old_ptr and aux are 0, pid is the primary ring's owner,
+ *    ptr and size are below 2^48 (a record whose ptr or size is not takes
+ *    EXT), and the host-init epoch sits in their top 16 bits: ptr bits
+ *    48..63 hold its bits 0..15, size bits 48..63 its bits 16..31 (a FREE's
+ *    epoch is 0: only its ptr word is written). Ring 0 (several processes)
+ *    writes every record with EXT.
  *
  * Rings
  *  - Ring 1 is the primary ring: the first process whose shim starts claims
@@ -91,7 +95,7 @@
  *    before returning. The shim never leaves 1 or 3; the recorder never sets
  *    1 (except when adopting pages while every thread is held).
  *  - Each such call puts `hostinit_epoch` (low 32 bits, read before looking at
- *    the table) in its record (an EXT record's epoch half): a page the recorder released
+ *    the table) in its record (see "Records"): a page the recorder released
  *    at that epoch or later may have been writable after the shim looked, so
  *    the block's bytes there are unknown.
  *  - Every thread of the tracked process protects. A forked child never
@@ -103,7 +107,8 @@
 #include <stdint.h>
 
 #define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
-#define FFIREC_VERSION 4u /* 2: two rings (shared, primary); 3: foreign tid slots; 4: 32-byte slots */
+#define FFIREC_VERSION 5u /* 2: two rings (shared, primary); 3: foreign tid slots; 4: 32-byte slots;
+                            5: the epoch in a one-slot record */
 #define FFIREC_FOREIGN_SLOTS 8u
 #define FFIREC_RINGS 2u
 #define FFIREC_HDR_SIZE 4096u

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// Threads that may be in foreign mode at once (one per traced process).
 pub(crate) const FOREIGN_SLOTS: usize = 8;
 /// Ring 0 is shared by all processes but one; ring 1 is the primary's.
@@ -327,6 +327,9 @@ impl Mapping {
             hi_epoch: 0,
             slots: 1,
         };
+        if flags & F_EXT == 0 {
+            (rec.ptr, rec.size, rec.hi_epoch) = unpack_one_slot(rec.ptr, rec.size);
+        }
         let nop = Rec { kind: kind::NOP, flags: 0, slots: 1, ..rec };
         if kind == kind::CONT {
             return Some(nop);
@@ -403,6 +406,15 @@ impl Mapping {
     }
 }
 
+/// A one-slot record's ptr and size words: the values (below 2^48) and the
+/// host-init epoch in their top 16 bits (see "Records" in `ffirec_shim.h`; a
+/// FREE's size word reads 0 here, so its epoch is its ptr word's half, 0).
+#[inline(always)]
+fn unpack_one_slot(ptr: u64, size: u64) -> (u64, u64, u32) {
+    const LOW: u64 = (1 << 48) - 1;
+    (ptr & LOW, size & LOW, ((ptr >> 48) | (size >> 48) << 16) as u32)
+}
+
 /// One ring's slots ([`Mapping::slots`]).
 pub(crate) struct Slots<'a> {
     /// A power of two of them.
@@ -442,6 +454,7 @@ impl Slots<'_> {
             hi_epoch: 0,
         };
         if flags & F_EXT == 0 {
+            (rec.ptr, rec.size, rec.hi_epoch) = unpack_one_slot(rec.ptr, rec.size);
             return Some((rec, 1));
         }
         // Written whole before the first slot's header (release): visible.
@@ -513,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn ring_v4_slots_decode_exactly() {
+    fn ring_v5_slots_decode_exactly() {
         let (map, path) = mapping(16);
         map.u32_at(ctl(1, RING_OWNER)).store(4242, Ordering::Release);
         // A one-slot malloc on the primary ring: pid is the ring's owner.
@@ -539,6 +552,14 @@ mod tests {
         put(&map, 1, 1, 1, kind::FREE, 0, 7, [0x5555_0000_1000, 0xdead_beef, 0x5555_0000_3000]);
         let r = map.read(1, 1).unwrap();
         assert_eq!((r.kind, r.size, r.ptr, r.caller, r.slots), (kind::FREE, 0, 0x5555_0000_1000, 0x5555_0000_3000, 1));
+        // The host-init epoch of a one-slot record: its low half in ptr's top
+        // 16 bits, its high half in size's; the run reader agrees.
+        let (ptr, size, epoch) = (0x7fff_ffff_f000u64, 0xffff_ffff_fffeu64, 0x0003_0002u64);
+        put(&map, 1, 2, 2, kind::MALLOC, 0, 7, [ptr | (epoch & 0xffff) << 48, size | (epoch >> 16) << 48, 0x5555]);
+        let r = map.read(1, 2).unwrap();
+        assert_eq!((r.ptr, r.size, r.hi_epoch, r.slots, r.pid), (ptr, size, 0x0003_0002, 1, 4242));
+        let (f, n) = map.slots(1).read_plain(2, 0).unwrap();
+        assert_eq!((f.ptr, f.size, f.hi_epoch, f.free, f.pid, n), (ptr, size, 0x0003_0002, false, 4242, 1));
         // An EXT realloc over two slots, the second one wrapping round the ring end.
         put(&map, 0, 16, 16, kind::CONT, 0, 9, [0x7000, 0, 99 | 5 << 32]);
         put(&map, 0, 15, 15, kind::REALLOC, F_EXT, 9, [0x8000, 64, 0x9000]);
@@ -563,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn ring_v4_stale_and_broken_slots() {
+    fn ring_v5_stale_and_broken_slots() {
         let (map, path) = mapping(16);
         // The previous lap's record in slot 3 is not record 19.
         put(&map, 1, 3, 3, kind::MALLOC, 0, 1, [1, 2, 3]);
