@@ -20,6 +20,9 @@
 
 mod support;
 
+/// Rounds of the (slow) breakpoint-fallback rows.
+const BP_ROUNDS: usize = 3;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,6 +36,8 @@ struct Config {
     base: usize,
     /// None: the program natively; Some(bin): recorded by that ffirec.
     ffirec: Option<PathBuf>,
+    /// The static binary's rows (the breakpoint fallback and its native run).
+    statik: bool,
     /// Extra `ffirec record` flags.
     flags: Vec<&'static str>,
     loop_ns: u64,
@@ -50,6 +55,7 @@ impl Config {
             pairs,
             base,
             ffirec,
+            statik: false,
             flags: Vec::new(),
             loop_ns: u64::MAX,
             through_ns: u64::MAX,
@@ -65,11 +71,18 @@ fn main() {
         return;
     }
     let n: u64 = std::env::var("FFIREC_BENCH_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rounds = support::rounds(3);
+    // Single runs of this VM spread 2x (native 9.5-16 ms); the shim rows take
+    // a tenth of a second each, so take the best of more of them. The
+    // breakpoint rows (seconds each) run the first BP_ROUNDS rounds only.
+    let rounds = support::rounds(7);
     support::library("bnop");
     let prog = support::program("alloc_host", &["bnop"]);
     let trace = support::out_dir().join("alloc.ffr");
-    println!("alloc bench: {n} malloc/free pairs then one foreign call, best of {rounds} interleaved rounds");
+    println!(
+        "alloc bench: {n} malloc/free pairs then one foreign call, best of {rounds} interleaved rounds \
+         (breakpoint rows: {})",
+        rounds.min(BP_ROUNDS)
+    );
     println!("  machine: {}; load before: {}", support::machine(), support::load());
 
     let ffirec = support::ffirec_bin();
@@ -91,14 +104,20 @@ fn main() {
     match support::static_program("alloc_host", &["libbnop.c"]) {
         Some(st) => {
             let base = configs.len();
-            configs.push(Config::new("static native", &st, bp_pairs, base, None));
-            configs.push(Config::new("breakpoints", &st, bp_pairs, base, Some(ffirec)));
+            for (label, bin) in [("static native", None), ("breakpoints", Some(ffirec))] {
+                let mut c = Config::new(label, &st, bp_pairs, base, bin);
+                c.statik = true;
+                configs.push(c);
+            }
         }
         None => println!("  (no static C library: breakpoint fallback not measured)"),
     }
     let mut native_stdout = std::collections::HashMap::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for c in configs.iter_mut() {
+            if c.statik && round >= BP_ROUNDS {
+                continue;
+            }
             let mut cmd = match &c.ffirec {
                 None => std::process::Command::new(&c.prog),
                 Some(bin) => {
