@@ -180,14 +180,26 @@ fn push_access_writes_the_same_bytes_as_push() {
             };
             assert_eq!(n, i as u64);
         }
-        w.finish(Summary { exit: Some(ExitStatus::Code(0)), counters: vec![] }).unwrap();
-        files.push(std::fs::read(&path).unwrap());
+        files.push(finish_bytes(w, &path));
     }
+    same_bytes_same_events(&files, &dir.join("ttrue.ffr"), &events);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Finishes `w` (written to `path`) and returns the file's bytes.
+fn finish_bytes(w: TraceWriter, path: &std::path::Path) -> Vec<u8> {
+    w.finish(Summary { exit: Some(ExitStatus::Code(0)), counters: vec![] }).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// Two ways of writing the same events gave the same two `files`, and the
+/// file at `path` reads back as `events`. Returns it opened.
+fn same_bytes_same_events(files: &[Vec<u8>], path: &std::path::Path, events: &[Event]) -> Trace {
     assert_eq!(files[0], files[1], "same events, different bytes");
-    let t = Trace::open(dir.join("ttrue.ffr")).unwrap();
+    let t = Trace::open(path).unwrap();
     let back: Vec<Event> = t.events().map(|r| r.unwrap().1).collect();
     assert_eq!(back, events);
-    std::fs::remove_dir_all(&dir).unwrap();
+    t
 }
 
 #[test]
@@ -253,13 +265,9 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
             events.extend(run.iter().map(event));
             assert_eq!(w.events(), events.len() as u64);
         }
-        w.finish(Summary { exit: Some(ExitStatus::Code(0)), counters: vec![] }).unwrap();
-        files.push(std::fs::read(&path).unwrap());
+        files.push(finish_bytes(w, &path));
     }
-    assert_eq!(files[0], files[1], "same events, different bytes");
-    let t = Trace::open(dir.join("ttrue.ffr")).unwrap();
-    let back: Vec<Event> = t.events().map(|r| r.unwrap().1).collect();
-    assert_eq!(back, events);
+    let t = same_bytes_same_events(&files, &dir.join("ttrue.ffr"), &events);
     let s = t.summary().unwrap();
     let frees = events.iter().filter(|e| matches!(e, Event::Free { .. })).count() as u64;
     assert_eq!(s.counter("events.free"), Some(frees));
