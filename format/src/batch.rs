@@ -181,57 +181,34 @@ impl MemCols {
     pub fn push(&mut self, e: &Event) -> bool {
         match *e {
             Event::Alloc { tid, func, ptr, size, old_ptr, caller, domain, zeroed } => {
-                self.push_alloc(tid, func, ptr, size, old_ptr, caller, domain, zeroed);
+                let mut h = wire::alloc_fn_code(func) & M_FUNC;
+                h |= wire::domain_code(domain) << M_DOMAIN_SHIFT;
+                if zeroed {
+                    h |= M_ZEROED;
+                }
+                if old_ptr != 0 {
+                    h |= M_OLD;
+                    put(&mut self.old, zigzag(old_ptr.wrapping_sub(ptr)));
+                }
+                self.head.push(h);
+                self.put_tid(tid);
+                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+                self.prev_alloc_ptr = ptr;
+                put(&mut self.size, size);
+                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_alloc_caller)));
+                self.prev_alloc_caller = caller;
                 true
             }
             Event::Free { tid, ptr, caller, domain } => {
-                self.push_free(tid, ptr, caller, domain);
+                self.head.push(wire::domain_code(domain) << M_DOMAIN_SHIFT);
+                self.put_tid(tid);
+                put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
+                put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_free_caller)));
+                self.prev_free_caller = caller;
                 true
             }
             _ => false,
         }
-    }
-
-    /// Appends the fields of an `Event::Alloc`.
-    #[inline]
-    #[allow(clippy::too_many_arguments)] // the event's fields, without building it
-    pub fn push_alloc(
-        &mut self,
-        tid: u32,
-        func: AllocFn,
-        ptr: u64,
-        size: u64,
-        old_ptr: u64,
-        caller: u64,
-        domain: Domain,
-        zeroed: bool,
-    ) {
-        let mut h = wire::alloc_fn_code(func) & M_FUNC;
-        h |= wire::domain_code(domain) << M_DOMAIN_SHIFT;
-        if zeroed {
-            h |= M_ZEROED;
-        }
-        if old_ptr != 0 {
-            h |= M_OLD;
-            put(&mut self.old, zigzag(old_ptr.wrapping_sub(ptr)));
-        }
-        self.head.push(h);
-        self.put_tid(tid);
-        put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
-        self.prev_alloc_ptr = ptr;
-        put(&mut self.size, size);
-        put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_alloc_caller)));
-        self.prev_alloc_caller = caller;
-    }
-
-    /// Appends the fields of an `Event::Free`.
-    #[inline]
-    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) {
-        self.head.push(wire::domain_code(domain) << M_DOMAIN_SHIFT);
-        self.put_tid(tid);
-        put(&mut self.ptr, zigzag(ptr.wrapping_sub(self.prev_alloc_ptr)));
-        put(&mut self.caller, zigzag(caller.wrapping_sub(self.prev_free_caller)));
-        self.prev_free_caller = caller;
     }
 
     #[inline]
@@ -241,8 +218,8 @@ impl MemCols {
     }
 
     /// Appends a run of plain mallocs and frees, all in `domain` — the same
-    /// bytes as [`Self::push_alloc`] (function malloc, no old pointer, not
-    /// zeroed) or [`Self::push_free`] for each in turn — and their kind bytes
+    /// bytes as [`Self::push`] of each one's `Event::Alloc` (function malloc,
+    /// no old pointer, not zeroed) or `Event::Free` in turn — and their kind bytes
     /// to `kinds`. Each column is grown once for the run and written through
     /// a pointer (capacity and bounds checks were a third of the recorder's
     /// cost per malloc/free). Returns how many were frees.

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crate::batch::{self, PlainMem};
 use crate::layout::{self, ChunkHeader, ChunkKind, Trailer, MAX_RAW_LEN};
 use crate::wire::{self, WChunkEntry, WCounter, WFooter};
-use crate::{AccessRef, AllocFn, Domain, Error, Event, Header, Module, Summary, EVENT_KINDS};
+use crate::{AccessRef, Domain, Error, Event, Header, Module, Summary, EVENT_KINDS};
 
 /// Tuning for [`TraceWriter`].
 #[derive(Debug, Clone)]
@@ -167,42 +167,8 @@ impl TraceWriter {
         !self.acc.push_event(event)
     }
 
-    /// [`Self::push`] of an `Event::Alloc` given by its fields (the same
-    /// encoding, without building the event).
-    #[inline]
-    #[allow(clippy::too_many_arguments)] // the event's fields
-    pub fn push_alloc(
-        &mut self,
-        tid: u32,
-        func: AllocFn,
-        ptr: u64,
-        size: u64,
-        old_ptr: u64,
-        caller: u64,
-        domain: Domain,
-        zeroed: bool,
-    ) -> Result<u64, Error> {
-        let n = self.next_event;
-        self.kind_counts[usize::from(batch::KIND_ALLOC)] += 1;
-        self.kinds.push(batch::KIND_ALLOC);
-        self.mem.push_alloc(tid, func, ptr, size, old_ptr, caller, domain, zeroed);
-        self.batch_bytes += 24;
-        self.end_push(n)
-    }
-
-    /// [`Self::push`] of an `Event::Free` given by its fields.
-    #[inline]
-    pub fn push_free(&mut self, tid: u32, ptr: u64, caller: u64, domain: Domain) -> Result<u64, Error> {
-        let n = self.next_event;
-        self.kind_counts[usize::from(batch::KIND_FREE)] += 1;
-        self.kinds.push(batch::KIND_FREE);
-        self.mem.push_free(tid, ptr, caller, domain);
-        self.batch_bytes += 24;
-        self.end_push(n)
-    }
-
-    /// [`Self::push_alloc`] or [`Self::push_free`] for each of a run of
-    /// plain mallocs and frees in `domain` (see [`PlainMem`]), `get`
+    /// [`Self::push`] of the `Event::Alloc` or `Event::Free` of each of a run
+    /// of plain mallocs and frees in `domain` (see [`PlainMem`]), `get`
     /// giving each one's fields: the same events and bytes, at a fraction
     /// of the cost per event (the recorder drains them by the million).
     #[inline]
