@@ -364,10 +364,129 @@ static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, ui
     __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
 }
 
+/* ---- the held malloc (contract: "Held malloc" in ffirec_shim.h) ---------- */
+#define LOW48 ((1ull << 48) - 1)
+
+/* Takes the held record: its ptr word, 0 when nothing is held (or someone
+ * else took it first). One read-modify-write, so this thread's signal
+ * handlers, other threads and the recorder take it at most once between them. */
+static inline uint64_t held_take(void) {
+    uint64_t w = *(volatile uint64_t *)&g_hdr->held.ptr;
+    if (LIKELY(w == 0))
+        return 0;
+    if (SINGLE_THREADED()) {
+        /* Only this thread and, while it is stopped, the recorder: an
+         * unlocked cmpxchg is one instruction neither can split. */
+        uint64_t seen = w;
+        uint8_t ok;
+        __asm__ volatile("cmpxchgq %3, %1" : "+a"(seen), "+m"(g_hdr->held.ptr), "=@ccz"(ok) : "r"(0ull) : "memory");
+        return ok ? w : 0;
+    }
+    return atomic_compare_exchange_strong_explicit((_Atomic(uint64_t) *)&g_hdr->held.ptr, &w, 0,
+                                                   memory_order_acq_rel, memory_order_relaxed)
+               ? w
+               : 0;
+}
+
+/* Writes the taken held record (ptr word `w`) into the ring: one slot, as it
+ * would have been written at its malloc. The caller counted itself in t_depth. */
+static void __attribute__((noinline)) held_write(uint64_t w) {
+    uint64_t size = g_hdr->held.size, caller = g_hdr->held.caller, bits = g_hdr->held.hdr;
+    uint64_t seq;
+    struct ffirec_slot *r = reserve(&seq, 1);
+    if (!r)
+        return;
+    r->w[0] = w;
+    r->w[1] = size;
+    r->w[2] = caller;
+    atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, (uint64_t)(uint32_t)(seq + 1) | bits, memory_order_release);
+    if (t_depth == 1)
+        t_pending = 0;
+}
+
+/* Any record of the primary ring's owner moves the held one in first. */
+static inline void held_flush(void) {
+    if (LIKELY(g_primary)) {
+        uint64_t w = held_take();
+        if (UNLIKELY(w != 0))
+            held_write(w);
+    }
+}
+
+/* Holds a one-slot malloc record instead of reserving it (fast path only:
+ * single-threaded, not nested, primary ring). */
+static inline __attribute__((always_inline)) void held_put(uint64_t ptr, uint64_t size, uint64_t caller,
+                                                          uint32_t hi_ep) {
+    t_depth = 1;
+    held_flush();
+    uint32_t tid = my_tid();
+    uint64_t flags = foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0;
+    g_hdr->held.size = size | (uint64_t)(hi_ep >> 16) << 48;
+    g_hdr->held.caller = caller;
+    g_hdr->held.hdr = (uint64_t)FFIREC_K_MALLOC << FFIREC_HDR_KIND_SHIFT | flags << FFIREC_HDR_FLAGS_SHIFT |
+                      (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT;
+    __asm__ volatile("" ::: "memory"); /* the ptr word last */
+    *(volatile uint64_t *)&g_hdr->held.ptr = ptr | (uint64_t)(hi_ep & 0xffff) << 48;
+    t_depth = 0;
+}
+
+/* The free of `ptr` when the held record is its malloc: one MALLOC_FREE
+ * record, returns 1. Otherwise moves the held record into the ring, returns 0. */
+static inline __attribute__((always_inline)) int held_pair(uint64_t ptr, uint64_t caller) {
+    t_depth = 1;
+    uint64_t w = held_take();
+    if (LIKELY(w != 0) && (w & LOW48) == ptr) {
+        uint64_t size = g_hdr->held.size, mcaller = g_hdr->held.caller, bits = g_hdr->held.hdr;
+        int64_t delta = (int64_t)(caller - mcaller);
+        int one = mcaller >> 48 == 0 && delta >= INT16_MIN && delta <= INT16_MAX;
+        bits = (bits & ~((uint64_t)0x3f << FFIREC_HDR_KIND_SHIFT)) | (uint64_t)FFIREC_K_MALLOC_FREE
+                                                                        << FFIREC_HDR_KIND_SHIFT;
+        uint64_t n = one ? 1 : 2;
+        t_pending = PENDING_UNKNOWN;
+        __asm__ volatile("" ::: "memory");
+        uint64_t seq = n;
+        __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
+        t_pending = seq + 1;
+        if (UNLIKELY(seq + n > t_limit))
+            wait_for_room(seq + n - 1);
+        struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
+        if (one) {
+            r->w[0] = w;
+            r->w[1] = size;
+            r->w[2] = mcaller | (uint64_t)(uint16_t)delta << 48;
+        } else {
+            /* EXT: the values without the epoch bits, the epoch in the second slot. */
+            uint32_t ep = (uint32_t)(w >> 48) | (uint32_t)(size >> 48) << 16;
+            struct ffirec_slot *c = &g_ring[(seq + 1) & (g_cap - 1)];
+            c->w[0] = 0;
+            c->w[1] = caller;
+            c->w[2] = g_pid | (uint64_t)ep << 32;
+            c->hdr = (uint64_t)(uint32_t)(seq + 2) | (uint64_t)FFIREC_K_CONT << FFIREC_HDR_KIND_SHIFT |
+                     (bits & ((uint64_t)0xffffff << FFIREC_HDR_TID_SHIFT));
+            r->w[0] = w & LOW48;
+            r->w[1] = size & LOW48;
+            r->w[2] = mcaller;
+            bits |= (uint64_t)FFIREC_F_EXT << FFIREC_HDR_FLAGS_SHIFT;
+        }
+        atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, (uint64_t)(uint32_t)(seq + 1) | bits,
+                              memory_order_release);
+        __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
+        t_pending = 0;
+        t_depth = 0;
+        return 1;
+    }
+    if (w != 0)
+        held_write(w);
+    t_depth = 0;
+    return 0;
+}
+
 /* The general record path: any ring, any thread, nested frames. */
 static void __attribute__((noinline)) record_slow(uint16_t kind, uint64_t ptr, uint64_t size,
                                                   uint64_t old_ptr, uint64_t caller, uint64_t aux) {
     t_depth++;
+    if (LIKELY(ring_ready()))
+        held_flush();
     uint64_t seq;
     uint32_t hi_ep = t_hi_ep;
     t_hi_ep = 0;
@@ -418,14 +537,26 @@ static inline __attribute__((always_inline)) void record(uint16_t kind, uint64_t
          * pointer, an aux word (a constant 0 for malloc and free) or a
          * pointer or size of 2^48 or more; the host-init epoch (read only
          * while host init tracks this process) fits in the first slot. */
-        if (LIKELY(fast == 1)) {
-            record_fast(one_slot(kind, ptr, size, old_ptr, aux) ? 1 : 2, kind, ptr, size, old_ptr, caller, aux, 0);
-        } else {
-            uint32_t hi_ep = t_hi_ep;
+        uint32_t hi_ep = 0;
+        if (fast == 2) {
+            hi_ep = t_hi_ep;
             t_hi_ep = 0;
-            record_fast(one_slot(kind, ptr, size, old_ptr, aux) ? 1 : 2, kind, ptr, size, old_ptr, caller, aux,
-                        hi_ep);
         }
+        int one = one_slot(kind, ptr, size, old_ptr, aux);
+        /* A malloc waits in `held` for its free (see "Held malloc"). */
+        if (kind == FFIREC_K_MALLOC && LIKELY(one)) {
+            held_put(ptr, size, caller, hi_ep);
+            return;
+        }
+        if (kind == FFIREC_K_FREE) {
+            if (LIKELY(held_pair(ptr, caller)))
+                return;
+        } else {
+            t_depth = 1;
+            held_flush();
+            t_depth = 0;
+        }
+        record_fast(one ? 1 : 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);
         return;
     }
     record_slow(kind, ptr, size, old_ptr, caller, aux);
@@ -447,6 +578,7 @@ static inline struct pending begin(int ext) {
     p.r = NULL;
     p.n = 1;
     if (LIKELY(ring_ready())) { /* slots_for needs the ring chosen */
+        held_flush();
         p.n = slots_for(ext);
         p.r = reserve(&p.seq, p.n);
     }
@@ -800,6 +932,10 @@ REAL(fork_fn, fork)
 /* ---- process lifecycle --------------------------------------------------- */
 static void before_fork(void) {
     if (atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) {
+        /* The child inherits the held block: its malloc goes before the fork point. */
+        t_depth++;
+        held_flush();
+        t_depth--;
         g_fork_head = atomic_load_explicit(hdr_head(), memory_order_acquire);
         /* Inside our fork() wrapper the FORKED slot is reserved but is
          * committed only when fork() returns in the parent (after the

@@ -6,7 +6,7 @@
  * of 32 bytes each (`capacity` a power of two): ring 0 at offset 4096, ring 1
  * right after it. Every field is little-endian, naturally aligned.
  *
- * Records (version 4)
+ * Records (version 6)
  *  - A record is one slot, or two consecutive slots (sequence numbers seq and
  *    seq + 1, reserved together) when it has the EXT flag. A slot is four
  *    words: the slot header, then three payload words.
@@ -22,6 +22,12 @@
  *    48..63 hold its bits 0..15, size bits 48..63 its bits 16..31 (a FREE's
  *    epoch is 0: only its ptr word is written). Ring 0 (several processes)
  *    writes every record with EXT.
+ *  - MALLOC_FREE is a malloc and the free of its block, in that order, with
+ *    no record of that thread between them (see "Held malloc"): ptr, size
+ *    and the epoch as a MALLOC's; `caller` is the malloc's. The free's caller
+ *    is `aux` with EXT; without EXT, the caller word's bits 0..47 are the
+ *    malloc's caller and bits 48..63 the free's caller minus it (signed 16
+ *    bits; a pair whose callers are further apart takes EXT).
  *
  * Rings
  *  - Ring 1 is the primary ring: the first process whose shim starts claims
@@ -66,6 +72,22 @@
  *    that allocates) never waits: when the ring is full it drops the record and
  *    counts it in `dropped`.
  *
+ * Held malloc (the primary ring only)
+ *  - A one-slot MALLOC of the primary ring's owner, written while it is
+ *    single-threaded and not nested, is not reserved in the ring: its first
+ *    slot's words go to `held` (ptr word last; a zero ptr word: nothing
+ *    held). If that thread's next record is the FREE of the same block, both
+ *    become one MALLOC_FREE record; any other record of the process first
+ *    moves the held one into the ring. So the held record always follows
+ *    every record of the ring that its thread wrote.
+ *  - Taking it is one read-modify-write of the ptr word to 0 (unlocked
+ *    cmpxchg while single-threaded, locked after): whoever takes it writes
+ *    it. The shim moves it into the ring before fork() and before any other
+ *    record; once the process has threads it is never held again.
+ *  - The recorder takes it (atomic exchange) when its thread (the tid in
+ *    `hdr`) is in a ptrace stop and every slot of the ring is consumed, and
+ *    when no process is left: a stop sees every malloc that returned before it.
+ *
  * Foreign arena
  *  - While the calling thread is `foreign_tid` and `arena_enabled` is set,
  *    malloc/calloc/realloc(NULL, n)/the aligned variants are served from a
@@ -107,8 +129,8 @@
 #include <stdint.h>
 
 #define FFIREC_MAGIC 0x3152434552494646ull /* "FFIRECR1" little-endian */
-#define FFIREC_VERSION 5u /* 2: two rings (shared, primary); 3: foreign tid slots; 4: 32-byte slots;
-                            5: the epoch in a one-slot record */
+#define FFIREC_VERSION 6u /* 2: two rings (shared, primary); 3: foreign tid slots; 4: 32-byte slots;
+                            5: the epoch in a one-slot record; 6: the held malloc, MALLOC_FREE */
 #define FFIREC_FOREIGN_SLOTS 8u
 #define FFIREC_RINGS 2u
 #define FFIREC_HDR_SIZE 4096u
@@ -133,6 +155,7 @@ enum ffirec_kind {
     FFIREC_K_MREMAP = 10,        /* every successful mremap; aux = old size */
     FFIREC_K_FREE = 16,          /* free(ptr), ptr != 0 */
     FFIREC_K_MUNMAP = 17,        /* every successful munmap(ptr, size) */
+    FFIREC_K_MALLOC_FREE = 19,   /* a MALLOC then the FREE of its block (see "Records") */
     FFIREC_K_NOP = 30,           /* a reserved slot whose call failed: skip */
     FFIREC_K_PROC_START = 32,    /* the shim started in process `pid` (after exec) */
     FFIREC_K_FORK = 33,          /* the child's first record: process `pid` was forked from
@@ -200,6 +223,13 @@ struct ffirec_hdr {
         uint64_t flush_traps; /* +200 */
         uint64_t pad3[6];
     } ring[FFIREC_RINGS]; /* 256: ring 0, 512: ring 1 */
+    struct ffirec_held { /* 768: see "Held malloc" */
+        uint64_t ptr;    /* +0: the first slot's ptr word (never 0 for a block), 0: none */
+        uint64_t size;   /* +8: its size word */
+        uint64_t caller; /* +16: its caller word */
+        uint64_t hdr;    /* +24: its slot header without the tag (kind, flags, tid) */
+        uint64_t pad[4];
+    } held;
 };
 
 #endif

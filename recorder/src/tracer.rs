@@ -29,9 +29,12 @@ pub(crate) const BLOCKED_AFTER: Duration = Duration::from_millis(1500);
 
 /// Records drained between two `WNOHANG` polls while the program runs.
 const DRAIN_BATCH: usize = 4096;
-/// Backlog below which the recorder lets records accumulate (a quarter of
-/// the default ring) rather than drain right behind the producer.
-const DRAIN_BEHIND: u64 = crate::alloc::DEFAULT_CAPACITY as u64 / 4;
+/// Backlog below which the recorder lets records accumulate (1 MiB of
+/// slots, 1/32 of the default ring) rather than drain right behind the
+/// producer. The program waits for this much at its next stop: a quarter of
+/// the ring cost the alloc bench ~6 ms of its 1 M pairs at the foreign call,
+/// 8 K slots made the loop slower (lines read while still being written).
+const DRAIN_BEHIND: u64 = crate::alloc::DEFAULT_CAPACITY as u64 / 32;
 /// The longest and shortest sleep of an idle recorder that drains the
 /// allocation ring (doubling from the shortest while the ring stays empty).
 /// The longest is well below the time a program allocating flat out takes
@@ -502,6 +505,7 @@ impl Tracer {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.running = false;
         }
+        self.take_held_alloc(tid)?;
         self.stop_regs = None;
         if self.tramp.vload_pending.is_some() {
             self.vload_at_stop(&stop)?;
@@ -1002,6 +1006,17 @@ impl Tracer {
     /// [`Self::drain_allocs`] for at most about `max` records; returns how
     /// many were consumed.
     pub fn drain_allocs_some(&mut self, max: usize) -> Result<usize, Error> {
+        self.drain_allocs_held(max, None)
+    }
+
+    /// At a stop of `tid`, after [`Self::drain_allocs`]: the malloc the shim
+    /// holds back for its free when `tid` wrote it (see "Held malloc" in
+    /// `ffirec_shim.h`), so the stop sees every block allocated before it.
+    pub(crate) fn take_held_alloc(&mut self, tid: Pid) -> Result<(), Error> {
+        self.drain_allocs_held(0, Some(tid as u32)).map(|_| ())
+    }
+
+    fn drain_allocs_held(&mut self, max: usize, held: Option<u32>) -> Result<usize, Error> {
         let Some(a) = self.alloc.as_mut() else { return Ok(0) };
         // Shared by the fast path and the general one.
         let sink = std::cell::RefCell::new(&mut self.sink);
@@ -1067,7 +1082,7 @@ impl Tracer {
         };
         // Runs of records from one thread are the rule: look its process up once.
         let mut last: Option<(u32, Option<Pid>)> = None;
-        let consumed = a.drain_some_fast(max, fast, |e| {
+        let general = |e: &Event| {
             let g = match e.tid() {
                 Some(t) => match last {
                     Some((lt, g)) if lt == t => g,
@@ -1119,7 +1134,12 @@ impl Tracer {
                     err.borrow_mut().get_or_insert(x);
                 }
             }
-        });
+        };
+        let mut general = general;
+        let consumed = if max > 0 { a.drain_some_fast(max, fast, &mut general) } else { 0 };
+        if let Some(tid) = held {
+            a.take_held(tid, &mut general);
+        }
         err.into_inner().map_or(Ok(consumed), Err)
     }
 

@@ -23,7 +23,7 @@ fn alloc_activity_allocator_tid_is_set_exactly_inside_foreign_allocator_calls() 
     let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
     while !events.iter().any(|e| matches!(e, Event::Alloc { size: 64, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(&mut tracker, pid, &mut events);
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(!tracker.in_allocator(pid));
@@ -32,7 +32,7 @@ fn alloc_activity_allocator_tid_is_set_exactly_inside_foreign_allocator_calls() 
     // Wait for the foreign free(h), then leave foreign mode.
     while events.iter().filter(|e| matches!(e, Event::Free { tid, .. } if *tid == pid)).count() < 1 {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(&mut tracker, pid, &mut events);
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(!tracker.in_allocator(pid), "still set after free returned");

@@ -31,7 +31,7 @@ fn run(tracker: &mut AllocTracker) -> Run {
     let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
     while !events.iter().any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(tracker, pid, &mut events);
         std::thread::sleep(Duration::from_millis(1));
     }
     tracker.set_foreign_tid(pid);
@@ -40,7 +40,7 @@ fn run(tracker: &mut AllocTracker) -> Run {
     let mut big = None;
     while big.is_none() {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(tracker, pid, &mut events);
         big = events.iter().find_map(|e| match *e {
             Event::Alloc { size, ptr, tid, .. } if size == 3 << 20 && tid == pid => Some(ptr),
             _ => None,
@@ -196,14 +196,14 @@ fn alloc_arena_range_taken_by_the_program_falls_back_to_the_heap() {
     // Foreign mode only once the program's page is mapped (its malloc(7)).
     while !events.iter().any(|e| matches!(e, Event::Alloc { size: 7, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(&mut tracker, pid, &mut events);
         std::thread::sleep(Duration::from_millis(1));
     }
     tracker.set_foreign_tid(pid);
     stdin.write_all(b"x").unwrap();
     while !events.iter().any(|e| matches!(e, Event::Alloc { size: 100, tid, .. } if *tid == pid)) {
         assert!(std::time::Instant::now() < deadline);
-        tracker.drain(|e| events.push(e));
+        alloc_common::drain_at_stop(&mut tracker, pid, &mut events);
         std::thread::sleep(Duration::from_millis(1));
     }
     tracker.set_foreign_tid(0);

@@ -71,7 +71,7 @@ fn alloc_trap_foreign_tid_marks_the_domain() {
         let deadline = std::time::Instant::now() + alloc_common::TIMEOUT;
         while !events.iter().any(|e| matches!(e, Event::Alloc { size, tid, .. } if *size == want && *tid == pid)) {
             assert!(std::time::Instant::now() < deadline, "no malloc({want})");
-            tracker.drain(|e| events.push(e));
+            alloc_common::drain_at_stop(tracker, pid, events);
             std::thread::sleep(Duration::from_millis(1));
         }
     };

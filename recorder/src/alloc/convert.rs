@@ -84,6 +84,11 @@ impl Model {
                 out(&free(r.ptr));
                 1
             }
+            kind::MALLOC_FREE => {
+                out(&alloc(AllocFn::Malloc, false));
+                out(&Event::Free { tid: r.tid, ptr: r.ptr, caller: r.aux, domain });
+                2
+            }
             kind::REALLOC | kind::REALLOCARRAY if r.ptr == 0 => {
                 // realloc(p, 0) freed p.
                 out(&free(r.old_ptr));

@@ -78,7 +78,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ffirec_format::Event;
+use ffirec_format::{AllocFn, Domain, Event};
 
 /// The shim, compiled by `build.rs`.
 static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ffirec_shim.so"));
@@ -156,6 +156,24 @@ pub struct FastRec {
     pub hi_epoch: u32,
 }
 
+/// The event of a plain `malloc` or `free` record.
+fn event_of(r: &FastRec) -> Event {
+    let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
+    match r.free {
+        true => Event::Free { tid: r.tid, ptr: r.ptr, caller: r.caller, domain },
+        false => Event::Alloc {
+            tid: r.tid,
+            func: AllocFn::Malloc,
+            ptr: r.ptr,
+            size: r.size,
+            old_ptr: 0,
+            caller: r.caller,
+            domain,
+            zeroed: false,
+        },
+    }
+}
+
 /// Counters of the rings (summed over both), for reports and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RingStats {
@@ -216,7 +234,6 @@ pub struct AllocTracker {
     hi_epoch: Arc<std::sync::atomic::AtomicU32>,
     /// The run of plain records being drained, and each one's sequence number.
     run: Box<[FastRec; RUN]>,
-    run_seqs: Box<[u64; RUN]>,
 }
 
 impl AllocTracker {
@@ -296,7 +313,6 @@ impl AllocTracker {
             trap_offset,
             hi_epoch: Arc::default(),
             run: Box::new([FastRec::default(); RUN]),
-            run_seqs: Box::new([0; RUN]),
         })
     }
 
@@ -448,6 +464,27 @@ impl AllocTracker {
         self.drain_inner(&mut |e: &Event| f(e.clone()), &mut |_: &[FastRec]| 0, true, usize::MAX)
     }
 
+    /// Takes the malloc the primary ring's owner holds back for its free
+    /// (see "Held malloc" in `ffirec_shim.h`) when thread `tid` wrote it and
+    /// the ring holds nothing older: its event goes to `f`. Call it only
+    /// while `tid` is in a ptrace stop. Returns the number of events (0 or 1).
+    pub fn take_held(&mut self, tid: u32, mut f: impl FnMut(&Event)) -> usize {
+        self.take_held_inner(Some(tid), &mut f)
+    }
+
+    fn take_held_inner(&mut self, tid: Option<u32>, f: &mut impl FnMut(&Event)) -> usize {
+        if self.tails[1] != self.map.head(1) {
+            return 0;
+        }
+        match self.map.take_held(tid) {
+            Some(rec) => {
+                self.hi_epoch.store(rec.hi_epoch, std::sync::atomic::Ordering::Relaxed);
+                self.model.convert(&rec, f)
+            }
+            None => 0,
+        }
+    }
+
     fn drain_inner(
         &mut self,
         f: &mut impl FnMut(&Event),
@@ -458,6 +495,11 @@ impl AllocTracker {
         // The primary ring first: a forked child's records (ring 0) may wait
         // for their parent's (ring 1), never the other way round.
         let mut events = self.drain_ring(1, f, fast, skip_holes, max);
+        if skip_holes {
+            // No process is left to write the held malloc: it is the last
+            // record of the primary ring.
+            events += self.take_held_inner(None, f);
+        }
         events += self.drain_ring(0, f, fast, skip_holes, max);
         events
     }
@@ -470,10 +512,10 @@ impl AllocTracker {
         skip_holes: bool,
         max: usize,
     ) -> usize {
-        let AllocTracker { map, model, tails, skipped, hi_epoch, run, run_seqs, .. } = self;
+        let AllocTracker { map, model, tails, skipped, hi_epoch, run, .. } = self;
         let map: &ring::Mapping = map;
-        // Plain references: the run loop keeps them in registers.
-        let (run, run_seqs): (&mut [FastRec; RUN], &mut [u64; RUN]) = (run, run_seqs);
+        // A plain reference: the run loop keeps it in a register.
+        let run: &mut [FastRec; RUN] = run;
         // Publish progress often enough that producers on a small ring keep going.
         let publish_every = (map.capacity() / 4).max(1);
         let longest_run = (publish_every as usize).min(RUN);
@@ -495,9 +537,16 @@ impl AllocTracker {
             let mut n = 0;
             while n < want {
                 view.prefetch(seq + PREFETCH_AHEAD);
-                let Some((rec, len)) = view.read_plain(seq, owner) else { break };
+                let Some((rec, len, pair)) = view.read_plain(seq, owner) else { break };
                 run[n] = rec;
-                run_seqs[n] = seq;
+                if let Some(caller) = pair {
+                    // A MALLOC_FREE: its malloc, then its free.
+                    if n + 2 > want {
+                        break;
+                    }
+                    run[n + 1] = FastRec { free: true, size: 0, caller, hi_epoch: 0, ..rec };
+                    n += 1;
+                }
                 n += 1;
                 seq += len;
             }
@@ -509,11 +558,11 @@ impl AllocTracker {
                     events += done;
                     i += done;
                     if i < n {
-                        // Not for the fast path: its events, as any record's.
-                        if let Some(rec) = map.read(ring, run_seqs[i]) {
-                            hi_epoch.store(rec.hi_epoch, std::sync::atomic::Ordering::Relaxed);
-                            events += model.convert(&rec, f);
-                        }
+                        // Not for the fast path: its event, as the general
+                        // path builds it (a plain malloc or free has no state).
+                        hi_epoch.store(run[i].hi_epoch, std::sync::atomic::Ordering::Relaxed);
+                        f(&event_of(&run[i]));
+                        events += 1;
                         i += 1;
                     }
                 }
@@ -683,7 +732,29 @@ mod tests {
             let tid = 10 + u32::from(i % 4 == 3);
             let (domain, mut size, mut func) = (Domain::Host, 16 + i, Some(AllocFn::Malloc));
             match i % 9 {
-                0 | 1 | 5 => put(1, MALLOC, 0, tid, [ptr, size, caller], None),
+                0 | 1 => put(1, MALLOC, 0, tid, [ptr, size, caller], None),
+                // A malloc and its free in one record: the free's caller 5
+                // bytes before the malloc's (one slot), or anywhere (EXT).
+                5 => {
+                    let free_caller = caller - 5;
+                    if i % 2 == 0 {
+                        put(1, MALLOC_FREE, 0, tid, [ptr, size, caller | 0xfffb << 48], None);
+                    } else {
+                        put(1, MALLOC_FREE, 0, tid, [ptr, size, caller], Some([0, free_caller, 4242 | (i + 1) << 32]));
+                    }
+                    let alloc = Event::Alloc {
+                        tid,
+                        func: AllocFn::Malloc,
+                        ptr,
+                        size,
+                        old_ptr: 0,
+                        caller,
+                        domain,
+                        zeroed: false,
+                    };
+                    events[1].extend([alloc, Event::Free { tid, ptr, caller: free_caller, domain }]);
+                    continue;
+                }
                 2 | 6 => {
                     put(1, FREE, 0, tid, [ptr, 0xdead, caller], None);
                     func = None;
@@ -728,32 +799,15 @@ mod tests {
         primary.into_iter().chain(shared).collect()
     }
 
-    /// The event of a record the fast path took.
-    fn event_of(r: &FastRec) -> Event {
-        let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
-        match r.free {
-            true => Event::Free { tid: r.tid, ptr: r.ptr, caller: r.caller, domain },
-            false => Event::Alloc {
-                tid: r.tid,
-                func: AllocFn::Malloc,
-                ptr: r.ptr,
-                size: r.size,
-                old_ptr: 0,
-                caller: r.caller,
-                domain,
-                zeroed: false,
-            },
-        }
-    }
-
     #[test]
     fn fast_path_runs_give_the_events_of_the_general_path_in_order() {
         let mut t = AllocTracker::with_capacity(256).unwrap();
         let want = fill(&t);
-        assert_eq!(want.len(), 90);
+        assert_eq!(want.len(), 100);
         // The fast path declines every record whose pointer is a multiple of
-        // 192 bytes in (so runs break at different places), and the drain
-        // stops every 7 records.
+        // 192 bytes in (so runs break at different places) and every free
+        // from an odd caller (so some MALLOC_FREE records break between their
+        // two events), and the drain stops every 7 records.
         let got = std::cell::RefCell::new(Vec::new());
         let (mut seen, mut calls) = (Vec::new(), 0);
         loop {
@@ -761,7 +815,9 @@ mod tests {
                 7,
                 |rs| {
                     calls += 1;
-                    let k = rs.iter().position(|r| (r.ptr - 0x5555_0000_1000) % 192 == 0).unwrap_or(rs.len());
+                    let declined =
+                        |r: &FastRec| (r.ptr - 0x5555_0000_1000).is_multiple_of(192) || r.free && r.caller % 2 == 1;
+                    let k = rs.iter().position(declined).unwrap_or(rs.len());
                     seen.extend(rs[..k].iter().map(|r| (r.pid, r.hi_epoch, r.free)));
                     got.borrow_mut().extend(rs[..k].iter().map(event_of));
                     k
@@ -779,11 +835,48 @@ mod tests {
             assert_eq!(ring(&got), ring(&want));
         }
         assert_eq!(got.len(), want.len());
-        assert_eq!(t.stats().consumed, 110, "90 records, 20 of them in two slots");
+        assert_eq!(t.stats().consumed, 115, "90 records, 25 of them in two slots");
         assert!(calls > 10, "{calls} runs");
         // pid: the primary ring's owner, or the second slot's; epoch from there.
         assert!(seen.iter().all(|&(pid, _, _)| pid == 4242 || pid == 99));
         assert!(seen.contains(&(4242, 13, false)) && seen.contains(&(99, 5, false)) && seen.contains(&(4242, 0, true)));
+    }
+
+    /// The held malloc comes out after every record of the primary ring, for
+    /// the thread that wrote it, once; and at the final drain for anyone.
+    #[test]
+    fn held_malloc_is_taken_once_after_the_ring_by_its_thread() {
+        use ring::kind::*;
+        let mut t = AllocTracker::with_capacity(16).unwrap();
+        t.map.test_claim(4242);
+        let (ptr, size, caller, epoch) = (0x5555_0000_2000u64, 100u64, 0x4000u64, 0x0007_0003u64);
+        let held = |tid| Event::Alloc {
+            tid,
+            func: AllocFn::Malloc,
+            ptr,
+            size,
+            old_ptr: 0,
+            caller,
+            domain: Domain::Host,
+            zeroed: false,
+        };
+        t.map.test_put(1, 0, 0, FREE, 0, 10, [0x5555_0000_1000, 0, caller]);
+        t.map.test_hold(10, [ptr | (epoch & 0xffff) << 48, size | (epoch >> 16) << 48, caller]);
+        let mut got = Vec::new();
+        // Not while a slot of the ring is unconsumed, nor for another thread.
+        assert_eq!(t.take_held(10, |e| got.push(e.clone())), 0);
+        t.drain(|e| got.push(e));
+        assert_eq!(t.take_held(11, |e| got.push(e.clone())), 0);
+        assert_eq!(t.take_held(10, |e| got.push(e.clone())), 1);
+        assert_eq!(t.hi_epoch.load(std::sync::atomic::Ordering::Relaxed), 0x0007_0003);
+        assert_eq!(t.take_held(10, |e| got.push(e.clone())), 0, "taken once");
+        let free = Event::Free { tid: 10, ptr: 0x5555_0000_1000, caller, domain: Domain::Host };
+        assert_eq!(got, [free, held(10)]);
+        // The final drain takes it whoever wrote it.
+        t.map.test_hold(12, [ptr, size, caller]);
+        let mut last = Vec::new();
+        assert_eq!(t.drain_final(|e| last.push(e)), 1);
+        assert_eq!(last, [held(12)]);
     }
 }
 

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"FFIRECR1");
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 /// Threads that may be in foreign mode at once (one per traced process).
 pub(crate) const FOREIGN_SLOTS: usize = 8;
 /// Ring 0 is shared by all processes but one; ring 1 is the primary's.
@@ -39,6 +39,8 @@ const OFF_HOSTINIT_EPOCH: usize = 128;
 /// Non-zero whenever a foreign tid slot is (the shim's one-load host-mode check).
 const OFF_FOREIGN_ANY: usize = 136;
 const OFF_HOSTINIT_PROTECTS: usize = 144;
+/// `struct ffirec_held`: the held malloc's ptr, size, caller and header words.
+const OFF_HELD: usize = 768;
 
 fn foreign_off(slot: usize) -> usize {
     if slot == 0 {
@@ -82,6 +84,8 @@ pub(crate) mod kind {
     pub const MREMAP: u16 = 10;
     pub const FREE: u16 = 16;
     pub const MUNMAP: u16 = 17;
+    /// A MALLOC and the FREE of its block (the free's caller in `aux`).
+    pub const MALLOC_FREE: u16 = 19;
     pub const NOP: u16 = 30;
     pub const PROC_START: u16 = 32;
     pub const FORK: u16 = 33;
@@ -329,6 +333,9 @@ impl Mapping {
         };
         if flags & F_EXT == 0 {
             (rec.ptr, rec.size, rec.hi_epoch) = unpack_one_slot(rec.ptr, rec.size);
+            if kind == kind::MALLOC_FREE {
+                (rec.caller, rec.aux) = unpack_pair_callers(rec.caller);
+            }
         }
         let nop = Rec { kind: kind::NOP, flags: 0, slots: 1, ..rec };
         if kind == kind::CONT {
@@ -350,6 +357,50 @@ impl Mapping {
             rec.slots = 2;
         }
         Some(rec)
+    }
+
+    /// Takes the held malloc (see "Held malloc" in `ffirec_shim.h`) if there
+    /// is one and, with `tid`, if that thread wrote it. The caller makes sure
+    /// the thread cannot be writing it (it is in a ptrace stop, or gone) and
+    /// that every slot of the primary ring is consumed.
+    pub(crate) fn take_held(&self, tid: Option<u32>) -> Option<Rec> {
+        let word = |i: usize| self.u64_at(OFF_HELD + 8 * i);
+        if word(0).load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let hdr = word(3).load(Ordering::Acquire);
+        let writer = (hdr >> HDR_TID_SHIFT) as u32;
+        if tid.is_some_and(|t| t & 0xff_ffff != writer) {
+            return None;
+        }
+        let w = word(0).swap(0, Ordering::AcqRel);
+        if w == 0 {
+            return None;
+        }
+        let (ptr, size, hi_epoch) = unpack_one_slot(w, word(1).load(Ordering::Relaxed));
+        Some(Rec {
+            kind: ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16,
+            flags: ((hdr >> HDR_FLAGS_SHIFT) & 3) as u16,
+            tid: writer,
+            pid: self.primary_owner(),
+            ptr,
+            size,
+            old_ptr: 0,
+            caller: word(2).load(Ordering::Relaxed),
+            aux: 0,
+            hi_epoch,
+            slots: 0,
+        })
+    }
+
+    /// Writes the held malloc as the shim does (test support).
+    #[cfg(test)]
+    pub(crate) fn test_hold(&self, tid: u32, w: [u64; 3]) {
+        self.u64_at(OFF_HELD + 8).store(w[1], Ordering::Relaxed);
+        self.u64_at(OFF_HELD + 16).store(w[2], Ordering::Relaxed);
+        let hdr = u64::from(kind::MALLOC) << HDR_KIND_SHIFT | u64::from(tid) << HDR_TID_SHIFT;
+        self.u64_at(OFF_HELD + 24).store(hdr, Ordering::Relaxed);
+        self.u64_at(OFF_HELD).store(w[0], Ordering::Release);
     }
 
     /// The slots of `ring`, for reading runs of records.
@@ -415,6 +466,14 @@ fn unpack_one_slot(ptr: u64, size: u64) -> (u64, u64, u32) {
     (ptr & LOW, size & LOW, ((ptr >> 48) | (size >> 48) << 16) as u32)
 }
 
+/// A one-slot MALLOC_FREE's caller word: the malloc's caller (bits 0..48)
+/// and the free's, from the signed difference in bits 48..64.
+#[inline(always)]
+fn unpack_pair_callers(w: u64) -> (u64, u64) {
+    let caller = w & ((1 << 48) - 1);
+    (caller, caller.wrapping_add((w >> 48) as u16 as i16 as u64))
+}
+
 /// One ring's slots ([`Mapping::slots`]).
 pub(crate) struct Slots<'a> {
     /// A power of two of them.
@@ -427,14 +486,15 @@ impl Slots<'_> {
     /// [`Mapping::read`] for the drain's runs of plain records: the `malloc`
     /// or `free` record at `seq` with the slots it takes, or None when the
     /// slot is not committed or holds any other record (or a broken one:
-    /// `read` says what). `owner`: the primary ring's owner if known (it is
-    /// set once, before the ring's first record; 0 reads it here).
+    /// `read` says what). A MALLOC_FREE record reads as its malloc, with the
+    /// free's caller as the third value. `owner`: the primary ring's owner
+    /// if known (it is set once, before the ring's first record; 0 reads it here).
     #[inline(always)]
-    pub(crate) fn read_plain(&self, seq: u64, owner: u32) -> Option<(super::FastRec, u64)> {
+    pub(crate) fn read_plain(&self, seq: u64, owner: u32) -> Option<(super::FastRec, u64, Option<u64>)> {
         let w = &self.slots[seq as usize & (self.slots.len() - 1)];
         let hdr = w[0].load(Ordering::Acquire);
         let kind = ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16;
-        if hdr as u32 != tag(seq) || kind != kind::MALLOC && kind != kind::FREE {
+        if hdr as u32 != tag(seq) || kind != kind::MALLOC && kind != kind::FREE && kind != kind::MALLOC_FREE {
             return None;
         }
         let flags = ((hdr >> HDR_FLAGS_SHIFT) & 3) as u16;
@@ -455,7 +515,12 @@ impl Slots<'_> {
         };
         if flags & F_EXT == 0 {
             (rec.ptr, rec.size, rec.hi_epoch) = unpack_one_slot(rec.ptr, rec.size);
-            return Some((rec, 1));
+            if kind != kind::MALLOC_FREE {
+                return Some((rec, 1, None));
+            }
+            let (caller, free_caller) = unpack_pair_callers(rec.caller);
+            rec.caller = caller;
+            return Some((rec, 1, Some(free_caller)));
         }
         // Written whole before the first slot's header (release): visible.
         let next = seq.wrapping_add(1);
@@ -467,7 +532,8 @@ impl Slots<'_> {
         let pw = c[3].load(Ordering::Relaxed);
         rec.pid = pw as u32;
         rec.hi_epoch = (pw >> 32) as u32;
-        Some((rec, 2))
+        let free_caller = (kind == kind::MALLOC_FREE).then(|| c[2].load(Ordering::Relaxed));
+        Some((rec, 2, free_caller))
     }
 
     /// Asks the CPU to start loading the slot of `seq` (a hint, never a
@@ -558,8 +624,39 @@ mod tests {
         put(&map, 1, 2, 2, kind::MALLOC, 0, 7, [ptr | (epoch & 0xffff) << 48, size | (epoch >> 16) << 48, 0x5555]);
         let r = map.read(1, 2).unwrap();
         assert_eq!((r.ptr, r.size, r.hi_epoch, r.slots, r.pid), (ptr, size, 0x0003_0002, 1, 4242));
-        let (f, n) = map.slots(1).read_plain(2, 0).unwrap();
-        assert_eq!((f.ptr, f.size, f.hi_epoch, f.free, f.pid, n), (ptr, size, 0x0003_0002, false, 4242, 1));
+        let (f, n, pair) = map.slots(1).read_plain(2, 0).unwrap();
+        assert_eq!((f.ptr, f.size, f.hi_epoch, f.free, f.pid, n, pair), (ptr, size, 0x0003_0002, false, 4242, 1, None));
+        // A malloc and its free in one slot: the free's caller 0x20 before the
+        // malloc's (top 16 bits of the caller word); and in two slots (EXT).
+        put(&map, 1, 3, 3, kind::MALLOC_FREE, 0, 7, [0x5555_0000_1000 | 5 << 48, 64, 0x5555_0000_3000 | 0xffe0 << 48]);
+        let r = map.read(1, 3).unwrap();
+        assert_eq!(
+            (r.kind, r.ptr, r.size, r.caller, r.aux, r.hi_epoch, r.slots),
+            (kind::MALLOC_FREE, 0x5555_0000_1000, 64, 0x5555_0000_3000, 0x5555_0000_2fe0, 5, 1)
+        );
+        let (f, n, pair) = map.slots(1).read_plain(3, 0).unwrap();
+        assert_eq!(
+            (f.ptr, f.size, f.caller, f.free, n, pair),
+            (0x5555_0000_1000, 64, 0x5555_0000_3000, false, 1, Some(0x5555_0000_2fe0))
+        );
+        put(&map, 1, 5, 5, kind::CONT, 0, 7, [0, 0x7777_0000_0000, 4242 | 9 << 32]);
+        put(&map, 1, 4, 4, kind::MALLOC_FREE, F_EXT, 7, [0x5555_0000_1000, 64, 0x5555_0000_3000]);
+        let r = map.read(1, 4).unwrap();
+        assert_eq!(
+            (r.kind, r.caller, r.aux, r.hi_epoch, r.slots),
+            (kind::MALLOC_FREE, 0x5555_0000_3000, 0x7777_0000_0000, 9, 2)
+        );
+        let (f, n, pair) = map.slots(1).read_plain(4, 0).unwrap();
+        assert_eq!((f.caller, f.hi_epoch, n, pair), (0x5555_0000_3000, 9, 2, Some(0x7777_0000_0000)));
+        // The held malloc: taken by its writer's tid only, once.
+        map.test_hold(7, [0x5555_0000_1000 | 5 << 48, 64 | 1 << 48, 0x5555_0000_3000]);
+        assert_eq!(map.take_held(Some(8)), None);
+        let r = map.take_held(Some(7)).unwrap();
+        assert_eq!(
+            (r.kind, r.tid, r.pid, r.ptr, r.size, r.caller, r.hi_epoch),
+            (kind::MALLOC, 7, 4242, 0x5555_0000_1000, 64, 0x5555_0000_3000, 0x0001_0005)
+        );
+        assert_eq!(map.take_held(None), None);
         // An EXT realloc over two slots, the second one wrapping round the ring end.
         put(&map, 0, 16, 16, kind::CONT, 0, 9, [0x7000, 0, 99 | 5 << 32]);
         put(&map, 0, 15, 15, kind::REALLOC, F_EXT, 9, [0x8000, 64, 0x9000]);

@@ -87,6 +87,27 @@ pub fn spawn(exe: &Path, args: &[&str], env: &[(std::ffi::OsString, std::ffi::Os
         .unwrap()
 }
 
+/// Drains `tracker` as the recorder does at a ptrace stop of process `pid`
+/// (single-threaded): the process is stopped (SIGSTOP) while the ring and
+/// the malloc its shim holds back for a free (see "Held malloc" in
+/// `ffirec_shim.h`) are taken, then continued.
+pub fn drain_at_stop(tracker: &mut AllocTracker, pid: u32, events: &mut Vec<Event>) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + TIMEOUT;
+    // State is the field after the parenthesised command name.
+    let state = || std::fs::read_to_string(&stat).ok().and_then(|s| s.rsplit(')').next()?.trim_start().chars().next());
+    while !matches!(state(), Some('T' | 'Z') | None) {
+        assert!(Instant::now() < deadline, "pid {pid} did not stop");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    tracker.drain(|e| events.push(e));
+    tracker.take_held(pid, |e| events.push(e.clone()));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
 /// Drains the tracker on its own thread until stopped.
 pub struct Drainer {
     stop: Arc<AtomicBool>,
