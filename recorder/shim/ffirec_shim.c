@@ -888,6 +888,14 @@ static void __attribute__((noinline)) hi_track_slow(const void *p, size_t n) {
 static inline void hi_track(const void *p, size_t n) {
     if (LIKELY(g_hi_table == NULL) || UNLIKELY(p == NULL || n == 0))
         return;
+    /* A block on one or two dead pages (3: never tracked again) needs
+     * nothing, not even an epoch (the recorder reads a dead page's bytes as
+     * unknown whatever the epoch): the rule once a heap has warmed up. */
+    uint64_t first = (uint64_t)(uintptr_t)p >> 12, last = ((uint64_t)(uintptr_t)p + n - 1) >> 12;
+    if (LIKELY(last - first <= 1 && last < FFIREC_HI_TABLE_LEN) &&
+        __atomic_load_n(&g_hi_table[first], __ATOMIC_RELAXED) == 3 &&
+        __atomic_load_n(&g_hi_table[last], __ATOMIC_RELAXED) == 3)
+        return;
     if (atomic_load_explicit(hdr_u32(&g_hdr->hostinit_pid), memory_order_relaxed) != g_pid || in_arena(p))
         return;
     hi_track_slow(p, n);
