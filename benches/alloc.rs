@@ -74,7 +74,7 @@ fn main() {
     // Single runs of this VM spread 2x (native 9.5-16 ms); the shim rows take
     // a tenth of a second each, so take the best of more of them. The
     // breakpoint rows (seconds each) run the first BP_ROUNDS rounds only.
-    let rounds = support::rounds(7);
+    let rounds = support::rounds(11);
     support::library("bnop");
     let prog = support::program("alloc_host", &["bnop"]);
     let trace = support::out_dir().join("alloc.ffr");
@@ -171,14 +171,17 @@ fn main() {
     }
     for c in configs.iter().filter(|c| c.ffirec.is_some()) {
         let ratio = ratio(c);
-        // The target is the shim's (dynamically linked programs).
-        let target = match (c.base, ratio <= 3.0) {
-            (0, true) => " (target <= 3x: met)",
-            (0, false) => " (target <= 3x: NOT met)",
+        let through = c.through_ns as f64 / configs[c.base].through_ns as f64;
+        // The target is the shim's (dynamically linked programs), on the
+        // program's wall time up to the foreign call's return: its loop and
+        // its wait there for the recorder to catch up.
+        let target = match (c.base, through <= 3.0) {
+            (0, true) => " (target <= 3x through the call: met)",
+            (0, false) => " (target <= 3x through the call: NOT met)",
             _ => "",
         };
         println!(
-            "  {}: {ratio:.2}x native loop{target}; trace has {} alloc and {} free events",
+            "  {}: {ratio:.2}x native loop, {through:.2}x through the call{target}; trace has {} alloc and {} free events",
             c.label, c.events.0, c.events.1
         );
         println!("    recorder counters (last run): {}", c.counters);

@@ -1013,6 +1013,10 @@ impl Tracer {
     /// holds back for its free when `tid` wrote it (see "Held malloc" in
     /// `ffirec_shim.h`), so the stop sees every block allocated before it.
     pub(crate) fn take_held_alloc(&mut self, tid: Pid) -> Result<(), Error> {
+        // One load at most stops (nothing held).
+        if !self.alloc.as_ref().is_some_and(|a| a.holds()) {
+            return Ok(());
+        }
         self.drain_allocs_held(0, Some(tid as u32)).map(|_| ())
     }
 

@@ -472,6 +472,11 @@ impl AllocTracker {
         self.take_held_inner(Some(tid), &mut f)
     }
 
+    /// Whether a malloc is held back for its free now (see [`Self::take_held`]).
+    pub fn holds(&self) -> bool {
+        self.map.holds()
+    }
+
     fn take_held_inner(&mut self, tid: Option<u32>, f: &mut impl FnMut(&Event)) -> usize {
         if self.tails[1] != self.map.head(1) {
             return 0;

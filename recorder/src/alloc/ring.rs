@@ -365,7 +365,7 @@ impl Mapping {
     /// that every slot of the primary ring is consumed.
     pub(crate) fn take_held(&self, tid: Option<u32>) -> Option<Rec> {
         let word = |i: usize| self.u64_at(OFF_HELD + 8 * i);
-        if word(0).load(Ordering::Acquire) == 0 {
+        if !self.holds() {
             return None;
         }
         let hdr = word(3).load(Ordering::Acquire);
@@ -391,6 +391,11 @@ impl Mapping {
             hi_epoch,
             slots: 0,
         })
+    }
+
+    /// Whether a malloc is held now.
+    pub(crate) fn holds(&self) -> bool {
+        self.u64_at(OFF_HELD).load(Ordering::Acquire) != 0
     }
 
     /// Writes the held malloc as the shim does (test support).
