@@ -413,6 +413,8 @@ static inline void held_flush(void) {
     }
 }
 
+_Static_assert(FFIREC_K_MALLOC == 0, "held_pair turns a held header into MALLOC_FREE with one or");
+
 /* Holds a one-slot malloc record instead of reserving it (fast path only:
  * single-threaded, not nested, primary ring). */
 static inline __attribute__((always_inline)) void held_put(uint64_t ptr, uint64_t size, uint64_t caller,
@@ -437,10 +439,10 @@ static inline __attribute__((always_inline)) int held_pair(uint64_t ptr, uint64_
     uint64_t w = held_take();
     if (LIKELY(w != 0) && (w & LOW48) == ptr) {
         uint64_t size = g_hdr->held.size, mcaller = g_hdr->held.caller, bits = g_hdr->held.hdr;
-        int64_t delta = (int64_t)(caller - mcaller);
-        int one = mcaller >> 48 == 0 && delta >= INT16_MIN && delta <= INT16_MAX;
-        bits = (bits & ~((uint64_t)0x3f << FFIREC_HDR_KIND_SHIFT)) | (uint64_t)FFIREC_K_MALLOC_FREE
-                                                                        << FFIREC_HDR_KIND_SHIFT;
+        uint64_t delta = caller - mcaller;
+        int one = (mcaller >> 48 | (delta + 0x8000) >> 16) == 0; /* a caller below 2^48, |delta| < 2^15 */
+        /* The held header's kind is MALLOC, 0. */
+        bits |= (uint64_t)FFIREC_K_MALLOC_FREE << FFIREC_HDR_KIND_SHIFT;
         uint64_t n = one ? 1 : 2;
         t_pending = PENDING_UNKNOWN;
         __asm__ volatile("" ::: "memory");
@@ -1052,9 +1054,29 @@ static inline void alloc_leave(uint64_t *prev) {
     p_ ? p_ : (libc_call);                                                    \
 })
 
-EXPORT void *malloc(size_t n) {
+/* No thread of any process is in foreign mode: no allocator guard and no
+ * arena (both are for foreign-mode threads only). A thread cannot enter
+ * foreign mode while it runs here (that takes a stop at a call); another
+ * thread entering it changes nothing for this one. */
+static inline int all_host(void) {
+    return LIKELY(atomic_load_explicit(&g_state, memory_order_acquire) == ST_READY) &&
+           LIKELY(atomic_load_explicit(hdr_u32(&g_hdr->foreign_any), memory_order_relaxed) == 0);
+}
+
+static void *__attribute__((noinline)) malloc_guarded(size_t n, uint64_t caller) {
     ALLOC_GUARD;
     void *p = ARENA_OR(arena_alloc(n, ARENA_HDR, 0), __libc_malloc(n));
+    if (p) {
+        hi_track(p, n);
+        record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, caller, 0);
+    }
+    return p;
+}
+
+EXPORT void *malloc(size_t n) {
+    if (UNLIKELY(!all_host()))
+        return malloc_guarded(n, CALLER);
+    void *p = __libc_malloc(n);
     if (p) {
         hi_track(p, n);
         record(FFIREC_K_MALLOC, (uintptr_t)p, n, 0, CALLER, 0);
@@ -1073,13 +1095,26 @@ EXPORT void *calloc(size_t n, size_t m) {
     return p;
 }
 
-EXPORT void free(void *p) {
+static void __attribute__((noinline)) free_guarded(void *p, uint64_t caller) {
     ALLOC_GUARD;
+    record(FFIREC_K_FREE, (uintptr_t)p, 0, 0, caller, 0);
+    if (UNLIKELY(in_arena(p)))
+        arena_free(p);
+    else
+        __libc_free(p);
+}
+
+EXPORT void free(void *p) {
     if (!p) {
         __libc_free(p);
         return;
     }
-    /* Recorded before the real free (see "Ordering" above). */
+    if (UNLIKELY(!all_host())) {
+        free_guarded(p, CALLER);
+        return;
+    }
+    /* Recorded before the real free (see "Ordering" above). A host may free
+     * an arena block the library handed it. */
     record(FFIREC_K_FREE, (uintptr_t)p, 0, 0, CALLER, 0);
     if (UNLIKELY(in_arena(p)))
         arena_free(p);
