@@ -96,6 +96,76 @@ fn alloc_basic_every_function_exactly_once() {
     assert!(callers.windows(2).all(|w| w[0] < w[1]), "callers not increasing: {callers:x?}");
 }
 
+/// A malloc waits in the ring header for its free ("Held malloc" in
+/// `ffirec_shim.h`): the pair in one slot, or two when the callers are far
+/// apart; any other record moves it into the ring first; one still held at
+/// exit comes out of the final drain. The events are what the program did.
+#[test]
+fn alloc_basic_held_malloc_pairs_give_the_programs_events() {
+    let exe = fixture("alloc_pairs");
+    let mut tracker = AllocTracker::new().unwrap();
+    let out = wait(spawn(&exe, &[], &tracker.env()));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (lo, hi) = text_range(&stdout);
+    let field = |k: &str| stdout.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap();
+    let pid: u32 = field("pid=").parse().unwrap();
+    let p = |k: &str| hex(field(&format!("{k}=")));
+    let mut all = vec![];
+    tracker.drain_final(|e| all.push(e));
+    let mine: Vec<Event> = all.into_iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
+    let callers: Vec<u64> = mine.iter().filter_map(caller).collect();
+    let normalised: Vec<Event> = mine
+        .iter()
+        .map(|e| match *e {
+            Event::Alloc { ptr, size, .. } => (ptr, size),
+            Event::Free { ptr, .. } => (ptr, u64::MAX),
+            _ => (0, 0),
+        })
+        .map(|(ptr, size)| match size {
+            u64::MAX => Event::Free { tid: pid, ptr, caller: 0, domain: Domain::Host },
+            _ => Event::Alloc {
+                tid: pid,
+                func: AllocFn::Malloc,
+                ptr,
+                size,
+                old_ptr: 0,
+                caller: 0,
+                domain: Domain::Host,
+                zeroed: false,
+            },
+        })
+        .collect();
+    let alloc = |ptr, size| Event::Alloc {
+        tid: pid,
+        func: AllocFn::Malloc,
+        ptr,
+        size,
+        old_ptr: 0,
+        caller: 0,
+        domain: Domain::Host,
+        zeroed: false,
+    };
+    let free = |ptr| Event::Free { tid: pid, ptr, caller: 0, domain: Domain::Host };
+    let expected = vec![
+        alloc(p("a"), 24),
+        free(p("a")),
+        alloc(p("b"), 40),
+        free(p("b")),
+        alloc(p("c"), 56),
+        alloc(p("d"), 72),
+        free(p("c")),
+        free(p("d")),
+        alloc(p("e"), 88),
+    ];
+    assert_eq!(normalised, expected);
+    assert!(mine.iter().all(|e| matches!(e, Event::Alloc { .. } | Event::Free { .. })));
+    // The call sites exactly: a's pair close together (one slot), b's free
+    // in far_free, more than 2^15 bytes from its malloc (two slots).
+    assert_eq!(callers[..4], [p("am"), p("af"), p("bm"), p("bf")], "{callers:x?}");
+    assert!(p("af") - p("am") < 0x100 && p("bm").abs_diff(p("bf")) > 0x8000);
+}
+
 #[test]
 fn alloc_basic_tracker_cleans_up_its_files() {
     let tracker = AllocTracker::new().unwrap();
