@@ -364,6 +364,20 @@ static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, ui
     __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
 }
 
+/* reserve()'s outermost frame for the sole producer of the primary ring
+ * (single-threaded, t_depth 1): `n` slots from one unlocked xadd, waiting
+ * for room when the consumer is a ring behind. Returns the first's seq. */
+static inline __attribute__((always_inline)) uint64_t reserve_fast(uint64_t n) {
+    t_pending = PENDING_UNKNOWN;
+    __asm__ volatile("" ::: "memory"); /* ordered before the reservation, for handlers */
+    uint64_t seq = n;
+    __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
+    t_pending = seq + 1;
+    if (UNLIKELY(seq + n > t_limit))
+        wait_for_room(seq + n - 1);
+    return seq;
+}
+
 /* ---- the held malloc (contract: "Held malloc" in ffirec_shim.h) ---------- */
 #define LOW48 ((1ull << 48) - 1)
 
@@ -444,13 +458,7 @@ static inline __attribute__((always_inline)) int held_pair(uint64_t ptr, uint64_
         /* The held header's kind is MALLOC, 0. */
         bits |= (uint64_t)FFIREC_K_MALLOC_FREE << FFIREC_HDR_KIND_SHIFT;
         uint64_t n = one ? 1 : 2;
-        t_pending = PENDING_UNKNOWN;
-        __asm__ volatile("" ::: "memory");
-        uint64_t seq = n;
-        __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
-        t_pending = seq + 1;
-        if (UNLIKELY(seq + n > t_limit))
-            wait_for_room(seq + n - 1);
+        uint64_t seq = reserve_fast(n);
         struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
         if (one) {
             r->w[0] = w;
@@ -515,13 +523,7 @@ static inline __attribute__((always_inline)) void record_fast(uint64_t n, uint16
                                                               uint64_t size, uint64_t old_ptr, uint64_t caller,
                                                               uint64_t aux, uint32_t hi_ep) {
     t_depth = 1;
-    t_pending = PENDING_UNKNOWN;
-    __asm__ volatile("" ::: "memory");
-    uint64_t seq = n;
-    __asm__ volatile("xaddq %0, %1" : "+r"(seq), "+m"(g_rc->head)::"memory");
-    t_pending = seq + 1;
-    if (UNLIKELY(seq + n > t_limit))
-        wait_for_room(seq + n - 1);
+    uint64_t seq = reserve_fast(n);
     struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
     if (n == 2)
         fill(r, seq, 2, kind, ptr, size, old_ptr, caller, aux, hi_ep);

@@ -13,15 +13,35 @@ use ffirec_recorder::alloc::AllocTracker;
 
 const PAGE: u64 = 4096;
 
-#[test]
-fn alloc_basic_every_function_exactly_once() {
-    let exe = fixture("alloc_basic");
+/// Runs fixture `name` with a fresh tracker to its end: its stdout, the pid
+/// and text range it printed, and every event of the final drain.
+fn run_fixture(name: &str) -> (String, u32, (u64, u64), Vec<Event>, AllocTracker) {
+    let exe = fixture(name);
     let mut tracker = AllocTracker::new().unwrap();
     let out = wait(spawn(&exe, &[], &tracker.env()));
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let (lo, hi) = text_range(&stdout);
+    let text = text_range(&stdout);
     let pid: u32 = stdout.split_whitespace().find_map(|w| w.strip_prefix("pid=")).unwrap().parse().unwrap();
+    let mut all = vec![];
+    tracker.drain_final(|e| all.push(e));
+    (stdout, pid, text, all, tracker)
+}
+
+/// The events with their callers zeroed.
+fn without_callers(events: &[Event]) -> Vec<Event> {
+    let mut v = events.to_vec();
+    for e in &mut v {
+        if let Event::Alloc { caller, .. } | Event::Free { caller, .. } = e {
+            *caller = 0;
+        }
+    }
+    v
+}
+
+#[test]
+fn alloc_basic_every_function_exactly_once() {
+    let (stdout, pid, (lo, hi), all, tracker) = run_fixture("alloc_basic");
     let p: HashMap<&str, u64> = stdout
         .lines()
         .nth(1)
@@ -33,8 +53,6 @@ fn alloc_basic_every_function_exactly_once() {
         })
         .collect();
 
-    let mut all = vec![];
-    tracker.drain_final(|e| all.push(e));
     let stats = tracker.stats();
     assert_eq!(stats.reserved, stats.consumed);
     assert_eq!((stats.dropped, stats.skipped, stats.flush_traps), (0, 0, 0));
@@ -46,12 +64,7 @@ fn alloc_basic_every_function_exactly_once() {
         .filter(|e| matches!(e, Event::Unmap { .. }) || caller(e).is_some_and(|c| (lo..hi).contains(&c)))
         .collect();
     let callers: Vec<u64> = mine.iter().filter_map(caller).collect();
-    let mut normalised = mine.clone();
-    for e in &mut normalised {
-        if let Event::Alloc { caller, .. } | Event::Free { caller, .. } = e {
-            *caller = 0;
-        }
-    }
+    let normalised = without_callers(&mine);
 
     let alloc = |func, ptr, size, old_ptr, zeroed| Event::Alloc {
         tid: pid,
@@ -102,40 +115,11 @@ fn alloc_basic_every_function_exactly_once() {
 /// exit comes out of the final drain. The events are what the program did.
 #[test]
 fn alloc_basic_held_malloc_pairs_give_the_programs_events() {
-    let exe = fixture("alloc_pairs");
-    let mut tracker = AllocTracker::new().unwrap();
-    let out = wait(spawn(&exe, &[], &tracker.env()));
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let (lo, hi) = text_range(&stdout);
-    let field = |k: &str| stdout.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap();
-    let pid: u32 = field("pid=").parse().unwrap();
-    let p = |k: &str| hex(field(&format!("{k}=")));
-    let mut all = vec![];
-    tracker.drain_final(|e| all.push(e));
+    let (stdout, pid, (lo, hi), all, _tracker) = run_fixture("alloc_pairs");
+    let p = |k: &str| hex(stdout.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).unwrap());
     let mine: Vec<Event> = all.into_iter().filter(|e| caller(e).is_some_and(|c| (lo..hi).contains(&c))).collect();
     let callers: Vec<u64> = mine.iter().filter_map(caller).collect();
-    let normalised: Vec<Event> = mine
-        .iter()
-        .map(|e| match *e {
-            Event::Alloc { ptr, size, .. } => (ptr, size),
-            Event::Free { ptr, .. } => (ptr, u64::MAX),
-            _ => (0, 0),
-        })
-        .map(|(ptr, size)| match size {
-            u64::MAX => Event::Free { tid: pid, ptr, caller: 0, domain: Domain::Host },
-            _ => Event::Alloc {
-                tid: pid,
-                func: AllocFn::Malloc,
-                ptr,
-                size,
-                old_ptr: 0,
-                caller: 0,
-                domain: Domain::Host,
-                zeroed: false,
-            },
-        })
-        .collect();
+    let normalised = without_callers(&mine);
     let alloc = |ptr, size| Event::Alloc {
         tid: pid,
         func: AllocFn::Malloc,
@@ -159,7 +143,6 @@ fn alloc_basic_held_malloc_pairs_give_the_programs_events() {
         alloc(p("e"), 88),
     ];
     assert_eq!(normalised, expected);
-    assert!(mine.iter().all(|e| matches!(e, Event::Alloc { .. } | Event::Free { .. })));
     // The call sites exactly: a's pair close together (one slot), b's free
     // in far_free, more than 2^15 bytes from its malloc (two slots).
     assert_eq!(callers[..4], [p("am"), p("af"), p("bm"), p("bf")], "{callers:x?}");

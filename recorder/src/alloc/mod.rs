@@ -719,6 +719,11 @@ mod tests {
     /// Writes records of every shape the fast path sees or must not see, on
     /// the primary ring (owner 4242) and the shared one, as the shim does;
     /// returns the events they stand for, the primary ring's first.
+    /// A plain malloc's event.
+    fn malloc_event(tid: u32, ptr: u64, size: u64, caller: u64, domain: Domain) -> Event {
+        Event::Alloc { tid, func: AllocFn::Malloc, ptr, size, old_ptr: 0, caller, domain, zeroed: false }
+    }
+
     fn fill(t: &AllocTracker) -> Vec<Event> {
         use ring::kind::*;
         t.map.test_claim(4242);
@@ -732,6 +737,7 @@ mod tests {
             seq[ring] += 1 + u64::from(cont.is_some());
         };
         let mut events = [Vec::new(), Vec::new()];
+        let malloc = malloc_event;
         for i in 0..90u64 {
             let (ptr, caller) = (0x5555_0000_1000 + 64 * (i % 7), 0x4000 + i % 3);
             let tid = 10 + u32::from(i % 4 == 3);
@@ -747,17 +753,10 @@ mod tests {
                     } else {
                         put(1, MALLOC_FREE, 0, tid, [ptr, size, caller], Some([0, free_caller, 4242 | (i + 1) << 32]));
                     }
-                    let alloc = Event::Alloc {
-                        tid,
-                        func: AllocFn::Malloc,
-                        ptr,
-                        size,
-                        old_ptr: 0,
-                        caller,
-                        domain,
-                        zeroed: false,
-                    };
-                    events[1].extend([alloc, Event::Free { tid, ptr, caller: free_caller, domain }]);
+                    events[1].extend([
+                        malloc(tid, ptr, size, caller, domain),
+                        Event::Free { tid, ptr, caller: free_caller, domain },
+                    ]);
                     continue;
                 }
                 2 | 6 => {
@@ -779,17 +778,7 @@ mod tests {
                 _ => {
                     size = 8;
                     put(0, MALLOC, 0, 77, [ptr, size, caller], Some([0, 0, 99 | 5 << 32]));
-                    let e = Event::Alloc {
-                        tid: 77,
-                        func: AllocFn::Malloc,
-                        ptr,
-                        size,
-                        old_ptr: 0,
-                        caller,
-                        domain,
-                        zeroed: false,
-                    };
-                    events[0].push(e);
+                    events[0].push(malloc(77, ptr, size, caller, domain));
                     continue;
                 }
             }
@@ -855,16 +844,7 @@ mod tests {
         let mut t = AllocTracker::with_capacity(16).unwrap();
         t.map.test_claim(4242);
         let (ptr, size, caller, epoch) = (0x5555_0000_2000u64, 100u64, 0x4000u64, 0x0007_0003u64);
-        let held = |tid| Event::Alloc {
-            tid,
-            func: AllocFn::Malloc,
-            ptr,
-            size,
-            old_ptr: 0,
-            caller,
-            domain: Domain::Host,
-            zeroed: false,
-        };
+        let held = |tid| malloc_event(tid, ptr, size, caller, Domain::Host);
         t.map.test_put(1, 0, 0, FREE, 0, 10, [0x5555_0000_1000, 0, caller]);
         t.map.test_hold(10, [ptr | (epoch & 0xffff) << 48, size | (epoch >> 16) << 48, caller]);
         let mut got = Vec::new();
