@@ -871,15 +871,42 @@ mod bench {
 
     /// Consumer cost alone: records written in place (as a producer would),
     /// then drained through the fast path into a trace writer, as the
-    /// recorder does. Prints the mean over 64 rounds of 65 536 slots and the
-    /// best round (other work on the machine disturbs the mean).
-    /// `cargo test --release -p ffirec-recorder drain_cost -- --ignored --nocapture`
+    /// recorder does. Plain malloc and free records in turn, one slot each.
+    /// Prints the mean over 64 rounds of 65 536 slots (`FFIREC_DRAIN_ROUNDS`
+    /// rounds, for callgrind) and the best round (other work on the machine
+    /// disturbs the mean).
+    /// `cargo test --release -p ffirec-recorder --lib drain_cost -- --ignored --nocapture`
     #[test]
     #[ignore = "measurement"]
     fn drain_cost() {
+        drain_cost_of("plain", |i| {
+            // Heap-like pointers and sizes (multi-byte deltas, as in the alloc bench).
+            let size = 16 + (i / 2 * 2654435761) % 1025;
+            ((i % 2) as u16 * ring::kind::FREE, [0x5555_0000_0000 + size * 16, size, 0x5555_0000])
+        });
+    }
+
+    /// [`drain_cost`] of one-slot MALLOC_FREE records (a malloc and the free
+    /// of its block in one slot, the common record since ring v6): two
+    /// events per slot, the free's caller 0x20 bytes after the malloc's.
+    #[test]
+    #[ignore = "measurement"]
+    fn drain_cost_pairs() {
+        drain_cost_of("malloc_free", |i| {
+            let size = 16 + (i * 2654435761) % 1025;
+            let caller = 0x5555_0000 | 0x20 << 48;
+            (ring::kind::MALLOC_FREE, [0x5555_0000_0000 + size * 16, size, caller])
+        });
+    }
+
+    /// Drains rounds of 65 536 slots, slot `i` of each round written as
+    /// `record(i)` says (kind, payload words) by thread 1234 of the primary
+    /// ring's owner.
+    fn drain_cost_of(label: &str, record: impl Fn(u64) -> (u16, [u64; 3])) {
         let cap = 1 << 16;
         let mut t = AllocTracker::with_capacity(cap).unwrap();
-        let dir = std::env::temp_dir().join(format!("ffirec-drain-cost-{}", std::process::id()));
+        t.map.test_claim(4242);
+        let dir = std::env::temp_dir().join(format!("ffirec-drain-cost-{label}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let header = ffirec_format::Header {
             recorder_version: String::new(),
@@ -890,19 +917,17 @@ mod bench {
             policy: Default::default(),
         };
         let mut w = ffirec_format::TraceWriter::create(dir.join("t.ffr"), header).unwrap();
-        let rounds = 64u64;
+        let rounds: u64 = std::env::var("FFIREC_DRAIN_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
         let mut total = std::time::Duration::ZERO;
         let mut best = std::time::Duration::MAX;
-        let mut events = 0usize;
+        let (mut slots, mut events) = (0usize, 0usize);
         for round in 0..rounds {
             for i in 0..cap as u64 {
-                let seq = round * cap as u64 + i;
-                // Heap-like pointers and sizes (multi-byte deltas, as in the alloc bench).
-                let size = 16 + (i / 2 * 2654435761) % 1025;
-                t.map.test_write(1, seq, (i % 2) as u16 * ring::kind::FREE, 0x5555_0000_0000 + size * 16, size);
+                let (kind, words) = record(i);
+                t.map.test_write(1, round * cap as u64 + i, kind, words);
             }
             let t0 = thread_cpu();
-            events += t.drain_some_fast(
+            slots += t.drain_some_fast(
                 usize::MAX,
                 |rs| {
                     let get = |r: &FastRec| ffirec_format::PlainMem {
@@ -913,6 +938,7 @@ mod bench {
                         caller: r.caller,
                     };
                     w.push_plain_mem(ffirec_format::Domain::Host, rs, get).unwrap();
+                    events += rs.len();
                     rs.len()
                 },
                 |e| {
@@ -923,11 +949,12 @@ mod bench {
             total += took;
             best = best.min(took);
         }
+        assert_eq!(slots as u64, rounds * cap as u64);
         drop(w);
         let _ = std::fs::remove_dir_all(&dir);
         println!(
-            "drain_cost: {events} slots, {:.1} ns/slot (thread CPU time), best round {:.1} ns/slot",
-            total.as_nanos() as f64 / events as f64,
+            "drain_cost {label}: {slots} slots, {events} events, {:.1} ns/slot (thread CPU time), best round {:.1} ns/slot",
+            total.as_nanos() as f64 / slots as f64,
             best.as_nanos() as f64 / cap as f64
         );
     }

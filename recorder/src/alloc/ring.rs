@@ -450,12 +450,13 @@ impl Mapping {
     }
 
     /// Writes a committed one-slot record as the shim would (for consumer measurements).
+    /// `w`: the payload words (ptr, size, caller; see "Records" in `ffirec_shim.h`).
     #[cfg(test)]
-    pub(crate) fn test_write(&self, ring: usize, seq: u64, kind: u16, ptr: u64, size: u64) {
+    pub(crate) fn test_write(&self, ring: usize, seq: u64, kind: u16, w: [u64; 3]) {
         let off = self.slot(ring, seq);
-        self.u64_at(off + 8).store(ptr, Ordering::Relaxed);
-        self.u64_at(off + 16).store(size, Ordering::Relaxed);
-        self.u64_at(off + 24).store(0x5555_0000, Ordering::Relaxed);
+        for (i, v) in w.into_iter().enumerate() {
+            self.u64_at(off + 8 + 8 * i).store(v, Ordering::Relaxed);
+        }
         self.u64_at(ctl(ring, RING_HEAD)).store(seq + 1, Ordering::Relaxed);
         let hdr = u64::from(tag(seq)) | u64::from(kind) << HDR_KIND_SHIFT | 1234u64 << HDR_TID_SHIFT;
         self.u64_at(off).store(hdr, Ordering::Release);
