@@ -219,10 +219,14 @@ impl MemCols {
 
     /// Appends a run of plain mallocs and frees, all in `domain` — the same
     /// bytes as [`Self::push`] of each one's `Event::Alloc` (function malloc,
-    /// no old pointer, not zeroed) or `Event::Free` in turn — and their kind bytes
+    /// no old pointer, not zeroed) or `Event::Free` in turn, a malloc with
+    /// its free ([`PlainMem::free_caller`]) as both — and their kind bytes
     /// to `kinds`. Each column is grown once for the run and written through
     /// a pointer (capacity and bounds checks were a third of the recorder's
-    /// cost per malloc/free). Returns how many were frees.
+    /// cost per malloc/free), in one pass over the run (`get` once per
+    /// record) while its thread is the previous one's (the rule: the thread
+    /// column then gets zeros at the end). Returns how many Alloc and how
+    /// many Free events it wrote.
     #[inline]
     pub fn push_plain<T>(
         &mut self,
@@ -230,62 +234,109 @@ impl MemCols {
         domain: Domain,
         recs: &[T],
         get: impl Fn(&T) -> PlainMem,
-    ) -> usize {
+    ) -> (usize, usize) {
+        // At most two events per record, one of them with a size.
         let n = recs.len();
-        let d = wire::domain_code(domain) << M_DOMAIN_SHIFT;
-        let malloc_head = (wire::alloc_fn_code(AllocFn::Malloc) & M_FUNC) | d;
-        let mut frees = 0;
-        let (k0, h0) = (kinds.len(), self.head.len());
-        kinds.resize(k0 + n, 0);
-        self.head.resize(h0 + n, 0);
-        // One thread's records (the rule): their thread deltas are n zeros.
-        let mut one_thread = true;
-        for (r, (k, h)) in recs.iter().zip(kinds[k0..].iter_mut().zip(self.head[h0..].iter_mut())) {
+        let k0 = kinds.len();
+        let mut c = PlainCols {
+            kind: Leb::with_width(kinds, 2 * n, 1),
+            ptr: Leb::new(&mut self.ptr, 2 * n),
+            size: Leb::new(&mut self.size, n),
+            caller: Leb::new(&mut self.caller, 2 * n),
+            prev_ptr: self.prev_alloc_ptr,
+            prev_ac: self.prev_alloc_caller,
+            prev_fc: self.prev_free_caller,
+        };
+        let mut tid = Leb::new(&mut self.tid, 2 * n);
+        let mut prev_tid = self.prev_tid;
+        let mut other = n;
+        for (i, r) in recs.iter().enumerate() {
             let m = get(r);
-            frees += usize::from(m.free);
-            one_thread &= m.tid == self.prev_tid;
-            (*k, *h) = if m.free { (KIND_FREE, d) } else { (KIND_ALLOC, malloc_head) };
+            if m.tid != prev_tid {
+                other = i;
+                break;
+            }
+            // SAFETY: `recs` has `n` records, each puts at most two events.
+            unsafe { c.put(&m) };
         }
-        if one_thread {
-            self.tid.resize(self.tid.len() + n, 0);
-        }
-        let mut tid = Leb::new(&mut self.tid, if one_thread { 0 } else { n });
-        let mut ptr = Leb::new(&mut self.ptr, n);
-        let mut size = Leb::new(&mut self.size, n);
-        let mut caller = Leb::new(&mut self.caller, n);
-        let (mut prev_tid, mut prev_ptr) = (self.prev_tid, self.prev_alloc_ptr);
-        let (mut prev_ac, mut prev_fc) = (self.prev_alloc_caller, self.prev_free_caller);
-        for r in recs {
+        // SAFETY: one thread delta (0) per event so far, at most `2 * n`.
+        unsafe { tid.zeros(c.kind.written()) };
+        for r in &recs[other..] {
             let m = get(r);
             let dt = zigzag(m.tid.wrapping_sub(prev_tid) as i32 as i64 as u64);
-            let dp = zigzag(m.ptr.wrapping_sub(prev_ptr));
             prev_tid = m.tid;
-            // SAFETY: (each `put` below) `recs` has `n` records, each puts
-            // at most one value in each column, and each has room for `n`
-            // (whatever `get` answers the second time) but the thread
-            // column of a one-thread run, which gets none.
+            // SAFETY: as above, one thread delta per event.
             unsafe {
-                if !one_thread {
-                    tid.put(dt);
+                tid.put(dt);
+                if !m.free && m.free_caller.is_some() {
+                    tid.byte(0);
                 }
-                ptr.put(dp);
-                if m.free {
-                    caller.put(zigzag(m.caller.wrapping_sub(prev_fc)));
-                    prev_fc = m.caller;
-                } else {
-                    prev_ptr = m.ptr;
-                    size.put(m.size);
-                    caller.put(zigzag(m.caller.wrapping_sub(prev_ac)));
-                    prev_ac = m.caller;
-                }
+                c.put(&m);
             }
         }
-        for c in [tid, ptr, size, caller] {
-            c.finish();
+        let PlainCols { kind, ptr, size, caller, prev_ptr, prev_ac, prev_fc } = c;
+        for col in [kind, ptr, size, caller, tid] {
+            col.finish();
         }
         (self.prev_tid, self.prev_alloc_ptr) = (prev_tid, prev_ptr);
         (self.prev_alloc_caller, self.prev_free_caller) = (prev_ac, prev_fc);
-        frees
+        // The head bytes follow from the kinds: the domain's alone, as
+        // malloc's function code is 0 (both loops vectorise).
+        let d = wire::domain_code(domain) << M_DOMAIN_SHIFT;
+        let malloc_head = (wire::alloc_fn_code(AllocFn::Malloc) & M_FUNC) | d;
+        let new = &kinds[k0..];
+        if malloc_head == d {
+            self.head.resize(self.head.len() + new.len(), d);
+        } else {
+            self.head.extend(new.iter().map(|&k| if k == KIND_FREE { d } else { malloc_head }));
+        }
+        // KIND_ALLOC is odd, KIND_FREE even.
+        const { assert!(KIND_ALLOC & 1 == 1 && KIND_FREE & 1 == 0) };
+        let allocs = new.iter().map(|&k| u32::from(k & 1)).sum::<u32>() as usize;
+        (allocs, new.len() - allocs)
+    }
+}
+
+/// [`MemCols::push_plain`]'s columns but the thread's, and their prediction state.
+struct PlainCols<'a> {
+    kind: Leb<'a>,
+    ptr: Leb<'a>,
+    size: Leb<'a>,
+    caller: Leb<'a>,
+    prev_ptr: u64,
+    prev_ac: u64,
+    prev_fc: u64,
+}
+
+impl PlainCols<'_> {
+    /// Appends the one or two events of `m` (all but their thread deltas).
+    ///
+    /// # Safety
+    /// Each column has room for them (see [`Leb::put`]).
+    #[inline(always)]
+    unsafe fn put(&mut self, m: &PlainMem) {
+        // SAFETY: the caller's.
+        unsafe {
+            self.ptr.put(zigzag(m.ptr.wrapping_sub(self.prev_ptr)));
+            if m.free {
+                self.kind.byte(KIND_FREE);
+                self.caller.put(zigzag(m.caller.wrapping_sub(self.prev_fc)));
+                self.prev_fc = m.caller;
+                return;
+            }
+            self.kind.byte(KIND_ALLOC);
+            self.prev_ptr = m.ptr;
+            self.size.put(m.size);
+            self.caller.put(zigzag(m.caller.wrapping_sub(self.prev_ac)));
+            self.prev_ac = m.caller;
+            if let Some(fc) = m.free_caller {
+                // Its free: the pointer just allocated.
+                self.kind.byte(KIND_FREE);
+                self.ptr.byte(0);
+                self.caller.put(zigzag(fc.wrapping_sub(self.prev_fc)));
+                self.prev_fc = fc;
+            }
+        }
     }
 }
 
@@ -295,15 +346,23 @@ struct Leb<'a> {
     col: &'a mut Vec<u8>,
     start: *mut u8,
     p: *mut u8,
-    /// Values still allowed (checked in debug builds).
+    /// Values still allowed, and bytes reserved per value (checked in debug builds).
     #[cfg(debug_assertions)]
     room: usize,
+    #[cfg(debug_assertions)]
+    width: usize,
 }
 
 impl<'a> Leb<'a> {
     #[inline(always)]
     fn new(col: &'a mut Vec<u8>, room: usize) -> Leb<'a> {
-        col.reserve(10 * room);
+        Leb::with_width(col, room, 10)
+    }
+
+    /// Room for `room` values of at most `width` bytes: 10 for [`Leb::put`], 1 for [`Leb::byte`].
+    #[inline(always)]
+    fn with_width(col: &'a mut Vec<u8>, room: usize, width: usize) -> Leb<'a> {
+        col.reserve(width * room);
         let start = col.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         Leb {
             col,
@@ -311,23 +370,45 @@ impl<'a> Leb<'a> {
             p: start,
             #[cfg(debug_assertions)]
             room,
+            #[cfg(debug_assertions)]
+            width,
         }
     }
 
     /// Appends `v`.
     ///
     /// # Safety
-    /// At most `room` (see [`Leb::new`]) values may be put.
+    /// At most `room` (see [`Leb::new`]) values may be put, in a column made
+    /// by `new` (width 10).
     #[inline(always)]
     unsafe fn put(&mut self, mut v: u64) {
         #[cfg(debug_assertions)]
         {
-            assert!(self.room > 0, "LEB128 column without room");
+            assert!(self.room > 0 && self.width == 10, "LEB128 column without room");
             self.room -= 1;
         }
         // SAFETY: the caller puts at most `room` values of at most 10 bytes
-        // each, into the spare capacity reserved for `10 * room` bytes.
+        // each, into the spare capacity reserved for `10 * room` bytes; a
+        // value of 2 or 3 bytes is written as 2 or 4 (the rest stays spare).
         unsafe {
+            if v < 0x80 {
+                self.p.write(v as u8);
+                self.p = self.p.add(1);
+                return;
+            }
+            // Sizes and pointer deltas, without the loop.
+            if v < 1 << 14 {
+                let b = (v & 0x7f) | 0x80 | (v >> 7) << 8;
+                self.p.cast::<[u8; 2]>().write_unaligned((b as u16).to_le_bytes());
+                self.p = self.p.add(2);
+                return;
+            }
+            if v < 1 << 21 {
+                let b = (v & 0x7f) | 0x80 | ((v >> 7) & 0x7f | 0x80) << 8 | (v >> 14) << 16;
+                self.p.cast::<[u8; 4]>().write_unaligned((b as u32).to_le_bytes());
+                self.p = self.p.add(3);
+                return;
+            }
             while v >= 0x80 {
                 self.p.write(v as u8 | 0x80);
                 self.p = self.p.add(1);
@@ -336,6 +417,49 @@ impl<'a> Leb<'a> {
             self.p.write(v as u8);
             self.p = self.p.add(1);
         }
+    }
+
+    /// Appends the byte `b` (a kind or head byte, not LEB128).
+    ///
+    /// # Safety
+    /// At most `room` values may be put (any width).
+    #[inline(always)]
+    unsafe fn byte(&mut self, b: u8) {
+        #[cfg(debug_assertions)]
+        {
+            assert!(self.room > 0, "column without room");
+            self.room -= 1;
+        }
+        // SAFETY: as in `put`: room for this value was reserved.
+        unsafe {
+            self.p.write(b);
+            self.p = self.p.add(1);
+        }
+    }
+
+    /// Appends `k` zeros (`k` values 0).
+    ///
+    /// # Safety
+    /// At most `room` values may be put in all.
+    #[inline(always)]
+    unsafe fn zeros(&mut self, k: usize) {
+        #[cfg(debug_assertions)]
+        {
+            assert!(self.room >= k, "column without room");
+            self.room -= k;
+        }
+        // SAFETY: room for `k` more values of at least a byte was reserved.
+        unsafe {
+            self.p.write_bytes(0, k);
+            self.p = self.p.add(k);
+        }
+    }
+
+    /// Bytes put so far.
+    #[inline(always)]
+    fn written(&self) -> usize {
+        // SAFETY: as in `finish`.
+        unsafe { self.p.offset_from(self.start) as usize }
     }
 
     #[inline(always)]
@@ -350,7 +474,8 @@ impl<'a> Leb<'a> {
 }
 
 /// A plain `malloc` (an `Event::Alloc` of function malloc, no old pointer,
-/// not zeroed) or `free`, for [`crate::TraceWriter::push_plain_mem`].
+/// not zeroed) or `free`, or a malloc and then the free of its block by the
+/// same thread, for [`crate::TraceWriter::push_plain_mem`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlainMem {
     pub free: bool,
@@ -359,6 +484,9 @@ pub struct PlainMem {
     /// Not stored for a free.
     pub size: u64,
     pub caller: u64,
+    /// A malloc (`free` false) followed by its `free(ptr)`: that free's
+    /// caller. Two events: the Alloc, then the Free.
+    pub free_caller: Option<u64>,
 }
 
 /// Access events of a batch as they arrive, in order, before encoding: a

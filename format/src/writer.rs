@@ -168,9 +168,10 @@ impl TraceWriter {
     }
 
     /// [`Self::push`] of the `Event::Alloc` or `Event::Free` of each of a run
-    /// of plain mallocs and frees in `domain` (see [`PlainMem`]), `get`
-    /// giving each one's fields: the same events and bytes, at a fraction
-    /// of the cost per event (the recorder drains them by the million).
+    /// of plain mallocs and frees in `domain` (see [`PlainMem`]; a malloc
+    /// with its free is both), `get` giving each one's fields: the same
+    /// events and bytes, at a fraction of the cost per event (the recorder
+    /// drains them by the million).
     #[inline]
     pub fn push_plain_mem<T>(
         &mut self,
@@ -180,19 +181,50 @@ impl TraceWriter {
     ) -> Result<(), Error> {
         let per_chunk = self.options.events_per_chunk.max(1);
         while !recs.is_empty() {
-            // As many as the one-at-a-time path puts in before it cuts the batch.
+            // As many events as the one-at-a-time path puts in before it cuts the batch.
             let room = per_chunk.saturating_sub(self.kinds.len()).max(1);
             let room_bytes = BATCH_BYTES.saturating_sub(self.batch_bytes).div_ceil(24).max(1);
-            let (now, rest) = recs.split_at(recs.len().min(room).min(room_bytes));
-            let frees = self.mem.push_plain(&mut self.kinds, domain, now, &get);
-            self.kind_counts[usize::from(batch::KIND_FREE)] += frees as u64;
-            self.kind_counts[usize::from(batch::KIND_ALLOC)] += (now.len() - frees) as u64;
-            self.batch_bytes += 24 * now.len();
-            self.next_event += now.len() as u64;
-            if self.kinds.len() >= per_chunk || self.batch_bytes >= BATCH_BYTES {
-                self.flush_batch()?;
+            let room = room.min(room_bytes);
+            let mut take = recs.len();
+            if 2 * take > room {
+                // Near the end of the batch: the records whose events fit.
+                let (mut i, mut events) = (0, 0);
+                while i < recs.len() {
+                    events += 1 + usize::from(get(&recs[i]).free_caller.is_some());
+                    if events > room {
+                        break;
+                    }
+                    i += 1;
+                }
+                take = i;
             }
+            if take == 0 {
+                // A malloc with its free and room for one event: the batch
+                // ends between the two, as when they are pushed one by one.
+                let m = get(&recs[0]);
+                let free = m.free_caller.map(|caller| PlainMem { free: true, caller, free_caller: None, ..m });
+                self.push_plain_now(domain, &[PlainMem { free_caller: None, ..m }], |m| *m)?;
+                self.push_plain_now(domain, free.as_slice(), |m| *m)?;
+                recs = &recs[1..];
+                continue;
+            }
+            let (now, rest) = recs.split_at(take);
+            self.push_plain_now(domain, now, &get)?;
             recs = rest;
+        }
+        Ok(())
+    }
+
+    /// [`Self::push_plain_mem`] of records whose events fit in the batch.
+    #[inline]
+    fn push_plain_now<T>(&mut self, domain: Domain, recs: &[T], get: impl Fn(&T) -> PlainMem) -> Result<(), Error> {
+        let (allocs, frees) = self.mem.push_plain(&mut self.kinds, domain, recs, get);
+        self.kind_counts[usize::from(batch::KIND_FREE)] += frees as u64;
+        self.kind_counts[usize::from(batch::KIND_ALLOC)] += allocs as u64;
+        self.batch_bytes += 24 * (allocs + frees);
+        self.next_event += (allocs + frees) as u64;
+        if self.kinds.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
+            self.flush_batch()?;
         }
         Ok(())
     }

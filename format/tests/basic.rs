@@ -208,7 +208,8 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
     // one at a time must give byte-identical files: runs that cross chunk
     // boundaries (7 events per chunk), a run ending exactly on one, other
     // kinds in between, runs of one thread (the same as the run before or
-    // not) and of two, pointer and size deltas of 1 to 10 LEB128 bytes.
+    // not) and of two, pointer and size deltas of 1 to 10 LEB128 bytes,
+    // mallocs given with their frees (some cut by a chunk boundary).
     let dir = std::env::temp_dir().join(format!("ffirec-format-push-plain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut runs: Vec<Vec<PlainMem>> = Vec::new();
@@ -225,23 +226,30 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
             let caller = if i % 5 == 0 { x.rotate_left(9) } else { 0x5555_0000_1234 };
             // One thread per run, changing every third run; two in every fifth.
             let tid = if r % 5 == 4 { 100 + (i % 2) as u32 * 7 } else { 100 + (r / 3 % 2) as u32 * 7 };
-            run.push(PlainMem { free: x % 3 == 0, tid, ptr, size, caller });
+            // Every other malloc with its free (callers near or far apart).
+            let free_caller = (x % 3 == 1 && i % 2 == 0).then(|| caller.wrapping_add(x % 7 * (x >> 40)));
+            run.push(PlainMem { free: x % 3 == 0, tid, ptr, size, caller, free_caller });
         }
         runs.push(run);
     }
     let gap = |r: usize| Event::Gap { tid: 101, reason: GapReason::Blocked, detail: r as u64 };
     let event = |m: &PlainMem| match m.free {
-        true => Event::Free { tid: m.tid, ptr: m.ptr, caller: m.caller, domain: Domain::Foreign },
-        false => Event::Alloc {
-            tid: m.tid,
-            func: AllocFn::Malloc,
-            ptr: m.ptr,
-            size: m.size,
-            old_ptr: 0,
-            caller: m.caller,
-            domain: Domain::Foreign,
-            zeroed: false,
-        },
+        true => vec![Event::Free { tid: m.tid, ptr: m.ptr, caller: m.caller, domain: Domain::Foreign }],
+        false => {
+            let alloc = Event::Alloc {
+                tid: m.tid,
+                func: AllocFn::Malloc,
+                ptr: m.ptr,
+                size: m.size,
+                old_ptr: 0,
+                caller: m.caller,
+                domain: Domain::Foreign,
+                zeroed: false,
+            };
+            let free =
+                m.free_caller.map(|caller| Event::Free { tid: m.tid, ptr: m.ptr, caller, domain: Domain::Foreign });
+            std::iter::once(alloc).chain(free).collect()
+        }
     };
     let mut files = Vec::new();
     let mut events = Vec::new();
@@ -258,11 +266,11 @@ fn push_plain_mem_writes_the_same_bytes_as_push() {
             if by_run {
                 w.push_plain_mem(Domain::Foreign, run, |m| *m).unwrap();
             } else {
-                for m in run {
-                    w.push(event(m)).unwrap();
+                for e in run.iter().flat_map(event) {
+                    w.push(e).unwrap();
                 }
             }
-            events.extend(run.iter().map(event));
+            events.extend(run.iter().flat_map(event));
             assert_eq!(w.events(), events.len() as u64);
         }
         files.push(finish_bytes(w, &path));

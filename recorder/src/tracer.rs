@@ -1059,8 +1059,9 @@ impl Tracer {
                 let mut i = 0;
                 while i < n {
                     let r = &rs[i];
-                    let pair = !r.free && i + 1 < n && rs[i + 1].free && rs[i + 1].ptr == r.ptr;
-                    let done = match (r.free, pair) {
+                    // Its free in the next record (a MALLOC_FREE has it in its own).
+                    let next = !r.free && !r.pair && i + 1 < n && rs[i + 1].free && rs[i + 1].ptr == r.ptr;
+                    let done = match (r.free, r.pair || next) {
                         (true, _) => h.fast_free(active, r.ptr),
                         (false, true) => h.fast_pair(active, r.ptr, r.size, r.hi_epoch),
                         (false, false) => h.fast_malloc(active, r.ptr, r.size, r.hi_epoch),
@@ -1068,17 +1069,11 @@ impl Tracer {
                     if !done {
                         break;
                     }
-                    i += 1 + usize::from(pair);
+                    i += 1 + usize::from(next);
                 }
                 n = i;
             }
-            let get = |r: &crate::alloc::FastRec| ffirec_format::PlainMem {
-                free: r.free,
-                tid: r.tid,
-                ptr: r.ptr,
-                size: r.size,
-                caller: r.caller,
-            };
+            let get = crate::alloc::FastRec::plain_mem;
             if let Err(x) = sink.borrow_mut().push_plain_mem(Domain::Host, &rs[..n], get) {
                 err.borrow_mut().get_or_insert(x);
             }

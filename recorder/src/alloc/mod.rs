@@ -139,39 +139,70 @@ pub enum Error {
     BadShim,
 }
 
-/// A `malloc` (`free` false: ptr, size) or `free` (free true: ptr) record,
-/// for [`AllocTracker::drain_some_fast`]; its event would be an `Alloc`
-/// (function malloc, not zeroed, no old pointer) or a `Free`.
+/// A `malloc` (`free` false: ptr, size), `free` (free true: ptr) record, or
+/// a malloc and the free of its block in one (`pair`: the free's caller in
+/// `free_caller`), for [`AllocTracker::drain_some_fast`]; its events would be
+/// an `Alloc` (function malloc, not zeroed, no old pointer), a `Free`, or both.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FastRec {
-    pub free: bool,
-    /// The calling thread was in foreign mode.
-    pub foreign: bool,
-    pub tid: u32,
-    pub pid: u32,
     pub ptr: u64,
     pub size: u64,
     pub caller: u64,
+    /// `pair`: the caller of the free.
+    pub free_caller: u64,
+    pub tid: u32,
+    pub pid: u32,
     /// Host init: the epoch the shim read before looking at the page table (0: none).
     pub hi_epoch: u32,
+    pub free: bool,
+    /// A malloc whose free follows (not with `free`).
+    pub pair: bool,
+    /// The calling thread was in foreign mode.
+    pub foreign: bool,
 }
 
-/// The event of a plain `malloc` or `free` record.
-fn event_of(r: &FastRec) -> Event {
-    let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
-    match r.free {
-        true => Event::Free { tid: r.tid, ptr: r.ptr, caller: r.caller, domain },
-        false => Event::Alloc {
-            tid: r.tid,
-            func: AllocFn::Malloc,
-            ptr: r.ptr,
-            size: r.size,
-            old_ptr: 0,
-            caller: r.caller,
-            domain,
-            zeroed: false,
-        },
+impl FastRec {
+    /// The record for a trace writer's run (`TraceWriter::push_plain_mem`).
+    #[inline(always)]
+    pub fn plain_mem(&self) -> ffirec_format::PlainMem {
+        ffirec_format::PlainMem {
+            free: self.free,
+            tid: self.tid,
+            ptr: self.ptr,
+            size: self.size,
+            caller: self.caller,
+            free_caller: self.pair.then_some(self.free_caller),
+        }
     }
+}
+
+/// The events of a plain `malloc`, `free` or malloc-and-free record, in
+/// order, to `f`, with the host-init epoch each one carried in `hi_epoch`
+/// (a pair's free none, as the general path gives it).
+fn events_of(r: &FastRec, hi_epoch: &std::sync::atomic::AtomicU32, f: &mut impl FnMut(&Event)) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
+    hi_epoch.store(r.hi_epoch, Relaxed);
+    if r.free {
+        f(&Event::Free { tid: r.tid, ptr: r.ptr, caller: r.caller, domain });
+        return 1;
+    }
+    f(&Event::Alloc {
+        tid: r.tid,
+        func: AllocFn::Malloc,
+        ptr: r.ptr,
+        size: r.size,
+        old_ptr: 0,
+        caller: r.caller,
+        domain,
+        zeroed: false,
+    });
+    if !r.pair {
+        return 1;
+    }
+    hi_epoch.store(0, Relaxed);
+    f(&Event::Free { tid: r.tid, ptr: r.ptr, caller: r.free_caller, domain });
+    2
 }
 
 /// Counters of the rings (summed over both), for reports and tests.
@@ -441,9 +472,10 @@ impl AllocTracker {
     }
 
     /// [`Self::drain_some`] with a fast path for runs of plain `malloc` and
-    /// `free` records: `fast` sees each run (consecutive such records, in
-    /// order) and returns how many of its first records it has handled (no
-    /// event is built for those); the next one becomes events for `f`, and
+    /// `free` records (a malloc with its free is one, see [`FastRec`]): `fast`
+    /// sees each run (consecutive such records, in order) and returns how
+    /// many of its first records it has handled (no event is built for
+    /// those); the next one becomes events for `f` (both of a pair), and
     /// `fast` sees the rest of the run after it. Everything else becomes
     /// events for `f`.
     pub fn drain_some_fast(
@@ -539,38 +571,36 @@ impl AllocTracker {
             }
             let want = longest_run.min(max - consumed);
             let mut seq = tail;
-            let mut n = 0;
-            while n < want {
+            // Records in the run, and their events (at most `want`).
+            let (mut k, mut n) = (0, 0);
+            // At most `want` records (`want` events): no bound check.
+            for out in run[..want].iter_mut() {
                 view.prefetch(seq + PREFETCH_AHEAD);
-                let Some((rec, len, pair)) = view.read_plain(seq, owner) else { break };
-                run[n] = rec;
-                if let Some(caller) = pair {
-                    // A MALLOC_FREE: its malloc, then its free.
-                    if n + 2 > want {
-                        break;
-                    }
-                    run[n + 1] = FastRec { free: true, size: 0, caller, hi_epoch: 0, ..rec };
-                    n += 1;
+                // A MALLOC_FREE is two events: its malloc, then its free.
+                let (len, two) = view.read_plain(seq, owner, out);
+                if len == 0 || n + two > want {
+                    break;
                 }
-                n += 1;
+                n += two;
+                k += 1;
                 seq += len;
+                if n == want {
+                    break;
+                }
             }
-            if n > 0 {
-                let run = &run[..n];
+            if k > 0 {
+                let run = &run[..k];
                 let mut i = 0;
-                while i < n {
-                    let done = fast(&run[i..]).min(n - i);
-                    events += done;
-                    i += done;
-                    if i < n {
-                        // Not for the fast path: its event, as the general
-                        // path builds it (a plain malloc or free has no state).
-                        hi_epoch.store(run[i].hi_epoch, std::sync::atomic::Ordering::Relaxed);
-                        f(&event_of(&run[i]));
-                        events += 1;
+                while i < k {
+                    i += fast(&run[i..]).min(k - i);
+                    if i < k {
+                        // Not for the fast path: its events, as the general
+                        // path builds them (a plain malloc or free has no state).
+                        events_of(&run[i], hi_epoch, f);
                         i += 1;
                     }
                 }
+                events += n;
                 consumed += n;
                 since_publish += seq - tail;
                 tail = seq;
@@ -800,8 +830,8 @@ mod tests {
         assert_eq!(want.len(), 100);
         // The fast path declines every record whose pointer is a multiple of
         // 192 bytes in (so runs break at different places) and every free
-        // from an odd caller (so some MALLOC_FREE records break between their
-        // two events), and the drain stops every 7 records.
+        // from an odd caller (MALLOC_FREE records too: their two events go
+        // to the general path together), and the drain stops every 7 records.
         let got = std::cell::RefCell::new(Vec::new());
         let (mut seen, mut calls) = (Vec::new(), 0);
         loop {
@@ -809,11 +839,17 @@ mod tests {
                 7,
                 |rs| {
                     calls += 1;
-                    let declined =
-                        |r: &FastRec| (r.ptr - 0x5555_0000_1000).is_multiple_of(192) || r.free && r.caller % 2 == 1;
+                    let declined = |r: &FastRec| {
+                        (r.ptr - 0x5555_0000_1000).is_multiple_of(192)
+                            || r.free && r.caller % 2 == 1
+                            || r.pair && r.free_caller % 2 == 1
+                    };
                     let k = rs.iter().position(declined).unwrap_or(rs.len());
                     seen.extend(rs[..k].iter().map(|r| (r.pid, r.hi_epoch, r.free)));
-                    got.borrow_mut().extend(rs[..k].iter().map(event_of));
+                    let probe = std::sync::atomic::AtomicU32::new(0);
+                    for r in &rs[..k] {
+                        events_of(r, &probe, &mut |e: &Event| got.borrow_mut().push(e.clone()));
+                    }
                     k
                 },
                 |e| got.borrow_mut().push(e.clone()),
@@ -930,15 +966,8 @@ mod bench {
             slots += t.drain_some_fast(
                 usize::MAX,
                 |rs| {
-                    let get = |r: &FastRec| ffirec_format::PlainMem {
-                        free: r.free,
-                        tid: r.tid,
-                        ptr: r.ptr,
-                        size: r.size,
-                        caller: r.caller,
-                    };
-                    w.push_plain_mem(ffirec_format::Domain::Host, rs, get).unwrap();
-                    events += rs.len();
+                    w.push_plain_mem(ffirec_format::Domain::Host, rs, FastRec::plain_mem).unwrap();
+                    events += rs.iter().map(|r| 1 + usize::from(r.pair)).sum::<usize>();
                     rs.len()
                 },
                 |e| {

@@ -489,57 +489,60 @@ pub(crate) struct Slots<'a> {
 }
 
 impl Slots<'_> {
-    /// [`Mapping::read`] for the drain's runs of plain records: the `malloc`
-    /// or `free` record at `seq` with the slots it takes, or None when the
-    /// slot is not committed or holds any other record (or a broken one:
-    /// `read` says what). A MALLOC_FREE record reads as its malloc, with the
-    /// free's caller as the third value. `owner`: the primary ring's owner
-    /// if known (it is set once, before the ring's first record; 0 reads it here).
+    /// [`Mapping::read`] for the drain's runs of plain records: the `malloc`,
+    /// `free` or MALLOC_FREE record at `seq` into `out` (a MALLOC_FREE as its
+    /// malloc with `pair` and the free's caller); returns the slots it takes
+    /// and its events (1, or 2 for a pair): (0, 0) when the slot is not
+    /// committed or holds any other record (or a broken one: `read` says
+    /// what), `out` then partly written. `owner`: the primary
+    /// ring's owner if known (it is set once, before the ring's first record;
+    /// 0 reads it here).
     #[inline(always)]
-    pub(crate) fn read_plain(&self, seq: u64, owner: u32) -> Option<(super::FastRec, u64, Option<u64>)> {
+    pub(crate) fn read_plain(&self, seq: u64, owner: u32, out: &mut super::FastRec) -> (u64, usize) {
+        const PLAIN: u64 = 1 << kind::MALLOC | 1 << kind::FREE | 1 << kind::MALLOC_FREE;
         let w = &self.slots[seq as usize & (self.slots.len() - 1)];
         let hdr = w[0].load(Ordering::Acquire);
         let kind = ((hdr >> HDR_KIND_SHIFT) & 0x3f) as u16;
-        if hdr as u32 != tag(seq) || kind != kind::MALLOC && kind != kind::FREE && kind != kind::MALLOC_FREE {
-            return None;
+        if hdr as u32 != tag(seq) || PLAIN >> kind & 1 == 0 {
+            return (0, 0);
         }
         let flags = ((hdr >> HDR_FLAGS_SHIFT) & 3) as u16;
         let free = kind == kind::FREE;
-        let mut rec = super::FastRec {
-            free,
-            foreign: flags & F_FOREIGN != 0,
-            tid: (hdr >> HDR_TID_SHIFT) as u32,
-            pid: match (self.primary, owner) {
-                (true, 0) => self.map.primary_owner(),
-                (true, o) => o,
-                (false, _) => 0,
-            },
-            ptr: w[1].load(Ordering::Relaxed),
-            size: if free { 0 } else { w[2].load(Ordering::Relaxed) },
-            caller: w[3].load(Ordering::Relaxed),
-            hi_epoch: 0,
+        let pair = kind == kind::MALLOC_FREE;
+        out.free = free;
+        out.pair = pair;
+        out.foreign = flags & F_FOREIGN != 0;
+        out.tid = (hdr >> HDR_TID_SHIFT) as u32;
+        out.pid = match (self.primary, owner) {
+            (true, 0) => self.map.primary_owner(),
+            (true, o) => o,
+            (false, _) => 0,
         };
+        let (ptr, size, caller) =
+            (w[1].load(Ordering::Relaxed), w[2].load(Ordering::Relaxed), w[3].load(Ordering::Relaxed));
+        // A free leaves its size word unwritten: whatever is there reads as 0.
+        let size = if free { 0 } else { size };
         if flags & F_EXT == 0 {
-            (rec.ptr, rec.size, rec.hi_epoch) = unpack_one_slot(rec.ptr, rec.size);
-            if kind != kind::MALLOC_FREE {
-                return Some((rec, 1, None));
+            (out.ptr, out.size, out.hi_epoch) = unpack_one_slot(ptr, size);
+            out.caller = caller;
+            if pair {
+                (out.caller, out.free_caller) = unpack_pair_callers(caller);
             }
-            let (caller, free_caller) = unpack_pair_callers(rec.caller);
-            rec.caller = caller;
-            return Some((rec, 1, Some(free_caller)));
+            return (1, 1 + usize::from(pair));
         }
+        (out.ptr, out.size, out.caller) = (ptr, size, caller);
         // Written whole before the first slot's header (release): visible.
         let next = seq.wrapping_add(1);
         let c = &self.slots[next as usize & (self.slots.len() - 1)];
         let h2 = c[0].load(Ordering::Acquire);
         if h2 as u32 != tag(next) || ((h2 >> HDR_KIND_SHIFT) & 0x3f) as u16 != kind::CONT {
-            return None;
+            return (0, 0);
         }
         let pw = c[3].load(Ordering::Relaxed);
-        rec.pid = pw as u32;
-        rec.hi_epoch = (pw >> 32) as u32;
-        let free_caller = (kind == kind::MALLOC_FREE).then(|| c[2].load(Ordering::Relaxed));
-        Some((rec, 2, free_caller))
+        out.pid = pw as u32;
+        out.hi_epoch = (pw >> 32) as u32;
+        out.free_caller = c[2].load(Ordering::Relaxed);
+        (2, 1 + usize::from(pair))
     }
 
     /// Asks the CPU to start loading the slot of `seq` (a hint, never a
@@ -630,8 +633,12 @@ mod tests {
         put(&map, 1, 2, 2, kind::MALLOC, 0, 7, [ptr | (epoch & 0xffff) << 48, size | (epoch >> 16) << 48, 0x5555]);
         let r = map.read(1, 2).unwrap();
         assert_eq!((r.ptr, r.size, r.hi_epoch, r.slots, r.pid), (ptr, size, 0x0003_0002, 1, 4242));
-        let (f, n, pair) = map.slots(1).read_plain(2, 0).unwrap();
-        assert_eq!((f.ptr, f.size, f.hi_epoch, f.free, f.pid, n, pair), (ptr, size, 0x0003_0002, false, 4242, 1, None));
+        let mut f = super::super::FastRec::default();
+        let n = map.slots(1).read_plain(2, 0, &mut f);
+        assert_eq!(
+            (f.ptr, f.size, f.hi_epoch, f.free, f.pid, n, f.pair),
+            (ptr, size, 0x0003_0002, false, 4242, (1, 1), false)
+        );
         // A malloc and its free in one slot: the free's caller 0x20 before the
         // malloc's (top 16 bits of the caller word); and in two slots (EXT).
         put(&map, 1, 3, 3, kind::MALLOC_FREE, 0, 7, [0x5555_0000_1000 | 5 << 48, 64, 0x5555_0000_3000 | 0xffe0 << 48]);
@@ -640,10 +647,10 @@ mod tests {
             (r.kind, r.ptr, r.size, r.caller, r.aux, r.hi_epoch, r.slots),
             (kind::MALLOC_FREE, 0x5555_0000_1000, 64, 0x5555_0000_3000, 0x5555_0000_2fe0, 5, 1)
         );
-        let (f, n, pair) = map.slots(1).read_plain(3, 0).unwrap();
+        let n = map.slots(1).read_plain(3, 0, &mut f);
         assert_eq!(
-            (f.ptr, f.size, f.caller, f.free, n, pair),
-            (0x5555_0000_1000, 64, 0x5555_0000_3000, false, 1, Some(0x5555_0000_2fe0))
+            (f.ptr, f.size, f.caller, f.free, n, f.pair, f.free_caller),
+            (0x5555_0000_1000, 64, 0x5555_0000_3000, false, (1, 2), true, 0x5555_0000_2fe0)
         );
         put(&map, 1, 5, 5, kind::CONT, 0, 7, [0, 0x7777_0000_0000, 4242 | 9 << 32]);
         put(&map, 1, 4, 4, kind::MALLOC_FREE, F_EXT, 7, [0x5555_0000_1000, 64, 0x5555_0000_3000]);
@@ -652,8 +659,11 @@ mod tests {
             (r.kind, r.caller, r.aux, r.hi_epoch, r.slots),
             (kind::MALLOC_FREE, 0x5555_0000_3000, 0x7777_0000_0000, 9, 2)
         );
-        let (f, n, pair) = map.slots(1).read_plain(4, 0).unwrap();
-        assert_eq!((f.caller, f.hi_epoch, n, pair), (0x5555_0000_3000, 9, 2, Some(0x7777_0000_0000)));
+        let n = map.slots(1).read_plain(4, 0, &mut f);
+        assert_eq!(
+            (f.caller, f.hi_epoch, n, f.pair, f.free_caller),
+            (0x5555_0000_3000, 9, (2, 2), true, 0x7777_0000_0000)
+        );
         // The held malloc: taken by its writer's tid only, once.
         map.test_hold(7, [0x5555_0000_1000 | 5 << 48, 64 | 1 << 48, 0x5555_0000_3000]);
         assert_eq!(map.take_held(Some(8)), None);
