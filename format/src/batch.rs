@@ -249,19 +249,19 @@ impl MemCols {
         };
         let mut tid = Leb::new(&mut self.tid, 2 * n);
         let mut prev_tid = self.prev_tid;
-        let mut other = n;
-        for (i, r) in recs.iter().enumerate() {
+        let mut rest = recs;
+        while let Some((r, after)) = rest.split_first() {
             let m = get(r);
             if m.tid != prev_tid {
-                other = i;
                 break;
             }
             // SAFETY: `recs` has `n` records, each puts at most two events.
             unsafe { c.put(&m) };
+            rest = after;
         }
         // SAFETY: one thread delta (0) per event so far, at most `2 * n`.
         unsafe { tid.zeros(c.kind.written()) };
-        for r in &recs[other..] {
+        for r in rest {
             let m = get(r);
             let dt = zigzag(m.tid.wrapping_sub(prev_tid) as i32 as i64 as u64);
             prev_tid = m.tid;
@@ -324,18 +324,19 @@ impl PlainCols<'_> {
                 self.prev_fc = m.caller;
                 return;
             }
-            self.kind.byte(KIND_ALLOC);
             self.prev_ptr = m.ptr;
             self.size.put(m.size);
             self.caller.put(zigzag(m.caller.wrapping_sub(self.prev_ac)));
             self.prev_ac = m.caller;
-            if let Some(fc) = m.free_caller {
-                // Its free: the pointer just allocated.
-                self.kind.byte(KIND_FREE);
-                self.ptr.byte(0);
-                self.caller.put(zigzag(fc.wrapping_sub(self.prev_fc)));
-                self.prev_fc = fc;
-            }
+            let Some(fc) = m.free_caller else {
+                self.kind.byte(KIND_ALLOC);
+                return;
+            };
+            // Its free: the pointer just allocated.
+            self.kind.two([KIND_ALLOC, KIND_FREE]);
+            self.ptr.byte(0);
+            self.caller.put(zigzag(fc.wrapping_sub(self.prev_fc)));
+            self.prev_fc = fc;
         }
     }
 }
@@ -434,6 +435,24 @@ impl<'a> Leb<'a> {
         unsafe {
             self.p.write(b);
             self.p = self.p.add(1);
+        }
+    }
+
+    /// Appends the bytes `b` (two values of one byte).
+    ///
+    /// # Safety
+    /// At most `room` values may be put (any width).
+    #[inline(always)]
+    unsafe fn two(&mut self, b: [u8; 2]) {
+        #[cfg(debug_assertions)]
+        {
+            assert!(self.room >= 2, "column without room");
+            self.room -= 2;
+        }
+        // SAFETY: as in `byte`: room for two more values was reserved.
+        unsafe {
+            self.p.cast::<[u8; 2]>().write_unaligned(b);
+            self.p = self.p.add(2);
         }
     }
 

@@ -569,7 +569,11 @@ impl AllocTracker {
             if ring == 1 && owner == 0 {
                 owner = map.primary_owner();
             }
-            let want = longest_run.min(max - consumed);
+            // The primary ring's records are its owner's, who claims it
+            // before its first record: while it reads unclaimed, a record
+            // goes the general way (which reads the owner after it).
+            let pid = if ring == 1 { owner } else { 0 };
+            let want = if ring == 1 && owner == 0 { 0 } else { longest_run.min(max - consumed) };
             let mut seq = tail;
             // Records in the run, and their events (at most `want`).
             let (mut k, mut n) = (0, 0);
@@ -577,7 +581,7 @@ impl AllocTracker {
             for out in run[..want].iter_mut() {
                 view.prefetch(seq + PREFETCH_AHEAD);
                 // A MALLOC_FREE is two events: its malloc, then its free.
-                let (len, two) = view.read_plain(seq, owner, out);
+                let (len, two) = view.read_plain(seq, pid, out);
                 if len == 0 || n + two > want {
                     break;
                 }

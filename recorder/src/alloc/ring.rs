@@ -417,7 +417,7 @@ impl Mapping {
         let slots = unsafe {
             std::slice::from_raw_parts(self.base.add(off).cast::<[AtomicU64; REC_SIZE / 8]>(), self.capacity as usize)
         };
-        Slots { slots, primary: ring == 1, map: self }
+        Slots { slots }
     }
 
     /// The slot of `seq` in `ring` is reserved by a producer but not committed.
@@ -484,8 +484,6 @@ fn unpack_pair_callers(w: u64) -> (u64, u64) {
 pub(crate) struct Slots<'a> {
     /// A power of two of them.
     slots: &'a [[AtomicU64; REC_SIZE / 8]],
-    primary: bool,
-    map: &'a Mapping,
 }
 
 impl Slots<'_> {
@@ -494,11 +492,11 @@ impl Slots<'_> {
     /// malloc with `pair` and the free's caller); returns the slots it takes
     /// and its events (1, or 2 for a pair): (0, 0) when the slot is not
     /// committed or holds any other record (or a broken one: `read` says
-    /// what), `out` then partly written. `owner`: the primary
-    /// ring's owner if known (it is set once, before the ring's first record;
-    /// 0 reads it here).
+    /// what), `out` then partly written. `pid`: the process of a one-slot
+    /// record (the primary ring's owner, or 0 in the shared ring, whose
+    /// records say theirs in an EXT slot).
     #[inline(always)]
-    pub(crate) fn read_plain(&self, seq: u64, owner: u32, out: &mut super::FastRec) -> (u64, usize) {
+    pub(crate) fn read_plain(&self, seq: u64, pid: u32, out: &mut super::FastRec) -> (u64, usize) {
         const PLAIN: u64 = 1 << kind::MALLOC | 1 << kind::FREE | 1 << kind::MALLOC_FREE;
         let w = &self.slots[seq as usize & (self.slots.len() - 1)];
         let hdr = w[0].load(Ordering::Acquire);
@@ -513,11 +511,7 @@ impl Slots<'_> {
         out.pair = pair;
         out.foreign = flags & F_FOREIGN != 0;
         out.tid = (hdr >> HDR_TID_SHIFT) as u32;
-        out.pid = match (self.primary, owner) {
-            (true, 0) => self.map.primary_owner(),
-            (true, o) => o,
-            (false, _) => 0,
-        };
+        out.pid = pid;
         let (ptr, size, caller) =
             (w[1].load(Ordering::Relaxed), w[2].load(Ordering::Relaxed), w[3].load(Ordering::Relaxed));
         // A free leaves its size word unwritten: whatever is there reads as 0.
@@ -634,7 +628,7 @@ mod tests {
         let r = map.read(1, 2).unwrap();
         assert_eq!((r.ptr, r.size, r.hi_epoch, r.slots, r.pid), (ptr, size, 0x0003_0002, 1, 4242));
         let mut f = super::super::FastRec::default();
-        let n = map.slots(1).read_plain(2, 0, &mut f);
+        let n = map.slots(1).read_plain(2, 4242, &mut f);
         assert_eq!(
             (f.ptr, f.size, f.hi_epoch, f.free, f.pid, n, f.pair),
             (ptr, size, 0x0003_0002, false, 4242, (1, 1), false)
@@ -647,7 +641,7 @@ mod tests {
             (r.kind, r.ptr, r.size, r.caller, r.aux, r.hi_epoch, r.slots),
             (kind::MALLOC_FREE, 0x5555_0000_1000, 64, 0x5555_0000_3000, 0x5555_0000_2fe0, 5, 1)
         );
-        let n = map.slots(1).read_plain(3, 0, &mut f);
+        let n = map.slots(1).read_plain(3, 4242, &mut f);
         assert_eq!(
             (f.ptr, f.size, f.caller, f.free, n, f.pair, f.free_caller),
             (0x5555_0000_1000, 64, 0x5555_0000_3000, false, (1, 2), true, 0x5555_0000_2fe0)
@@ -659,7 +653,7 @@ mod tests {
             (r.kind, r.caller, r.aux, r.hi_epoch, r.slots),
             (kind::MALLOC_FREE, 0x5555_0000_3000, 0x7777_0000_0000, 9, 2)
         );
-        let n = map.slots(1).read_plain(4, 0, &mut f);
+        let n = map.slots(1).read_plain(4, 4242, &mut f);
         assert_eq!(
             (f.caller, f.hi_epoch, n, f.pair, f.free_caller),
             (0x5555_0000_3000, 9, (2, 2), true, 0x7777_0000_0000)
