@@ -876,6 +876,45 @@ mod tests {
         assert!(seen.contains(&(4242, 13, false)) && seen.contains(&(99, 5, false)) && seen.contains(&(4242, 0, true)));
     }
 
+    /// While the primary ring reads unclaimed, its records go the general
+    /// way; once claimed, the fast path sees them with the owner's pid.
+    #[test]
+    fn primary_ring_records_wait_for_its_owner_for_the_fast_path() {
+        use ring::kind::*;
+        let mut t = AllocTracker::with_capacity(16).unwrap();
+        let (ptr, caller) = (0x5555_0000_1000u64, 0x4000u64);
+        let alloc = |tid, size| Event::Alloc {
+            tid,
+            func: AllocFn::Malloc,
+            ptr,
+            size,
+            old_ptr: 0,
+            caller,
+            domain: Domain::Host,
+            zeroed: false,
+        };
+        let free = |tid| Event::Free { tid, ptr, caller: caller + 8, domain: Domain::Host };
+        t.map.test_put(1, 0, 0, MALLOC_FREE, 0, 10, [ptr, 32, caller | 8 << 48]);
+        let (mut general, mut fast) = (Vec::new(), Vec::new());
+        let mut drain = |t: &mut AllocTracker| {
+            t.drain_some_fast(
+                usize::MAX,
+                |rs| {
+                    fast.extend(rs.iter().map(|r| (r.pid, r.tid, r.pair)));
+                    rs.len()
+                },
+                |e| general.push(e.clone()),
+            )
+        };
+        assert_eq!(drain(&mut t), 1);
+        t.map.test_claim(4242);
+        t.map.test_put(1, 1, 1, MALLOC_FREE, 0, 11, [ptr, 48, caller | 8 << 48]);
+        t.map.test_put(1, 2, 2, MALLOC, 0, 11, [ptr, 64, caller]);
+        assert_eq!(drain(&mut t), 2);
+        assert_eq!(general, [alloc(10, 32), free(10)]);
+        assert_eq!(fast, [(4242, 11, true), (4242, 11, false)]);
+    }
+
     /// The held malloc comes out after every record of the primary ring, for
     /// the thread that wrote it, once; and at the final drain for anyone.
     #[test]
