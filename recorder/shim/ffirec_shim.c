@@ -427,7 +427,7 @@ static inline void held_flush(void) {
     }
 }
 
-_Static_assert(FFIREC_K_MALLOC == 0, "held_pair turns a held header into MALLOC_FREE with one or");
+_Static_assert(FFIREC_K_MALLOC == 0, "held_pair makes a held MALLOC header a MALLOC_FREE one with a bitwise or");
 
 /* Holds a one-slot malloc record instead of reserving it (fast path only:
  * single-threaded, not nested, primary ring). */
