@@ -1081,7 +1081,7 @@ impl Tracer {
         };
         // Runs of records from one thread are the rule: look its process up once.
         let mut last: Option<(u32, Option<Pid>)> = None;
-        let general = |e: &Event| {
+        let mut general = |e: &Event| {
             let g = match e.tid() {
                 Some(t) => match last {
                     Some((lt, g)) if lt == t => g,
@@ -1134,8 +1134,7 @@ impl Tracer {
                 }
             }
         };
-        let mut general = general;
-        let consumed = if max > 0 { a.drain_some_fast(max, fast, &mut general) } else { 0 };
+        let consumed = a.drain_some_fast(max, fast, &mut general);
         if let Some(tid) = held {
             a.take_held(tid, &mut general);
         }

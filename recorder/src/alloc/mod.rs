@@ -78,7 +78,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ffirec_format::{AllocFn, Domain, Event};
+use ffirec_format::Event;
 
 /// The shim, compiled by `build.rs`.
 static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ffirec_shim.so"));
@@ -174,35 +174,29 @@ impl FastRec {
             free_caller: self.pair.then_some(self.free_caller),
         }
     }
-}
 
-/// The events of a plain `malloc`, `free` or malloc-and-free record, in
-/// order, to `f`, with the host-init epoch each one carried in `hi_epoch`
-/// (a pair's free none, as the general path gives it).
-fn events_of(r: &FastRec, hi_epoch: &std::sync::atomic::AtomicU32, f: &mut impl FnMut(&Event)) -> usize {
-    use std::sync::atomic::Ordering::Relaxed;
-    let domain = if r.foreign { Domain::Foreign } else { Domain::Host };
-    hi_epoch.store(r.hi_epoch, Relaxed);
-    if r.free {
-        f(&Event::Free { tid: r.tid, ptr: r.ptr, caller: r.caller, domain });
-        return 1;
+    /// The ring record it was read from, for the general path
+    /// (`convert::Model::convert`, stateless for these kinds).
+    pub(crate) fn rec(&self) -> ring::Rec {
+        let kind = match (self.free, self.pair) {
+            (true, _) => ring::kind::FREE,
+            (false, true) => ring::kind::MALLOC_FREE,
+            (false, false) => ring::kind::MALLOC,
+        };
+        ring::Rec {
+            kind,
+            flags: if self.foreign { ring::F_FOREIGN } else { 0 },
+            tid: self.tid,
+            pid: self.pid,
+            ptr: self.ptr,
+            size: self.size,
+            old_ptr: 0,
+            caller: self.caller,
+            aux: if self.pair { self.free_caller } else { 0 },
+            hi_epoch: self.hi_epoch,
+            slots: 1,
+        }
     }
-    f(&Event::Alloc {
-        tid: r.tid,
-        func: AllocFn::Malloc,
-        ptr: r.ptr,
-        size: r.size,
-        old_ptr: 0,
-        caller: r.caller,
-        domain,
-        zeroed: false,
-    });
-    if !r.pair {
-        return 1;
-    }
-    hi_epoch.store(0, Relaxed);
-    f(&Event::Free { tid: r.tid, ptr: r.ptr, caller: r.free_caller, domain });
-    2
 }
 
 /// Counters of the rings (summed over both), for reports and tests.
@@ -263,7 +257,7 @@ pub struct AllocTracker {
     trap_offset: u64,
     /// The host-init epoch of the record being converted (see [`AllocTracker::hi_epoch_probe`]).
     hi_epoch: Arc<std::sync::atomic::AtomicU32>,
-    /// The run of plain records being drained, and each one's sequence number.
+    /// The run of plain records being drained.
     run: Box<[FastRec; RUN]>,
 }
 
@@ -598,9 +592,9 @@ impl AllocTracker {
                 while i < k {
                     i += fast(&run[i..]).min(k - i);
                     if i < k {
-                        // Not for the fast path: its events, as the general
-                        // path builds them (a plain malloc or free has no state).
-                        events_of(&run[i], hi_epoch, f);
+                        // Not for the fast path: its events, as any record's.
+                        hi_epoch.store(run[i].hi_epoch, std::sync::atomic::Ordering::Relaxed);
+                        model.convert(&run[i].rec(), f);
                         i += 1;
                     }
                 }
@@ -750,14 +744,14 @@ mod tests {
     use ffirec_format::{AllocFn, Domain};
     use ring::F_FOREIGN;
 
-    /// Writes records of every shape the fast path sees or must not see, on
-    /// the primary ring (owner 4242) and the shared one, as the shim does;
-    /// returns the events they stand for, the primary ring's first.
     /// A plain malloc's event.
     fn malloc_event(tid: u32, ptr: u64, size: u64, caller: u64, domain: Domain) -> Event {
         Event::Alloc { tid, func: AllocFn::Malloc, ptr, size, old_ptr: 0, caller, domain, zeroed: false }
     }
 
+    /// Writes records of every shape the fast path sees or must not see, on
+    /// the primary ring (owner 4242) and the shared one, as the shim does;
+    /// returns the events they stand for, the primary ring's first.
     fn fill(t: &AllocTracker) -> Vec<Event> {
         use ring::kind::*;
         t.map.test_claim(4242);
@@ -850,9 +844,9 @@ mod tests {
                     };
                     let k = rs.iter().position(declined).unwrap_or(rs.len());
                     seen.extend(rs[..k].iter().map(|r| (r.pid, r.hi_epoch, r.free)));
-                    let probe = std::sync::atomic::AtomicU32::new(0);
+                    let mut model = convert::Model::default();
                     for r in &rs[..k] {
-                        events_of(r, &probe, &mut |e: &Event| got.borrow_mut().push(e.clone()));
+                        model.convert(&r.rec(), &mut |e: &Event| got.borrow_mut().push(e.clone()));
                     }
                     k
                 },
