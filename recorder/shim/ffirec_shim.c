@@ -328,15 +328,32 @@ static TLS uint32_t t_hi_ep;
  * core): a few percent off the hot path, measured. */
 #define PREFETCH_AHEAD 16
 
-/* Writes the record into the `n` slots reserved at `seq`, the first slot's
- * header last (the commit). A FREE leaves `size` unwritten. */
-static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, uint64_t seq, uint64_t n,
-                                                       uint16_t kind, uint64_t ptr, uint64_t size,
-                                                       uint64_t old_ptr, uint64_t caller, uint64_t aux,
-                                                       uint32_t hi_ep) {
+/* Commits the record whose first slot `r` (sequence number `seq`) is
+ * written but for its header: the header with `bits` (kind, flags, tid), last. */
+static inline __attribute__((always_inline)) void commit(struct ffirec_slot *r, uint64_t seq, uint64_t bits) {
+    atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, (uint64_t)(uint32_t)(seq + 1) | bits, memory_order_release);
+    /* prefetchw is a hint (a NOP on CPUs without it); spelled in asm so the
+     * baseline x86-64 target still emits it. */
+    __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
+}
+
+/* The calling thread's slot header bits: its tid, and FOREIGN when it is in
+ * a foreign tid slot. */
+static inline uint64_t caller_bits(void) {
     uint32_t tid = my_tid();
-    uint64_t flags = (foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0) | (n == 2 ? FFIREC_F_EXT : 0);
-    uint64_t who = (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT;
+    return (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT |
+           (uint64_t)(foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0) << FFIREC_HDR_FLAGS_SHIFT;
+}
+
+/* Writes the record into the `n` slots reserved at `seq`, the first slot's
+ * header last (the commit), as a call of the thread and mode `bits` (see
+ * caller_bits()) made it. A FREE leaves `size` unwritten. */
+static inline __attribute__((always_inline)) void fill_as(struct ffirec_slot *r, uint64_t seq, uint64_t n,
+                                                          uint16_t kind, uint64_t ptr, uint64_t size,
+                                                          uint64_t old_ptr, uint64_t caller, uint64_t aux,
+                                                          uint32_t hi_ep, uint64_t bits) {
+    uint64_t flags = n == 2 ? FFIREC_F_EXT : 0;
+    uint64_t who = bits & (uint64_t)0xffffff << FFIREC_HDR_TID_SHIFT;
     if (n == 2) {
         struct ffirec_slot *c = &g_ring[(seq + 1) & (g_cap - 1)];
         c->w[0] = old_ptr;
@@ -356,12 +373,15 @@ static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, ui
             r->w[1] = size | (uint64_t)(hi_ep >> 16) << 48;
     }
     r->w[2] = caller;
-    uint64_t hdr = (uint64_t)(uint32_t)(seq + 1) | (uint64_t)kind << FFIREC_HDR_KIND_SHIFT |
-                   flags << FFIREC_HDR_FLAGS_SHIFT | who;
-    atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, hdr, memory_order_release);
-    /* prefetchw is a hint (a NOP on CPUs without it); spelled in asm so the
-     * baseline x86-64 target still emits it. */
-    __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
+    commit(r, seq, (uint64_t)kind << FFIREC_HDR_KIND_SHIFT | flags << FFIREC_HDR_FLAGS_SHIFT | bits);
+}
+
+/* fill_as() for a record of the calling thread. */
+static inline __attribute__((always_inline)) void fill(struct ffirec_slot *r, uint64_t seq, uint64_t n,
+                                                       uint16_t kind, uint64_t ptr, uint64_t size,
+                                                       uint64_t old_ptr, uint64_t caller, uint64_t aux,
+                                                       uint32_t hi_ep) {
+    fill_as(r, seq, n, kind, ptr, size, old_ptr, caller, aux, hi_ep, caller_bits());
 }
 
 /* reserve()'s outermost frame for the sole producer of the primary ring
@@ -380,6 +400,15 @@ static inline __attribute__((always_inline)) uint64_t reserve_fast(uint64_t n) {
 
 /* ---- the held malloc (contract: "Held malloc" in ffirec_shim.h) ---------- */
 #define LOW48 ((1ull << 48) - 1)
+
+/* The held record's slot header bits but its kind (its thread and mode):
+ * its whole header, a MALLOC's kind being 0. And the host-init epoch in the
+ * top bits of its ptr and size words. */
+_Static_assert(FFIREC_K_MALLOC == 0, "held_bits(): a held header's kind bits are 0");
+static inline uint64_t held_bits(void) { return g_hdr->held.hdr; }
+static inline uint32_t held_epoch(uint64_t w, uint64_t size) {
+    return (uint32_t)(w >> 48) | (uint32_t)(size >> 48) << 16;
+}
 
 /* Takes the held record: its ptr word, 0 when nothing is held (or someone
  * else took it first). One read-modify-write, so this thread's signal
@@ -405,15 +434,12 @@ static inline uint64_t held_take(void) {
 /* Writes the taken held record (ptr word `w`) into the ring: one slot, as it
  * would have been written at its malloc. The caller counted itself in t_depth. */
 static void __attribute__((noinline)) held_write(uint64_t w) {
-    uint64_t size = g_hdr->held.size, caller = g_hdr->held.caller, bits = g_hdr->held.hdr;
+    uint64_t size = g_hdr->held.size, caller = g_hdr->held.caller;
     uint64_t seq;
     struct ffirec_slot *r = reserve(&seq, 1);
     if (!r)
         return;
-    r->w[0] = w;
-    r->w[1] = size;
-    r->w[2] = caller;
-    atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, (uint64_t)(uint32_t)(seq + 1) | bits, memory_order_release);
+    fill_as(r, seq, 1, FFIREC_K_MALLOC, w & LOW48, size & LOW48, 0, caller, 0, held_epoch(w, size), held_bits());
     if (t_depth == 1)
         t_pending = 0;
 }
@@ -427,20 +453,15 @@ static inline void held_flush(void) {
     }
 }
 
-_Static_assert(FFIREC_K_MALLOC == 0, "held_pair makes a held MALLOC header a MALLOC_FREE one with a bitwise or");
-
 /* Holds a one-slot malloc record instead of reserving it (fast path only:
  * single-threaded, not nested, primary ring). */
 static inline __attribute__((always_inline)) void held_put(uint64_t ptr, uint64_t size, uint64_t caller,
                                                           uint32_t hi_ep) {
     t_depth = 1;
     held_flush();
-    uint32_t tid = my_tid();
-    uint64_t flags = foreign_slot(tid) >= 0 ? FFIREC_F_FOREIGN : 0;
     g_hdr->held.size = size | (uint64_t)(hi_ep >> 16) << 48;
     g_hdr->held.caller = caller;
-    g_hdr->held.hdr = (uint64_t)FFIREC_K_MALLOC << FFIREC_HDR_KIND_SHIFT | flags << FFIREC_HDR_FLAGS_SHIFT |
-                      (uint64_t)(tid & 0xffffff) << FFIREC_HDR_TID_SHIFT;
+    g_hdr->held.hdr = (uint64_t)FFIREC_K_MALLOC << FFIREC_HDR_KIND_SHIFT | caller_bits();
     __asm__ volatile("" ::: "memory"); /* the ptr word last */
     *(volatile uint64_t *)&g_hdr->held.ptr = ptr | (uint64_t)(hi_ep & 0xffff) << 48;
     t_depth = 0;
@@ -452,35 +473,23 @@ static inline __attribute__((always_inline)) int held_pair(uint64_t ptr, uint64_
     t_depth = 1;
     uint64_t w = held_take();
     if (LIKELY(w != 0) && (w & LOW48) == ptr) {
-        uint64_t size = g_hdr->held.size, mcaller = g_hdr->held.caller, bits = g_hdr->held.hdr;
+        uint64_t size = g_hdr->held.size, mcaller = g_hdr->held.caller;
         uint64_t delta = caller - mcaller;
         int one = (mcaller >> 48 | (delta + 0x8000) >> 16) == 0; /* a caller below 2^48, |delta| < 2^15 */
-        /* The held header's kind is MALLOC, 0. */
-        bits |= (uint64_t)FFIREC_K_MALLOC_FREE << FFIREC_HDR_KIND_SHIFT;
-        uint64_t n = one ? 1 : 2;
-        uint64_t seq = reserve_fast(n);
+        uint64_t seq = reserve_fast(one ? 1 : 2);
         struct ffirec_slot *r = &g_ring[seq & (g_cap - 1)];
-        if (one) {
+        if (LIKELY(one)) {
+            /* The rule, written here as held: the words as they are (the
+             * epoch in place), the free's caller as a difference in the
+             * caller word's top 16 bits. */
             r->w[0] = w;
             r->w[1] = size;
             r->w[2] = mcaller | (uint64_t)(uint16_t)delta << 48;
-        } else {
-            /* EXT: the values without the epoch bits, the epoch in the second slot. */
-            uint32_t ep = (uint32_t)(w >> 48) | (uint32_t)(size >> 48) << 16;
-            struct ffirec_slot *c = &g_ring[(seq + 1) & (g_cap - 1)];
-            c->w[0] = 0;
-            c->w[1] = caller;
-            c->w[2] = g_pid | (uint64_t)ep << 32;
-            c->hdr = (uint64_t)(uint32_t)(seq + 2) | (uint64_t)FFIREC_K_CONT << FFIREC_HDR_KIND_SHIFT |
-                     (bits & ((uint64_t)0xffffff << FFIREC_HDR_TID_SHIFT));
-            r->w[0] = w & LOW48;
-            r->w[1] = size & LOW48;
-            r->w[2] = mcaller;
-            bits |= (uint64_t)FFIREC_F_EXT << FFIREC_HDR_FLAGS_SHIFT;
+            commit(r, seq, (uint64_t)FFIREC_K_MALLOC_FREE << FFIREC_HDR_KIND_SHIFT | held_bits());
+        } else { /* the free's caller as the aux word */
+            fill_as(r, seq, 2, FFIREC_K_MALLOC_FREE, ptr, size & LOW48, 0, mcaller, caller, held_epoch(w, size),
+                    held_bits());
         }
-        atomic_store_explicit((_Atomic(uint64_t) *)&r->hdr, (uint64_t)(uint32_t)(seq + 1) | bits,
-                              memory_order_release);
-        __asm__ volatile("prefetchw %0" ::"m"(*(const char *)&g_ring[(seq + PREFETCH_AHEAD) & (g_cap - 1)]));
         t_pending = 0;
         t_depth = 0;
         return 1;
