@@ -223,6 +223,12 @@ impl TraceWriter {
         self.kind_counts[usize::from(batch::KIND_ALLOC)] += allocs as u64;
         self.batch_bytes += 24 * (allocs + frees);
         self.next_event += (allocs + frees) as u64;
+        self.flush_if_full()
+    }
+
+    /// Hands the batch over once it holds a chunk's events or bytes.
+    #[inline]
+    fn flush_if_full(&mut self) -> Result<(), Error> {
         if self.kinds.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
             self.flush_batch()?;
         }
@@ -232,9 +238,7 @@ impl TraceWriter {
     #[inline]
     fn end_push(&mut self, n: u64) -> Result<u64, Error> {
         self.next_event += 1;
-        if self.kinds.len() >= self.options.events_per_chunk.max(1) || self.batch_bytes >= BATCH_BYTES {
-            self.flush_batch()?;
-        }
+        self.flush_if_full()?;
         Ok(n)
     }
 
